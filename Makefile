@@ -1,0 +1,26 @@
+# Two commands do all set-up from a fresh clone: `make demo` and `make test`.
+# Both create .venv on first use; a second run reuses it (the stamp only changes with the deps).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m analyses.frequency_shift
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check vaeprobe trainers analyses tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,15 @@
+"""vaeprobe: train and audit VAEs; where their bits go and which of them matter.
+
+>>> import vaeprobe as vp
+>>> vp.__version__
+'0.1.0'
+"""
+
+from vaeprobe import data
+from vaeprobe._version import __version__
+from vaeprobe.adapters import load
+from vaeprobe.io import checkpoints, open_results, save
+from vaeprobe.probe import LatentPass, LayerInfo, Probe
+
+__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "load",
+           "open_results", "save"]

@@ -1,0 +1,415 @@
+"""Datasets as uint8 ``(C, H, W)`` tensors: embedded defaults, torchvision sets, folders, npz.
+
+Every function in vaeprobe that takes ``data`` accepts one of
+- a name string: ``"patches32"``, ``"patches32:test"``, ``"digits8"``, ``"svhn:test"``,
+  ``"folder:/path/to/images"``, ``"npz:/path/to/file.npz"``;
+- a torch Dataset yielding uint8 ``(C, H, W)`` tensors or ``(image, label)`` pairs;
+- a uint8 tensor ``(N, C, H, W)``.
+:func:`as_dataset` normalises all three and rejects anything else with an error naming the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+# The colour photographs scikit-image ships. The split is by photograph: no test patch comes
+# from a training photograph. The motorcycle pair is one stereo scene, so both stay in train.
+PHOTOS = (
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "ihc",
+    "motorcycle_left", "motorcycle_right", "retina", "rocket",
+)
+TEST_PHOTOS = ("chelsea", "coffee")
+PATCH_SCALES = (1, 2, 4)  # area-downsampling factors
+PATCH_STRIDES = {16: 8, 32: 12, 64: 24}  # pixels between patch corners, per patch size
+_PATCH_RECIPE_VERSION = 1
+SPLITS = ("train", "test")
+
+
+class ImageTensorDataset(Dataset):
+    """A uint8 ``(N, C, H, W)`` tensor as a Dataset, with a name and a content hash."""
+
+    def __init__(self, images: torch.Tensor, name: str = "tensor"):
+        self.images = check_images(images)
+        self.name = name
+        self._identity: str | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the pixels and shape: the same images give the same key."""
+        if self._identity is None:
+            digest = hashlib.sha256(str(tuple(self.images.shape)).encode())
+            digest.update(self.images.contiguous().numpy().tobytes())
+            self._identity = digest.hexdigest()
+        return self._identity
+
+    def __repr__(self) -> str:
+        return f"ImageTensorDataset(name={self.name!r}, images={tuple(self.images.shape)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and conversion
+
+
+def check_images(images, *, what: str = "images") -> torch.Tensor:
+    """Return ``images`` if it is a uint8 ``(N, C, H, W)`` tensor with C in (1, 3); else raise."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected {what} as a uint8 torch.Tensor (N, C, H, W), got {type(images)}")
+    shape = tuple(images.shape)
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 {what} of shape (N, C, H, W) with values 0..255, got {images.dtype} "
+            f"{shape}; use vaeprobe.data.to_uint8 to convert floats in [0, 1]"
+        )
+    if images.ndim != 4:
+        raise ValueError(f"expected {what} of shape (N, C, H, W), got {images.ndim} dims {shape}")
+    if images.shape[1] not in (1, 3):
+        hint = "; they look NHWC: use images.permute(0, 3, 1, 2)" if shape[3] in (1, 3) else ""
+        raise ValueError(f"expected {what} with 1 or 3 channels at dim 1 (NCHW), got {shape}{hint}")
+    return images
+
+
+def to_uint8(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """Quantise floats in [0, 1] to uint8 by ``round(clamp(x, 0, 1) * 255)``.
+
+    Examples
+    --------
+    >>> to_uint8(torch.tensor([[[[0.0, 0.5, 1.2]]]])).tolist()
+    [[[[0, 128, 255]]]]
+    """
+    images = torch.as_tensor(images)
+    if channels_last:
+        images = images.permute(0, 3, 1, 2)
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded patches
+
+
+def cache_dir() -> Path:
+    """``$VAEPROBE_CACHE``, else ``$XDG_CACHE_HOME/vaeprobe``, else ``~/.cache/vaeprobe``."""
+    if os.environ.get("VAEPROBE_CACHE"):
+        return Path(os.environ["VAEPROBE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vaeprobe"
+
+
+def _load_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name in ("motorcycle_left", "motorcycle_right"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name == "motorcycle_left" else right
+    loader = {"ihc": "immunohistochemistry"}.get(name, name)
+    return getattr(skimage.data, loader)()
+
+
+def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor x factor`` blocks of an HWC uint8 image (crops the remainder)."""
+    if factor == 1:
+        return image
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, -1)
+    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
+def _cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """All ``size x size`` patches of an HWC image at ``stride``, as NCHW uint8."""
+    if image.shape[0] < size or image.shape[1] < size:
+        return np.zeros((0, image.shape[2], size, size), np.uint8)
+    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
+    windows = windows[::stride, ::stride]  # (nh, nw, C, size, size)
+    return np.ascontiguousarray(windows.reshape(-1, *windows.shape[2:]))
+
+
+def _patch_recipe(size: int, split: str) -> dict:
+    photos = [p for p in PHOTOS if (p in TEST_PHOTOS) == (split == "test")]
+    return dict(version=_PATCH_RECIPE_VERSION, size=size, split=split, photos=photos,
+                scales=list(PATCH_SCALES), stride=PATCH_STRIDES[size])
+
+
+def build_patches(size: int, split: str) -> np.ndarray:
+    """Cut the embedded patches (deterministic; no cache). Returns uint8 ``(N, 3, size, size)``."""
+    recipe = _patch_recipe(size, split)
+    parts = [
+        _cut_patches(_area_downsample(_load_photo(photo), factor), size, recipe["stride"])
+        for photo in recipe["photos"] for factor in recipe["scales"]
+    ]
+    return np.concatenate(parts)
+
+
+def _recipe_key(recipe: dict) -> str:
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for photo in recipe["photos"]:  # a changed source photograph changes the key
+        digest.update(_load_photo(photo).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def load_patches(size: int, split: str) -> np.ndarray:
+    """Embedded patches from the cache, rebuilt when missing or when the content hash differs."""
+    if size not in PATCH_STRIDES:
+        raise ValueError(f"patch size must be one of {sorted(PATCH_STRIDES)}, got {size}")
+    recipe = _patch_recipe(size, split)
+    path = cache_dir() / f"patches{size}-{split}-{_recipe_key(recipe)}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as stored:
+                images, sha = stored["images"], str(stored["sha256"])
+            if _array_sha256(images) == sha:
+                return images
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable or truncated cache entry: rebuild below
+    images = build_patches(size, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
+        np.savez(tmp, images=images, sha256=_array_sha256(images))
+    os.replace(tmp.name, path)
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# other sources
+
+
+def _digits8(split: str) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().images  # (1797, 8, 8) floats 0..16
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images[:1500] if split == "train" else images[1500:]
+
+
+class _TorchvisionUint8(Dataset):
+    """A torchvision dataset of PIL images as uint8 ``(C, H, W)`` tensors."""
+
+    def __init__(self, base, name: str, size: int | None = None, grey: bool = False):
+        self.base, self.name, self.size, self.grey = base, name, size, grey
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+        image = self.base[index][0]
+        if self.size is not None:
+            image = resize(center_crop(image, min(image.size)), [self.size, self.size],
+                           antialias=True)
+        return pil_to_tensor(image.convert("L" if self.grey else "RGB"))
+
+
+def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
+    import torchvision.datasets as tvd
+
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root= (a directory holding it, or where "
+                         f"to download it with download=True)")
+    train = split == "train"
+    try:
+        if name == "svhn":
+            return _TorchvisionUint8(tvd.SVHN(root, split=split, download=download), name)
+        if name == "cifar10":
+            return _TorchvisionUint8(tvd.CIFAR10(root, train=train, download=download), name)
+        if name == "mnist":
+            return _TorchvisionUint8(tvd.MNIST(root, train=train, download=download), name,
+                                     grey=True)
+        celeba_split = {"train": "train", "test": "test"}[split]
+        base = tvd.CelebA(root, split=celeba_split, download=download)
+        return _TorchvisionUint8(base, name, size=64)
+    except RuntimeError as error:
+        raise FileNotFoundError(
+            f"dataset {name!r} ({split}) not found under {root!r}: {error}. Put the files there "
+            f"or pass download=True (needs network)"
+        ) from None
+
+
+def _image_folder(path: Path, size: int) -> ImageTensorDataset:
+    from PIL import Image
+
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(suffixes))}) under {path}")
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            arrays.append(np.asarray(image.resize((size, size), Image.BOX)))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageTensorDataset(images, name=f"folder:{path}")
+
+
+def _npz(path: Path) -> ImageTensorDataset:
+    if not path.exists():
+        raise FileNotFoundError(f"npz file not found: {path}")
+    with np.load(path, allow_pickle=False) as stored:
+        if "images" not in stored:
+            raise KeyError(f"{path} has no array named 'images' (found {list(stored.keys())})")
+        images = stored["images"]
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
+
+
+def names() -> list[str]:
+    """Names :func:`load` understands (``folder:`` and ``npz:`` take a path)."""
+    return ["patches16", "patches32", "patches64", "digits8", "svhn", "cifar10", "mnist",
+            "celeba64", "folder:PATH", "npz:PATH"]
+
+
+def load(name: str, split: str = "train", root=None, *, download: bool = False,
+         size: int = 64) -> Dataset:
+    """Load a dataset by name as a Dataset of uint8 ``(C, H, W)`` tensors.
+
+    Parameters
+    ----------
+    name : str
+        ``patches16|32|64``, ``digits8``, ``svhn``, ``cifar10``, ``mnist``, ``celeba64``,
+        ``folder:PATH`` or ``npz:PATH``. ``"name:split"`` sets the split.
+    split : {"train", "test"}
+    root : path, optional
+        Directory of a torchvision dataset.
+    download : bool
+        Let torchvision download a missing dataset (needs network).
+    size : int
+        Side of the centre-cropped square for ``folder:``.
+
+    Examples
+    --------
+    >>> ds = load("digits8", split="test")
+    >>> len(ds), tuple(ds[0].shape), ds[0].dtype
+    (297, (1, 8, 8), torch.uint8)
+    """
+    if name.startswith("folder:"):
+        return _image_folder(Path(name[len("folder:"):]).expanduser(), size)
+    if name.startswith("npz:"):
+        return _npz(Path(name[len("npz:"):]).expanduser())
+    if ":" in name:
+        name, split = name.split(":", 1)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name.startswith("patches") and name[len("patches"):].isdigit():
+        images = load_patches(int(name[len("patches"):]), split)
+        return ImageTensorDataset(torch.from_numpy(images), name=f"{name}:{split}")
+    if name == "digits8":
+        return ImageTensorDataset(torch.from_numpy(_digits8(split)), name=f"digits8:{split}")
+    if name in ("svhn", "cifar10", "mnist", "celeba64"):
+        return _torchvision(name, split, root, download)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the one normaliser
+
+
+class _CheckedDataset(Dataset):
+    """A user Dataset whose items are checked: uint8 (C, H, W), labels dropped."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self.name = getattr(base, "name", type(base).__name__)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.base[index]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        return check_images(torch.as_tensor(item)[None], what="dataset items")[0]
+
+
+def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Dataset:
+    """Normalise ``data`` (name, Dataset or uint8 tensor) to a Dataset of uint8 (C, H, W).
+
+    ``image_shape`` (C, H, W), when given, is checked against the first item.
+    """
+    if isinstance(data, str):
+        dataset = load(data)
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        dataset = ImageTensorDataset(check_images(data))
+    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset):
+        dataset = data
+    elif isinstance(data, Dataset):
+        dataset = _CheckedDataset(data)
+    else:
+        raise TypeError(
+            f"data must be a dataset name (e.g. 'patches32:test'), a torch Dataset of uint8 "
+            f"(C, H, W) tensors, or a uint8 tensor (N, C, H, W); got {type(data).__name__}"
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset_name(dataset)!r} is empty")
+    first = dataset[0]
+    if image_shape is not None and tuple(first.shape) != tuple(image_shape):
+        raise ValueError(
+            f"images of {dataset_name(dataset)!r} have shape {tuple(first.shape)} but the model "
+            f"expects {tuple(image_shape)} (C, H, W); use data of that size and channel count"
+        )
+    return dataset
+
+
+def dataset_name(dataset: Dataset) -> str:
+    return getattr(dataset, "name", type(dataset).__name__)
+
+
+def dataset_identity(dataset: Dataset) -> str:
+    """A content hash of a dataset's images (used as a cache key)."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.identity
+    digest = hashlib.sha256()
+    for batch in iterate_batches(dataset, 256):
+        digest.update(str(tuple(batch.shape)).encode())
+        digest.update(batch.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n_images`` images drawn without replacement by ``seed`` (sorted); all if None."""
+    total = len(dataset)
+    if n_images is None or n_images >= total:
+        return torch.arange(total)
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:n_images].sort().values
+
+
+def iterate_batches(dataset: Dataset, batch_size: int,
+                    indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if indices is None:
+        indices = torch.arange(len(dataset))
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        if isinstance(dataset, ImageTensorDataset):
+            yield dataset.images[chunk]
+        else:
+            yield torch.stack([dataset[int(i)] for i in chunk])

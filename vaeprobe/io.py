@@ -1,0 +1,246 @@
+"""Results (netCDF) and checkpoints (weights-only torch files), both written atomically.
+
+Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)`` (or
+safetensors), so a file whose unpickling would run code is refused without running it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe._version import __version__
+
+CHECKPOINT_FORMAT = "vaeprobe-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"^ckpt_step(\d+)\.(pt|safetensors)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: missing, truncated, unsafe or mismatched."""
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance and results
+
+
+def _attr_value(value):
+    """A netCDF-safe version of an attribute: bool -> 0/1, None/dict/list-of-mixed -> JSON."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, str | int | float | np.integer | np.floating):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return np.asarray(value)
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def clean_attrs(attrs: dict) -> dict:
+    """Convert every attribute into a value netCDF can hold and give back unchanged."""
+    return {str(key): _attr_value(value) for key, value in attrs.items()}
+
+
+def provenance(analysis: str, parameters: dict, **facts) -> dict:
+    """Attributes every result carries: how to recompute it.
+
+    Examples
+    --------
+    >>> attrs = provenance("rate", {"n_images": 10}, dataset="patches32:test", seed=0)
+    >>> attrs["analysis"], json.loads(attrs["parameters"])
+    ('rate', {'n_images': 10})
+    """
+    attrs = dict(
+        vaeprobe_version=__version__,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        analysis=analysis,
+        parameters=json.dumps(parameters, default=str, sort_keys=True),
+    )
+    attrs.update(facts)
+    return clean_attrs(attrs)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write a results Dataset to netCDF (h5netcdf, gzip), atomically.
+
+    Examples
+    --------
+    >>> import tempfile, xarray as xr
+    >>> path = save(xr.Dataset({"a": ("x", [1.0, 2.0])}), tempfile.mkdtemp() + "/a.nc")
+    >>> float(open_results(path)["a"].sum())
+    3.0
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"save expects an xarray.Dataset, got {type(ds).__name__}")
+    ds = ds.copy()
+    ds.attrs = clean_attrs(ds.attrs)
+    encoding = {}
+    for name, variable in ds.variables.items():
+        variable.attrs = clean_attrs(variable.attrs)
+        if variable.dtype.kind in "fiub" and variable.ndim > 0:
+            encoding[name] = {"compression": "gzip", "compression_opts": 4}
+        if variable.dtype == bool:
+            ds[name] = variable.astype(np.uint8)
+    with atomic_path(path, ".nc.tmp") as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+    return Path(path)
+
+
+def open_results(path: str | os.PathLike) -> xr.Dataset:
+    """Read a results file written by :func:`save` (fully loaded, file closed)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"results file not found: {path}")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def parameters(ds: xr.Dataset) -> dict:
+    """The parameters a result was computed with (decoded from its ``parameters`` attr)."""
+    return json.loads(ds.attrs.get("parameters", "{}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, *, family: str, config: dict, state_dict: dict,
+                    step: int, ema_state_dict: dict | None = None,
+                    trainer_state: dict | None = None) -> Path:
+    """Write a self-describing checkpoint (tensors + JSON-able config), atomically."""
+    json.dumps(config)  # the config must be JSON-able: fail before writing anything
+    payload = dict(
+        format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_FORMAT_VERSION, family=family,
+        config_json=json.dumps(config, sort_keys=True), state_dict=state_dict,
+        ema_state_dict=ema_state_dict, step=int(step), vaeprobe_version=__version__,
+        trainer_state=trainer_state,
+    )
+    with atomic_path(path, ".pt.tmp") as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read safetensors checkpoint {path}: {error}") from None
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    return dict(
+        format=metadata.get("format"), format_version=int(metadata.get("format_version", 0)),
+        family=metadata.get("family"), config_json=metadata.get("config_json", "{}"),
+        state_dict=state, ema_state_dict=ema or None, step=int(metadata.get("step", 0)),
+        vaeprobe_version=metadata.get("vaeprobe_version"), trainer_state=None,
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint without executing anything in it; validate its header.
+
+    Returns the payload dict with ``config`` decoded from JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        payload = _read_safetensors(path)
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"refused to load {path}: it asks to unpickle objects other than tensors and "
+                f"plain containers, which could run code. vaeprobe never unpickles arbitrary "
+                f"objects; re-save the weights as a state dict. ({str(error).splitlines()[0]})"
+            ) from None
+        except (EOFError, RuntimeError, OSError) as error:
+            raise CheckpointError(
+                f"cannot read {path}: truncated or not a torch checkpoint ({error})"
+            ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a vaeprobe checkpoint (no format={CHECKPOINT_FORMAT!r} header); for "
+            f"third-party weights use a vaeprobe.adapters loader"
+        )
+    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {payload['format_version']}; this "
+                              f"vaeprobe reads up to {CHECKPOINT_FORMAT_VERSION}: upgrade vaeprobe")
+    payload["config"] = json.loads(payload.pop("config_json"))
+    return payload
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(step, path)]`` of the checkpoints in a run directory, sorted by step.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> checkpoints(tempfile.mkdtemp())
+    []
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory not found: {run_dir}")
+    found = []
+    for path in run_dir.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file itself, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        found = checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"no checkpoints (ckpt_step*.pt) in run directory {path}")
+        return found[-1][1]
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or run directory not found: {path}")
+    return path

@@ -1,0 +1,239 @@
+"""Decoder likelihoods on 8-bit images.
+
+A decoder head turns the top-down features into a distribution object with
+- ``.mean``: the decoder mean mu(z) in [0, 1], ``(B, C, H, W)``;
+- ``.sample(generator)``: uint8 images drawn from the discretized distribution;
+- ``.log_prob(x_uint8, kind)``: per-image log-likelihood in nats, either
+  ``"discretized"`` (a proper PMF over the 256 levels; the edge bins take the tails) or
+  ``"dequantized"`` (a density on y = (x + u) / 256, u ~ U(0, 1), on the [0, 1] scale:
+  its bits/dim add log2(256) = 8 to become a bound on the discrete likelihood).
+
+Gaussian heads: ``fixed`` sigma (1.0 is the usual "MSE VAE"), ``learned`` shared sigma
+(sigma-VAE), ``optimal`` sigma (sigma^2 = batch mean squared error, the analytic optimum; a
+running estimate is kept for evaluation so results do not depend on the batch), ``per_pixel``
+sigma. ``dmol``: a discretized mixture of logistics (PixelCNN++ / VDVAE) on the [-1, 1] scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LIKELIHOODS = ("fixed", "learned", "optimal", "per_pixel", "dmol")
+LOG_SIGMA_MIN = -6.0  # sigma-VAE's soft lower bound on log sigma
+HALF_BIN = 0.5 / 255.0  # half a quantisation bin on the [0, 1] scale
+
+
+def softclip_min(x: torch.Tensor, minimum: float) -> torch.Tensor:
+    """Smoothly bound ``x`` from below: ``minimum + softplus(x - minimum)``."""
+    return minimum + F.softplus(x - minimum)
+
+
+def _log_normal_interval(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """log(Phi(upper) - Phi(lower)) for standardised bounds, stable in both tails."""
+    flip = lower > 0  # right tail: use the mirrored interval where Phi is not close to 1
+    lower, upper = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_upper, log_lower = torch.special.log_ndtr(upper), torch.special.log_ndtr(lower)
+    gap = (log_lower - log_upper).clamp(max=-1e-12)
+    return log_upper + torch.log(-torch.expm1(gap))
+
+
+def _quantise(x01: torch.Tensor) -> torch.Tensor:
+    return (x01.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class DiscretizedGaussian:
+    """Gaussian on the [0, 1] scale, ``loc`` (B, C, H, W), ``log_sigma`` broadcastable."""
+
+    def __init__(self, loc: torch.Tensor, log_sigma: torch.Tensor, kind: str):
+        self.loc, self.log_sigma, self.kind = loc, log_sigma.expand_as(loc), kind
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.clamp(0, 1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device,
+                            dtype=self.loc.dtype)
+        return _quantise(self.loc + self.log_sigma.exp() * noise)
+
+    def log_prob(self, x: torch.Tensor, kind: str = "discretized",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        loc, log_sigma = self.loc.double(), self.log_sigma.double()
+        if kind == "dequantized":
+            y = _dequantise(x, generator).double()
+            log_density = (-0.5 * ((y - loc) / log_sigma.exp()) ** 2 - log_sigma
+                           - 0.5 * math.log(2 * math.pi))
+            return log_density.flatten(1).sum(1)
+        _check_kind(kind)
+        centre = x.double() / 255.0
+        inv_sigma = torch.exp(-log_sigma)
+        upper = (centre + HALF_BIN - loc) * inv_sigma
+        lower = (centre - HALF_BIN - loc) * inv_sigma
+        log_p = torch.where(
+            x == 0, torch.special.log_ndtr(upper),
+            torch.where(x == 255, torch.special.log_ndtr(-lower),
+                        _log_normal_interval(lower, upper)))
+        return log_p.flatten(1).sum(1)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("discretized", "dequantized"):
+        raise ValueError(f"likelihood kind must be 'discretized' or 'dequantized', got {kind!r}")
+
+
+def _dequantise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1]."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device)
+    return (x.float() + noise) / 256.0
+
+
+class DiscretizedLogisticMixture:
+    """Mixture of discretized logistics (PixelCNN++/VDVAE) with RGB channel coefficients.
+
+    ``params`` (B, M * (1 + 2C + (3 if C == 3 else 0)), H, W), laid out as
+    [logits (M), means (C*M), log_scales (C*M), coeffs (3*M, RGB only)], on the [-1, 1] scale.
+    """
+
+    kind = "dmol"
+
+    def __init__(self, params: torch.Tensor, channels: int, n_mixtures: int):
+        m, c = n_mixtures, channels
+        self.channels, self.n_mixtures = c, m
+        batch, _, height, width = params.shape
+        self.logits = params[:, :m]  # (B, M, H, W)
+        self.means = params[:, m:m + c * m].reshape(batch, c, m, height, width)
+        self.log_scales = params[:, m + c * m:m + 2 * c * m].reshape(batch, c, m, height, width)
+        self.log_scales = self.log_scales.clamp(min=-7.0)
+        self.coeffs = (torch.tanh(params[:, m + 2 * c * m:]).reshape(batch, 3, m, height, width)
+                       if c == 3 else None)
+
+    def _channel_means(self, x11: torch.Tensor) -> torch.Tensor:
+        """Per-channel component means, the RGB ones shifted by earlier channels' values."""
+        if self.coeffs is None:
+            return self.means
+        red, green = x11[:, 0:1], x11[:, 1:2]  # (B, 1, H, W) broadcast over components
+        mean_g = self.means[:, 1] + self.coeffs[:, 0] * red
+        mean_b = self.means[:, 2] + self.coeffs[:, 1] * red + self.coeffs[:, 2] * green
+        return torch.stack([self.means[:, 0], mean_g, mean_b], dim=1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        weights = torch.softmax(self.logits, dim=1)  # (B, M, H, W)
+        component = self.means
+        if self.coeffs is not None:  # E[G | k] = m_G + a E[R | k], and so on
+            red = self.means[:, 0]
+            green = self.means[:, 1] + self.coeffs[:, 0] * red
+            blue = self.means[:, 2] + self.coeffs[:, 1] * red + self.coeffs[:, 2] * green
+            component = torch.stack([red, green, blue], dim=1)
+        mean11 = (component * weights[:, None]).sum(2)
+        return ((mean11 + 1) / 2).clamp(0, 1)
+
+    def _log_component(self, x: torch.Tensor, kind: str, generator) -> torch.Tensor:
+        """Per-pixel log-probability of every component, summed over channels: (B, M, H, W)."""
+        if kind == "dequantized":
+            y11 = (_dequantise(x, generator) * 2 - 1).double()[:, :, None]
+            centred = y11 - self._channel_means(y11[:, :, 0]).double()
+            log_scales = self.log_scales.double()
+            scaled = centred * torch.exp(-log_scales)
+            log_pdf = -scaled - log_scales - 2 * F.softplus(-scaled) + math.log(2)  # on [0, 1]
+            return log_pdf.sum(1)
+        _check_kind(kind)
+        x11 = (x.double() / 127.5 - 1)[:, :, None]  # (B, C, 1, H, W)
+        centred = x11 - self._channel_means(x11[:, :, 0]).double()
+        inv_scale = torch.exp(-self.log_scales.double())
+        plus_in, minus_in = inv_scale * (centred + 1 / 255), inv_scale * (centred - 1 / 255)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in)
+        log_one_minus_cdf_min = -F.softplus(minus_in)
+        # log(sigmoid(b) - sigmoid(a)) = log sigmoid(b) + log(1 - exp(a - b)) + log sigmoid(-a)
+        log_mid = (log_cdf_plus + torch.log(-torch.expm1((minus_in - plus_in).clamp(max=-1e-12)))
+                   - F.softplus(minus_in))
+        xs = x[:, :, None].expand_as(log_mid)
+        log_p = torch.where(xs == 0, log_cdf_plus,
+                            torch.where(xs == 255, log_one_minus_cdf_min, log_mid))
+        return log_p.sum(1)
+
+    def log_prob(self, x: torch.Tensor, kind: str = "discretized",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        log_weights = torch.log_softmax(self.logits.double(), dim=1)
+        log_p = torch.logsumexp(self._log_component(x, kind, generator) + log_weights, dim=1)
+        return log_p.flatten(1).sum(1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = self.logits.device
+        gumbel = -torch.log(-torch.log(torch.rand(
+            self.logits.shape, generator=generator, device=device).clamp(1e-5, 1 - 1e-5)))
+        choice = F.one_hot((self.logits + gumbel).argmax(1), self.n_mixtures)
+        choice = choice.permute(0, 3, 1, 2)[:, None].to(self.means.dtype)  # (B, 1, M, H, W)
+        means, log_scales = (self.means * choice).sum(2), (self.log_scales * choice).sum(2)
+        uniform = torch.rand(means.shape, generator=generator, device=device)
+        uniform = uniform.clamp(1e-5, 1 - 1e-5)
+        x11 = means + log_scales.exp() * (torch.log(uniform) - torch.log1p(-uniform))
+        if self.coeffs is not None:
+            coeffs = (self.coeffs * choice).sum(2)
+            red = x11[:, 0].clamp(-1, 1)
+            green = (x11[:, 1] + coeffs[:, 0] * red).clamp(-1, 1)
+            blue = (x11[:, 2] + coeffs[:, 1] * red + coeffs[:, 2] * green).clamp(-1, 1)
+            x11 = torch.stack([red, green, blue], dim=1)
+        return _quantise((x11 + 1) / 2)
+
+
+class LikelihoodHead(nn.Module):
+    """The decoder's last layer: features -> a likelihood distribution.
+
+    ``residual_base`` (the two-stage secondary's x_hat) is added to the predicted Gaussian mean;
+    with ``zero_init`` the head starts at exactly that base.
+    """
+
+    def __init__(self, kind: str, width: int, channels: int, *, sigma: float = 1.0,
+                 n_mixtures: int = 10, zero_init: bool = False):
+        super().__init__()
+        if kind not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {kind!r}")
+        if kind == "fixed" and not sigma > 0:
+            raise ValueError(f"a fixed decoder sigma must be > 0, got {sigma}")
+        self.kind, self.channels, self.n_mixtures = kind, channels, n_mixtures
+        if kind == "dmol":
+            out = n_mixtures * (1 + 2 * channels + (3 if channels == 3 else 0))
+        else:
+            out = channels * (2 if kind == "per_pixel" else 1)
+        self.out_conv = nn.Conv2d(width, out, 1)
+        if zero_init:
+            nn.init.zeros_(self.out_conv.weight)
+            nn.init.zeros_(self.out_conv.bias)
+        # log sigma: a parameter for "learned", a running estimate for "optimal", fixed otherwise
+        initial = torch.tensor(math.log(sigma) if kind == "fixed" else 0.0)
+        if kind == "learned":
+            self.log_sigma = nn.Parameter(initial)
+        else:
+            self.register_buffer("log_sigma", initial)
+
+    def forward(self, features: torch.Tensor, residual_base: torch.Tensor | None = None,
+                target: torch.Tensor | None = None):
+        """``target`` (uint8) is needed only while training the ``optimal`` head."""
+        params = self.out_conv(features)
+        if self.kind == "dmol":
+            return DiscretizedLogisticMixture(params, self.channels, self.n_mixtures)
+        loc = params[:, :self.channels]
+        if residual_base is not None:
+            loc = loc + residual_base
+        if self.kind == "per_pixel":
+            log_sigma = softclip_min(params[:, self.channels:], LOG_SIGMA_MIN)
+        elif self.kind == "optimal" and target is not None:
+            log_sigma = self.optimal_log_sigma(loc, target)
+            with torch.no_grad():  # running estimate used when no target is given
+                self.log_sigma.lerp_(log_sigma.detach(), 0.01)
+        elif self.kind == "learned":
+            log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN)
+        else:
+            log_sigma = self.log_sigma
+        return DiscretizedGaussian(loc, log_sigma.to(loc.dtype), self.kind)
+
+    @staticmethod
+    def optimal_log_sigma(loc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log sqrt(batch mean squared error): the sigma that maximises the Gaussian likelihood."""
+        mse = ((target.float() / 255.0 - loc) ** 2).mean()
+        return softclip_min(0.5 * torch.log(mse), LOG_SIGMA_MIN)

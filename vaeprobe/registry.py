@@ -1,0 +1,49 @@
+"""One validated registry helper: model families, checkpoint formats and feature extractors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class Registry:
+    """A name -> object table that refuses duplicates and names the choices on a miss.
+
+    Examples
+    --------
+    >>> families = Registry("model family")
+    >>> @families.register("toy")
+    ... def build_toy(config):
+    ...     return config
+    >>> families.get("toy")({"a": 1})
+    {'a': 1}
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None) -> Callable | Any:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(target):
+            if name in self._entries and self._entries[name] is not target:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = target
+            return target
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
