@@ -44,6 +44,8 @@ def _attr_value(value):
         return value
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.ndim == 1:
+        return value
     if isinstance(value, (list, tuple)) and value and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     ):

@@ -309,6 +309,12 @@ def _per_layer(temperature, n_layers: int) -> list[float]:
 
 
 PRESETS = {
+    # tiny test-size models: grey 8x8 (digits8) and RGB 16x16 (patches16)
+    "tiny-8": HVAEConfig(image_channels=1, image_size=8, width=16, bottleneck=8,
+                         latent_channels=2, layers=((1, 1), (4, 1), (8, 1)), encoder_blocks=1),
+    "tiny-16": HVAEConfig(image_channels=3, image_size=16, width=16, bottleneck=8,
+                          latent_channels=4, layers=((1, 1), (4, 1), (8, 1), (16, 1)),
+                          encoder_blocks=1),
     # tiny: trains in minutes on 2 CPU cores
     "demo-cpu": HVAEConfig(image_channels=3, image_size=32, width=32, bottleneck=16,
                            latent_channels=4, layers=((1, 1), (4, 2), (8, 2), (16, 2), (32, 1)),

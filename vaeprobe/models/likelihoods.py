@@ -234,6 +234,9 @@ class LikelihoodHead(nn.Module):
 
     @staticmethod
     def optimal_log_sigma(loc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """log sqrt(batch mean squared error): the sigma that maximises the Gaussian likelihood."""
+        """log sqrt(batch mean squared error): the sigma that maximises the Gaussian likelihood.
+
+        Exact (no soft clip, which would bias it); floored at LOG_SIGMA_MIN for a perfect fit.
+        """
         mse = ((target.float() / 255.0 - loc) ** 2).mean()
-        return softclip_min(0.5 * torch.log(mse), LOG_SIGMA_MIN)
+        return (0.5 * torch.log(mse)).clamp(min=LOG_SIGMA_MIN)

@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+
+from vaeprobe.models.likelihoods import (DiscretizedGaussian, DiscretizedLogisticMixture,
+                                         LikelihoodHead)
+
+LEVELS = torch.arange(256, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("loc, sigma", [(0.5, 0.2), (0.01, 1e-3), (1.3, 0.05), (-0.2, 1.0),
+                                        (0.4, 1e-5)])
+def test_discretized_gaussian_is_a_pmf(loc, sigma):
+    x = LEVELS.reshape(256, 1, 1, 1)
+    dist = DiscretizedGaussian(torch.full((256, 1, 1, 1), loc),
+                               torch.tensor(math.log(sigma)), "fixed")
+    total = dist.log_prob(x).exp().sum()
+    assert abs(float(total) - 1.0) < 1e-9
+
+
+def test_discretized_gaussian_matches_cdf_differences():
+    dist = DiscretizedGaussian(torch.full((1, 1, 1, 1), 0.3), torch.tensor(math.log(0.1)), "x")
+    x = torch.full((1, 1, 1, 1), 100, dtype=torch.uint8)
+    normal = torch.distributions.Normal(torch.tensor(0.3, dtype=torch.float64), 0.1)
+    expected = normal.cdf(torch.tensor(100.5 / 255)) - normal.cdf(torch.tensor(99.5 / 255))
+    assert torch.allclose(dist.log_prob(x).exp(), expected.reshape(1), rtol=1e-9)
+
+
+def _dmol_params(channels, mixtures, generator):
+    per = 1 + 2 * channels + (3 if channels == 3 else 0)
+    return torch.randn(1, mixtures * per, 1, 1, generator=generator, dtype=torch.float64)
+
+
+def test_dmol_grey_is_a_pmf():
+    generator = torch.Generator().manual_seed(0)
+    params = _dmol_params(1, 5, generator).expand(256, -1, -1, -1)
+    dist = DiscretizedLogisticMixture(params, 1, 5)
+    assert abs(float(dist.log_prob(LEVELS.reshape(256, 1, 1, 1)).exp().sum()) - 1) < 1e-9
+
+
+def test_dmol_rgb_joint_is_a_pmf():
+    """All 256^3 colours of one pixel (channel-autoregressive coefficients) sum to one."""
+    generator = torch.Generator().manual_seed(1)
+    params = _dmol_params(3, 2, generator)
+    red, green = torch.meshgrid(LEVELS, LEVELS, indexing="ij")
+    total = 0.0
+    for blue in range(256):  # chunks of 65536 colours
+        x = torch.stack([red.flatten(), green.flatten(), torch.full((65536,), blue,
+                        dtype=torch.uint8)], 1).reshape(-1, 3, 1, 1)
+        dist = DiscretizedLogisticMixture(params.expand(len(x), -1, -1, -1), 3, 2)
+        total += float(dist.log_prob(x).exp().sum())
+    assert abs(total - 1) < 1e-7
+
+
+def test_dmol_mean_matches_monte_carlo():
+    generator = torch.Generator().manual_seed(2)
+    params = _dmol_params(3, 3, generator).float()
+    params[:, 3:] *= 0.3  # component means and scales well inside [-1, 1]: no edge clipping
+    params[:, 12:21] -= 2.0
+    params = params.expand(20000, -1, -1, -1)
+    dist = DiscretizedLogisticMixture(params, 3, 3)
+    samples = dist.sample(torch.Generator().manual_seed(3)).float() / 255
+    assert torch.allclose(samples.mean(0), dist.mean[0], atol=0.02)
+
+
+def test_gaussian_sampling_is_the_discretized_distribution():
+    dist = DiscretizedGaussian(torch.full((50000, 1, 1, 1), 0.02), torch.tensor(math.log(0.05)),
+                               "fixed")
+    samples = dist.sample(torch.Generator().manual_seed(0))
+    p0 = float(dist.log_prob(torch.zeros(1, 1, 1, 1, dtype=torch.uint8))[0].exp())
+    assert abs(float((samples == 0).float().mean()) - p0) < 0.01  # the edge bin takes the tail
+
+
+def test_optimal_sigma_is_the_rms_error():
+    target = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    loc = torch.rand(4, 3, 8, 8)
+    rms = ((target.float() / 255 - loc) ** 2).mean().sqrt()
+    assert torch.allclose(LikelihoodHead.optimal_log_sigma(loc, target).exp(), rms, rtol=1e-5)
+    # and it maximises the Gaussian density over a shared sigma
+    def density(log_sigma):
+        return DiscretizedGaussian(loc, log_sigma, "x").log_prob(target, "dequantized",
+                                                                 torch.Generator().manual_seed(0))
+    best = LikelihoodHead.optimal_log_sigma(loc, target)
+    for delta in (-0.05, 0.05):
+        assert density(best).sum() > density(best + delta).sum()
+
+
+def test_dequantized_density_integrates_to_one_on_unit_interval():
+    """Grey 1-pixel density on [0,1] (mass outside [0,1] is what is lost): trapezoid sum."""
+    dist = DiscretizedGaussian(torch.full((1, 1, 1, 1), 0.5), torch.tensor(math.log(0.05)), "x")
+    grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    log_density = (-0.5 * ((grid - 0.5) / 0.05) ** 2 - math.log(0.05)
+                   - 0.5 * math.log(2 * math.pi))
+    assert abs(float(torch.trapezoid(log_density.exp(), grid)) - 1) < 1e-6
+    x = torch.full((1, 1, 1, 1), 128, dtype=torch.uint8)
+    assert dist.log_prob(x, "dequantized").shape == (1,)
+
+
+def test_heads_and_bad_kinds():
+    features = torch.randn(2, 8, 4, 4)
+    for kind in ("fixed", "learned", "optimal", "per_pixel", "dmol"):
+        dist = LikelihoodHead(kind, 8, 3)(features)
+        assert dist.mean.shape == (2, 3, 4, 4) and dist.mean.min() >= 0 and dist.mean.max() <= 1
+        assert dist.sample().dtype == torch.uint8
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        LikelihoodHead("bernoulli", 8, 3)
+    with pytest.raises(ValueError, match="'discretized' or 'dequantized'"):
+        LikelihoodHead("fixed", 8, 3)(features).log_prob(torch.zeros(2, 3, 4, 4,
+                                                                     dtype=torch.uint8), "pmf")
+    learned = LikelihoodHead("learned", 8, 3)
+    with torch.no_grad():
+        learned.log_sigma.fill_(-20.0)
+    assert float(learned(features).log_sigma.detach().min()) >= -6.0  # soft-clipped from below

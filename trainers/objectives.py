@@ -1,0 +1,57 @@
+"""Training objectives. Each returns dict(loss=, elbo=, rate=, distortion=, mse=) (batch means).
+
+Units: rate R = KL in nats per image; distortion D = per-image sum of squared error on the
+[0, 1] scale (the paper's gamma); mse = D / dimensions; elbo in nats per image on dequantized
+data (Appendix B.1: uniform noise on the pixels for the likelihood term only; the inference
+network sees the clean image).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rate_and_distortion(likelihood, draws, x: torch.Tensor) -> dict:
+    """Per-image rate (nats), distortion (sum of squares on [0, 1]) and log p(x|z) (nats)."""
+    rate = sum(d.kl.flatten(1).sum(1) for d in draws)
+    distortion = ((x.float() / 255.0 - likelihood.loc) ** 2).flatten(1).sum(1) \
+        if hasattr(likelihood, "loc") else ((x.float() / 255.0 - likelihood.mean) ** 2
+                                            ).flatten(1).sum(1)
+    log_px = likelihood.log_prob(x, kind="dequantized")
+    return dict(rate=rate, distortion=distortion, log_px=log_px)
+
+
+def _summary(parts: dict, loss: torch.Tensor, dims: int) -> dict:
+    elbo = (parts["log_px"] - parts["rate"]).mean()
+    return dict(loss=loss, elbo=elbo, elbo_bpd=-elbo / (dims * math.log(2)) + 8.0,
+                rate=parts["rate"].mean(), distortion=parts["distortion"].mean(),
+                mse=parts["distortion"].mean() / dims)
+
+
+def elbo_loss(parts: dict, dims: int, beta: float = 1.0) -> dict:
+    """Negative ELBO per dimension (beta-weighted KL for comparison runs)."""
+    loss = (beta * parts["rate"] - parts["log_px"]).mean() / dims
+    return _summary(parts, loss, dims)
+
+
+def lagrangian_loss(parts: dict, dims: int, lam: torch.Tensor) -> dict:
+    """Eq. 9: (1 - lambda) R + lambda D, lambda held fixed (it has its own update, Eq. 10).
+
+    Divided by the dimensions: Adam's steps do not change, gradient norms (clipping, skipping)
+    become comparable across image sizes.
+    """
+    lam = lam.detach()
+    loss = ((1 - lam) * parts["rate"] + lam * parts["distortion"]).mean() / dims
+    return _summary(parts, loss, dims)
+
+
+def lambda_step(lam: torch.Tensor, optimizer: torch.optim.Optimizer, distortion: torch.Tensor,
+                gamma: float, low: float = 1e-4, high: float = 0.9999) -> None:
+    """Eq. 10: gradient ascent on lambda (D - gamma), projected into [low, high]."""
+    optimizer.zero_grad(set_to_none=True)
+    (-(lam * (distortion.detach() - gamma))).backward()
+    optimizer.step()
+    with torch.no_grad():
+        lam.clamp_(low, high)

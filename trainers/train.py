@@ -1,0 +1,364 @@
+"""``python -m trainers.train``: elbo, distortion-targeted, sigma-VAE and two-stage training.
+
+Resumable (``--resume``), DDP-ready (``torchrun``), checkpoints from early to late steps.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import vaeprobe
+from vaeprobe import data as vdata
+from vaeprobe import io
+from vaeprobe.adapters import load_model
+from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
+from trainers import objectives
+from trainers.config import TrainConfig, from_args, load_json
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (most updates skipped, bad run directory...)."""
+
+
+def checkpoint_steps(total: int, every: int) -> list[int]:
+    """Log-spaced steps from 100 (x sqrt 2), every ``every`` steps, and the last step."""
+    steps, s = {total}, 100.0
+    while s < total:
+        steps.add(int(round(s, -1)))
+        s *= math.sqrt(2)
+    steps.update(range(every, total, every))
+    return sorted(steps)
+
+
+# ---- distributed ---------------------------------------------------------------------------
+def setup_distributed(config: TrainConfig):
+    """(rank, world, device). torchrun sets WORLD_SIZE; gloo on CPU, NCCL on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if config.device:
+        device = torch.device(config.device)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} must divide by the number of "
+                             f"processes {world}")
+    return rank, world, device
+
+
+def all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= world
+    return value
+
+
+# ---- run directory -------------------------------------------------------------------------
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Refuse another run's directory; on --resume, refuse a different config."""
+    out = Path(config.out)
+    stored_path = out / "config.json"
+    if stored_path.exists():
+        if not config.resume:
+            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
+                                f"choose another --out (nothing was overwritten)")
+        changed = config.differs_from(load_json(stored_path)["train"])
+        if changed:
+            raise TrainingError(f"refusing to resume {out}: its config differs in "
+                                f"{json.dumps(changed)} (stored, requested)")
+    elif out.exists() and any(out.iterdir()):
+        raise TrainingError(f"{out} exists and is not an empty vaeprobe run directory; choose "
+                            f"another --out (nothing was overwritten)")
+    return out
+
+
+def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
+    overrides = {k: getattr(config, k) for k in ("likelihood", "merge") if getattr(config, k)}
+    if config.likelihood == "fixed" or (not config.likelihood and config.sigma != 1.0):
+        overrides["sigma"] = config.sigma
+    if config.objective == "two-stage":
+        primary, _ = _load_primary(config.primary)
+        if tuple(primary.image_shape) != tuple(image_shape):
+            raise ValueError(f"the primary models images {primary.image_shape}, the data has "
+                             f"{tuple(image_shape)}")
+        model = TwoStageVAE(primary.config, secondary_config(primary.config, **overrides))
+        model.primary.load_state_dict(primary.state_dict())
+        return model
+    model_config = preset(config.preset, **overrides)
+    model = HVAE(model_config)
+    if tuple(model.image_shape) != tuple(image_shape):
+        raise ValueError(f"preset {config.preset!r} models images {model.image_shape} (C, H, W) "
+                         f"but {config.data!r} has {tuple(image_shape)}; choose a preset that "
+                         f"fits (e.g. tiny-8 for digits8, demo-cpu for patches32)")
+    return model
+
+
+def _load_primary(path: str):
+    try:
+        model, payload = load_model(path, ema=True)
+    except (FileNotFoundError, NotADirectoryError, io.CheckpointError) as error:
+        raise TrainingError(f"--primary {path} is not a vaeprobe run: {error}") from None
+    if not isinstance(model, HVAE):
+        raise TrainingError(f"--primary {path} holds a {payload['family']} model; the primary "
+                            f"of a two-stage run must be an hvae run")
+    return model, payload
+
+
+# ---- the loop ------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.rank, self.world, self.device = setup_distributed(config)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.out = prepare_run_dir(config)
+        dataset = vdata.as_dataset(vdata.load(config.data, split="train",
+                                              root=config.data_root or None))
+        self.dataset = dataset
+        image_shape = tuple(dataset[0].shape)
+        self.dims = math.prod(image_shape)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, image_shape).to(self.device)
+        if config.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trainable, lr=config.lr, betas=(0.9, 0.999))
+        self.lam = torch.tensor(config.lambda_init, requires_grad=True)
+        self.lambda_optimizer = torch.optim.Adam([self.lam], lr=config.lambda_lr,
+                                                 betas=(0.0, 0.999))
+        self.network = self.model
+        if self.world > 1:
+            self.network = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step, self.skipped = 0, 0
+        self.recent_skips = collections.deque(maxlen=100)
+        self.schedule = set(checkpoint_steps(config.steps, config.ckpt_every))
+
+    # -- data order: a permutation per epoch from (seed, epoch); resumable from the step alone
+    def batch_indices(self, step: int) -> torch.Tensor:
+        n, batch = len(self.dataset), self.config.batch_size
+        per_epoch = max(1, n // batch)
+        epoch, position = divmod(step, per_epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        indices = order[position * batch:(position + 1) * batch]
+        local = batch // self.world
+        return indices[self.rank * local:(self.rank + 1) * local]
+
+    def fetch(self, indices: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.dataset, vdata.ImageTensorDataset):
+            x = self.dataset.images[indices]
+        else:
+            x = torch.stack([self.dataset[int(i)] for i in indices])
+        return x.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        if self.config.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def losses(self, x: torch.Tensor) -> dict:
+        with self.autocast():
+            if isinstance(self.model, TwoStageVAE):
+                likelihood, draws, _ = self.network(x)
+            else:
+                likelihood, draws = self.network(x)
+        parts = objectives.rate_and_distortion(likelihood, draws, x)
+        if self.config.objective == "elbo":
+            result = objectives.elbo_loss(parts, self.dims, self.config.beta)
+        else:
+            result = objectives.lagrangian_loss(parts, self.dims, self.lam)
+        result["sigma"] = likelihood.log_sigma.float().mean().exp().detach() \
+            if hasattr(likelihood, "log_sigma") else torch.tensor(float("nan"))
+        return result
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        self.model.train()
+        result = self.losses(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        result["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        skip = not math.isfinite(float(grad_norm)) or float(grad_norm) > \
+            self.config.skip_threshold
+        if skip:
+            self.skipped += 1
+        else:
+            self.optimizer.step()
+            self.update_ema()
+        if self.config.objective != "elbo":
+            distortion = all_mean(result["distortion"], self.world)
+            objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
+                                   self.config.gamma)
+        self.recent_skips.append(skip)
+        if len(self.recent_skips) >= 50 and sum(self.recent_skips) > \
+                self.config.max_skip_fraction * len(self.recent_skips):
+            raise TrainingError(
+                f"{sum(self.recent_skips)} of the last {len(self.recent_skips)} updates were "
+                f"skipped (gradient norm NaN or above --skip-threshold "
+                f"{self.config.skip_threshold}); the model is not learning. Lower --lr or "
+                f"raise --skip-threshold")
+        result["grad_norm"] = grad_norm
+        return result
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        rate = self.config.ema_rate
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            ema_p.lerp_(p, 1 - rate)
+        for ema_b, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return dict(optimizer=self.optimizer.state_dict(),
+                    lambda_optimizer=self.lambda_optimizer.state_dict(),
+                    lam=self.lam.detach().clone(), skipped=self.skipped,
+                    recent_skips=list(self.recent_skips), rng_cpu=torch.get_rng_state(),
+                    rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    world=self.world)
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        io.save_checkpoint(self.out / f"ckpt_step{self.step:08d}.pt",
+                           family=family_of(self.model), config=config_of(self.model),
+                           state_dict=self.model.state_dict(),
+                           ema_state_dict=self.ema.state_dict(), step=self.step,
+                           trainer_state=self.trainer_state())
+
+    def restore(self) -> None:
+        found = io.checkpoints(self.out)
+        if not found:
+            return  # a resumed run that never reached its first checkpoint starts afresh
+        payload = io.read_checkpoint(found[-1][1])
+        state = payload["trainer_state"]
+        self.model.load_state_dict(payload["state_dict"])
+        self.ema.load_state_dict(payload["ema_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lambda_optimizer.load_state_dict(state["lambda_optimizer"])
+        with torch.no_grad():
+            self.lam.copy_(state["lam"])
+        self.skipped, self.step = state["skipped"], payload["step"]
+        self.recent_skips.extend(state["recent_skips"])
+        if state.get("world", 1) == self.world:  # RNG streams only continue on the same layout
+            torch.set_rng_state(state["rng_cpu"] if self.rank == 0 else torch.get_rng_state())
+            if state["rng_cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from: they will be redone."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step]
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
+    def write_config(self) -> None:
+        if self.rank == 0 and not (self.out / "config.json").exists():
+            self.out.mkdir(parents=True, exist_ok=True)
+            content = dict(train=self.config.to_dict(), family=family_of(self.model),
+                           model=config_of(self.model), vaeprobe_version=vaeprobe.__version__,
+                           world_size=self.world)
+            with io.atomic_path(self.out / "config.json") as tmp:
+                tmp.write_text(json.dumps(content, indent=2))
+
+    # -- main ---------------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.write_config()
+        if self.config.resume:
+            self.restore()
+        if self.world > 1:
+            dist.barrier()
+        progress = _progress(self.config, self.step, self.rank)
+        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        tick, images = time.perf_counter(), 0
+        try:
+            while self.step < self.config.steps:
+                x = self.fetch(self.batch_indices(self.step))
+                result = self.train_step(x)
+                self.step += 1
+                images += x.shape[0] * self.world
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    elapsed = time.perf_counter() - tick
+                    row = self.metrics_row(result, images / max(elapsed, 1e-9))
+                    tick, images = time.perf_counter(), 0
+                    if metrics:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    if progress:
+                        progress.set_postfix(rate=f"{row['rate']:.1f}",
+                                             D=f"{row['distortion']:.2f}",
+                                             lam=f"{row['lambda']:.4f}", refresh=False)
+                if self.step in self.schedule:
+                    self.save()
+                if progress:
+                    progress.update(1)
+        finally:
+            if progress:
+                progress.close()
+            if metrics:
+                metrics.close()
+        return self.out
+
+    def metrics_row(self, result: dict, images_per_s: float) -> dict:
+        row = dict(step=self.step)
+        for key in ("loss", "elbo", "elbo_bpd", "rate", "distortion", "mse", "sigma",
+                    "grad_norm"):
+            row[key] = float(all_mean(result[key].detach().float(), self.world))
+        row.update(**{"lambda": float(self.lam.detach())}, skipped=self.skipped,
+                   images_per_s=round(images_per_s, 1))
+        return row
+
+
+def _progress(config: TrainConfig, start: int, rank: int):
+    if rank != 0 or not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, initial=start, desc=f"train {Path(config.out).name}",
+                unit="step", dynamic_ncols=True)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train with ``config``; returns the run directory."""
+    trainer = Trainer(config)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    try:
+        config = from_args(argv)
+        out = train(config)
+    except (TrainingError, ValueError, FileNotFoundError) as error:
+        print(f"trainers.train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"run written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
