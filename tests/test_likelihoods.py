@@ -3,8 +3,11 @@ import math
 import pytest
 import torch
 
-from vaeprobe.models.likelihoods import (DiscretizedGaussian, DiscretizedLogisticMixture,
-                                         LikelihoodHead)
+from vaeprobe.models.likelihoods import (
+    DiscretizedGaussian,
+    DiscretizedLogisticMixture,
+    LikelihoodHead,
+)
 
 LEVELS = torch.arange(256, dtype=torch.uint8)
 

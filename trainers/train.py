@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 
 import vaeprobe
+from trainers import objectives
+from trainers.config import TrainConfig, from_args, load_json
 from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe.adapters import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
-from trainers import objectives
-from trainers.config import TrainConfig, from_args, load_json
 
 
 class TrainingError(RuntimeError):
@@ -138,6 +138,7 @@ class Trainer:
         if config.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        torch.manual_seed(_noise_seed(config.seed, 0, self.rank))  # each rank its own noise
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=config.lr, betas=(0.9, 0.999))
         self.lam = torch.tensor(config.lambda_init, requires_grad=True)
@@ -219,7 +220,8 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        rate = self.config.ema_rate
+        """EMA with warm-up: decay min(rate, (1 + n) / (10 + n)), so short runs track too."""
+        rate = min(self.config.ema_rate, (1 + self.step) / (10 + self.step))
         for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             ema_p.lerp_(p, 1 - rate)
         for ema_b, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
@@ -257,10 +259,14 @@ class Trainer:
             self.lam.copy_(state["lam"])
         self.skipped, self.step = state["skipped"], payload["step"]
         self.recent_skips.extend(state["recent_skips"])
-        if state.get("world", 1) == self.world:  # RNG streams only continue on the same layout
-            torch.set_rng_state(state["rng_cpu"] if self.rank == 0 else torch.get_rng_state())
+        # rank 0's RNG stream continues exactly (bit-identical resume in one process); other
+        # ranks' states are not gathered into the checkpoint, so they restart from a seed
+        if self.rank == 0 and state.get("world", 1) == self.world:
+            torch.set_rng_state(state["rng_cpu"])
             if state["rng_cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng_cuda"])
+        else:
+            torch.manual_seed(_noise_seed(self.config.seed, self.step, self.rank))
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -328,6 +334,10 @@ class Trainer:
         row.update(**{"lambda": float(self.lam.detach())}, skipped=self.skipped,
                    images_per_s=round(images_per_s, 1))
         return row
+
+
+def _noise_seed(seed: int, step: int, rank: int) -> int:
+    return hash((seed, step, rank)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _progress(config: TrainConfig, start: int, rank: int):

@@ -390,7 +390,7 @@ def dataset_identity(dataset: Dataset) -> str:
 
 
 def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n_images`` images drawn without replacement by ``seed`` (sorted); all if None."""
+    """Indices of ``n_images`` images drawn without replacement by ``seed``, sorted (None: all)."""
     total = len(dataset)
     if n_images is None or n_images >= total:
         return torch.arange(total)

@@ -15,7 +15,6 @@ image's noise comes from its own stream, so results do not depend on how images 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -98,11 +97,11 @@ class Probe:
                                 device=self.device) for shape in shapes]
         if len(generator) != rows:
             raise ValueError(f"expected one generator per image ({rows}), got {len(generator)}")
-        sizes = [math.prod(shape) for shape in shapes]
-        flat = torch.cat([torch.randn((n_samples, sum(sizes)), generator=g, device=self.device)
-                          for g in generator])
-        return [part.reshape(-1, *shape) for part, shape in
-                zip(flat.split(sizes, dim=1), shapes, strict=True)]
+        # layer by layer, so a probe's first layers get the same noise as a probe of fewer layers
+        # (the two-stage primary matches the primary alone): randn is not prefix-stable in size
+        per_layer = [[torch.randn((n_samples, *shape), generator=g, device=self.device)
+                      for g in generator] for shape in shapes]
+        return [torch.cat(parts) for parts in per_layer]
 
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
         raise NotImplementedError

@@ -1,0 +1,160 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import vaeprobe as vp
+from trainers.config import from_args, make
+from trainers.train import TrainingError, checkpoint_steps, train
+from vaeprobe import io
+from vaeprobe.probe import image_generators
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_config(out, **overrides):
+    values = dict(preset="tiny-8", data="digits8", progress=False, out=str(out), log_every=10)
+    values.update(overrides)
+    return make(**values)
+
+
+def test_distortion_targeting_converges(tmp_path):
+    run = train(tiny_config(tmp_path / "r", gamma=2.0, steps=400, ckpt_every=400))
+    late = [r for r in rows(run) if r["step"] > 300]
+    distortion = sum(r["distortion"] for r in late) / len(late)
+    assert abs(distortion - 2.0) < 0.2, distortion  # within 10% of gamma
+    assert all(1e-4 <= r["lambda"] <= 0.9999 for r in rows(run))
+    assert rows(run)[0]["lambda"] > late[-1]["lambda"]  # lambda fell from its start at 0.9999
+
+
+def test_sigma_vae_learned_sigma_moves_toward_rms(tmp_path):
+    run = train(tiny_config(tmp_path / "r", objective="elbo", likelihood="learned", steps=400,
+                            lr=5e-3, ckpt_every=400, log_every=50))
+    first, last = rows(run)[0], rows(run)[-1]
+    def gap(row):  # |log sigma - log RMS error|: zero at the analytic optimum
+        return abs(torch.tensor(row["sigma"]).log() - 0.5 * torch.tensor(row["mse"]).log())
+    assert gap(last) < 0.1 * gap(first) and gap(last) < 0.05
+
+
+def test_optimal_sigma_is_the_batch_rms(tmp_path):
+    run = train(tiny_config(tmp_path / "r", objective="elbo", likelihood="optimal", steps=20,
+                            ckpt_every=20))
+    for row in rows(run):
+        assert abs(row["sigma"] - row["mse"] ** 0.5) < 1e-4 * row["sigma"]
+
+
+def _train_command(out, steps, *extra):
+    return [sys.executable, "-m", "trainers.train", "--preset", "tiny-8", "--data", "digits8",
+            "--steps", str(steps), "--ckpt-every", "10", "--log-every", "10", "--no-progress",
+            "--deterministic", "--out", str(out), *extra]
+
+
+def _final_state(run):
+    payload = io.read_checkpoint(vp.checkpoints(run)[-1][1])
+    return payload["state_dict"], payload["ema_state_dict"], payload["trainer_state"]["lam"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
+    steps = 400
+    subprocess.run(_train_command(tmp_path / "a", steps), check=True, cwd=ROOT)
+    process = subprocess.Popen(_train_command(tmp_path / "b", steps), cwd=ROOT)
+    deadline = time.time() + 120
+    def progressed():
+        run = tmp_path / "b"
+        return run.exists() and any(step >= 60 for step, _ in vp.checkpoints(run))
+    while time.time() < deadline and not progressed():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert vp.checkpoints(tmp_path / "b")[-1][0] < steps, "the run ended before it was killed"
+    subprocess.run(_train_command(tmp_path / "b", steps, "--resume"), check=True, cwd=ROOT)
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    for state_a, state_b in zip(a[:2], b[:2], strict=True):
+        assert state_a.keys() == state_b.keys()
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert torch.equal(a[2], b[2])
+    assert [r["step"] for r in rows(tmp_path / "b")] == list(range(10, steps + 1, 10))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_torchrun(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=29517", "-m", "trainers.train", "--preset", "tiny-8", "--data",
+               "digits8", "--steps", "30", "--ckpt-every", "10", "--no-progress", "--out",
+               str(tmp_path / "ddp"), "--device", "cpu"]
+    subprocess.run(command, check=True, cwd=ROOT, timeout=300)
+    assert [s for s, _ in vp.checkpoints(tmp_path / "ddp")] == [10, 20, 30]
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    assert len(rows(tmp_path / "ddp")) == 3  # rank 0 alone writes
+    vp.load(tmp_path / "ddp", device="cpu")
+
+
+def test_two_stage_starts_at_primary_distortion_and_improves(tiny_run, tmp_path, digits_test):
+    from trainers.train import build_model
+
+    x = digits_test.images[:64]
+    def distortion(probe):
+        latents = probe.encode(x, generator=image_generators(0, range(len(x))))
+        return float(((x.float() / 255 - probe.decode(latents).mean) ** 2).flatten(1).sum(1)
+                     .mean())
+    primary = vp.load(tiny_run, device="cpu")
+    config = tiny_config(tmp_path / "s", objective="two-stage", primary=str(tiny_run),
+                         gamma=0.5, steps=150, ckpt_every=150, lr=5e-3)
+    untrained = vp.probe.probe_for(build_model(config, (1, 8, 8)), "cpu")
+    assert distortion(untrained) == pytest.approx(distortion(primary), abs=1e-6)
+    run = train(config)
+    trained = vp.load(run, device="cpu")
+    assert [info.stage for info in trained.layers].count("secondary") == 3
+    assert distortion(trained) < 0.5 * distortion(primary)
+
+
+def test_bad_input_is_refused_and_nothing_overwritten(tmp_path, tiny_run):
+    with pytest.raises(ValueError, match="gamma"):
+        tiny_config(tmp_path / "g", gamma=0)
+    with pytest.raises(ValueError, match=r"models images \(3, 32, 32\)"):
+        train(make(preset="demo-cpu", data="digits8", out=str(tmp_path / "shape"),
+                   progress=False))
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(TrainingError, match="not a vaeprobe run"):
+        train(tiny_config(tmp_path / "ts", objective="two-stage", primary=str(tmp_path /
+                                                                               "notarun")))
+    stored = (tiny_run / "config.json").read_text()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny_config(tiny_run, steps=5))
+    with pytest.raises(TrainingError, match="differs"):
+        train(tiny_config(tiny_run, steps=50, gamma=3.0, resume=True))
+    assert (tiny_run / "config.json").read_text() == stored
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not an empty vaeprobe run"):
+        train(tiny_config(tmp_path / "other"))
+    with pytest.raises(SystemExit):
+        from_args(["--gama", "3"])
+
+
+def test_most_updates_skipped_stops_with_an_error(tmp_path):
+    with pytest.raises(TrainingError, match="updates were skipped"):
+        train(tiny_config(tmp_path / "r", skip_threshold=1e-12, steps=100))
+
+
+def test_checkpoint_schedule_is_log_spaced_then_regular():
+    assert checkpoint_steps(1000, 500) == [100, 140, 200, 280, 400, 500, 570, 800, 1000]
+    assert checkpoint_steps(30, 10) == [10, 20, 30]
+
+
+def test_tiny_run_fixture_is_a_complete_run(tiny_run):
+    assert [s for s, _ in vp.checkpoints(tiny_run)] == [10, 20, 30, 40]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["family"] == "hvae" and config["train"]["gamma"] == 2.0
+    assert {"step", "rate", "distortion", "mse", "lambda", "sigma", "grad_norm", "skipped",
+            "images_per_s"} <= set(rows(tiny_run)[0])
