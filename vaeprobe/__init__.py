@@ -5,11 +5,16 @@
 '0.1.0'
 """
 
-from vaeprobe import data
+from vaeprobe import data, plot
 from vaeprobe._version import __version__
 from vaeprobe.adapters import load
 from vaeprobe.io import checkpoints, open_results, save
 from vaeprobe.probe import LatentPass, LayerInfo, Probe
 
-__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "load",
+__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "load", "plot",
            "open_results", "save"]
+
+from vaeprobe.likelihood import iwae  # noqa: E402
+from vaeprobe.rate import rate  # noqa: E402
+
+__all__ += ["iwae", "rate"]

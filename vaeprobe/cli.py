@@ -41,7 +41,79 @@ def _add_data(sub) -> None:
     parser.set_defaults(run=_cmd_data)
 
 
-COMMANDS = [_add_data]
+def _probe_arguments(parser, data_default: str | None = None) -> None:
+    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("--data", default=data_default, required=data_default is None,
+                        help="evaluation data, e.g. patches32:test")
+    parser.add_argument("--n-images", type=int, default=None, help="seeded random subset")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights")
+    parser.add_argument("--out", default=None, help="write the Dataset here (netCDF)")
+    parser.add_argument("--plot", default=None, help="write a PNG figure here")
+
+
+def _finish(ds, args, draw) -> int:
+    """Print a short view, save the Dataset and the figure when asked."""
+    from vaeprobe import io
+
+    if args.out:
+        io.save(ds, args.out)
+        print(f"wrote {args.out}")
+    if args.plot:
+        from vaeprobe.plot._common import save_figure
+
+        save_figure(draw(ds), args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _batch(args, default: int) -> dict:
+    return {"batch_size": args.batch_size or default}
+
+
+def _cmd_rate(args) -> int:
+    import vaeprobe as vp
+
+    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed, **_batch(args, 64))
+    print(ds[["rate", "rate_fraction"]].to_dataframe().to_string(float_format="%.3f"))
+    print(ds["rate_by_resolution"].to_series().to_string(float_format="%.3f"))
+    print(f"total rate {float(ds.total_rate):.2f} ± {float(ds.total_rate_se):.2f} nats, "
+          f"distortion {float(ds.distortion):.3f}, active units {int(ds.active_units)}")
+    return _finish(ds, args, vp.plot.rate)
+
+
+def _add_rate(sub) -> None:
+    parser = sub.add_parser("rate", help="rate per latent layer and resolution")
+    _probe_arguments(parser)
+    parser.set_defaults(run=_cmd_rate)
+
+
+def _cmd_iwae(args) -> int:
+    import vaeprobe as vp
+
+    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    ds = vp.iwae(probe, args.data, k=args.k, n_images=args.n_images, chunk=args.chunk,
+                 seed=args.seed, kind=args.kind, **_batch(args, 16))
+    print(f"IWAE (K={args.k}) {float(ds.bpd_mean):.4f} ± {float(ds.bpd_se):.4f} bits/dim; "
+          f"ELBO {float(ds.elbo_bpd_mean):.4f} ± {float(ds.elbo_bpd_se):.4f}; mean ESS "
+          f"{float(ds.ess.mean()):.1f} ({ds.attrs['likelihood_kind']}, "
+          f"{ds.attrs['n_images']} images)")
+    return _finish(ds, args, vp.plot.iwae_convergence)
+
+
+def _add_iwae(sub) -> None:
+    parser = sub.add_parser("iwae", help="importance-weighted ELBO in bits/dim")
+    _probe_arguments(parser)
+    parser.add_argument("-k", type=int, default=1000, help="importance samples per image")
+    parser.add_argument("--chunk", type=int, default=None, help="draws per image per pass")
+    parser.add_argument("--kind", default=None, choices=("discretized", "dequantized"))
+    parser.set_defaults(run=_cmd_iwae)
+
+
+COMMANDS = [_add_data, _add_rate, _add_iwae]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,6 +106,16 @@ class Probe:
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
         raise NotImplementedError
 
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
+        """Yield LatentPasses of ``chunk`` draws per image until ``n_samples`` are drawn.
+
+        The default calls :meth:`encode` per chunk; probes that can share the deterministic
+        encoder work across chunks override it (ours do). Rows are image-major per chunk.
+        """
+        _check_n_samples(n_samples)
+        for start in range(0, n_samples, chunk):
+            yield self.encode(x, min(chunk, n_samples - start), generator)
+
     def decode(self, latents: LatentPass):
         raise NotImplementedError
 
@@ -146,13 +156,18 @@ class HVAEProbe(Probe):
 
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
         _check_n_samples(n_samples)
         x = self.check_images(x)
-        activations = self.model.bottom_up(x)  # once per image, shared by the K draws
-        activations = {r: a.repeat_interleave(n_samples, 0) for r, a in activations.items()}
-        h, draws = self.model.top_down(activations,
-                                       noise=self.noise(x.shape[0], n_samples, generator))
-        return LatentPass(draws, n_samples, {"h": h})
+        activations = self.model.bottom_up(x)  # once per image, shared by every draw
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            repeated = {r: a.repeat_interleave(k, 0) for r, a in activations.items()}
+            h, draws = self.model.top_down(repeated, noise=self.noise(x.shape[0], k, generator))
+            yield LatentPass(draws, k, {"h": h})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
@@ -192,17 +207,23 @@ class TwoStageProbe(Probe):
 
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
         _check_n_samples(n_samples)
         x = self.check_images(x)
-        noise = self.noise(x.shape[0], n_samples, generator)
         primary = self.model.primary
-        activations = {r: a.repeat_interleave(n_samples, 0)
-                       for r, a in primary.bottom_up(x).items()}
-        h1, draws1 = primary.top_down(activations, noise=noise[:self.n_primary])
-        x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
-        h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
-                                     x=x.repeat_interleave(n_samples, 0))
-        return LatentPass(draws1 + draws2, n_samples, {"h": h2, "x_hat": x_hat})
+        activations = primary.bottom_up(x)  # the primary's encoder work is shared
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            noise = self.noise(x.shape[0], k, generator)
+            repeated = {r: a.repeat_interleave(k, 0) for r, a in activations.items()}
+            h1, draws1 = primary.top_down(repeated, noise=noise[:self.n_primary])
+            x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
+            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
+                                         x=x.repeat_interleave(k, 0))
+            yield LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):

@@ -85,9 +85,17 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"likelihood kind must be 'discretized' or 'dequantized', got {kind!r}")
 
 
-def _dequantise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1]."""
-    noise = torch.rand(x.shape, generator=generator, device=x.device)
+def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
+    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1].
+
+    ``generator``: one, or a list with one per image (rows image-major, equal rows each).
+    """
+    if isinstance(generator, (list, tuple)):
+        rows = x.shape[0] // len(generator)
+        noise = torch.cat([torch.rand((rows, *x.shape[1:]), generator=g, device=x.device)
+                           for g in generator])
+    else:
+        noise = torch.rand(x.shape, generator=generator, device=x.device)
     return (x.float() + noise) / 256.0
 
 

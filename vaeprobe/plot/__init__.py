@@ -4,5 +4,6 @@ They never compute a model. Import matplotlib lazily so the library imports with
 """
 
 from vaeprobe.plot._images import image_grid, sample_grid
+from vaeprobe.plot._rate import iwae_convergence, rate
 
-__all__ = ["image_grid", "sample_grid"]
+__all__ = ["image_grid", "iwae_convergence", "rate", "sample_grid"]

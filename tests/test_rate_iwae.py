@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from linear_gaussian import DIMS, LinearGaussianProbe, images
+
+import vaeprobe as vp
+from vaeprobe.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_probe(tiny_run):
+    return vp.load(tiny_run, device="cpu")
+
+
+@pytest.mark.parametrize("k", [1, 2, 16])
+def test_exact_posterior_gives_exact_log_likelihood_for_every_k(k):
+    probe, x = LinearGaussianProbe(), images()
+    ds = vp.iwae(probe, x, k=k, progress=False)
+    np.testing.assert_allclose(ds["log_likelihood"], probe.exact_log_likelihood(x), atol=1e-9)
+    np.testing.assert_allclose(ds["elbo"], probe.exact_log_likelihood(x), atol=1e-9)
+
+
+def test_wrong_posterior_is_below_and_approaches_with_k():
+    probe, x = LinearGaussianProbe(mean_shift=0.5, logstd_shift=0.4), images()
+    exact = probe.exact_log_likelihood(x).numpy()
+    by_k = vp.iwae(probe, x, k=1024, chunk=100, progress=False)["log_likelihood_by_k"]
+    gaps = exact.mean() - by_k.mean("image").values
+    # a lower bound in expectation: below the truth, up to Monte Carlo error once it is tight
+    assert gaps[0] > 1 and (gaps[:5] > 0).all() and (gaps > -0.05).all()
+    assert abs(gaps[-1]) < 0.05 * gaps[0] and (np.diff(gaps) < 1e-2).all()
+
+
+def test_rate_equals_analytic_kl():
+    probe, x = LinearGaussianProbe(), images()
+    ds = vp.rate(probe, x, progress=False, per_image=True)
+    exact = probe.exact_kl(x).numpy()
+    np.testing.assert_allclose(ds["rate_per_image"].sel(layer=0), exact, rtol=1e-9)
+    assert float(ds["total_rate"]) == pytest.approx(exact.mean(), rel=1e-9)
+    assert float(ds["rate_se"][0]) == pytest.approx(exact.std(ddof=1) / math.sqrt(len(x)))
+    assert float(ds["rate_bpd"][0]) == pytest.approx(exact.mean() / (DIMS * math.log(2)))
+
+
+def test_bits_per_dim_and_dequantized_offset():
+    probe, x = LinearGaussianProbe(), images()
+    plain = vp.iwae(probe, x, k=4, progress=False)
+    np.testing.assert_allclose(plain["bpd"], -plain["log_likelihood"] / (DIMS * math.log(2)))
+    deq = vp.iwae(probe, x, k=4, kind="dequantized", progress=False)
+    np.testing.assert_allclose(deq["bpd"], plain["bpd"] + 8.0)  # log2(256) for [0, 1] data
+    assert deq.attrs["likelihood_kind"] == "dequantized" and deq.attrs["bpd_offset"] == 8.0
+    assert plain.attrs["bpd_offset"] == 0.0
+
+
+def test_k1_is_the_elbo_and_the_bound_grows_with_k(tiny_probe, digits_test):
+    one = vp.iwae(tiny_probe, digits_test, k=1, n_images=60, progress=False)
+    np.testing.assert_allclose(one["log_likelihood"], one["elbo"])
+    many = vp.iwae(tiny_probe, digits_test, k=32, n_images=60, progress=False)
+    assert many["bpd_by_k"].values[-1] < many["bpd_by_k"].values[0]
+    assert float(many["log_likelihood"].mean()) >= float(many["elbo"].mean())
+    assert ((many["ess"] >= 1) & (many["ess"] <= 32 + 1e-9)).all()
+    assert list(many["k"].values) == [1, 2, 4, 8, 16, 32]
+
+
+def test_batch_size_independent_and_seeded(tiny_probe, digits_test):
+    def run(**kwargs):
+        return vp.iwae(tiny_probe, digits_test, k=6, n_images=20, chunk=4, progress=False,
+                       **kwargs)["log_likelihood"].values
+    np.testing.assert_allclose(run(batch_size=3), run(batch_size=16), rtol=1e-6)
+    np.testing.assert_allclose(run(kind="dequantized", batch_size=3),
+                               run(kind="dequantized", batch_size=16), rtol=1e-6)
+    assert not np.allclose(run(seed=1), run(seed=2))
+    a = vp.rate(tiny_probe, digits_test, n_images=30, batch_size=7, progress=False)
+    b = vp.rate(tiny_probe, digits_test, n_images=30, batch_size=64, progress=False)
+    np.testing.assert_allclose(a["rate"], b["rate"], rtol=1e-6)
+
+
+def test_encoder_runs_once_per_image_across_chunks(tiny_probe, digits_test):
+    calls = []
+    handle = tiny_probe.model.encoder.register_forward_hook(
+        lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        vp.iwae(tiny_probe, digits_test, k=10, chunk=3, n_images=8, batch_size=8,
+                progress=False)
+    finally:
+        handle.remove()
+    assert calls == [8]
+
+
+def test_rate_dataset_structure(tiny_probe, digits_test):
+    ds = vp.rate(tiny_probe, digits_test, n_images=50, progress=False)
+    assert dict(ds.sizes) == {"layer": 3, "resolution": 3, "channel": 2}
+    assert list(ds["name"].values) == ["z00_r1", "z01_r4", "z02_r8"]
+    assert float(ds["rate_fraction"].sum()) == pytest.approx(1.0)
+    assert float(ds["rate_by_resolution"].sum()) == pytest.approx(float(ds["total_rate"]))
+    np.testing.assert_allclose(ds["rate_per_channel"].sum("channel"), ds["rate"], rtol=1e-6)
+    assert ds["rate"].attrs["units"] == "nats" and ds.attrs["analysis"] == "rate"
+    assert ds.attrs["checkpoint"].endswith("ckpt_step00000040.pt")
+    assert float(ds["mse"]) == pytest.approx(float(ds["distortion"]) / 64)
+
+
+def test_two_stage_rate_has_stages(tiny_run, digits_test, tmp_path):
+    from vaeprobe.models import TwoStageVAE, preset, secondary_config
+    from vaeprobe.probe import probe_for
+
+    probe = probe_for(TwoStageVAE(preset("tiny-8"), secondary_config(preset("tiny-8"))), "cpu")
+    ds = vp.rate(probe, digits_test, n_images=10, progress=False)
+    assert list(ds["stage_name"].values) == ["primary", "secondary"]
+    assert np.isfinite(vp.iwae(probe, digits_test, k=3, n_images=4, progress=False)["bpd"]).all()
+
+
+def test_bad_input(tiny_probe, digits_test):
+    with pytest.raises(ValueError, match="k .* >= 1"):
+        vp.iwae(tiny_probe, digits_test, k=0)
+    with pytest.raises(ValueError, match=r"expects \(1, 8, 8\)"):
+        vp.rate(tiny_probe, "patches16:test", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        vp.iwae(tiny_probe, torch.zeros(0, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_cli_rate_and_iwae(tiny_run, tmp_path):
+    assert main(["rate", str(tiny_run), "--data", "digits8:test", "--n-images", "30",
+                 "--out", str(tmp_path / "rate.nc"), "--plot", str(tmp_path / "rate.png")]) == 0
+    assert vp.open_results(tmp_path / "rate.nc")["rate"].sizes == {"layer": 3}
+    assert main(["iwae", str(tiny_run), "-k", "8", "--data", "digits8:test", "--n-images", "10",
+                 "--out", str(tmp_path / "iwae.nc"), "--plot", str(tmp_path / "iwae.png")]) == 0
+    assert (tmp_path / "iwae.png").exists() and (tmp_path / "rate.png").exists()

@@ -1,0 +1,57 @@
+"""Shared plumbing of the analyses: evaluation sets, provenance, progress bars."""
+
+from __future__ import annotations
+
+import torch
+
+from vaeprobe import data as vdata
+from vaeprobe.io import provenance
+from vaeprobe.probe import Probe, image_generators
+
+
+def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
+    """(dataset, indices): ``data`` checked against the probe's image shape, a seeded subset."""
+    dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
+    return dataset, vdata.select(dataset, n_images, seed)
+
+
+def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
+            progress: bool, desc: str):
+    """Yield (images on device, per-image generators) with a progress bar over images."""
+    bar = progress_bar(len(indices), desc, progress, unit="img")
+    start = 0
+    for x in vdata.iterate_batches(dataset, batch_size, indices):
+        chunk = indices[start:start + len(x)]
+        start += len(x)
+        yield x.to(device), image_generators(seed, chunk.tolist(), device)
+        if bar is not None:
+            bar.update(len(x))
+    if bar is not None:
+        bar.close()
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+def result_attrs(analysis: str, parameters: dict, probe: Probe | None, dataset, n_images: int,
+                 seed: int, **facts) -> dict:
+    """Provenance of one analysis of one model: parameters, checkpoint, dataset, seed."""
+    source = dict(probe.source) if probe is not None else {}
+    source.setdefault("checkpoint", "in-memory model")
+    return provenance(analysis, parameters, dataset=vdata.dataset_name(dataset),
+                      n_images=int(n_images), seed=int(seed), **source, **facts)
+
+
+def image_dims(probe: Probe) -> int:
+    channels, height, width = probe.image_shape
+    return channels * height * width
+
+
+def squared_error(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Per-image sum of squared error on the [0, 1] scale: the trainer's distortion (B,)."""
+    return ((x.double() / 255.0 - mean.double()) ** 2).flatten(1).sum(1)

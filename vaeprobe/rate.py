@@ -1,0 +1,147 @@
+"""Where the bits go: rate per latent layer, per resolution and per channel; active units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs, squared_error
+from vaeprobe.probe import Probe
+
+
+class _Moments:
+    """Running sums for a mean and its standard error over images (float64)."""
+
+    def __init__(self):
+        self.n, self.total, self.total_sq = 0, 0.0, 0.0
+
+    def update(self, values: torch.Tensor) -> None:  # values: (images, ...)
+        values = values.double().cpu()
+        self.n += values.shape[0]
+        self.total = self.total + values.sum(0)
+        self.total_sq = self.total_sq + (values ** 2).sum(0)
+
+    def compute(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.n
+        variance = (self.total_sq / self.n - mean ** 2).clamp(min=0) * self.n / max(self.n - 1, 1)
+        return np.asarray(mean), np.asarray((variance / self.n).sqrt())
+
+
+def _rate_terms(probe: Probe, x: torch.Tensor, generators) -> dict:
+    """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
+    latents = probe.encode(x, 1, generators)
+    width = max(info.channels for info in probe.layers)
+    per_channel = torch.full((x.shape[0], len(probe.layers), width), float("nan"),
+                             dtype=torch.float64)
+    for index, draw in enumerate(latents.draws):
+        kl = draw.kl.double().sum((2, 3)).cpu()  # (B, channels)
+        per_channel[:, index, :kl.shape[1]] = kl
+    distortion = squared_error(x, probe.decode(latents).mean)
+    return dict(layer=latents.kl_per_layer().double(), channel=per_channel,
+                distortion=distortion)
+
+
+def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 64,
+         seed: int = 0, active_threshold: float = 0.01, per_image: bool = False,
+         progress: bool = True) -> xr.Dataset:
+    """Rate (KL of the posterior from the prior) per latent layer, resolution and channel.
+
+    Parameters
+    ----------
+    probe : Probe
+    data : str, Dataset or uint8 tensor
+        Evaluation images, e.g. ``"patches32:test"``.
+    n_images : int, optional
+        A seeded random subset of this many images (all by default).
+    batch_size : int
+    seed : int
+        Seeds the subset and the posterior draws (per image: batch size does not matter).
+    active_threshold : float
+        A channel is an active unit when its mean KL exceeds this (nats).
+    per_image : bool
+        Also return ``rate_per_image`` (image, layer).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dim ``layer`` (coords ``name``, ``layer_resolution``, ``channels``, ``stage``):
+        ``rate``, ``rate_se``, ``rate_bpd``, ``rate_fraction``; ``rate_by_resolution``
+        (``resolution``); ``rate_per_channel`` and ``active`` (layer, channel);
+        ``active_units``, ``total_rate``, ``total_rate_se``, ``distortion``, ``mse``.
+
+    Examples
+    --------
+    >>> ds = rate(vp.load("runs/demo"), "patches32:test", n_images=256)  # doctest: +SKIP
+    >>> ds["rate_by_resolution"].to_series()  # doctest: +SKIP
+    """
+    dataset, indices = evaluation_set(probe, data, n_images, seed)
+    layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
+    images = []
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
+                                 "rate"):
+        terms = _rate_terms(probe, x, generators)
+        layer.update(terms["layer"])
+        channel.update(terms["channel"])
+        distortion.update(terms["distortion"])
+        total.update(terms["layer"].sum(1))
+        if per_image:
+            images.append(terms["layer"].cpu())
+    ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
+    if per_image:
+        ds["rate_per_image"] = (("image", "layer"), torch.cat(images).numpy(),
+                                {"units": "nats", "long_name": "KL per image and layer"})
+        ds = ds.assign_coords(image=indices.numpy())
+    parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,
+                      active_threshold=active_threshold, per_image=per_image)
+    ds.attrs = result_attrs("rate", parameters, probe, dataset, len(indices), seed,
+                            active_threshold=active_threshold)
+    return ds
+
+
+def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
+    rate_mean, rate_se = layer.compute()
+    channel_mean, _ = channel.compute()
+    distortion_mean, distortion_se = distortion.compute()
+    total_mean, total_se = total.compute()
+    dims = image_dims(probe)
+    resolutions = np.array([info.resolution[0] for info in probe.layers])
+    distinct = np.unique(resolutions)
+    by_resolution = np.array([rate_mean[resolutions == r].sum() for r in distinct])
+    active = np.nan_to_num(channel_mean, nan=-np.inf) > threshold
+    nats = {"units": "nats"}
+    ds = xr.Dataset(
+        {
+            "rate": ("layer", rate_mean, {**nats, "long_name": "KL(q || p) per image"}),
+            "rate_se": ("layer", rate_se, {**nats, "long_name": "standard error of rate"}),
+            "rate_bpd": ("layer", rate_mean / (dims * math.log(2)), {"units": "bits/dim"}),
+            "rate_fraction": ("layer", rate_mean / max(total_mean, 1e-300), {"units": "1"}),
+            "rate_by_resolution": ("resolution", by_resolution, nats),
+            "rate_per_channel": (("layer", "channel"), channel_mean, nats),
+            "active": (("layer", "channel"), active.astype(np.int8),
+                       {"units": "1", "long_name": "mean KL above active_threshold"}),
+            "active_units": ((), int(active.sum()), {"units": "channels"}),
+            "total_rate": ((), float(total_mean), nats),
+            "total_rate_se": ((), float(total_se), nats),
+            "distortion": ((), float(distortion_mean), {"units": "sum of squares on [0, 1]"}),
+            "distortion_se": ((), float(distortion_se), {"units": "sum of squares on [0, 1]"}),
+            "mse": ((), float(distortion_mean) / dims, {"units": "mean square on [0, 1]"}),
+        },
+        coords={
+            "layer": np.arange(len(probe.layers)),
+            "name": ("layer", [info.name for info in probe.layers]),
+            "layer_resolution": ("layer", resolutions),
+            "channels": ("layer", [info.channels for info in probe.layers]),
+            "stage": ("layer", [info.stage for info in probe.layers]),
+            "resolution": distinct,
+            "channel": np.arange(channel_mean.shape[1]),
+        },
+    )
+    if len(set(ds["stage"].values.tolist())) > 1:
+        stages = sorted(set(ds["stage"].values.tolist()))
+        ds["rate_by_stage"] = ("stage_name", [float(rate_mean[ds["stage"].values == s].sum())
+                                              for s in stages], nats)
+        ds = ds.assign_coords(stage_name=stages)
+    return ds
