@@ -18,3 +18,7 @@ from vaeprobe.likelihood import iwae  # noqa: E402
 from vaeprobe.rate import rate  # noqa: E402
 
 __all__ += ["iwae", "rate"]
+from vaeprobe.pca import pca_baseline  # noqa: E402
+from vaeprobe.spectrum import spectrum  # noqa: E402
+
+__all__ += ["pca_baseline", "spectrum"]

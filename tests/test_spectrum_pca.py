@@ -1,0 +1,119 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import vaeprobe as vp
+from vaeprobe.pca import gaussian_rate_distortion, water_filling
+from vaeprobe.spectrum import power_2d, radial_bins, radial_profile
+
+
+def white_noise(n, side, std=0.1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, side, side, generator=generator, dtype=torch.float64) * std
+
+
+@pytest.mark.parametrize("side", [31, 32])
+@pytest.mark.parametrize("window", ["none", "hann", "kaiser"])
+def test_white_noise_is_flat_at_its_variance(side, window):
+    images = white_noise(3000, side)
+    frequency, power, counts = radial_profile(power_2d(images, window) / len(images))
+    assert np.allclose(power[2:], 0.01, rtol=0.06), power  # odd and even sizes agree
+    assert frequency[-1] == pytest.approx((side // 2) / side)
+
+
+@pytest.mark.parametrize("side", [32, 33])
+def test_sinusoid_peaks_at_its_frequency(side):
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    images = torch.cos(2 * math.pi * 0.25 * x + 0.3)[None, None].double()
+    frequency, power, _ = radial_profile(power_2d(images, "hann"))
+    assert abs(frequency[np.argmax(power)] - 0.25) <= 1 / side
+
+
+def test_parseval():
+    images = white_noise(5, 16) + torch.linspace(0, 1, 16).double()
+    centred = images - images.mean((2, 3), keepdim=True)
+    power = power_2d(images, "none")
+    assert float(power.sum()) == pytest.approx(float((centred ** 2).sum()), rel=1e-12)
+    index, n_bins = radial_bins(16, 16)
+    frequency, mean_power, counts = radial_profile(power)
+    corners = float(power[index < 0].sum())
+    assert (mean_power * counts).sum() + corners == pytest.approx(float(power.sum()), rel=1e-12)
+    assert counts.sum() + int((index < 0).sum()) == 256
+
+
+def test_images_source_and_batch_size_independence():
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    a = vp.spectrum(images, n_images=None, batch_size=7, progress=False)
+    b = vp.spectrum(images, n_images=None, batch_size=128, progress=False)
+    np.testing.assert_allclose(a["power_data"], b["power_data"], rtol=1e-12)
+    assert a["frequency"].attrs["units"] == "cycles/pixel"
+    with pytest.raises(ValueError, match="window"):
+        vp.spectrum(images, window="hamming")
+
+
+def test_run_directory_gives_step_by_frequency(tiny_run):
+    ds = vp.spectrum(str(tiny_run), n_images=64, batch_size=20, progress=False)
+    assert dict(ds.sizes)["step"] == 4 and dict(ds.sizes)["frequency"] == 4
+    assert list(ds["step"].values) == [10, 20, 30, 40]
+    assert ds["checkpoint"].values[0].endswith("ckpt_step00000010.pt")
+    assert ds["power_reconstruction"].dims == ("step", "frequency")
+    np.testing.assert_allclose(ds["relative_power"],
+                               ds["power_reconstruction"] / ds["power_data"])
+    assert ((ds["high_frequency_fraction"] >= 0) & (ds["high_frequency_fraction"] <= 1)).all()
+    assert ds.attrs["dataset"] == "digits8:test" and ds.attrs["n_images"] == 64
+    again = vp.spectrum(str(tiny_run), n_images=64, batch_size=64, progress=False)
+    # batch-size independent up to float32 convolution round-off
+    np.testing.assert_allclose(ds["power_reconstruction"], again["power_reconstruction"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(ds["distortion"], again["distortion"], rtol=1e-5)
+
+
+def test_pca_top_and_bottom_k_against_numpy_svd():
+    images = vp.data.load("digits8:test").images
+    ds = vp.pca_baseline(images, progress=False)
+    total = float(ds["total_variance"])
+    top, bottom = ds["distortion"].sel(order="top"), ds["distortion"].sel(order="bottom")
+    assert float(top.sel(k=0)) == pytest.approx(total) and float(top.sel(k=64)) == \
+        pytest.approx(0, abs=1e-12)
+    assert float(bottom.sel(k=0)) == pytest.approx(total) and float(bottom.sel(k=64)) == \
+        pytest.approx(0, abs=1e-12)
+    flat = images.double().flatten(1).numpy() / 255.0
+    centred = flat - flat.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    for k in (1, 5, 20):
+        for order, basis in (("top", vt[:k]), ("bottom", vt[64 - k:])):
+            error = centred - centred @ basis.T @ basis
+            assert float(ds["distortion"].sel(k=k, order=order)) == pytest.approx(
+                (error ** 2).sum(1).mean(), rel=1e-8)
+    needed = ds["components_needed"]
+    assert (needed.sel(order="top") <= needed.sel(order="bottom")).all()
+
+
+def test_water_filling_closed_form_on_a_diagonal_covariance():
+    eigenvalues = np.array([4.0, 1.0, 0.25])
+    total = eigenvalues.sum()
+    assert gaussian_rate_distortion(eigenvalues, total)[0] == 0.0
+    # theta below every eigenvalue: D = 3 theta
+    d = 0.3
+    assert gaussian_rate_distortion(eigenvalues, d)[0] == pytest.approx(
+        0.5 * np.log(eigenvalues / (d / 3)).sum())
+    # theta between 0.25 and 1: D = 0.25 + 2 theta, two components coded
+    theta = 0.5
+    rate, level = water_filling(eigenvalues, 0.25 + 2 * theta)
+    assert level[0] == pytest.approx(theta) and rate[0] == pytest.approx(
+        0.5 * (np.log(4 / theta) + np.log(1 / theta)))
+    grid = np.linspace(0.05, total, 50)
+    assert (np.diff(gaussian_rate_distortion(eigenvalues, grid)) < 0).all()
+    with pytest.raises(ValueError, match="> 0"):
+        gaussian_rate_distortion(eigenvalues, 0.0)
+
+
+def test_pca_spectrum_at_a_distortion_and_bad_ks():
+    ds = vp.pca_baseline("digits8:test", spectrum_distortion=5.0, n_spectrum_images=100,
+                         progress=False)
+    assert float(ds["pca_spectrum_distortion"]) <= 5.0 and int(ds["pca_k"]) > 0
+    assert 0 <= float(ds["high_frequency_fraction_pca"]) <= 1
+    with pytest.raises(ValueError, match="ks must lie"):
+        vp.pca_baseline("digits8:test", ks=[0, 100], progress=False)

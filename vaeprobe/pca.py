@@ -1,0 +1,194 @@
+"""PCA baselines: top-k vs bottom-k reconstructions and the Gaussian rate-distortion bound.
+
+The paper's analogy (Section 5): the top-k principal components reach a distortion with far
+fewer components than the bottom-k. Reverse water-filling gives R(D) of a Gaussian source with
+the data's covariance: for squared error no source with this covariance needs more rate, so it
+is the yardstick for a VAE's (distortion, rate) point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe._analysis import progress_bar, result_attrs
+from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
+
+
+class _Covariance:
+    """Streaming mean and covariance of flattened [0, 1] images: memory D x D, not N x D."""
+
+    def __init__(self):
+        self.n, self.total, self.outer = 0, None, None
+
+    def update(self, x: torch.Tensor) -> None:
+        flat = x.double().flatten(1) / 255.0
+        if self.total is None:
+            self.total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+            self.outer = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
+                                     device=flat.device)
+        self.n += flat.shape[0]
+        self.total += flat.sum(0)
+        self.outer += flat.T @ flat
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.n
+        return mean, self.outer / self.n - torch.outer(mean, mean)  # population covariance
+
+
+def _eigen(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors (columns)."""
+    values, vectors = torch.linalg.eigh(covariance)
+    return values.flip(0).clamp(min=0), vectors.flip(1)
+
+
+def pca_distortion(eigenvalues: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Expected per-image squared error keeping the top-k or the bottom-k components: (k, 2)."""
+    tail = np.concatenate([np.cumsum(eigenvalues[::-1])[::-1], [0.0]])  # tail[k] = sum_{i>=k}
+    head = np.concatenate([[0.0], np.cumsum(eigenvalues)])  # head[j] = sum_{i<j}
+    dims = len(eigenvalues)
+    return np.stack([tail[ks], head[dims - ks]], axis=1)
+
+
+def components_needed(distortion_by_k: np.ndarray, ks: np.ndarray, targets) -> np.ndarray:
+    """Fewest components whose distortion is <= each target: (order, target)."""
+    result = np.full((distortion_by_k.shape[1], len(targets)), -1, dtype=np.int64)
+    for order in range(distortion_by_k.shape[1]):
+        for j, target in enumerate(targets):
+            reached = np.nonzero(distortion_by_k[:, order] <= target)[0]
+            result[order, j] = ks[reached[0]] if len(reached) else -1
+    return result
+
+
+def water_filling(eigenvalues: np.ndarray, distortion) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian R(D) by reverse water-filling, in nats: (rate, water level theta).
+
+    D = sum_i min(lambda_i, theta), R = sum_i max(0, 1/2 ln(lambda_i / theta)).
+    """
+    eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+    positive = eigenvalues[eigenvalues > 0]
+    targets = np.atleast_1d(np.asarray(distortion, dtype=np.float64))
+    if (targets <= 0).any():
+        raise ValueError("distortion must be > 0 (R(D) is infinite at D = 0)")
+    low = np.zeros_like(targets)
+    high = np.full_like(targets, positive.max())
+    for _ in range(200):  # bisection on theta: D(theta) is increasing
+        theta = 0.5 * (low + high)
+        achieved = np.minimum(positive[None, :], theta[:, None]).sum(1)
+        low, high = np.where(achieved < targets, theta, low), np.where(achieved < targets,
+                                                                       high, theta)
+    theta = 0.5 * (low + high)
+    total = positive.sum()
+    theta = np.where(targets >= total, positive.max(), theta)
+    rate = np.maximum(0.0, 0.5 * np.log(positive[None, :] / theta[:, None])).sum(1)
+    return np.where(targets >= total, 0.0, rate), theta
+
+
+def gaussian_rate_distortion(eigenvalues, distortion) -> np.ndarray:
+    """R(D) in nats per image of a Gaussian source with these covariance eigenvalues."""
+    return water_filling(eigenvalues, distortion)[0]
+
+
+def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4, 8, 16, 32, 64),
+                 spectrum_distortion: float | None = None, n_spectrum_images: int = 512,
+                 window: str = "hann", cutoff: float = 0.25, batch_size: int = 1024,
+                 seed: int = 0, device=None, progress: bool = True) -> xr.Dataset:
+    """PCA of the data: top-k vs bottom-k distortion, components needed, Gaussian R(D).
+
+    Parameters
+    ----------
+    data : str, Dataset or uint8 tensor
+    n_images : int, optional
+        A seeded random subset for the covariance.
+    ks : sequence of int, optional
+        Numbers of components (default all, 0..D).
+    targets : sequence of float
+        Distortions (per-image sum of squares on [0, 1]) for ``components_needed``.
+    spectrum_distortion : float, optional
+        Also give the spectrum of top-k reconstructions with the fewest components reaching this
+        distortion (to compare with a VAE's reconstructions at the same distortion).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``eigenvalues`` (component); ``distortion`` (k, order: top/bottom);
+        ``components_needed`` (order, target); ``rd_rate`` (rd_distortion), the Gaussian R(D)
+        bound in nats; ``total_variance``; with ``spectrum_distortion``: ``power_pca``
+        (frequency) and ``high_frequency_fraction_pca``.
+
+    Examples
+    --------
+    >>> ds = pca_baseline("digits8:test", progress=False)
+    >>> int(ds.components_needed.sel(order="top", target=8)) < int(
+    ...     ds.components_needed.sel(order="bottom", target=8))
+    True
+    """
+    dataset = vdata.as_dataset(data)
+    indices = vdata.select(dataset, n_images, seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    covariance = _Covariance()
+    bar = progress_bar(len(indices), "pca: covariance", progress, unit="img")
+    for x in vdata.iterate_batches(dataset, batch_size, indices):
+        covariance.update(x.to(device))
+        if bar is not None:
+            bar.update(len(x))
+    if bar is not None:
+        bar.close()
+    mean, cov = covariance.compute()
+    eigenvalues, eigenvectors = _eigen(cov)
+    values = eigenvalues.cpu().numpy()
+    dims = len(values)
+    ks = np.arange(dims + 1) if ks is None else np.asarray(sorted(set(int(k) for k in ks)))
+    if ks.min() < 0 or ks.max() > dims:
+        raise ValueError(f"ks must lie in 0..{dims} (the data's dimensions), got {ks.min()}.."
+                         f"{ks.max()}")
+    distortion = pca_distortion(values, ks)
+    total = float(values.sum())
+    rd_grid = np.geomspace(max(total * 1e-4, 1e-12), total, 64)
+    ds = xr.Dataset(
+        {
+            "eigenvalues": ("component", values, {"units": "variance on [0, 1]"}),
+            "distortion": (("k", "order"), distortion, {"units": "sum of squares on [0, 1]"}),
+            "components_needed": (("order", "target"), components_needed(
+                np.asarray(distortion), ks, targets), {"units": "components"}),
+            "rd_rate": ("rd_distortion", gaussian_rate_distortion(values, rd_grid),
+                        {"units": "nats", "long_name": "Gaussian R(D), reverse water-filling"}),
+            "total_variance": ((), total, {"units": "sum of squares on [0, 1]"}),
+        },
+        coords={"component": np.arange(dims), "k": ks, "order": ["top", "bottom"],
+                "target": np.asarray(targets, dtype=np.float64), "rd_distortion": rd_grid},
+    )
+    if spectrum_distortion is not None:
+        ds = ds.merge(_top_k_spectrum(dataset, seed, mean, eigenvectors, values,
+                                      spectrum_distortion, n_spectrum_images, window, cutoff,
+                                      batch_size, device))
+    parameters = dict(n_images=n_images, targets=list(targets), seed=seed, window=window,
+                      cutoff=cutoff, spectrum_distortion=spectrum_distortion,
+                      n_spectrum_images=n_spectrum_images)
+    ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
+    return ds
+
+
+def _top_k_spectrum(dataset, seed, mean, vectors, values, target, n_images, window, cutoff,
+                    batch_size, device) -> xr.Dataset:
+    """Spectrum of top-k reconstructions with the fewest k reaching ``target`` distortion."""
+    tail = np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
+    k = int(np.nonzero(tail <= target)[0][0])
+    basis = vectors[:, :k]  # (D, k)
+    accumulator = _SpectrumAccumulator(window, "per_channel")
+    indices = vdata.select(dataset, n_images, seed)
+    for x in vdata.iterate_batches(dataset, batch_size, indices):
+        flat = x.to(device).double().flatten(1) / 255.0 - mean
+        reconstruction = (flat @ basis @ basis.T + mean).reshape(x.shape)
+        accumulator.update(reconstruction)
+    frequency, power, n_modes = accumulator.compute()
+    hff = high_frequency_fraction(power[1:], n_modes[1:], frequency[1:], cutoff)
+    return xr.Dataset(
+        {"power_pca": ("frequency", power[1:], {"units": "mean |FFT|^2 per mode"}),
+         "high_frequency_fraction_pca": ((), float(hff), {"units": "1"}),
+         "pca_k": ((), k, {"units": "components", "long_name": "top-k at spectrum_distortion"}),
+         "pca_spectrum_distortion": ((), float(tail[k]), {"units": "sum of squares on [0, 1]"})},
+        coords={"frequency": frequency[1:]},
+    )

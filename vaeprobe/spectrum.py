@@ -1,0 +1,287 @@
+"""Radially averaged power spectra of images, reconstructions and residuals, across checkpoints.
+
+The estimator: float64; per-image (per-channel) mean removed; a separable window scaled to
+mean square 1 (so white noise of variance s^2 has flat power s^2); |FFT|^2 with orthonormal
+scaling averaged over images and channels before any log; radial bins by rounded radius
+(in units of 1 / min(H, W) cycles per pixel) up to Nyquist, the DC bin kept apart. Power in a
+bin is the mean over its Fourier modes; ``n_modes`` counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe import io
+from vaeprobe._analysis import (batches, evaluation_set, progress_bar, result_attrs,
+                                squared_error)
+from vaeprobe.probe import Probe
+
+WINDOWS = ("none", "hann", "kaiser")
+CHANNEL_MODES = ("per_channel", "luminance")
+_LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+
+
+def window_2d(height: int, width: int, window: str = "hann", device=None) -> torch.Tensor:
+    """A separable window (H, W), float64, scaled so that its mean square is 1."""
+    def one(n):
+        if window == "none":
+            return torch.ones(n, dtype=torch.float64, device=device)
+        if window == "hann":
+            return torch.hann_window(n, periodic=False, dtype=torch.float64, device=device)
+        return torch.kaiser_window(n, periodic=False, beta=8.0, dtype=torch.float64,
+                                   device=device)
+
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    w = torch.outer(one(height), one(width))
+    return w / w.pow(2).mean().sqrt()
+
+
+def power_2d(images: torch.Tensor, window: str = "hann", channels: str = "per_channel"
+             ) -> torch.Tensor:
+    """Summed (over images and channels) |FFT|^2 of mean-removed, windowed images: (H, W).
+
+    ``images``: (N, C, H, W), any real dtype, values on any scale (we use [0, 1]).
+    Returns the sum, not the mean, so batches can be accumulated; divide by N * C'.
+    """
+    x = images.double()
+    if channels == "luminance" and x.shape[1] == 3:
+        x = (x * _LUMA.to(x.device)[None, :, None, None]).sum(1, keepdim=True)
+    elif channels not in CHANNEL_MODES:
+        raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    x = x * window_2d(x.shape[2], x.shape[3], window, x.device)
+    return torch.fft.fft2(x, norm="ortho").abs().pow(2).sum(dim=(0, 1))
+
+
+def radial_bins(height: int, width: int) -> tuple[torch.Tensor, int]:
+    """Bin index of every Fourier mode (H, W) by rounded radius; -1 beyond Nyquist."""
+    fy = torch.fft.fftfreq(height, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(width, dtype=torch.float64)[None, :]
+    side = min(height, width)
+    index = torch.round(torch.sqrt(fy ** 2 + fx ** 2) * side).long()
+    n_bins = side // 2 + 1  # 0 (DC) .. Nyquist
+    return torch.where(index < n_bins, index, torch.full_like(index, -1)), n_bins
+
+
+def radial_profile(power: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frequency in cycles/pixel, mean power per bin, modes per bin) from a 2-D power map.
+
+    Bin 0 is DC. Modes beyond Nyquist (the corners) are left out.
+    """
+    height, width = power.shape
+    index, n_bins = radial_bins(height, width)
+    inside = index >= 0
+    flat_index, flat_power = index[inside].cpu(), power[inside].double().cpu()
+    counts = torch.bincount(flat_index, minlength=n_bins).double()
+    sums = torch.bincount(flat_index, weights=flat_power, minlength=n_bins)
+    frequency = np.arange(n_bins) / min(height, width)
+    return frequency, (sums / counts.clamp(min=1)).numpy(), counts.numpy()
+
+
+def high_frequency_fraction(power: np.ndarray, counts: np.ndarray, frequency: np.ndarray,
+                            cutoff: float) -> np.ndarray:
+    """Share of (non-DC) power in bins above ``cutoff`` cycles/pixel; works along the last axis."""
+    energy = np.asarray(power) * counts
+    return energy[..., frequency > cutoff].sum(-1) / energy[..., frequency > 0].sum(-1)
+
+
+class _SpectrumAccumulator:
+    """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
+
+    def __init__(self, window: str, channels: str):
+        self.window, self.channels = window, channels
+        self.total, self.count = None, 0
+
+    def update(self, images: torch.Tensor) -> None:
+        power = power_2d(images, self.window, self.channels)
+        self.total = power if self.total is None else self.total + power
+        c = 1 if self.channels == "luminance" else images.shape[1]
+        self.count += images.shape[0] * c
+
+    def compute(self):
+        return radial_profile(self.total / self.count)
+
+
+def _source_probes(source, device):
+    """[(step, checkpoint path or label, loader)] for a run dir, a checkpoint or a Probe."""
+    from vaeprobe.adapters import load
+
+    if isinstance(source, Probe):
+        return [(int(source.source.get("step", 0)), source.source.get("checkpoint", "memory"),
+                 lambda: source)]
+    path = Path(source)
+    if path.is_dir():
+        found = io.checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"no checkpoints (ckpt_step*.pt) in run directory {path}")
+        return [(step, str(p), lambda p=p: load(p, device=device)) for step, p in found]
+    return [(None, str(path), lambda: load(path, device=device))]
+
+
+def _default_data(source) -> str:
+    """The test split of the data a run was trained on (from its config.json)."""
+    if isinstance(source, (str, os.PathLike)):
+        run = Path(source) if Path(source).is_dir() else Path(source).parent
+        config = run / "config.json"
+        if config.exists():
+            return f"{json.loads(config.read_text())['train']['data']}:test"
+    raise ValueError("pass data= (e.g. 'patches32:test'): it cannot be read from this source")
+
+
+def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
+             channels: str = "per_channel", cutoff: float = 0.25, batch_size: int = 128,
+             n_preview: int = 8, seed: int = 0, device=None, progress: bool = True
+             ) -> xr.Dataset:
+    """Power spectra of reconstructions, residuals and data at every checkpoint of a run.
+
+    Parameters
+    ----------
+    source : run directory, checkpoint path, Probe, or images
+        A run directory analyses every checkpoint; images (a uint8 tensor or Dataset) give the
+        data spectrum alone.
+    data : str, Dataset or uint8 tensor, optional
+        Evaluation images; default the test split of the run's training data.
+    n_images : int
+        A seeded random subset; the same images for every checkpoint.
+    window : {"hann", "kaiser", "none"}
+    channels : {"per_channel", "luminance"}
+    cutoff : float
+        ``high_frequency_fraction`` is the share of power above this many cycles/pixel.
+    n_preview : int
+        Keep this many data images and their reconstructions (for figures).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``step`` (coord ``checkpoint``) and ``frequency`` (cycles/pixel, coord ``n_modes``):
+        ``power_reconstruction``, ``power_residual``, ``relative_power``, ``power_data``,
+        ``high_frequency_fraction`` (+ ``_residual``, ``_data``), ``mse``, ``distortion``,
+        ``rate``; ``preview_data`` and ``preview_reconstruction``.
+
+    Examples
+    --------
+    >>> import vaeprobe
+    >>> ds = vaeprobe.spectrum("runs/demo")  # doctest: +SKIP
+    >>> ds["high_frequency_fraction"].to_series()  # doctest: +SKIP
+    """
+    if not 0 < cutoff < 0.5:
+        raise ValueError(f"cutoff must be in (0, 0.5) cycles/pixel, got {cutoff}")
+    window_2d(4, 4, window)  # validate early
+    if isinstance(source, (torch.Tensor, np.ndarray, torch.utils.data.Dataset)):
+        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed)
+    sources = _source_probes(source, device)
+    data = data if data is not None else _default_data(source)
+    first = sources[0][2]()
+    dataset, indices = evaluation_set(first, data, n_images, seed)
+    parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
+                      batch_size=batch_size, seed=seed,
+                      source=str(source) if not isinstance(source, Probe) else "probe")
+    rows = []
+    bar = progress_bar(len(sources), "spectrum: checkpoints", progress, unit="ckpt")
+    for index, (step, path, loader) in enumerate(sources):
+        probe = first if index == 0 else loader()
+        rows.append(_checkpoint_spectra(probe, dataset, indices, window, channels, batch_size,
+                                        seed, n_preview))
+        rows[-1].update(step=step if step is not None else probe.source.get("step", 0),
+                        checkpoint=path)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    ds = _assemble(rows, cutoff)
+    ds.attrs = result_attrs("spectrum", parameters, None, dataset, len(indices), seed,
+                            window=window, channels=channels, cutoff=cutoff)
+    return ds
+
+
+@torch.no_grad()
+def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
+                        n_preview) -> dict:
+    recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
+    distortion, rate, count, previews = 0.0, 0.0, 0, []
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
+        latents = probe.encode(x, 1, generators)
+        mean = probe.decode(latents).mean.double()
+        target = x.double() / 255.0
+        recon.update(mean)
+        residual.update(target - mean)
+        data_power.update(target)
+        distortion += float(squared_error(x, mean).sum())
+        rate += float(latents.kl_per_layer().double().sum())
+        count += x.shape[0]
+        if sum(len(p[0]) for p in previews) < n_preview:
+            previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu())))
+    frequency, power_recon, n_modes = recon.compute()
+    preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
+    preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
+    return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
+                power_residual=residual.compute()[1], power_data=data_power.compute()[1],
+                distortion=distortion / count, rate=rate / count,
+                mse=distortion / count / int(np.prod(probe.image_shape)),
+                preview_data=preview_x, preview_reconstruction=preview_r)
+
+
+def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
+    frequency, n_modes = rows[0]["frequency"][1:], rows[0]["n_modes"][1:]  # DC kept apart
+    def stack(key):
+        return np.stack([row[key] for row in rows])
+    power_recon, power_residual = stack("power_reconstruction"), stack("power_residual")
+    power_data = rows[0]["power_data"]
+    def hff(power):
+        return high_frequency_fraction(power[..., 1:], n_modes, frequency, cutoff)
+    power = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
+    ds = xr.Dataset(
+        {
+            "power_reconstruction": (("step", "frequency"), power_recon[:, 1:], power),
+            "power_residual": (("step", "frequency"), power_residual[:, 1:], power),
+            "power_data": ("frequency", power_data[1:], power),
+            "relative_power": (("step", "frequency"), power_recon[:, 1:] / power_data[1:],
+                               {"units": "1", "long_name": "reconstruction / data"}),
+            "power_dc_reconstruction": ("step", power_recon[:, 0], power),
+            "high_frequency_fraction": ("step", hff(power_recon), {"units": "1"}),
+            "high_frequency_fraction_residual": ("step", hff(power_residual), {"units": "1"}),
+            "high_frequency_fraction_data": ((), float(hff(power_data)), {"units": "1"}),
+            "distortion": ("step", stack("distortion"), {"units": "sum of squares on [0, 1]"}),
+            "mse": ("step", stack("mse"), {"units": "mean square on [0, 1]"}),
+            "rate": ("step", stack("rate"), {"units": "nats"}),
+            "preview_data": (("image", "channel", "y", "x"), rows[0]["preview_data"]),
+            "preview_reconstruction": (("step", "image", "channel", "y", "x"),
+                                       stack("preview_reconstruction")),
+        },
+        coords={"step": stack("step").astype(np.int64), "checkpoint": ("step", [
+            row["checkpoint"] for row in rows]), "frequency": frequency,
+            "n_modes": ("frequency", n_modes.astype(np.int64))},
+    )
+    ds["frequency"].attrs["units"] = "cycles/pixel"
+    return ds
+
+
+def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed) -> xr.Dataset:
+    dataset = vdata.as_dataset(images)
+    indices = vdata.select(dataset, n_images, seed)
+    accumulator = _SpectrumAccumulator(window, channels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for x in vdata.iterate_batches(dataset, batch_size, indices):
+        accumulator.update(x.to(device).double() / 255.0)
+    frequency, power, n_modes = accumulator.compute()
+    power_attrs = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
+    ds = xr.Dataset(
+        {"power_data": ("frequency", power[1:], power_attrs),
+         "power_dc_data": ((), float(power[0]), power_attrs),
+         "high_frequency_fraction_data": ((), float(high_frequency_fraction(
+             power[1:], n_modes[1:], frequency[1:], cutoff)), {"units": "1"})},
+        coords={"frequency": frequency[1:], "n_modes": ("frequency", n_modes[1:].astype(int))},
+    )
+    ds["frequency"].attrs["units"] = "cycles/pixel"
+    ds.attrs = result_attrs("spectrum", dict(n_images=n_images, window=window,
+                            channels=channels, cutoff=cutoff, seed=seed), None, dataset,
+                            len(indices), seed, window=window, channels=channels, cutoff=cutoff)
+    return ds
