@@ -113,7 +113,8 @@ def test_water_filling_closed_form_on_a_diagonal_covariance():
 def test_pca_spectrum_at_a_distortion_and_bad_ks():
     ds = vp.pca_baseline("digits8:test", spectrum_distortion=2.0, n_spectrum_images=100,
                          progress=False)
-    assert float(ds["pca_spectrum_distortion"]) <= 2.0 < float(ds["total_variance"]) and int(ds["pca_k"]) > 0
+    assert float(ds["pca_spectrum_distortion"]) <= 2.0 < float(ds["total_variance"])
+    assert int(ds["pca_k"]) > 0
     assert 0 <= float(ds["high_frequency_fraction_pca"]) <= 1
     with pytest.raises(ValueError, match="ks must lie"):
         vp.pca_baseline("digits8:test", ks=[0, 100], progress=False)

@@ -22,3 +22,6 @@ from vaeprobe.pca import pca_baseline  # noqa: E402
 from vaeprobe.spectrum import spectrum  # noqa: E402
 
 __all__ += ["pca_baseline", "spectrum"]
+from vaeprobe.fidelity import sample_quality  # noqa: E402
+
+__all__ += ["sample_quality"]

@@ -113,7 +113,157 @@ def _add_iwae(sub) -> None:
     parser.set_defaults(run=_cmd_iwae)
 
 
-COMMANDS = [_add_data, _add_rate, _add_iwae]
+def _cmd_samples(args) -> int:
+    import vaeprobe as vp
+
+    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    ds = vp.sample_quality(
+        probe, args.reference, n=args.n, kinds=args.kinds, temperature=args.temperature,
+        metrics=args.metrics, feature_extractor=args.feature_extractor,
+        prc_extractor=args.prc_extractor, lpips_trunk=args.lpips_trunk, weights=args.weights,
+        prc_weights=args.prc_weights, lpips_weights=args.lpips_weights, seed=args.seed,
+        **_batch(args, 100))
+    print(ds.drop_vars("preview").to_dataframe().to_string(float_format="%.4f"))
+    if ds.attrs["warning"]:
+        print(f"WARNING: {ds.attrs['warning']}")
+
+    def draw(result):
+        import matplotlib.pyplot as plt
+
+        from vaeprobe.plot._quality import quality_panels
+
+        fig = plt.figure(figsize=(3.2 * result.sizes["kind"], 7))
+        grids, bars = fig.subfigures(2, 1)
+        vp.plot.sample_grid(result, axs=grids.subplots(1, result.sizes["kind"]))
+        vp.plot.sample_quality(result, axs=bars.subplots(1, len(quality_panels(result))))
+        return fig
+    return _finish(ds, args, draw)
+
+
+def _add_samples(sub) -> None:
+    from vaeprobe.fidelity import KINDS, METRICS
+
+    parser = sub.add_parser("samples", help="FID/KID/precision-recall/LPIPS of mean vs "
+                            "stochastic samples")
+    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test")
+    parser.add_argument("-n", type=int, default=10000, help="images per kind")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--feature-extractor", default="inception-v3-compat")
+    parser.add_argument("--prc-extractor", default="vgg16-fc2")
+    parser.add_argument("--lpips-trunk", default="alexnet",
+                        choices=("alexnet", "random-TEST-ONLY"))
+    parser.add_argument("--weights", default=None, help="Inception weights file")
+    parser.add_argument("--prc-weights", default=None, help="VGG16 weights file")
+    parser.add_argument("--lpips-weights", default=None, help="AlexNet weights file")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-ema", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", default=None)
+    parser.set_defaults(run=_cmd_samples)
+
+
+def _cmd_weights(args) -> int:
+    from vaeprobe import weights
+
+    rows = weights.status()
+    for row in rows:
+        where = row["path"] or "MISSING"
+        print(f"{row['key']:<22} {row['file']:<46} {where}")
+        if not row["path"]:
+            print(f"{'':<22} get it from {row['url']}")
+    print("searched: " + ", ".join(str(d) for d in weights.search_dirs()))
+    return 0
+
+
+def _add_weights(sub) -> None:
+    parser = sub.add_parser("weights", help="which pretrained weights files are present")
+    parser.set_defaults(run=_cmd_weights)
+
+
+def _cmd_spectrum(args) -> int:
+    import vaeprobe as vp
+
+    ds = vp.spectrum(args.source, args.data, n_images=args.n_images, window=args.window,
+                     channels=args.channels, cutoff=args.cutoff, seed=args.seed,
+                     device=args.device)
+    columns = [c for c in ("distortion", "rate", "high_frequency_fraction") if c in ds]
+    if "step" in ds.dims:
+        print(ds[columns].to_dataframe().to_string(float_format="%.4f"))
+    print(f"data high-frequency fraction {float(ds.high_frequency_fraction_data):.4f}")
+    return _finish(ds, args, lambda result: vp.plot.spectrum(result, relative="step" in
+                                                             result.dims))
+
+
+def _add_spectrum(sub) -> None:
+    parser = sub.add_parser("spectrum", help="power spectra of reconstructions across "
+                            "checkpoints")
+    parser.add_argument("source", help="a run directory, a checkpoint, or data (name)")
+    parser.add_argument("--data", default=None, help="evaluation data (default: the run's "
+                        "test split)")
+    parser.add_argument("--n-images", type=int, default=512)
+    parser.add_argument("--window", default="hann", choices=("hann", "kaiser", "none"))
+    parser.add_argument("--channels", default="per_channel",
+                        choices=("per_channel", "luminance"))
+    parser.add_argument("--cutoff", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", default=None)
+    parser.set_defaults(run=_cmd_spectrum_dispatch)
+
+
+def _cmd_spectrum_dispatch(args) -> int:
+    from pathlib import Path
+
+    if not Path(args.source).exists():  # a dataset name: the data spectrum alone
+        from vaeprobe import data
+
+        args.source = data.as_dataset(args.source)
+    return _cmd_spectrum(args)
+
+
+def _cmd_pca(args) -> int:
+    import vaeprobe as vp
+
+    ds = vp.pca_baseline(args.data, n_images=args.n_images,
+                         spectrum_distortion=args.distortion, seed=args.seed)
+    print(ds["components_needed"].to_pandas().to_string())
+    print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
+    return _finish(ds, args, lambda result: _plot_pca(result))
+
+
+def _plot_pca(ds):
+    from vaeprobe.plot._common import axes
+
+    ax = axes(None)
+    for order in ("top", "bottom"):
+        ax.plot(ds["k"].values, ds["distortion"].sel(order=order).values, label=f"{order}-k")
+    ax.set_xlabel("components k")
+    ax.set_ylabel("distortion [sum of squares]")
+    ax.set_yscale("log")
+    ax.legend()
+    return ax
+
+
+def _add_pca(sub) -> None:
+    parser = sub.add_parser("pca", help="PCA baseline: top-k vs bottom-k, Gaussian R(D)")
+    parser.add_argument("data", help="e.g. patches32:train")
+    parser.add_argument("--n-images", type=int, default=10000)
+    parser.add_argument("--distortion", type=float, default=None,
+                        help="also the spectrum of top-k reconstructions at this distortion")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", default=None)
+    parser.set_defaults(run=_cmd_pca)
+
+
+COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_spectrum, _add_pca,
+            _add_weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import io
-from vaeprobe._analysis import (batches, evaluation_set, progress_bar, result_attrs,
-                                squared_error)
+from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
 
 WINDOWS = ("none", "hann", "kaiser")

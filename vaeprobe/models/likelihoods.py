@@ -55,9 +55,9 @@ class DiscretizedGaussian:
     def mean(self) -> torch.Tensor:
         return self.loc.clamp(0, 1)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device,
-                            dtype=self.loc.dtype)
+    def sample(self, generator=None) -> torch.Tensor:
+        """uint8 draws; ``generator``: one, or a list with one per image."""
+        noise = _random(torch.randn, self.loc.shape, generator, self.loc.device, self.loc.dtype)
         return _quantise(self.loc + self.log_sigma.exp() * noise)
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
@@ -85,18 +85,22 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"likelihood kind must be 'discretized' or 'dequantized', got {kind!r}")
 
 
-def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
-    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1].
+def _random(draw, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """``draw`` (torch.randn / torch.rand) of ``shape``; ``generator`` may be one per image.
 
-    ``generator``: one, or a list with one per image (rows image-major, equal rows each).
+    With a list, rows are split evenly and in order among the generators (image-major rows),
+    so each image's randomness does not depend on how images are batched.
     """
     if isinstance(generator, (list, tuple)):
-        rows = x.shape[0] // len(generator)
-        noise = torch.cat([torch.rand((rows, *x.shape[1:]), generator=g, device=x.device)
-                           for g in generator])
-    else:
-        noise = torch.rand(x.shape, generator=generator, device=x.device)
-    return (x.float() + noise) / 256.0
+        rows = shape[0] // len(generator)
+        return torch.cat([draw((rows, *shape[1:]), generator=g, device=device, dtype=dtype)
+                          for g in generator])
+    return draw(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
+    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1]."""
+    return (x.float() + _random(torch.rand, x.shape, generator, x.device)) / 256.0
 
 
 class DiscretizedLogisticMixture:
@@ -170,15 +174,15 @@ class DiscretizedLogisticMixture:
         log_p = torch.logsumexp(self._log_component(x, kind, generator) + log_weights, dim=1)
         return log_p.flatten(1).sum(1)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, generator=None) -> torch.Tensor:
+        """uint8 draws; ``generator``: one, or a list with one per image."""
         device = self.logits.device
-        gumbel = -torch.log(-torch.log(torch.rand(
-            self.logits.shape, generator=generator, device=device).clamp(1e-5, 1 - 1e-5)))
+        gumbel = -torch.log(-torch.log(_random(
+            torch.rand, self.logits.shape, generator, device).clamp(1e-5, 1 - 1e-5)))
         choice = F.one_hot((self.logits + gumbel).argmax(1), self.n_mixtures)
         choice = choice.permute(0, 3, 1, 2)[:, None].to(self.means.dtype)  # (B, 1, M, H, W)
         means, log_scales = (self.means * choice).sum(2), (self.log_scales * choice).sum(2)
-        uniform = torch.rand(means.shape, generator=generator, device=device)
-        uniform = uniform.clamp(1e-5, 1 - 1e-5)
+        uniform = _random(torch.rand, means.shape, generator, device).clamp(1e-5, 1 - 1e-5)
         x11 = means + log_scales.exp() * (torch.log(uniform) - torch.log1p(-uniform))
         if self.coeffs is not None:
             coeffs = (self.coeffs * choice).sum(2)
