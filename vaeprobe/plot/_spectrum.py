@@ -6,10 +6,15 @@ import xarray as xr
 from vaeprobe.plot._common import axes
 
 
-def _step_colours(n: int):
+def _step_colours(steps: np.ndarray):
+    """Colours on a log-step scale, and the matching ScalarMappable for a colourbar."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm, Normalize
 
-    return plt.get_cmap("plasma")(np.linspace(0.05, 0.85, n))
+    low, high = max(int(steps.min()), 1), max(int(steps.max()), 2)
+    norm = LogNorm(low, high) if high > low else Normalize(low - 1, high)
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap="plasma")
+    return [mappable.to_rgba(max(int(s), 1)) for s in steps], mappable
 
 
 def spectrum(ds: xr.Dataset, ax=None, relative: bool = True):
@@ -17,8 +22,11 @@ def spectrum(ds: xr.Dataset, ax=None, relative: bool = True):
     ax = axes(ax)
     variable = "relative_power" if relative else "power_reconstruction"
     frequency = ds["frequency"].values
-    for colour, step in zip(_step_colours(ds.sizes["step"]), ds["step"].values, strict=True):
-        ax.plot(frequency, ds[variable].sel(step=step).values, color=colour, label=f"{step}")
+    if "step" in ds.dims:
+        colours, mappable = _step_colours(ds["step"].values)
+        for colour, step in zip(colours, ds["step"].values, strict=True):
+            ax.plot(frequency, ds[variable].sel(step=step).values, color=colour)
+        ax.figure.colorbar(mappable, ax=ax, label="training step")
     if not relative and "power_data" in ds:
         ax.plot(frequency, ds["power_data"].values, color="k", lw=2, label="data")
     if relative:
@@ -29,7 +37,8 @@ def spectrum(ds: xr.Dataset, ax=None, relative: bool = True):
     ax.set_yscale("log")
     ax.set_xlabel("spatial frequency [cycles / pixel]")
     ax.set_ylabel("reconstruction / data power" if relative else "power")
-    ax.legend(title="step", fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return ax
 
 
@@ -58,11 +67,14 @@ def training_curves(ds: xr.Dataset, ax=None, gamma: float | None = None):
                 lw=0.8)
         twin.plot(ds["train_step"].values, ds["train_rate"].values, color="C3", alpha=0.35,
                   lw=0.8)
-    ax.plot(ds["step"].values, ds["distortion"].values, "o-", color="C0", label="distortion")
+    ax.plot(ds["step"].values, ds["distortion"].values, "o-", color="C0",
+            label="distortion, evaluation images")
     twin.plot(ds["step"].values, ds["rate"].values, "s-", color="C3", label="rate")
+    ax.plot([], [], color="C0", alpha=0.35, label="training batches")
     if gamma is not None:
         ax.axhline(gamma, color="C0", ls="--", lw=0.8, label=f"gamma = {gamma:g}")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     twin.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("distortion [sum of squares]", color="C0")

@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+import time
+
+import vaeprobe as vp
+from vaeprobe.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_frequency_shift_end_to_end_through_its_command_line(tmp_path):
+    command = [sys.executable, "-m", "analyses.frequency_shift", "--train-dir",
+               str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--preset", "tiny-16",
+               "--data", "patches16", "--gamma", "3", "--steps", "150", "--n-images", "64",
+               "--pca-images", "1000"]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.perf_counter() - start < 60
+    assert "high-frequency fraction" in result.stdout and "R(D)" in result.stdout
+    ds = vp.open_results(tmp_path / "out" / "frequency_shift.nc")
+    assert {"step", "frequency"} <= set(ds.dims) and ds.sizes["step"] >= 3
+    for name in ("power_reconstruction", "relative_power", "high_frequency_fraction",
+                 "distortion", "rate", "rate_bound", "high_frequency_fraction_pca",
+                 "train_distortion", "preview_reconstruction"):
+        assert name in ds, name
+    assert (tmp_path / "out" / "frequency_shift.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses the finished training run
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "reusing the finished run" in again.stdout
+
+
+def test_spectrum_and_pca_commands(tiny_run, tmp_path):
+    assert main(["spectrum", str(tiny_run), "--n-images", "32", "--out",
+                 str(tmp_path / "s.nc"), "--plot", str(tmp_path / "s.png")]) == 0
+    assert vp.open_results(tmp_path / "s.nc").sizes["step"] == 4
+    assert main(["spectrum", "digits8:test", "--n-images", "32"]) == 0
+    assert main(["pca", "digits8:test", "--distortion", "2", "--out", str(tmp_path / "p.nc"),
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    assert "eigenvalues" in vp.open_results(tmp_path / "p.nc")
