@@ -146,3 +146,15 @@ def test_untrained_two_stage_reproduces_x_hat():
     samples = probe.decode(probe.sample_prior(2))
     assert samples.mean.shape == (2, 1, 8, 8)
     assert math.isfinite(float(latents.log_p().sum() - latents.log_q().sum()))
+
+
+def test_shared_posterior_context_equals_the_concatenated_block():
+    """conv(gelu(cat(h, a))) split as W_h gelu(h) + W_a gelu(a) + b: same posterior."""
+    model = HVAE(tiny())
+    layer = model.decoder_layers[1]
+    generator = torch.Generator().manual_seed(0)
+    h, a = (torch.randn(3, 16, 4, 4, generator=generator) for _ in range(2))
+    expected = layer.posterior(torch.cat([h, a], 1)).chunk(2, 1)
+    got = layer._posterior(h, layer.posterior_context(a))
+    for e, g in zip(expected, got, strict=True):
+        assert torch.allclose(e, g, atol=1e-6)

@@ -118,3 +118,13 @@ def test_pca_spectrum_at_a_distortion_and_bad_ks():
     assert 0 <= float(ds["high_frequency_fraction_pca"]) <= 1
     with pytest.raises(ValueError, match="ks must lie"):
         vp.pca_baseline("digits8:test", ks=[0, 100], progress=False)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (15, 16), (16, 15), (7, 9)])
+def test_half_spectrum_unfolds_to_the_full_fft(shape):
+    images = white_noise(3, 1).new_empty(0)  # dtype only
+    images = torch.randn(3, 2, *shape, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+    centred = images - images.mean((2, 3), keepdim=True)
+    full = torch.fft.fft2(centred, norm="ortho").abs().pow(2).sum((0, 1))
+    assert torch.allclose(power_2d(images, "none"), full, rtol=1e-10, atol=1e-12)

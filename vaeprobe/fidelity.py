@@ -475,3 +475,36 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                  "published FID/KID/LPIPS") if stand_in else "",
     )
     return ds
+
+
+def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat", weights=None,
+        n_reference: int | None = None, batch_size: int = 100, seed: int = 0, device=None,
+        progress: bool = True) -> xr.Dataset:
+    """FID between two image sets; the reference features are cached (see module docstring).
+
+    ``generated`` and ``reference`` are anything :func:`vaeprobe.data.as_dataset` takes;
+    ``n_reference`` a seeded subset of the reference (all by default).
+
+    Examples
+    --------
+    >>> images = vdata.load("digits8:test").images
+    >>> ds = fid(images, images, feature_extractor="pixels-TEST-ONLY", progress=False)
+    >>> abs(float(ds["fid"])) < 1e-6
+    True
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generated, reference = vdata.as_dataset(generated), vdata.as_dataset(reference)
+    net = build_extractor(feature_extractor, weights, device)
+    indices = vdata.select(reference, n_reference, seed)
+    reference_set, cached = reference_features(reference, indices, net, batch_size, device,
+                                               progress)
+    generated_set = featurise(vdata.iterate_batches(generated, batch_size), net, device,
+                              progress_bar(len(generated), "generated", progress, unit="img"))
+    ds = xr.Dataset({"fid": ((), fid_from_features(generated_set, reference_set), {"units": "1"})})
+    ds.attrs = result_attrs(
+        "fid", dict(feature_extractor=feature_extractor, n_reference=n_reference,
+                    batch_size=batch_size, seed=seed), None, reference, len(indices), seed,
+        generated=vdata.dataset_name(generated), n_generated=len(generated), protocol=PROTOCOL,
+        feature_extractor=net.name, feature_extractor_weights_sha256=net.weights_sha256,
+        reference_from_cache=int(cached), stand_in_network=int(net.stand_in))
+    return ds

@@ -64,7 +64,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     n_images : int, optional
         A seeded random subset of this many images.
     chunk : int, optional
-        Draws per image per pass (memory: batch_size * chunk rows). Default min(k, 128).
+        Draws per image per pass; memory grows with batch_size * chunk rows. Default:
+        ``probe.rows_per_pass() // batch_size`` (small on CPU, where bigger passes are slower
+        per row; large on CUDA).
     batch_size : int
         Images per pass.
     seed : int
@@ -87,7 +89,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-    chunk = min(k, chunk or 128)
+    if chunk is None:
+        chunk = max(1, probe.rows_per_pass() // batch_size)
+    chunk = min(k, chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     kind = kind or probe.likelihood_kind

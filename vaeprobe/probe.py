@@ -89,6 +89,14 @@ class Probe:
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         return [(info.channels, *info.resolution) for info in self.layers]
 
+    def rows_per_pass(self) -> int:
+        """A good number of rows (images x draws) per pass on this probe's device.
+
+        On CPU a pass gets slower per row once its activations outgrow the caches, so the
+        default is small; probes that know their activation width refine it.
+        """
+        return 4096 if self.device.type == "cuda" else 64
+
     def noise(self, rows: int, n_samples: int, generator: Generators) -> list[torch.Tensor]:
         """Standard normal draws for every layer, (rows * n_samples, c, h, w) each."""
         shapes = self.latent_shapes()
@@ -145,6 +153,12 @@ def _check_n_samples(n_samples: int) -> None:
 class HVAEProbe(Probe):
     """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
 
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return 4096
+        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
+        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
+
     def __init__(self, model: HVAE, device=None, source: dict | None = None):
         super().__init__(source)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -162,11 +176,12 @@ class HVAEProbe(Probe):
     def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
         _check_n_samples(n_samples)
         x = self.check_images(x)
-        activations = self.model.bottom_up(x)  # once per image, shared by every draw
+        # the deterministic encoder work, once per image, shared by every draw
+        contexts = self.model.posterior_contexts(self.model.bottom_up(x))
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
-            repeated = {r: a.repeat_interleave(k, 0) for r, a in activations.items()}
-            h, draws = self.model.top_down(repeated, noise=self.noise(x.shape[0], k, generator))
+            h, draws = self.model.top_down(contexts=[c.repeat_interleave(k, 0) for c in contexts],
+                                           noise=self.noise(x.shape[0], k, generator))
             yield LatentPass(draws, k, {"h": h})
 
     @torch.no_grad()
@@ -214,12 +229,12 @@ class TwoStageProbe(Probe):
         _check_n_samples(n_samples)
         x = self.check_images(x)
         primary = self.model.primary
-        activations = primary.bottom_up(x)  # the primary's encoder work is shared
+        contexts = primary.posterior_contexts(primary.bottom_up(x))  # shared by every draw
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
             noise = self.noise(x.shape[0], k, generator)
-            repeated = {r: a.repeat_interleave(k, 0) for r, a in activations.items()}
-            h1, draws1 = primary.top_down(repeated, noise=noise[:self.n_primary])
+            h1, draws1 = primary.top_down(contexts=[c.repeat_interleave(k, 0) for c in contexts],
+                                          noise=noise[:self.n_primary])
             x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
             h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
                                          x=x.repeat_interleave(k, 0))

@@ -47,17 +47,33 @@ def power_2d(images: torch.Tensor, window: str = "hann", channels: str = "per_ch
              ) -> torch.Tensor:
     """Summed (over images and channels) |FFT|^2 of mean-removed, windowed images: (H, W).
 
-    ``images``: (N, C, H, W), any real dtype, values on any scale (we use [0, 1]).
+    ``images``: (N, C, H, W); uint8 is put on the [0, 1] scale, floats are taken as they are.
     Returns the sum, not the mean, so batches can be accumulated; divide by N * C'.
+    Real input: ``rfft2`` gives half the spectrum, Hermitian symmetry the other half.
     """
-    x = images.double()
+    x = images.double()  # a copy, changed in place below
+    if images.dtype == torch.uint8:
+        x /= 255.0
     if channels == "luminance" and x.shape[1] == 3:
         x = (x * _LUMA.to(x.device)[None, :, None, None]).sum(1, keepdim=True)
     elif channels not in CHANNEL_MODES:
         raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    x = x * window_2d(x.shape[2], x.shape[3], window, x.device)
-    return torch.fft.fft2(x, norm="ortho").abs().pow(2).sum(dim=(0, 1))
+    x -= x.mean(dim=(2, 3), keepdim=True)
+    x *= window_2d(x.shape[2], x.shape[3], window, x.device)
+    half = torch.view_as_real(torch.fft.rfft2(x, norm="ortho"))  # (N, C, H, W // 2 + 1, 2)
+    return _unfold_half_spectrum(half.square().sum(dim=(0, 1, 4)), x.shape[3])
+
+
+def _unfold_half_spectrum(half: torch.Tensor, width: int) -> torch.Tensor:
+    """Full (H, W) power map from the rfft half: P[k, l] = P[-k mod H, W - l]."""
+    height, kept = half.shape
+    full = half.new_empty(height, width)
+    full[:, :kept] = half
+    if width > kept:
+        rows = (-torch.arange(height, device=half.device)) % height
+        columns = width - torch.arange(kept, width, device=half.device)
+        full[:, kept:] = half[rows][:, columns]
+    return full
 
 
 def radial_bins(height: int, width: int) -> tuple[torch.Tensor, int]:
@@ -269,7 +285,7 @@ def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed)
     accumulator = _SpectrumAccumulator(window, channels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for x in vdata.iterate_batches(dataset, batch_size, indices):
-        accumulator.update(x.to(device).double() / 255.0)
+        accumulator.update(x.to(device))  # uint8: put on [0, 1] inside
     frequency, power, n_modes = accumulator.compute()
     power_attrs = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
     ds = xr.Dataset(

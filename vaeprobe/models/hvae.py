@@ -164,9 +164,27 @@ class TopDownLayer(nn.Module):
         self.resnet = Block(width, mid, width, residual=True, resolution=resolution,
                             last_scale=scale)
 
-    def forward(self, h, activation=None, z=None, temperature=1.0, noise=None):
-        """One layer: returns the new state and the draw. With ``activation``, z ~ q; else p.
+    def posterior_context(self, activation: torch.Tensor) -> torch.Tensor:
+        """The activation's share of the posterior's first 1x1 conv: (B, bottleneck, r, r).
 
+        conv(gelu(cat(h, a))) = W_h gelu(h) + W_a gelu(a) + b, and W_a gelu(a) depends on the
+        image alone: computed once per image, it is shared by every posterior draw.
+        """
+        first = self.posterior.convs[0]
+        width = activation.shape[1]
+        return F.conv2d(F.gelu(activation), first.weight[:, -width:])
+
+    def _posterior(self, h: torch.Tensor, context: torch.Tensor):
+        first = self.posterior.convs[0]
+        out = F.conv2d(F.gelu(h), first.weight[:, :h.shape[1]], first.bias) + context
+        for conv in self.posterior.convs[1:]:
+            out = conv(F.gelu(out))
+        return out.chunk(2, 1)
+
+    def forward(self, h, context=None, z=None, temperature=1.0, noise=None):
+        """One layer: returns the new state and the draw. With ``context``, z ~ q; else p.
+
+        ``context``: :meth:`posterior_context` of the bottom-up activation at this resolution.
         ``noise`` (shaped like z) is the standard normal draw; None draws from torch's RNG.
         """
         prior = self.prior(h)
@@ -175,8 +193,8 @@ class TopDownLayer(nn.Module):
         draw = LayerDraw(p_mean=p_mean, p_logstd=p_logstd, z=z)
         if noise is None and z is None:
             noise = torch.randn_like(p_mean)
-        if activation is not None:
-            q_mean, q_logstd = self.posterior(torch.cat([h, activation], 1)).chunk(2, 1)
+        if context is not None:
+            q_mean, q_logstd = self._posterior(h, context)
             if self.merge == "precision":  # combine the bottom-up Gaussian with the prior
                 log_precision = torch.logaddexp(-2 * q_logstd, -2 * p_logstd)
                 q_mean = (q_mean * torch.exp(-2 * q_logstd - log_precision)
@@ -255,17 +273,25 @@ class HVAE(nn.Module):
             raise ValueError("this model is conditional: pass condition= (x_hat in [0, 1])")
         return self.condition_encoder(condition * 2 - 1)
 
-    def top_down(self, activations=None, *, batch: int | None = None, zs=None, temperature=1.0,
-                 condition_features=None, noise=None):
-        """Run the decoder. Posterior draws when ``activations`` are given, else prior draws.
+    def posterior_contexts(self, activations: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-image posterior inputs of every layer (see TopDownLayer.posterior_context)."""
+        return [layer.posterior_context(activations[resolution]) for layer, resolution in
+                zip(self.decoder_layers, self.layer_resolutions, strict=True)]
 
+    def top_down(self, activations=None, *, contexts=None, batch: int | None = None, zs=None,
+                 temperature=1.0, condition_features=None, noise=None):
+        """Run the decoder. Posterior draws given ``activations`` or ``contexts``, else prior.
+
+        ``contexts``: :meth:`posterior_contexts` (repeated per draw), instead of activations.
         ``zs``: a list of latents to use instead of drawing (one per layer, or None entries).
         ``temperature``: one float or one per layer (prior draws only).
         ``noise``: a list of standard normal draws, one per layer (see :meth:`latent_shapes`).
         Returns (final state h, list of LayerDraw).
         """
+        if activations is not None and contexts is None:
+            contexts = self.posterior_contexts(activations)
         if batch is None:
-            batch = next(iter(activations.values())).shape[0]
+            batch = contexts[0].shape[0]
         n_layers = len(self.decoder_layers)
         temperatures = _per_layer(temperature, n_layers)
         zs = [None] * n_layers if zs is None else list(zs)
@@ -280,8 +306,8 @@ class HVAE(nn.Module):
                 if condition_features is not None:
                     h = h + condition_features[resolution]
                 previous = resolution
-            activation = None if activations is None else activations[resolution]
-            h, draw = layer(h, activation, z=zs[index], temperature=temperatures[index],
+            context = None if contexts is None else contexts[index]
+            h, draw = layer(h, context, z=zs[index], temperature=temperatures[index],
                             noise=noise[index])
             draws.append(draw)
         return h, draws

@@ -1,0 +1,88 @@
+"""vp.iwae against the straightforward estimator: K separate full forward passes (as NVAE's
+evaluation does), on the same model, images and K. Each method runs in its own process so its
+peak memory (RSS) is its own.
+
+    .venv/bin/python -m benchmarks.iwae_speed [--presets demo-cpu paper-svhn] [-k 64]
+"""
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+
+from benchmarks._common import in_child, peak_rss_mib, timed
+
+
+def _setup(preset: str, n_images: int):
+    import vaeprobe as vp
+    from vaeprobe.models import HVAE
+    from vaeprobe.models import preset as model_preset
+    from vaeprobe.probe import probe_for
+
+    torch.manual_seed(0)
+    probe = probe_for(HVAE(model_preset(preset)), "cpu")
+    images = vp.data.load("patches32:test").images[:n_images]
+    return probe, images
+
+
+@torch.no_grad()
+def naive_loop(probe, images, k: int) -> torch.Tensor:
+    """K full passes (encoder included), one draw each; L_K per image."""
+    log_w = []
+    for draw in range(k):
+        generator = torch.Generator().manual_seed(1000 + draw)
+        latents = probe.encode(images, 1, generator)
+        log_px = probe.decode(latents).log_prob(images)
+        log_w.append(log_px.double() + latents.log_p().double() - latents.log_q().double())
+    log_w = torch.stack(log_w, dim=1)
+    return torch.logsumexp(log_w, 1) - math.log(k)
+
+
+def child(method: str, preset: str, k: int, n_images: int, chunk: int) -> None:
+    import vaeprobe as vp
+
+    torch.set_num_threads(torch.get_num_threads())
+    probe, images = _setup(preset, n_images)
+    if method == "vaeprobe":
+        seconds, ds = timed(lambda: vp.iwae(probe, images, k=k, chunk=chunk or None,
+                                            batch_size=n_images, progress=False), repeats=2)
+        values = ds["log_likelihood"].values
+    else:
+        seconds, values = timed(lambda: naive_loop(probe, images, k).numpy(), repeats=2)
+    print(json.dumps(dict(method=method, seconds=seconds, mean=float(values.mean()),
+                          se=float(values.std(ddof=1) / math.sqrt(len(values))),
+                          peak_rss_mib=peak_rss_mib())))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=["demo-cpu", "paper-svhn"])
+    parser.add_argument("-k", type=int, default=64)
+    parser.add_argument("--n-images", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=0, help="0: vp.iwae's default")
+    parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        method, preset, k, n_images, chunk = args.child
+        child(method, preset, int(k), int(n_images), int(chunk))
+        return 0
+    print(f"K={args.k}, {args.n_images} patches32 test images, chunk {args.chunk or 'default'}, "
+          f"{torch.get_num_threads()} threads")
+    for preset in args.presets:
+        results = {m: in_child("benchmarks.iwae_speed", "--child", m, preset, str(args.k),
+                               str(args.n_images), str(args.chunk))
+                   for m in ("vaeprobe", "naive")}
+        ours, naive = results["vaeprobe"], results["naive"]
+        gap = abs(ours["mean"] - naive["mean"]) / math.hypot(ours["se"], naive["se"])
+        print(f"{preset:>11}: vp.iwae {ours['seconds']:.2f} s (peak {ours['peak_rss_mib']:.0f}"
+              f" MiB) | K passes {naive['seconds']:.2f} s (peak "
+              f"{naive['peak_rss_mib']:.0f} MiB) | speed-up "
+              f"{naive['seconds'] / ours['seconds']:.2f}x | L_K {ours['mean']:.2f} vs "
+              f"{naive['mean']:.2f} nats ({gap:.2f} combined se)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
