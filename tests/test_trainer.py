@@ -124,6 +124,9 @@ def test_bad_input_is_refused_and_nothing_overwritten(tmp_path, tiny_run):
     with pytest.raises(ValueError, match=r"models images \(3, 32, 32\)"):
         train(make(preset="demo-cpu", data="digits8", out=str(tmp_path / "shape"),
                    progress=False))
+    with pytest.raises(ValueError, match="must be below the primary's"):
+        train(tiny_config(tmp_path / "g2", objective="two-stage", primary=str(tiny_run),
+                          gamma=2.0))
     (tmp_path / "notarun").mkdir()
     with pytest.raises(TrainingError, match="not a vaeprobe run"):
         train(tiny_config(tmp_path / "ts", objective="two-stage", primary=str(tmp_path /
@@ -158,3 +161,9 @@ def test_tiny_run_fixture_is_a_complete_run(tiny_run):
     assert config["family"] == "hvae" and config["train"]["gamma"] == 2.0
     assert {"step", "rate", "distortion", "mse", "lambda", "sigma", "grad_norm", "skipped",
             "images_per_s"} <= set(rows(tiny_run)[0])
+
+
+def test_bf16_autocast_runs(tmp_path):
+    """bf16 autocast (meant for CUDA) also runs on CPU; losses stay finite."""
+    run = train(tiny_config(tmp_path / "r", amp="bf16", steps=20, ckpt_every=20))
+    assert all(abs(r["loss"]) < float("inf") for r in rows(run))

@@ -93,7 +93,12 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
     if config.likelihood == "fixed" or (not config.likelihood and config.sigma != 1.0):
         overrides["sigma"] = config.sigma
     if config.objective == "two-stage":
-        primary, _ = _load_primary(config.primary)
+        primary, payload = _load_primary(config.primary)
+        primary_gamma = _run_gamma(Path(payload["path"]).parent)
+        if primary_gamma is not None and not config.gamma < primary_gamma:
+            raise ValueError(f"the secondary's gamma ({config.gamma:g}) must be below the "
+                             f"primary's distortion target ({primary_gamma:g}): it models "
+                             f"what the primary left out")
         if tuple(primary.image_shape) != tuple(image_shape):
             raise ValueError(f"the primary models images {primary.image_shape}, the data has "
                              f"{tuple(image_shape)}")
@@ -107,6 +112,15 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
                          f"but {config.data!r} has {tuple(image_shape)}; choose a preset that "
                          f"fits (e.g. tiny-8 for digits8, demo-cpu for patches32)")
     return model
+
+
+def _run_gamma(run: Path) -> float | None:
+    """The distortion target a run was trained with, when it was distortion-targeted."""
+    stored = run / "config.json"
+    if not stored.exists():
+        return None
+    train_config = load_json(stored)["train"]
+    return train_config["gamma"] if train_config["objective"] != "elbo" else None
 
 
 def _load_primary(path: str):
