@@ -128,3 +128,20 @@ def test_half_spectrum_unfolds_to_the_full_fft(shape):
     centred = images - images.mean((2, 3), keepdim=True)
     full = torch.fft.fft2(centred, norm="ortho").abs().pow(2).sum((0, 1))
     assert torch.allclose(power_2d(images, "none"), full, rtol=1e-10, atol=1e-12)
+
+
+def test_power_2d_leaves_its_input_alone():
+    images = white_noise(4, 8) + 0.5
+    before = images.clone()
+    power_2d(images, "hann")
+    assert torch.equal(images, before)
+
+
+def test_spectrum_distortion_and_rate_agree_with_vp_rate(tiny_run, digits_test):
+    """The same checkpoint, images and seed through two code paths give the same numbers."""
+    spectra = vp.spectrum(str(tiny_run), digits_test, n_images=100, progress=False)
+    rate = vp.rate(vp.load(tiny_run, device="cpu"), digits_test, n_images=100, progress=False)
+    assert float(spectra["distortion"].sel(step=40)) == pytest.approx(float(rate["distortion"]),
+                                                                      rel=1e-5)
+    assert float(spectra["rate"].sel(step=40)) == pytest.approx(float(rate["total_rate"]),
+                                                                rel=1e-5)

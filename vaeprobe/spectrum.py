@@ -51,7 +51,7 @@ def power_2d(images: torch.Tensor, window: str = "hann", channels: str = "per_ch
     Returns the sum, not the mean, so batches can be accumulated; divide by N * C'.
     Real input: ``rfft2`` gives half the spectrum, Hermitian symmetry the other half.
     """
-    x = images.double()  # a copy, changed in place below
+    x = images.to(torch.float64, copy=True)  # always a copy: changed in place below
     if images.dtype == torch.uint8:
         x /= 255.0
     if channels == "luminance" and x.shape[1] == 3:
