@@ -167,3 +167,12 @@ def test_bf16_autocast_runs(tmp_path):
     """bf16 autocast (meant for CUDA) also runs on CPU; losses stay finite."""
     run = train(tiny_config(tmp_path / "r", amp="bf16", steps=20, ckpt_every=20))
     assert all(abs(r["loss"]) < float("inf") for r in rows(run))
+
+
+def test_resume_before_any_checkpoint_starts_afresh_without_stale_log(tmp_path):
+    run = tmp_path / "r"
+    train(tiny_config(run, steps=5, ckpt_every=100, log_every=1))  # only a final checkpoint
+    for path in run.glob("ckpt_*.pt"):
+        path.unlink()  # as if killed before the first checkpoint
+    train(tiny_config(run, steps=5, ckpt_every=100, log_every=1, resume=True))
+    assert [r["step"] for r in rows(run)] == [1, 2, 3, 4, 5]

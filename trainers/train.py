@@ -261,8 +261,9 @@ class Trainer:
 
     def restore(self) -> None:
         found = io.checkpoints(self.out)
-        if not found:
-            return  # a resumed run that never reached its first checkpoint starts afresh
+        if not found:  # killed before its first checkpoint: start afresh, drop its log lines
+            self._truncate_metrics()
+            return
         payload = io.read_checkpoint(found[-1][1])
         state = payload["trainer_state"]
         self.model.load_state_dict(payload["state_dict"])
