@@ -176,3 +176,18 @@ def test_resume_before_any_checkpoint_starts_afresh_without_stale_log(tmp_path):
         path.unlink()  # as if killed before the first checkpoint
     train(tiny_config(run, steps=5, ckpt_every=100, log_every=1, resume=True))
     assert [r["step"] for r in rows(run)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    common = ["--preset", "tiny-8", "--data", "digits8", "--steps", "5", "--batch-size", "16",
+              "--ckpt-every", "5", "--no-progress", "--device", "cpu", "--deterministic"]
+    subprocess.run([sys.executable, "-m", "trainers.train", *common, "--out",
+                    str(tmp_path / "one")], check=True, cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29519", "-m", "trainers.train", *common, "--out",
+                    str(tmp_path / "two")], check=True, cwd=ROOT, timeout=300)
+    one, two = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
+    for key in one[0]:  # equal up to the order of floating-point reductions
+        assert torch.allclose(one[0][key], two[0][key], rtol=1e-4, atol=1e-6), key
+    assert torch.allclose(one[2], two[2])

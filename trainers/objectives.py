@@ -13,13 +13,16 @@ import math
 import torch
 
 
-def rate_and_distortion(likelihood, draws, x: torch.Tensor) -> dict:
-    """Per-image rate (nats), distortion (sum of squares on [0, 1]) and log p(x|z) (nats)."""
+def rate_and_distortion(likelihood, draws, x: torch.Tensor, generator=None) -> dict:
+    """Per-image rate (nats), distortion (sum of squares on [0, 1]) and log p(x|z) (nats).
+
+    ``generator``: for the dequantization noise; one, or a list with one per image.
+    """
     rate = sum(d.kl.flatten(1).sum(1) for d in draws)
     distortion = ((x.float() / 255.0 - likelihood.loc) ** 2).flatten(1).sum(1) \
         if hasattr(likelihood, "loc") else ((x.float() / 255.0 - likelihood.mean) ** 2
                                             ).flatten(1).sum(1)
-    log_px = likelihood.log_prob(x, kind="dequantized")
+    log_px = likelihood.log_prob(x, kind="dequantized", generator=generator)
     return dict(rate=rate, distortion=distortion, log_px=log_px)
 
 

@@ -25,6 +25,7 @@ from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe.adapters import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
+from vaeprobe.probe import image_generators
 
 
 class TrainingError(RuntimeError):
@@ -152,7 +153,6 @@ class Trainer:
         if config.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        torch.manual_seed(_noise_seed(config.seed, 0, self.rank))  # each rank its own noise
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=config.lr, betas=(0.9, 0.999))
         self.lam = torch.tensor(config.lambda_init, requires_grad=True)
@@ -189,13 +189,25 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def losses(self, x: torch.Tensor) -> dict:
+    def example_noise(self, step: int, indices: torch.Tensor):
+        """Per-example randomness keyed by (seed, step, dataset index): (latent noise per layer,
+        per-example generators for dequantization). The same example gets the same noise
+        whatever the process layout or a resume, so DDP matches one process and resumes are
+        exact without restoring RNG states."""
+        generators = image_generators(_noise_seed(self.config.seed, step, 0), indices.tolist(),
+                                      self.device)
+        noise = [torch.cat([torch.randn((1, *shape), generator=g, device=self.device)
+                            for g in generators]) for shape in self.model.latent_shapes()]
+        return noise, generators
+
+    def losses(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
+        noise, generators = self.example_noise(self.step, indices)
         with self.autocast():
             if isinstance(self.model, TwoStageVAE):
-                likelihood, draws, _ = self.network(x)
+                likelihood, draws, _ = self.network(x, noise=noise)
             else:
-                likelihood, draws = self.network(x)
-        parts = objectives.rate_and_distortion(likelihood, draws, x)
+                likelihood, draws = self.network(x, noise=noise)
+        parts = objectives.rate_and_distortion(likelihood, draws, x, generators)
         if self.config.objective == "elbo":
             result = objectives.elbo_loss(parts, self.dims, self.config.beta)
         else:
@@ -204,9 +216,9 @@ class Trainer:
             if hasattr(likelihood, "log_sigma") else torch.tensor(float("nan"))
         return result
 
-    def train_step(self, x: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
         self.model.train()
-        result = self.losses(x)
+        result = self.losses(x, indices)
         self.optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
@@ -246,9 +258,7 @@ class Trainer:
         return dict(optimizer=self.optimizer.state_dict(),
                     lambda_optimizer=self.lambda_optimizer.state_dict(),
                     lam=self.lam.detach().clone(), skipped=self.skipped,
-                    recent_skips=list(self.recent_skips), rng_cpu=torch.get_rng_state(),
-                    rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    world=self.world)
+                    recent_skips=list(self.recent_skips), world=self.world)
 
     def save(self) -> None:
         if self.rank != 0:
@@ -274,15 +284,7 @@ class Trainer:
             self.lam.copy_(state["lam"])
         self.skipped, self.step = state["skipped"], payload["step"]
         self.recent_skips.extend(state["recent_skips"])
-        # rank 0's RNG stream continues exactly (bit-identical resume in one process); other
-        # ranks' states are not gathered into the checkpoint, so they restart from a seed
-        if self.rank == 0 and state.get("world", 1) == self.world:
-            torch.set_rng_state(state["rng_cpu"])
-            if state["rng_cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng_cuda"])
-        else:
-            torch.manual_seed(_noise_seed(self.config.seed, self.step, self.rank))
-        self._truncate_metrics()
+        self._truncate_metrics()  # noise is keyed by (seed, step, example): no RNG to restore
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they will be redone."""
@@ -315,10 +317,10 @@ class Trainer:
         tick, images = time.perf_counter(), 0
         try:
             while self.step < self.config.steps:
-                x = self.fetch(self.batch_indices(self.step))
-                result = self.train_step(x)
+                indices = self.batch_indices(self.step)
+                result = self.train_step(self.fetch(indices), indices)
                 self.step += 1
-                images += x.shape[0] * self.world
+                images += len(indices) * self.world
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     elapsed = time.perf_counter() - tick
                     row = self.metrics_row(result, images / max(elapsed, 1e-9))
@@ -368,7 +370,10 @@ def train(config: TrainConfig) -> Path:
     """Train with ``config``; returns the run directory."""
     trainer = Trainer(config)
     try:
-        return trainer.run()
+        out = trainer.run()
+        if trainer.world > 1:
+            dist.barrier()  # rank 0 may still be writing: tear down only when all are done
+        return out
     finally:
         if trainer.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -316,10 +316,14 @@ class HVAE(nn.Module):
         base = condition if self.config.residual else None
         return self.head(h, residual_base=base, target=target)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
-        """Training pass: (likelihood, draws) with z ~ q(z | x)."""
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None, noise=None):
+        """Training pass: (likelihood, draws) with z ~ q(z | x).
+
+        ``noise``: standard normal draws per layer (see :meth:`latent_shapes`); None uses
+        torch's global RNG.
+        """
         activations = self.bottom_up(x, condition)
-        h, draws = self.top_down(activations,
+        h, draws = self.top_down(activations, noise=noise,
                                  condition_features=self.condition_features(condition))
         return self.likelihood(h, condition, target=x), draws
 

@@ -48,14 +48,23 @@ class TwoStageVAE(nn.Module):
         self.primary.eval()  # the frozen primary always runs in evaluation mode
         return self
 
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """Primary then secondary latent shapes (c, h, w)."""
+        return self.primary.latent_shapes() + self.secondary.latent_shapes()
+
     @torch.no_grad()
-    def primary_mean(self, x: torch.Tensor) -> torch.Tensor:
+    def primary_mean(self, x: torch.Tensor, noise=None) -> torch.Tensor:
         """x_hat = mu(z), z ~ q(z | x): the primary's mean decoding of x (no gradient)."""
-        likelihood, _ = self.primary(x)
+        likelihood, _ = self.primary(x, noise=noise)
         return likelihood.mean
 
-    def forward(self, x: torch.Tensor):
-        """Training pass of the secondary: (likelihood, secondary draws, x_hat)."""
-        x_hat = self.primary_mean(x)
-        likelihood, draws = self.secondary(x, condition=x_hat)
+    def forward(self, x: torch.Tensor, noise=None):
+        """Training pass of the secondary: (likelihood, secondary draws, x_hat).
+
+        ``noise``: per-layer standard normal draws, primary layers first (latent_shapes()).
+        """
+        n_primary = len(self.primary.decoder_layers)
+        noise = [None] * len(self.latent_shapes()) if noise is None else noise
+        x_hat = self.primary_mean(x, noise[:n_primary])
+        likelihood, draws = self.secondary(x, condition=x_hat, noise=noise[n_primary:])
         return likelihood, draws, x_hat
