@@ -1,15 +1,4 @@
-import os
-
 import pytest
-import torch
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Embedded datasets and reference statistics are cached in a session directory."""
-    os.environ["VAEPROBE_CACHE"] = str(tmp_path_factory.mktemp("vaeprobe-cache"))
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

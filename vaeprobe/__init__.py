@@ -8,20 +8,14 @@
 from vaeprobe import data, plot
 from vaeprobe._version import __version__
 from vaeprobe.adapters import load
+from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import checkpoints, open_results, save
+from vaeprobe.likelihood import iwae
+from vaeprobe.pca import pca_baseline
 from vaeprobe.probe import LatentPass, LayerInfo, Probe
+from vaeprobe.rate import rate
+from vaeprobe.spectrum import spectrum
 
-__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "load", "plot",
-           "open_results", "save"]
-
-from vaeprobe.likelihood import iwae  # noqa: E402
-from vaeprobe.rate import rate  # noqa: E402
-
-__all__ += ["iwae", "rate"]
-from vaeprobe.pca import pca_baseline  # noqa: E402
-from vaeprobe.spectrum import spectrum  # noqa: E402
-
-__all__ += ["pca_baseline", "spectrum"]
-from vaeprobe.fidelity import sample_quality  # noqa: E402
-
-__all__ += ["sample_quality"]
+__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "iwae",
+           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "save",
+           "spectrum"]

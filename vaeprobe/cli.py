@@ -132,10 +132,12 @@ def _cmd_samples(args) -> int:
 
         from vaeprobe.plot._quality import quality_panels
 
-        fig = plt.figure(figsize=(3.2 * result.sizes["kind"], 7))
-        grids, bars = fig.subfigures(2, 1)
-        vp.plot.sample_grid(result, axs=grids.subplots(1, result.sizes["kind"]))
-        vp.plot.sample_quality(result, axs=bars.subplots(1, len(quality_panels(result))))
+        panels = len(quality_panels(result))
+        fig = plt.figure(figsize=(max(3.4 * result.sizes["kind"], 2.7 * panels), 7.5),
+                         layout="constrained")
+        grids, bars = fig.subfigures(2, 1, height_ratios=[1.2, 1])
+        vp.plot.sample_grid(result, axs=grids.subplots(1, result.sizes["kind"]), columns=4)
+        vp.plot.sample_quality(result, axs=bars.subplots(1, panels))
         return fig
     return _finish(ds, args, draw)
 

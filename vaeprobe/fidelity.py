@@ -488,7 +488,7 @@ def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat",
     Examples
     --------
     >>> images = vdata.load("digits8:test").images
-    >>> ds = fid(images, images, feature_extractor="pixels-TEST-ONLY", progress=False)
+    >>> ds = fid(images, images, feature_extractor="random-convnet-TEST-ONLY", progress=False)
     >>> abs(float(ds["fid"])) < 1e-6
     True
     """

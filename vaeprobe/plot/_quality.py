@@ -27,6 +27,7 @@ def sample_quality(ds: xr.Dataset, axs=None):
         errors = ds["kid_std"].values if name == "kid_mean" else None
         ax.bar(range(len(kinds)), ds[name].values, yerr=errors, color=colours)
         ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right", fontsize=8)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         ax.set_title(name)
     if ds.attrs.get("stand_in_network"):
         np.atleast_1d(axs)[0].figure.suptitle("stand-in networks (TEST ONLY): not comparable",
