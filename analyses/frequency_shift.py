@@ -54,8 +54,8 @@ def ensure_demo_run(args) -> Path:
     if args.steps is not None:
         values["steps"] = args.steps
     config = make(**values)
-    if (run / "config.json").exists():
-        stored = json.loads((run / "config.json").read_text())["train"]
+    stored = vp.io.run_config(run)
+    if stored is not None:
         changed = config.differs_from(stored)
         if changed:
             raise SystemExit(f"{run} holds a different run ({json.dumps(changed)}); pass "
@@ -97,7 +97,7 @@ def analyse(run: Path, data: str, args) -> xr.Dataset:
     ds["rate_bound"] = ("step", gaussian_rate_distortion(ds["eigenvalues"].values,
                                                          ds["distortion"].values),
                         {"units": "nats", "long_name": "Gaussian R(D) at each step's distortion"})
-    config = json.loads((run / "config.json").read_text())["train"]
+    config = vp.io.run_config(run)
     ds.attrs = provenance("frequency_shift", dict(n_images=args.n_images, cutoff=args.cutoff,
                                                   pca_images=args.pca_images, seed=args.seed),
                           run=str(run), dataset=f"{data}:test", gamma=config.get("gamma", 0.0),
@@ -171,9 +171,10 @@ def summary(ds: xr.Dataset) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     run = Path(args.run) if args.run else ensure_demo_run(args)
-    if not (run / "config.json").exists() and args.data is None:
-        raise SystemExit(f"{run} has no config.json: pass --data")
-    data = args.data or json.loads((run / "config.json").read_text())["train"]["data"]
+    stored = vp.io.run_config(run)
+    if stored is None and args.data is None:
+        raise SystemExit(f"{run} has no {vp.io.RUN_CONFIG}: pass --data")
+    data = args.data or stored["data"]
     ds = analyse(run, data, args)
     out = Path(args.out)
     vp.save(ds, out / "frequency_shift.nc")

@@ -2,7 +2,6 @@
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass, field
 
 from vaeprobe.models import PRESETS as MODEL_PRESETS
@@ -120,8 +119,3 @@ def make(**values) -> TrainConfig:
     merged = dict(PRESETS.get(preset, {}))
     merged.update(values)
     return TrainConfig(**merged)
-
-
-def load_json(path) -> dict:
-    with open(path) as handle:
-        return json.load(handle)

@@ -20,12 +20,12 @@ import torch.distributed as dist
 
 import vaeprobe
 from trainers import objectives
-from trainers.config import TrainConfig, from_args, load_json
+from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe.adapters import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
-from vaeprobe.probe import image_generators
+from vaeprobe.probe import image_generators, per_image_noise
 
 
 class TrainingError(RuntimeError):
@@ -74,12 +74,12 @@ def all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
 def prepare_run_dir(config: TrainConfig) -> Path:
     """Refuse another run's directory; on --resume, refuse a different config."""
     out = Path(config.out)
-    stored_path = out / "config.json"
-    if stored_path.exists():
+    stored = io.run_config(out)
+    if stored is not None:
         if not config.resume:
             raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
                                 f"choose another --out (nothing was overwritten)")
-        changed = config.differs_from(load_json(stored_path)["train"])
+        changed = config.differs_from(stored)
         if changed:
             raise TrainingError(f"refusing to resume {out}: its config differs in "
                                 f"{json.dumps(changed)} (stored, requested)")
@@ -117,11 +117,10 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
 
 def _run_gamma(run: Path) -> float | None:
     """The distortion target a run was trained with, when it was distortion-targeted."""
-    stored = run / "config.json"
-    if not stored.exists():
+    stored = io.run_config(run)
+    if stored is None:
         return None
-    train_config = load_json(stored)["train"]
-    return train_config["gamma"] if train_config["objective"] != "elbo" else None
+    return stored["gamma"] if stored["objective"] != "elbo" else None
 
 
 def _load_primary(path: str):
@@ -178,11 +177,7 @@ class Trainer:
         return indices[self.rank * local:(self.rank + 1) * local]
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.dataset, vdata.ImageTensorDataset):
-            x = self.dataset.images[indices]
-        else:
-            x = torch.stack([self.dataset[int(i)] for i in indices])
-        return x.to(self.device, non_blocking=True)
+        return vdata.gather(self.dataset, indices).to(self.device, non_blocking=True)
 
     def autocast(self):
         if self.config.amp == "bf16":
@@ -196,8 +191,7 @@ class Trainer:
         exact without restoring RNG states."""
         generators = image_generators(_noise_seed(self.config.seed, step, 0), indices.tolist(),
                                       self.device)
-        noise = [torch.cat([torch.randn((1, *shape), generator=g, device=self.device)
-                            for g in generators]) for shape in self.model.latent_shapes()]
+        noise = per_image_noise(self.model.latent_shapes(), generators, 1, self.device)
         return noise, generators
 
     def losses(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
@@ -297,12 +291,12 @@ class Trainer:
             tmp.write_text("".join(line + "\n" for line in kept))
 
     def write_config(self) -> None:
-        if self.rank == 0 and not (self.out / "config.json").exists():
+        if self.rank == 0 and not (self.out / io.RUN_CONFIG).exists():
             self.out.mkdir(parents=True, exist_ok=True)
             content = dict(train=self.config.to_dict(), family=family_of(self.model),
                            model=config_of(self.model), vaeprobe_version=vaeprobe.__version__,
                            world_size=self.world)
-            with io.atomic_path(self.out / "config.json") as tmp:
+            with io.atomic_path(self.out / io.RUN_CONFIG) as tmp:
                 tmp.write_text(json.dumps(content, indent=2))
 
     # -- main ---------------------------------------------------------------------------------

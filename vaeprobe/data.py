@@ -400,6 +400,13 @@ def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tenso
     return torch.randperm(total, generator=generator)[:n_images].sort().values
 
 
+def gather(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) of ``dataset`` at ``indices`` (a slice for tensor datasets)."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.images[indices]
+    return torch.stack([dataset[int(i)] for i in indices])
+
+
 def iterate_batches(dataset: Dataset, batch_size: int,
                     indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order)."""
@@ -408,8 +415,4 @@ def iterate_batches(dataset: Dataset, batch_size: int,
     if indices is None:
         indices = torch.arange(len(dataset))
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        if isinstance(dataset, ImageTensorDataset):
-            yield dataset.images[chunk]
-        else:
-            yield torch.stack([dataset[int(i)] for i in chunk])
+        yield gather(dataset, indices[start:start + batch_size])

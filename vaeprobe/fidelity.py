@@ -23,7 +23,7 @@ from torch import nn
 from vaeprobe import data as vdata
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
-from vaeprobe.io import atomic_path
+from vaeprobe.io import atomic_path, sha256_file
 from vaeprobe.probe import Probe, image_generators
 from vaeprobe.registry import Registry
 
@@ -69,7 +69,7 @@ def _inception(weights=None, device="cpu") -> Extractor:
     path = _verified_path("inception-v3-compat", weights)
     network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path))
-    return Extractor("inception-v3-compat", network.to(device), _sha(path))
+    return Extractor("inception-v3-compat", network.to(device), sha256_file(path))
 
 
 @extractors.register("vgg16-fc2")
@@ -79,7 +79,7 @@ def _vgg16(weights=None, device="cpu") -> Extractor:
     path = _verified_path("vgg16", weights)
     network = FeatureExtractorVGG16("vgg16-fc2", ["fc2_relu"],
                                     feature_extractor_weights_path=str(path))
-    return Extractor("vgg16-fc2", network.to(device), _sha(path))
+    return Extractor("vgg16-fc2", network.to(device), sha256_file(path))
 
 
 class _RandomConvNet(nn.Module):
@@ -114,12 +114,6 @@ def _pixels(weights=None, device="cpu") -> Extractor:
     return Extractor("pixels-TEST-ONLY", _Pixels(), "identity", stand_in=True)
 
 
-def _sha(path: Path) -> str:
-    from vaeprobe.io import sha256_file
-
-    return sha256_file(path)
-
-
 def build_extractor(name: str, weights=None, device="cpu") -> Extractor:
     return extractors.get(name)(weights=weights, device=device)
 
@@ -150,7 +144,7 @@ class LPIPS:
         if trunk == "alexnet":
             path = vweights.resolve("alexnet", weights)
             self._load_trunk(vweights.load_state_dict(path))
-            self.weights_sha256 = _sha(path)
+            self.weights_sha256 = sha256_file(path)
         elif trunk == "random-TEST-ONLY":
             self.weights_sha256 = "random-init"
         else:
@@ -315,7 +309,7 @@ def _generate(probe: Probe, kinds, dataset, indices, n: int, batch_size: int,
                     image_generators(seed + 1, rows, probe.device))
         if recon:
             chosen = indices[torch.tensor(rows) % len(indices)]
-            reference = torch.stack([dataset[int(i)] for i in chosen]).to(probe.device)
+            reference = vdata.gather(dataset, chosen).to(probe.device)
             likelihood = probe.decode(probe.encode(reference, 1, generators))
             if "reconstruction_mean" in recon:
                 out["reconstruction_mean"] = vdata.to_uint8(likelihood.mean)

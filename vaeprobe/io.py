@@ -235,6 +235,17 @@ def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+RUN_CONFIG = "config.json"
+
+
+def run_config(run_dir: str | os.PathLike) -> dict | None:
+    """The training config stored in a run directory (its ``train`` section), or None."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["train"]
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file itself, or the latest checkpoint of a run directory."""
     path = Path(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vaeprobe.models.hvae import HVAE, LayerDraw, gaussian_log_density
+from vaeprobe.models.hvae import HVAE, LayerDraw, gaussian_log_density, per_layer_temperatures
 from vaeprobe.models.two_stage import TwoStageVAE
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -105,11 +105,7 @@ class Probe:
                                 device=self.device) for shape in shapes]
         if len(generator) != rows:
             raise ValueError(f"expected one generator per image ({rows}), got {len(generator)}")
-        # layer by layer, so a probe's first layers get the same noise as a probe of fewer layers
-        # (the two-stage primary matches the primary alone): randn is not prefix-stable in size
-        per_layer = [[torch.randn((n_samples, *shape), generator=g, device=self.device)
-                      for g in generator] for shape in shapes]
-        return [torch.cat(parts) for parts in per_layer]
+        return per_image_noise(shapes, generator, n_samples, self.device)
 
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
         raise NotImplementedError
@@ -133,6 +129,16 @@ class Probe:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_shape={self.image_shape}, "
                 f"layers={len(self.layers)}, source={self.source.get('checkpoint', 'memory')})")
+
+
+def per_image_noise(shapes, generators, n_samples: int, device) -> list[torch.Tensor]:
+    """Standard normal draws per layer, (images * n_samples, *shape), each image's own stream.
+
+    Layer by layer, so a model's first layers get the same noise as a model of fewer layers
+    (the two-stage primary matches the primary alone): randn is not prefix-stable in size.
+    """
+    return [torch.cat([torch.randn((n_samples, *shape), generator=g, device=device)
+                       for g in generators]) for shape in shapes]
 
 
 def image_generators(seed: int, indices, device=None) -> list[torch.Generator]:
@@ -255,11 +261,7 @@ class TwoStageProbe(Probe):
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
-        temperatures = ([float(temperature)] * len(self.layers)
-                        if isinstance(temperature, (int, float)) else list(temperature))
-        if len(temperatures) != len(self.layers):
-            raise ValueError(f"expected one temperature or {len(self.layers)}, got "
-                             f"{len(temperatures)}")
+        temperatures = per_layer_temperatures(temperature, len(self.layers))
         noise = self.noise(n, 1, generator)
         h1, draws1 = self.model.primary.top_down(batch=n, temperature=temperatures[
             :self.n_primary], noise=noise[:self.n_primary])

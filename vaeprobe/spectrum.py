@@ -9,7 +9,6 @@ bin is the mean over its Fourier modes; ``n_modes`` counts them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -145,9 +144,9 @@ def _default_data(source) -> str:
     """The test split of the data a run was trained on (from its config.json)."""
     if isinstance(source, (str, os.PathLike)):
         run = Path(source) if Path(source).is_dir() else Path(source).parent
-        config = run / "config.json"
-        if config.exists():
-            return f"{json.loads(config.read_text())['train']['data']}:test"
+        config = io.run_config(run)
+        if config is not None:
+            return f"{config['data']}:test"
     raise ValueError("pass data= (e.g. 'patches32:test'): it cannot be read from this source")
 
 
@@ -204,7 +203,7 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     for index, (step, path, loader) in enumerate(sources):
         probe = first if index == 0 else loader()
         rows.append(_checkpoint_spectra(probe, dataset, indices, window, channels, batch_size,
-                                        seed, n_preview))
+                                        seed, n_preview, with_data=index == 0))
         rows[-1].update(step=step if step is not None else probe.source.get("step", 0),
                         checkpoint=path)
         if bar is not None:
@@ -219,7 +218,9 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
 
 @torch.no_grad()
 def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
-                        n_preview) -> dict:
+                        n_preview, with_data: bool) -> dict:
+    """Spectra of one checkpoint; the data's own spectrum (the same images every time) only
+    ``with_data``."""
     recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
     distortion, rate, count, previews = 0.0, 0.0, 0, []
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
@@ -228,7 +229,8 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
         target = x.double() / 255.0
         recon.update(mean)
         residual.update(target - mean)
-        data_power.update(target)
+        if with_data:
+            data_power.update(x)
         distortion += float(squared_error(x, mean).sum())
         rate += float(latents.kl_per_layer().double().sum())
         count += x.shape[0]
@@ -238,7 +240,8 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
     return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
-                power_residual=residual.compute()[1], power_data=data_power.compute()[1],
+                power_residual=residual.compute()[1],
+                power_data=data_power.compute()[1] if with_data else None,
                 distortion=distortion / count, rate=rate / count,
                 mse=distortion / count / int(np.prod(probe.image_shape)),
                 preview_data=preview_x, preview_reconstruction=preview_r)

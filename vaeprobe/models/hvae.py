@@ -293,7 +293,7 @@ class HVAE(nn.Module):
         if batch is None:
             batch = contexts[0].shape[0]
         n_layers = len(self.decoder_layers)
-        temperatures = _per_layer(temperature, n_layers)
+        temperatures = per_layer_temperatures(temperature, n_layers)
         zs = [None] * n_layers if zs is None else list(zs)
         noise = [None] * n_layers if noise is None else list(noise)
         h = self.initial_state.expand(batch, -1, -1, -1)
@@ -328,7 +328,8 @@ class HVAE(nn.Module):
         return self.likelihood(h, condition, target=x), draws
 
 
-def _per_layer(temperature, n_layers: int) -> list[float]:
+def per_layer_temperatures(temperature, n_layers: int) -> list[float]:
+    """One temperature per latent layer, from one float or a sequence (checked)."""
     if isinstance(temperature, (int, float)):
         return [float(temperature)] * n_layers
     temperature = [float(t) for t in temperature]
