@@ -15,16 +15,19 @@ from benchmarks._common import timed
 
 
 def azimuthal_average(power: np.ndarray) -> np.ndarray:
-    """Mean power per rounded radius (centred spectrum), up to Nyquist, one image at a time."""
-    height, width = power.shape
+    """Durall et al.'s ``radialProfile.azimuthalAverage``, one image at a time: sort the modes
+    by radius, cumulative sums cut where the integer radius changes. Two changes so that it bins
+    like vp.spectrum: the radius is rounded (not truncated) about the fftshift DC pixel, and
+    every bin from DC to Nyquist is kept (theirs drops the first and the last).
+    """
     y, x = np.indices(power.shape)
-    radius = np.round(np.hypot(y - height // 2, x - width // 2)).astype(int).ravel()
-    order = np.argsort(radius)
-    radius, values = radius[order], power.ravel()[order]
-    profile = []
-    for r in range(min(height, width) // 2 + 1):
-        profile.append(values[radius == r].mean())
-    return np.array(profile)
+    radius = np.hypot(y - power.shape[0] // 2, x - power.shape[1] // 2)
+    order = np.argsort(radius.flat)
+    radius_int = np.round(radius.flat[order]).astype(int)
+    sums = np.concatenate([[0.0], np.cumsum(power.flat[order], dtype=float)])
+    edges = np.concatenate([[0], np.where(np.diff(radius_int))[0] + 1, [radius_int.size]])
+    profile = np.diff(sums[edges]) / np.diff(edges)
+    return profile[:min(power.shape) // 2 + 1]
 
 
 def per_image_loop(images: np.ndarray) -> np.ndarray:

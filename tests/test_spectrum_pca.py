@@ -6,7 +6,7 @@ import torch
 
 import vaeprobe as vp
 from vaeprobe.pca import gaussian_rate_distortion, water_filling
-from vaeprobe.spectrum import power_2d, radial_bins, radial_profile
+from vaeprobe.spectrum import power_2d, radial_bins, radial_profile, window_2d
 
 
 def white_noise(n, side, std=0.1, seed=0):
@@ -122,12 +122,30 @@ def test_pca_spectrum_at_a_distortion_and_bad_ks():
 
 @pytest.mark.parametrize("shape", [(16, 16), (15, 16), (16, 15), (7, 9)])
 def test_half_spectrum_unfolds_to_the_full_fft(shape):
-    images = white_noise(3, 1).new_empty(0)  # dtype only
     images = torch.randn(3, 2, *shape, generator=torch.Generator().manual_seed(1),
                          dtype=torch.float64)
     centred = images - images.mean((2, 3), keepdim=True)
     full = torch.fft.fft2(centred, norm="ortho").abs().pow(2).sum((0, 1))
     assert torch.allclose(power_2d(images, "none"), full, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", ["none", "hann", "kaiser"])
+@pytest.mark.parametrize("channels", ["per_channel", "luminance"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_grouped_power_matches_one_full_fft(window, channels, dtype):
+    """1200 planes cross power_2d's group boundary; uint8 scaling, DC handling and the
+    luminance mix all agree with the estimator written out in one full fft2."""
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (400, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    images = images if dtype == torch.uint8 else images.to(dtype) / 255 + 0.25
+    x = images.double() / 255 if dtype == torch.uint8 else images.double()
+    if channels == "luminance":
+        x = (x * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)[:, None, None]).sum(
+            1, keepdim=True)
+    x = (x - x.mean((2, 3), keepdim=True)) * window_2d(16, 16, window)
+    expected = torch.fft.fft2(x, norm="ortho").abs().square().sum((0, 1))
+    got = power_2d(images, window, channels)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12 * float(expected.max()))
 
 
 def test_power_2d_leaves_its_input_alone():
