@@ -141,6 +141,19 @@ def per_image_noise(shapes, generators, n_samples: int, device) -> list[torch.Te
                        for g in generators]) for shape in shapes]
 
 
+class _Repeated:
+    """Per-image tensors repeated k times along rows (image-major), built once per k: every
+    chunk of the same size reuses them."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.tensors, self.k, self.repeated = tensors, None, None
+
+    def rows(self, k: int) -> list[torch.Tensor]:
+        if k != self.k:
+            self.k, self.repeated = k, [t.repeat_interleave(k, 0) for t in self.tensors]
+        return self.repeated
+
+
 def image_generators(seed: int, indices, device=None) -> list[torch.Generator]:
     """One generator per image, seeded by (seed, dataset index): batch-size-free randomness."""
     generators = []
@@ -183,10 +196,10 @@ class HVAEProbe(Probe):
         _check_n_samples(n_samples)
         x = self.check_images(x)
         # the deterministic encoder work, once per image, shared by every draw
-        contexts = self.model.posterior_contexts(self.model.bottom_up(x))
+        contexts = _Repeated(self.model.posterior_contexts(self.model.bottom_up(x)))
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
-            h, draws = self.model.top_down(contexts=[c.repeat_interleave(k, 0) for c in contexts],
+            h, draws = self.model.top_down(contexts=contexts.rows(k),
                                            noise=self.noise(x.shape[0], k, generator))
             yield LatentPass(draws, k, {"h": h})
 
@@ -235,15 +248,15 @@ class TwoStageProbe(Probe):
         _check_n_samples(n_samples)
         x = self.check_images(x)
         primary = self.model.primary
-        contexts = primary.posterior_contexts(primary.bottom_up(x))  # shared by every draw
+        # shared by every draw
+        contexts = _Repeated(primary.posterior_contexts(primary.bottom_up(x)))
+        images = _Repeated([x])
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
             noise = self.noise(x.shape[0], k, generator)
-            h1, draws1 = primary.top_down(contexts=[c.repeat_interleave(k, 0) for c in contexts],
-                                          noise=noise[:self.n_primary])
+            h1, draws1 = primary.top_down(contexts=contexts.rows(k), noise=noise[:self.n_primary])
             x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
-            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
-                                         x=x.repeat_interleave(k, 0))
+            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
             yield LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
