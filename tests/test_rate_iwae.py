@@ -87,6 +87,23 @@ def test_encoder_runs_once_per_image_across_chunks(tiny_probe, digits_test):
     assert calls == [8]
 
 
+def test_shared_chunks_equal_separate_full_passes(tiny_probe, digits_test):
+    """Sharing the encoder work (and the repeated per-image tensors) across chunks of 3, 3 and
+    1 draws gives the log weights of separate full passes with the same noise streams."""
+    from vaeprobe.probe import image_generators
+
+    x = digits_test.images[:5]
+    ours = vp.iwae(tiny_probe, x, k=7, chunk=3, batch_size=5, progress=False)
+    generators, log_w = image_generators(0, range(5)), []
+    for k in (3, 3, 1):
+        latents = tiny_probe.encode(x, k, generators)  # encoder run again for every chunk
+        log_px = tiny_probe.decode(latents).log_prob(x.repeat_interleave(k, 0))
+        log_w.append((log_px.double() + latents.log_p().double()
+                      - latents.log_q().double()).reshape(5, k))
+    expected = torch.logsumexp(torch.cat(log_w, 1), 1) - math.log(7)
+    np.testing.assert_allclose(ours["log_likelihood"], expected.numpy(), rtol=1e-6)
+
+
 def test_rate_dataset_structure(tiny_probe, digits_test):
     ds = vp.rate(tiny_probe, digits_test, n_images=50, progress=False)
     assert dict(ds.sizes) == {"layer": 3, "resolution": 3, "channel": 2}
