@@ -56,30 +56,29 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def _verified_path(key: str, weights) -> Path:
-    path = vweights.resolve(key, weights)
+def _torch_fidelity_extractor(network_class, name: str, layer: str, weights_key: str,
+                              weights, device) -> Extractor:
+    """One of torch-fidelity's feature networks, with verified weights found by vaeprobe."""
+    path = vweights.resolve(weights_key, weights)
     vweights.load_state_dict(path)  # refuses files that would execute code
-    return path
+    network = network_class(name, [layer], feature_extractor_weights_path=str(path))
+    return Extractor(name, network.to(device), sha256_file(path))
 
 
 @extractors.register("inception-v3-compat")
 def _inception(weights=None, device="cpu") -> Extractor:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    path = _verified_path("inception-v3-compat", weights)
-    network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                          feature_extractor_weights_path=str(path))
-    return Extractor("inception-v3-compat", network.to(device), sha256_file(path))
+    return _torch_fidelity_extractor(FeatureExtractorInceptionV3, "inception-v3-compat", "2048",
+                                     "inception-v3-compat", weights, device)
 
 
 @extractors.register("vgg16-fc2")
 def _vgg16(weights=None, device="cpu") -> Extractor:
     from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
 
-    path = _verified_path("vgg16", weights)
-    network = FeatureExtractorVGG16("vgg16-fc2", ["fc2_relu"],
-                                    feature_extractor_weights_path=str(path))
-    return Extractor("vgg16-fc2", network.to(device), sha256_file(path))
+    return _torch_fidelity_extractor(FeatureExtractorVGG16, "vgg16-fc2", "fc2_relu", "vgg16",
+                                     weights, device)
 
 
 class _RandomConvNet(nn.Module):
