@@ -322,17 +322,13 @@ class Trainer:
                     if metrics:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
-                    if progress:
-                        progress.set_postfix(rate=f"{row['rate']:.1f}",
-                                             D=f"{row['distortion']:.2f}",
-                                             lam=f"{row['lambda']:.4f}", refresh=False)
+                    progress.set_postfix(rate=f"{row['rate']:.1f}", D=f"{row['distortion']:.2f}",
+                                         lam=f"{row['lambda']:.4f}", refresh=False)
                 if self.step in self.schedule:
                     self.save()
-                if progress:
-                    progress.update(1)
+                progress.update(1)
         finally:
-            if progress:
-                progress.close()
+            progress.close()
             if metrics:
                 metrics.close()
         return self.out
@@ -352,12 +348,11 @@ def _noise_seed(seed: int, step: int, rank: int) -> int:
 
 
 def _progress(config: TrainConfig, start: int, rank: int):
-    if rank != 0 or not config.progress:
-        return None
+    """The step bar of rank 0; elsewhere, or with --no-progress, a disabled one."""
     from tqdm.auto import tqdm
 
     return tqdm(total=config.steps, initial=start, desc=f"train {Path(config.out).name}",
-                unit="step", dynamic_ncols=True)
+                unit="step", dynamic_ncols=True, disable=rank != 0 or not config.progress)
 
 
 def train(config: TrainConfig) -> Path:

@@ -24,18 +24,16 @@ def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
         chunk = indices[start:start + len(x)]
         start += len(x)
         yield x.to(device), image_generators(seed, chunk.tolist(), device)
-        if bar is not None:
-            bar.update(len(x))
-    if bar is not None:
-        bar.close()
+        bar.update(len(x))
+    bar.close()
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
-    if not enabled:
-        return None
+    """A tqdm bar; when not ``enabled``, a disabled one whose update/close do nothing."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
+                disable=not enabled)
 
 
 def result_attrs(analysis: str, parameters: dict, probe: Probe | None, dataset, n_images: int,

@@ -269,14 +269,13 @@ def reference_features(dataset, indices, extractor: Extractor, batch_size: int, 
     return features, False
 
 
-def featurise(batches, extractor: Extractor, device, bar=None) -> torch.Tensor:
+def featurise(batches, extractor: Extractor, device, bar) -> torch.Tensor:
+    """Features of every batch; ``bar`` (see _analysis.progress_bar) counts the images."""
     parts = []
     for x in batches:
         parts.append(extractor(x.to(device)))
-        if bar is not None:
-            bar.update(len(x))
-    if bar is not None:
-        bar.close()
+        bar.update(len(x))
+    bar.close()
     return torch.cat(parts)
 
 
@@ -428,10 +427,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                                  seed):
         for kind, images in batch.items():
             accumulators[kind].update(images, lpips, real if kind.startswith("recon") else None)
-        if bar is not None:
-            bar.update(len(next(iter(batch.values()))))
-    if bar is not None:
-        bar.close()
+        bar.update(len(next(iter(batch.values()))))
+    bar.close()
     settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                     seed=seed)
     rows = {kind: acc.compute(references, fid_net, prc_net, lpips, settings)

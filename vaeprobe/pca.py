@@ -132,10 +132,8 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     bar = progress_bar(len(indices), "pca: covariance", progress, unit="img")
     for x in vdata.iterate_batches(dataset, batch_size, indices):
         covariance.update(x.to(device))
-        if bar is not None:
-            bar.update(len(x))
-    if bar is not None:
-        bar.close()
+        bar.update(len(x))
+    bar.close()
     mean, cov = covariance.compute()
     eigenvalues, eigenvectors = _eigen(cov)
     values = eigenvalues.cpu().numpy()

@@ -221,10 +221,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
                                         seed, n_preview, with_data=index == 0))
         rows[-1].update(step=step if step is not None else probe.source.get("step", 0),
                         checkpoint=path)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     ds = _assemble(rows, cutoff)
     ds.attrs = result_attrs("spectrum", parameters, None, dataset, len(indices), seed,
                             window=window, channels=channels, cutoff=cutoff)
