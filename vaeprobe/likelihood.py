@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs
-from vaeprobe.probe import Probe
+from vaeprobe.probe import Probe, RepeatedRows
 
 BPD_OFFSET_DEQUANTIZED = 8.0  # log2(256): a density on [0, 1] data -> a bound on the PMF
 
@@ -21,13 +21,11 @@ BPD_OFFSET_DEQUANTIZED = 8.0  # log2(256): a density on [0, 1] data -> a bound o
 def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
                  kind: str) -> torch.Tensor:
     """log w for K draws per image: (B, K) float64 (rows image-major within each chunk)."""
-    parts, repeated = [], {}
+    parts, images = [], RepeatedRows([x])
     for latents in probe.encode_chunks(x, k, chunk, generators):
         n = latents.n_samples
-        if n not in repeated:  # every chunk but perhaps the last has the same size
-            repeated[n] = x.repeat_interleave(n, 0)
-        x_rep = repeated[n]
-        log_px = probe.decode(latents).log_prob(x_rep, kind=kind, generator=generators)
+        log_px = probe.decode(latents).log_prob(images.rows(n)[0], kind=kind,
+                                                generator=generators)
         log_w = log_px.double() + latents.log_p().double() - latents.log_q().double()
         parts.append(log_w.reshape(x.shape[0], n).cpu())
     return torch.cat(parts, dim=1)

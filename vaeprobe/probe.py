@@ -141,7 +141,7 @@ def per_image_noise(shapes, generators, n_samples: int, device) -> list[torch.Te
                        for g in generators]) for shape in shapes]
 
 
-class _Repeated:
+class RepeatedRows:
     """Per-image tensors repeated k times along rows (image-major), built once per k: every
     chunk of the same size reuses them."""
 
@@ -172,20 +172,18 @@ def _check_n_samples(n_samples: int) -> None:
 class HVAEProbe(Probe):
     """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
 
-    def rows_per_pass(self) -> int:
-        if self.device.type == "cuda":
-            return 4096
-        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
-        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
-
     def __init__(self, model: HVAE, device=None, source: dict | None = None):
         super().__init__(source)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.image_shape = model.image_shape
         self.layers = [LayerInfo(**info) for info in model.layer_info()]
-        if model.config.likelihood == "dmol":
-            self.likelihood_kind = "discretized"
+
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return super().rows_per_pass()
+        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
+        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
 
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
@@ -196,7 +194,7 @@ class HVAEProbe(Probe):
         _check_n_samples(n_samples)
         x = self.check_images(x)
         # the deterministic encoder work, once per image, shared by every draw
-        contexts = _Repeated(self.model.posterior_contexts(self.model.bottom_up(x)))
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
             h, draws = self.model.top_down(contexts=contexts.rows(k),
@@ -249,8 +247,8 @@ class TwoStageProbe(Probe):
         x = self.check_images(x)
         primary = self.model.primary
         # shared by every draw
-        contexts = _Repeated(primary.posterior_contexts(primary.bottom_up(x)))
-        images = _Repeated([x])
+        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
+        images = RepeatedRows([x])
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
             noise = self.noise(x.shape[0], k, generator)
