@@ -19,9 +19,9 @@ def rate_and_distortion(likelihood, draws, x: torch.Tensor, generator=None) -> d
     ``generator``: for the dequantization noise; one, or a list with one per image.
     """
     rate = sum(d.kl.flatten(1).sum(1) for d in draws)
-    distortion = ((x.float() / 255.0 - likelihood.loc) ** 2).flatten(1).sum(1) \
-        if hasattr(likelihood, "loc") else ((x.float() / 255.0 - likelihood.mean) ** 2
-                                            ).flatten(1).sum(1)
+    # Gaussian heads: the unclamped loc, so the gradient does not vanish outside [0, 1]
+    prediction = likelihood.loc if hasattr(likelihood, "loc") else likelihood.mean
+    distortion = ((x.float() / 255.0 - prediction) ** 2).flatten(1).sum(1)
     log_px = likelihood.log_prob(x, kind="dequantized", generator=generator)
     return dict(rate=rate, distortion=distortion, log_px=log_px)
 

@@ -236,7 +236,7 @@ def _cmd_pca(args) -> int:
                          spectrum_distortion=args.distortion, seed=args.seed)
     print(ds["components_needed"].to_pandas().to_string())
     print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
-    return _finish(ds, args, lambda result: _plot_pca(result))
+    return _finish(ds, args, _plot_pca)
 
 
 def _plot_pca(ds):

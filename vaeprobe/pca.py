@@ -172,7 +172,7 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
 def _top_k_spectrum(dataset, seed, mean, vectors, values, target, n_images, window, cutoff,
                     batch_size, device) -> xr.Dataset:
     """Spectrum of top-k reconstructions with the fewest k reaching ``target`` distortion."""
-    tail = np.concatenate([np.cumsum(values[::-1])[::-1], [0.0]])
+    tail = pca_distortion(values, np.arange(len(values) + 1))[:, 0]  # top-k, every k
     k = int(np.nonzero(tail <= target)[0][0])
     basis = vectors[:, :k]  # (D, k)
     accumulator = _SpectrumAccumulator(window, "per_channel")

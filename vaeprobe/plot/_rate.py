@@ -16,7 +16,7 @@ def rate(ds: xr.Dataset, ax=None, log: bool = False):
     colours = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(distinct)))
     for colour, resolution in zip(colours, distinct, strict=True):
         chosen = resolutions == resolution
-        total = float(ds["rate"].values[chosen].sum())
+        total = float(ds["rate_by_resolution"].sel(resolution=resolution))
         ax.bar(ds["layer"].values[chosen], ds["rate"].values[chosen],
                yerr=ds["rate_se"].values[chosen], color=colour, capsize=1,
                label=f"{resolution}x{resolution}: {total:.1f} nats")
