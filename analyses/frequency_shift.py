@@ -83,7 +83,20 @@ def training_log(run: Path) -> xr.Dataset:
     )
 
 
-def analyse(run: Path, data: str, args) -> xr.Dataset:
+def target_gamma(config: dict | None) -> float:
+    """The run's distortion target, NaN when unknown (no config.json) or none (an elbo run)."""
+    if config is None or config.get("objective") == "elbo":
+        return float("nan")
+    return float(config["gamma"])
+
+
+def gamma_text(ds: xr.Dataset) -> str:
+    gamma = float(ds.attrs["gamma"])
+    return f"gamma = {gamma:g}" if np.isfinite(gamma) else "no distortion target"
+
+
+def analyse(run: Path, data: str, config: dict | None, args) -> xr.Dataset:
+    """``config``: the run's stored training config (None for bare checkpoints)."""
     spectra = vp.spectrum(str(run), f"{data}:test", n_images=args.n_images, cutoff=args.cutoff,
                           seed=args.seed, device=args.device)
     late_distortion = float(spectra["distortion"].values[-1])
@@ -97,10 +110,9 @@ def analyse(run: Path, data: str, args) -> xr.Dataset:
     ds["rate_bound"] = ("step", gaussian_rate_distortion(ds["eigenvalues"].values,
                                                          ds["distortion"].values),
                         {"units": "nats", "long_name": "Gaussian R(D) at each step's distortion"})
-    config = vp.io.run_config(run)
     ds.attrs = provenance("frequency_shift", dict(n_images=args.n_images, cutoff=args.cutoff,
                                                   pca_images=args.pca_images, seed=args.seed),
-                          run=str(run), dataset=f"{data}:test", gamma=config.get("gamma", 0.0),
+                          run=str(run), dataset=f"{data}:test", gamma=target_gamma(config),
                           seed=args.seed, n_images=args.n_images, cutoff=args.cutoff,
                           window=spectra.attrs["window"])
     return ds
@@ -121,7 +133,8 @@ def figure(ds: xr.Dataset, path: Path) -> None:
 
     early, late = early_and_late(ds)
     fig, axs = plt.subplots(2, 2, figsize=(12, 9))
-    vp.plot.training_curves(ds, ax=axs[0, 0], gamma=float(ds.attrs["gamma"]))
+    gamma = float(ds.attrs["gamma"])
+    vp.plot.training_curves(ds, ax=axs[0, 0], gamma=gamma if np.isfinite(gamma) else None)
     axs[0, 0].set_title("(a) distortion and rate over training")
     rows = np.concatenate([ds["preview_data"].values[:8],
                            ds["preview_reconstruction"].sel(step=early).values[:8],
@@ -135,7 +148,7 @@ def figure(ds: xr.Dataset, path: Path) -> None:
     vp.plot.high_frequency(ds, ax=axs[1, 1])
     axs[1, 1].set_title("(d) high-frequency fraction of reconstructions")
     fig.suptitle(f"Frequency shift: {ds.attrs['run']} on {ds.attrs['dataset']}, "
-                 f"gamma = {float(ds.attrs['gamma']):g}")
+                 f"{gamma_text(ds)}")
     fig.tight_layout()
     vp.plot._common.save_figure(fig, path)
     plt.close(fig)
@@ -145,7 +158,7 @@ def summary(ds: xr.Dataset) -> str:
     early, late = early_and_late(ds)
     hff = ds["high_frequency_fraction"]
     lines = [
-        f"gamma {float(ds.attrs['gamma']):g}; {ds.sizes['step']} checkpoints, "
+        f"{gamma_text(ds)}; {ds.sizes['step']} checkpoints, "
         f"{ds.attrs['n_images']} test images",
         f"early step {early}: distortion {float(ds.distortion.sel(step=early)):.3f}, "
         f"rate {float(ds.rate.sel(step=early)):.1f} nats, high-frequency fraction "
@@ -175,7 +188,7 @@ def main(argv=None) -> int:
     if stored is None and args.data is None:
         raise SystemExit(f"{run} has no {vp.io.RUN_CONFIG}: pass --data")
     data = args.data or stored["data"]
-    ds = analyse(run, data, args)
+    ds = analyse(run, data, stored, args)
     out = Path(args.out)
     vp.save(ds, out / "frequency_shift.nc")
     figure(ds, out / "frequency_shift.png")

@@ -39,3 +39,20 @@ def test_spectrum_and_pca_commands(tiny_run, tmp_path):
     assert main(["pca", "digits8:test", "--distortion", "2", "--out", str(tmp_path / "p.nc"),
                  "--plot", str(tmp_path / "p.png")]) == 0
     assert "eigenvalues" in vp.open_results(tmp_path / "p.nc")
+
+
+def test_frequency_shift_on_a_run_without_its_config(tiny_run, tmp_path, capsys):
+    """--run on bare checkpoints (a third party's, say) with --data: no distortion target is
+    known, so none is drawn or claimed."""
+    import shutil
+
+    from analyses.frequency_shift import main as frequency_shift
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for _, path in vp.checkpoints(tiny_run):
+        shutil.copy(path, bare / path.name)
+    assert frequency_shift(["--run", str(bare), "--data", "digits8", "--out",
+                            str(tmp_path / "out"), "--n-images", "32", "--pca-images", "300"]) == 0
+    assert "no distortion target" in capsys.readouterr().out
+    assert (tmp_path / "out" / "frequency_shift.png").exists()
