@@ -107,7 +107,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                       active_threshold=active_threshold, per_image=per_image,
                       posterior=posterior)
     ds.attrs = result_attrs("rate", parameters, probe, dataset, len(indices), seed,
-                            active_threshold=active_threshold)
+                            active_threshold=active_threshold, posterior=posterior)
     return ds
 
 
