@@ -7,13 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from linear_gaussian import LinearGaussianProbe, images
 
 import vaeprobe as vp
-from linear_gaussian import LinearGaussianProbe, images
 from vaeprobe.adapters.native import Family, families, probe_for
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
-from vaeprobe.probe import (LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError,
-                            gaussian_kl, gaussian_log_density)
+from vaeprobe.probe import (
+    LatentPass,
+    LayerDraw,
+    LayerInfo,
+    Probe,
+    UndefinedAnalysisError,
+    gaussian_kl,
+    gaussian_log_density,
+)
 from vaeprobe.random import image_generators, per_image_noise, per_row_random
 
 
