@@ -77,3 +77,9 @@ def load(path: str | os.PathLike, device=None, ema: bool = True, format: str = "
     'z00_r1'
     """
     return formats.get(format)(io.resolve_checkpoint(path), device=device, ema=ema)
+
+
+# third-party formats (imported last: they use the helpers above only through vaeprobe.io)
+from vaeprobe.adapters.vdvae import open_vdvae  # noqa: E402
+
+formats.register("vdvae", open_vdvae)
