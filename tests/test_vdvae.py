@@ -176,6 +176,14 @@ def test_hparams_from_the_log_next_to_the_checkpoint(tmp_path):
     assert "latest-log.jsonl" in json.loads(probe.source["files_sha256"])
 
 
+def test_folder_without_ema_file_opens_the_trained_weights(tmp_path):
+    shutil.copy(FIXTURE / "latest-model.th", tmp_path / "latest-model.th")
+    probe = open_vdvae(tmp_path, hparams=str(HPARAMS), device="cpu")
+    assert probe.source["ema"] == 0
+    with pytest.raises(CheckpointError, match="model-ema.th"):
+        open_vdvae(tmp_path, hparams=str(HPARAMS), ema=True)
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="cifar10"):  # a set that does not fit the file
         open_vdvae(FIXTURE / "latest-model-ema.th", hparams="cifar10", device="cpu")

@@ -49,8 +49,9 @@ def sniff(path: str | os.PathLike) -> bool:
 
 
 def find_checkpoint(path: str | os.PathLike, ema: bool | None = None) -> Path:
-    """The weights file: ``path`` itself, or the one ``*-model-ema.th`` (``ema`` True or None) or
-    ``*-model.th`` (``ema=False``) in the folder ``path``."""
+    """The weights file: ``path`` itself, or in the folder ``path`` the one ``*-model-ema.th``
+    (``ema=True``; ``None``: it if there is one, else the ``*-model.th``) or ``*-model.th``
+    (``ema=False``)."""
     path = Path(path)
     if path.is_file():
         is_ema = path.name.endswith(EMA_SUFFIX)
@@ -64,9 +65,10 @@ def find_checkpoint(path: str | os.PathLike, ema: bool | None = None) -> Path:
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"VDVAE checkpoint or folder not found: {path}")
-    suffix = MODEL_SUFFIX if ema is False else EMA_SUFFIX
-    found = sorted(p for p in path.iterdir() if p.name.endswith(suffix)
-                   and (suffix == EMA_SUFFIX or not p.name.endswith(EMA_SUFFIX)))
+    ema_files = sorted(p for p in path.iterdir() if p.name.endswith(EMA_SUFFIX))
+    model_files = sorted(p for p in path.iterdir() if p.name.endswith(MODEL_SUFFIX))
+    use_ema = ema if ema is not None else bool(ema_files) or not model_files
+    suffix, found = (EMA_SUFFIX, ema_files) if use_ema else (MODEL_SUFFIX, model_files)
     if len(found) != 1:
         listing = ", ".join(p.name for p in found) or "none"
         raise io.CheckpointError(f"expected one *{suffix} file in {path}, found {listing}; pass "
