@@ -17,7 +17,7 @@ from vaeprobe.adapters.vdvae import VDVAEProbe, open_vdvae, sniff
 from vaeprobe.io import CheckpointError
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, hparams_from
-from vaeprobe.probe import image_generators
+from vaeprobe.random import image_generators
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vdvae"
 HPARAMS = FIXTURE / "hparams.json"
@@ -107,12 +107,12 @@ def test_encode_shares_work_and_is_batch_free(probe):
     # one image alone gets the same draws as in a batch (rows image-major)
     alone = probe.encode(x[1:2], 4, image_generators(0, [1]))
     assert torch.allclose(alone.draws[-1].z, whole.draws[-1].z[4:8], atol=1e-6)
-    # chunks share one bottom-up pass; the first chunk is a plain 2-draw pass
-    chunks = list(probe.encode_chunks(x, 5, 2, image_generators(0, range(3))))
-    assert [c.n_samples for c in chunks] == [2, 2, 1]
-    first = probe.encode(x, 2, image_generators(0, range(3)))
-    assert all(torch.allclose(a.z, b.z, atol=1e-6) and torch.allclose(a.kl, b.kl, atol=1e-6)
-               for a, b in zip(chunks[0].draws, first.draws, strict=True))
+    # chunks share one bottom-up pass and give the draws of one pass
+    chunks = list(probe.encode_chunks(x, 4, 3, image_generators(0, range(3))))
+    assert [c.n_samples for c in chunks] == [3, 1]
+    for layer, draw in enumerate(whole.draws):
+        joined = torch.cat([c.draws[layer].kl.reshape(3, c.n_samples, -1) for c in chunks], 1)
+        assert torch.allclose(joined, draw.kl.reshape(3, 4, -1), atol=1e-6)
     mean = probe.encode(x, posterior="mean")
     assert all(torch.equal(d.z, d.q_mean) for d in mean.draws)
     assert mean.context["posterior"] == "mean"
@@ -157,10 +157,12 @@ def test_five_bit_likelihood_is_a_pmf_over_32_levels():
 def test_ffhq256_dataset_means_five_bits(reference):
     values = json.loads(HPARAMS.read_text()) | dict(dataset="ffhq_256")
     probe = open_vdvae(FIXTURE / "latest-model-ema.th", hparams=values, device="cpu")
-    assert probe.n_bits == 5 and probe.source["n_bits"] == 5
+    assert probe.n_bits == 5
     x = torch.from_numpy(reference["images"])
     log_p = probe.decode(probe.encode(x, posterior="mean")).log_prob(x)
     assert torch.isfinite(log_p).all()
+    iw = vp.iwae(probe, x, k=2, progress=False)
+    assert iw.attrs["n_bits"] == 5 and np.isfinite(iw["bpd"]).all()
 
 
 def test_hparams_from_the_log_next_to_the_checkpoint(tmp_path):
@@ -174,6 +176,7 @@ def test_hparams_from_the_log_next_to_the_checkpoint(tmp_path):
     probe = open_vdvae(tmp_path, device="cpu")
     assert probe.layers[-1].resolution == (8, 8)
     assert "latest-log.jsonl" in json.loads(probe.source["files_sha256"])
+    assert probe.source["hparams"] == "latest-log.jsonl"
 
 
 def test_folder_without_ema_file_opens_the_trained_weights(tmp_path):
@@ -222,7 +225,7 @@ def test_rate_and_iwae_run_through_the_registered_format(probe, reference):
     assert np.isfinite(ds["total_rate"]) and float(ds["total_rate"]) > 0
     assert ds.attrs["format"] == "vdvae"
     iw = vp.iwae(probe, x, k=4, batch_size=2, progress=False)
-    assert iw.sizes["image"] == 3 and np.isfinite(iw["bpd"]).all()
+    assert iw.sizes["image"] == 3 and np.isfinite(iw["bpd"]).all() and iw.attrs["n_bits"] == 8
     # the bound on log p(x) is at least the mean single-sample ELBO, in nats
     assert (iw["log_likelihood"] >= iw["elbo"] - 1e-9).all()
     # K = 1 ELBO/dim is near VDVAE's ELBO/dim on these images (other noise draws)

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from vaeprobe import io
-from vaeprobe.models.hvae import gaussian_kl  # TEMP until the contract lands
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
 from vaeprobe.probe import (
@@ -32,6 +31,10 @@ from vaeprobe.probe import (
     LayerDraw,
     LayerInfo,
     Probe,
+    RepeatedRows,
+    check_n_samples,
+    check_posterior,
+    gaussian_kl,
 )
 
 EMA_SUFFIX, MODEL_SUFFIX, LOG_SUFFIX = "-model-ema.th", "-model.th", "-log.jsonl"
@@ -178,21 +181,16 @@ class VDVAEProbe(Probe):
     def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
                       posterior: str = "sample"):
         """K draws per image in chunks; the bottom-up pass runs once per image."""
-        if posterior not in ("sample", "mean"):
-            raise ValueError(f"posterior must be 'sample' or 'mean', got {posterior!r}")
-        if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        check_posterior(posterior)
+        check_n_samples(n_samples)
         x = self.check_images(x)
-        contexts = self.model.posterior_contexts(self.model.bottom_up(x))  # per image
-        repeated_k, repeated = None, None
+        # per image, repeated per draw (image-major rows: row i * k + j is draw j of image i)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
-            if k != repeated_k:  # image-major rows: row i * k + j is draw j of image i
-                repeated_k, repeated = k, [c.repeat_interleave(k, 0) for c in contexts]
             noise = None if posterior == "mean" else self.noise(x.shape[0], k, generator)
-            features, draws = self.model.top_down(batch=x.shape[0] * k, contexts=repeated,
-                                                  noise=noise,
-                                                  posterior_mean=posterior == "mean")
+            features, draws = self.model.top_down(batch=x.shape[0] * k, contexts=contexts.rows(k),
+                                                  noise=noise, posterior_mean=posterior == "mean")
             yield LatentPass([_layer_draw(d) for d in draws], k,
                              {"features": features, "posterior": posterior})
 
@@ -281,7 +279,7 @@ def open_vdvae(path: str | os.PathLike, *, hparams=None, ema: bool | None = None
                   checkpoint_sha256=digests[checkpoint.name],
                   files_sha256=json.dumps(digests, sort_keys=True),
                   ema=int(checkpoint.name.endswith(EMA_SUFFIX)),
-                  hparams=hparams if isinstance(hparams, str) else json.dumps(config.to_dict()),
-                  vdvae_hparams=json.dumps(config.to_dict(), sort_keys=True),
-                  n_bits=config.n_bits)
+                  hparams=str(files[-1].name) if hparams is None else (
+                      str(hparams) if isinstance(hparams, (str, Path)) else "dict"),
+                  vdvae_hparams=json.dumps(config.to_dict(), sort_keys=True))
     return VDVAEProbe(model, device=device, source=source)
