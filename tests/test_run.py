@@ -6,8 +6,14 @@ import torch
 
 import vaeprobe as vp
 from vaeprobe import io
-from vaeprobe.run import (CONFIG_NAME, LOG_NAME, Run, checkpoint_name, checkpoint_step,
-                          resolve_checkpoint)
+from vaeprobe.run import (
+    CONFIG_NAME,
+    LOG_NAME,
+    Run,
+    checkpoint_name,
+    checkpoint_step,
+    resolve_checkpoint,
+)
 
 
 def _save(run: Run, step: int):
