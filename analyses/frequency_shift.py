@@ -103,7 +103,8 @@ def analyse(run: Run, data: str, args) -> xr.Dataset:
             "power_pca", "high_frequency_fraction_pca", "pca_k", "pca_spectrum_distortion"]
     pca = pca[keep].rename(distortion="pca_distortion")
     log = run.training_log()
-    ds = xr.merge([spectra, pca] + ([log] if log.data_vars else []), combine_attrs="drop")
+    # "override": each variable keeps its own units; the Dataset attrs are set below
+    ds = xr.merge([spectra, pca] + ([log] if log.data_vars else []), combine_attrs="override")
     ds["rate_bound"] = ("step", gaussian_rate_distortion(ds["eigenvalues"].values,
                                                          ds["distortion"].values),
                         {"units": "nats", "long_name": "Gaussian R(D) at each step's distortion"})

@@ -53,3 +53,21 @@ def test_frequency_shift_on_a_run_without_its_config(tiny_run, tmp_path, capsys)
                             str(tmp_path / "out"), "--n-images", "32", "--pca-images", "300"]) == 0
     assert "no distortion target" in capsys.readouterr().out
     assert (tmp_path / "out" / "frequency_shift.png").exists()
+
+
+def test_frequency_shift_reports_pca_components_at_the_runs_own_target(tiny_run, tmp_path,
+                                                                        capsys):
+    """The PCA line is selected by value (the run's gamma, 2 here), not by position in the
+    default targets."""
+    from analyses.frequency_shift import main as frequency_shift
+
+    assert frequency_shift(["--run", str(tiny_run), "--out", str(tmp_path), "--n-images", "16",
+                            "--pca-images", "300"]) == 0
+    out = capsys.readouterr().out
+    ds = vp.open_results(tmp_path / "frequency_shift.nc")
+    needed = ds["components_needed"].sel(target=2.0)
+    assert (f"PCA components to reach distortion 2: top {int(needed.sel(order='top'))}, "
+            f"bottom {int(needed.sel(order='bottom'))}") in out
+    assert ds.attrs["gamma"] == 2.0 and ds["train_rate"].attrs["units"] == "nats"
+    assert ds["checkpoint_sha256"].dims == ("step",)
+    assert ds["distortion"].attrs["units"] == "sum of squares on [0, 1]"
