@@ -12,11 +12,11 @@ from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
-from vaeprobe.probe import LatentPass, LayerInfo, Probe
+from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.rate import rate
 from vaeprobe.run import Run, checkpoints
 from vaeprobe.spectrum import spectrum
 
-__all__ = ["LatentPass", "LayerInfo", "Probe", "Run", "__version__", "checkpoints", "data", "iwae",
-           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "save",
-           "spectrum"]
+__all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
+           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
+           "plot", "rate", "sample_quality", "save", "spectrum"]

@@ -24,7 +24,8 @@ from vaeprobe import data as vdata
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.io import atomic_path, sha256_file
-from vaeprobe.probe import Probe, image_generators
+from vaeprobe.probe import Probe
+from vaeprobe.random import image_generators
 from vaeprobe.registry import Registry
 
 PROTOCOL = ("torch-fidelity 0.4 statistics and metrics; uint8 via round(clamp(x, 0, 1) * 255); "
