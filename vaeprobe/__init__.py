@@ -14,8 +14,9 @@ from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
 from vaeprobe.probe import LatentPass, LayerInfo, Probe
 from vaeprobe.rate import rate
+from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
 
 __all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "iwae",
-           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "save",
-           "spectrum"]
+           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples",
+           "save", "spectrum"]
