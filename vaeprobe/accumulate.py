@@ -40,9 +40,10 @@ def merge_all(accumulators: Iterable[A]) -> A:
     --------
     >>> from vaeprobe.rate import _Moments
     >>> parts = [_Moments() for _ in range(3)]
-    >>> for value, part in zip([1.0, 2.0, 6.0], parts):
-    ...     part.update(torch.tensor([value]))
-    >>> float(merge_all(parts).compute()[0][0])
+    >>> for value, part in zip([1.0, 2.0, 6.0], parts, strict=True):
+    ...     part.update(torch.tensor([value]))  # one image each
+    >>> mean, standard_error = merge_all(parts).compute()
+    >>> float(mean)
     3.0
     """
     return reduce(lambda merged, other: merged.merge(other), accumulators)
