@@ -5,7 +5,8 @@ import torch
 
 import vaeprobe as vp
 from vaeprobe import io
-from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
+from vaeprobe.adapters.native import config_of, family_of, probe_for
+from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
 
 
 def _save(model, path, **kwargs):
@@ -20,7 +21,7 @@ def test_save_load_gives_bit_identical_outputs(tmp_path, two_stage):
     model = TwoStageVAE(config, secondary_config(config)) if two_stage else HVAE(config)
     path = _save(model, tmp_path / "ckpt_step00000007.pt")
     probe = vp.load(tmp_path, device="cpu")
-    original = vp.probe.probe_for(model, "cpu")
+    original = probe_for(model, "cpu")
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     a = original.encode(x, generator=torch.Generator().manual_seed(1))
     b = probe.encode(x, generator=torch.Generator().manual_seed(1))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vaeprobe as vp
-from vaeprobe.probe import image_generators
+from vaeprobe.random import image_generators
 from vaeprobe.sampling import KINDS
 
 
@@ -116,3 +116,11 @@ def test_samples_ask_the_probe_what_they_need(tiny_run, digits_test, monkeypatch
         with pytest.raises(ValueError, match="undefined"):
             draw(probe, 2, kind, digits_test)
         assert calls == [("vp.samples", expected)]
+
+
+def test_samples_refuse_a_prior_that_is_not_generative(tiny_run, digits_test):
+    probe = vp.load(tiny_run, device="cpu")
+    probe.prior_is_generative = False  # e.g. a latent-diffusion autoencoder
+    with pytest.raises(vp.UndefinedAnalysisError, match="vp.samples is undefined"):
+        vp.samples(probe, 2, kind="mean", progress=False)
+    assert draw(probe, 2, "reconstruction_mean", digits_test).sizes["image"] == 2

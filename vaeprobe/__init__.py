@@ -12,11 +12,11 @@ from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import checkpoints, open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
-from vaeprobe.probe import LatentPass, LayerInfo, Probe
+from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.rate import rate
 from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
 
-__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "iwae",
-           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples",
-           "save", "spectrum"]
+__all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "UndefinedAnalysisError",
+           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
+           "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

@@ -21,7 +21,8 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
-from vaeprobe.probe import Probe, image_generators
+from vaeprobe.probe import Probe
+from vaeprobe.random import image_generators
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
 PRIOR_KINDS = ("mean", "stochastic")
@@ -98,12 +99,11 @@ def _check_request(kind: str, n, data) -> None:
 
 def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:
     """Refuse kinds the probe cannot give: prior kinds need a generative prior, stochastic kinds
-    a decoder likelihood (the Probe's ``require`` says why)."""
-    check = getattr(probe, "require", None)  # Probe.require: the house refactor's contract
+    a decoder likelihood (:meth:`Probe.require` raises, naming the model and the reason)."""
     prior = any(k in PRIOR_KINDS for k in kinds)
     likelihood = any(k.endswith("stochastic") for k in kinds)
-    if check is not None and (prior or likelihood):
-        check(analysis, likelihood=likelihood, prior=prior)
+    if prior or likelihood:
+        probe.require(analysis, likelihood=likelihood, prior=prior)
 
 
 def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, temperature,
