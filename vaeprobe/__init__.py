@@ -15,8 +15,9 @@ from vaeprobe.pca import pca_baseline
 from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.rate import rate
 from vaeprobe.run import Run, checkpoints
+from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
            "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
-           "plot", "rate", "sample_quality", "save", "spectrum"]
+           "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

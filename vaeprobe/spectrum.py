@@ -142,6 +142,15 @@ class _SpectrumAccumulator:
         c = 1 if self.channels == "luminance" else images.shape[1]
         self.count += images.shape[0] * c
 
+    def merge(self, other: _SpectrumAccumulator) -> _SpectrumAccumulator:
+        """Fold in another accumulator's sums (same window and channels); return self."""
+        from vaeprobe.accumulate import add_totals, check_mergeable
+
+        check_mergeable(self, other, "window", "channels")
+        self.total = add_totals(self.total, other.total)
+        self.count += other.count
+        return self
+
     def compute(self):
         return radial_profile(self.total / self.count)
 
