@@ -90,3 +90,10 @@ def test_safetensors_checkpoint(tmp_path):
         config_json=__import__("json").dumps(model.config.to_dict())))
     probe = vp.load(tmp_path, device="cpu")
     assert probe.source["step"] == 3 and len(probe.layers) == 3
+
+
+@pytest.mark.parametrize("content", [b"hello, this is text\n", b"e", b""])
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, content):
+    (tmp_path / "notes.pt").write_bytes(content)
+    with pytest.raises(io.CheckpointError, match="notes.pt is not a checkpoint"):
+        vp.load(tmp_path / "notes.pt")

@@ -204,3 +204,20 @@ def test_hann_window_on_tiny_images_names_the_fix():
     ds = vp.spectrum(images, n_images=None, window="none", progress=False)
     assert np.isfinite(ds["power_data"]).all()
     assert torch.isfinite(window_2d(2, 2, "kaiser")).all()
+
+
+def test_a_bad_checkpoint_in_a_run_is_reported_and_the_rest_analysed(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "ckpt_step00000020.pt").write_text("not a checkpoint")
+    with pytest.warns(UserWarning, match="skipped the checkpoint of step 20"):
+        ds = vp.spectrum(str(run), n_images=16, progress=False)
+    assert list(ds["step"].values) == [10, 30, 40]
+    assert "20" in ds.attrs["skipped_checkpoints"] and "could not be loaded" in ds.attrs["warning"]
+    for path in run.glob("ckpt_step*.pt"):
+        path.write_text("x")
+    with pytest.raises(ValueError, match="no checkpoint of the run could be loaded"), \
+            pytest.warns(UserWarning):
+        vp.spectrum(str(run), n_images=16, progress=False)

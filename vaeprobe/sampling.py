@@ -148,7 +148,7 @@ def _pixels(likelihood, kinds, rows, seed, device) -> dict[str, torch.Tensor]:
     out = {}
     for kind in kinds:
         if kind.endswith("mean"):
-            out[kind] = vdata.to_uint8(likelihood.mean)
+            out[kind] = vdata.to_uint8(likelihood.mean, clip=True)
         else:
             out[kind] = likelihood.sample(image_generators(seed + 1, rows, device))
     return out

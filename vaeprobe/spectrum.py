@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
 from vaeprobe.run import CHECKPOINT_GLOB, Run
@@ -172,9 +174,29 @@ def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run 
         if not count:
             raise FileNotFoundError(f"no checkpoints ({CHECKPOINT_GLOB}) in run directory "
                                     f"{path}")
-        return run.probes(device), count, run
+        return _run_probes(run, device), count, run
     probe = load(path, device=device)
     return [(int(probe.source.get("step", 0)), probe)], 1, None
+
+
+def _run_probes(run: Run, device) -> Iterator[tuple[int, Probe | Exception]]:
+    """(step, Probe) per checkpoint of a run, or (step, the error) for one that cannot be
+    loaded, so that one bad file does not throw away the spectra of the others."""
+    from vaeprobe.adapters import load
+
+    for step, path in run.checkpoints():
+        try:
+            yield step, load(path, device=device)
+        except (ValueError, RuntimeError, KeyError, OSError) as error:
+            yield step, _Unloadable(path, error)
+
+
+class _Unloadable(Exception):
+    """A checkpoint of a run that could not be loaded (kept to be reported)."""
+
+    def __init__(self, path, error: Exception):
+        super().__init__(str(error))
+        self.path, self.error = Path(path), error
 
 
 def _default_data(source) -> str:
@@ -238,27 +260,42 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
                       batch_size=batch_size, seed=seed,
                       source=str(source) if not isinstance(source, Probe) else "probe")
-    rows, dataset, indices, single = _spectra(pairs, count, data, n_images, window, channels,
-                                              batch_size, seed, n_preview, progress)
+    rows, dataset, indices, single, skipped = _spectra(pairs, count, data, n_images, window,
+                                                       channels, batch_size, seed, n_preview,
+                                                       progress)
     ds = _assemble(rows, cutoff)
     # one model probed: its checkpoint and sha256 in attrs too; a run: the run directory
     ds.attrs = result_attrs("spectrum", parameters, single, dataset, len(indices), seed,
                             window=window, channels=channels, cutoff=cutoff,
                             **({} if run is None else {"run": str(run.path)}))
+    if skipped:  # said in attrs too, so a saved result shows what it is missing
+        ds.attrs["skipped_checkpoints"] = json.dumps(skipped)
+        ds.attrs["warning"] = (f"{len(skipped)} checkpoint(s) could not be loaded and were "
+                               f"skipped: steps {[item['step'] for item in skipped]}")
     if single is None:
         ds.attrs.pop("checkpoint", None)
     return ds
 
 
 def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, seed, n_preview,
-             progress) -> tuple[list[dict], object, torch.Tensor, Probe | None]:
+             progress) -> tuple[list[dict], object, torch.Tensor, Probe | None, list]:
     """The maths over (step, Probe) pairs: a row of spectra per pair, on the same images.
 
-    Returns (rows, dataset, indices, the Probe when there was exactly one, else None).
+    A pair whose Probe is an :class:`_Unloadable` is reported (a warning) and skipped.
+    Returns (rows, dataset, indices, the Probe when there was exactly one, else None, the
+    skipped checkpoints).
     """
-    rows, dataset, indices, single = [], None, None, None
+    rows, dataset, indices, single, skipped = [], None, None, None, []
     bar = progress_bar(count, "spectrum: checkpoints", progress, unit="ckpt")
     for step, probe in pairs:
+        if isinstance(probe, _Unloadable):
+            warnings.warn(f"spectrum: skipped the checkpoint of step {step}, which cannot be "
+                          f"loaded ({probe}); the other checkpoints are analysed",
+                          UserWarning, stacklevel=3)
+            skipped.append(dict(step=int(step), checkpoint=str(probe.path),
+                                error=str(probe.error)))
+            bar.update(1)
+            continue
         if dataset is None:  # the first model fixes the evaluation images for all
             dataset, indices = evaluation_set(probe, data, n_images, seed)
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
@@ -269,7 +306,10 @@ def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, se
         rows.append(row)
         bar.update(1)
     bar.close()
-    return rows, dataset, indices, single
+    if not rows:
+        raise io.CheckpointError("no checkpoint of the run could be loaded: " + "; ".join(
+            f"step {item['step']}: {item['error']}" for item in skipped))
+    return rows, dataset, indices, single, skipped
 
 
 def _coord_values(values: list) -> np.ndarray:
@@ -316,7 +356,7 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
         rate += float(latents.kl_per_layer().double().sum())
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
-            previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu())))
+            previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()

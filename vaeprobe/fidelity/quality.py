@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.fidelity.cache import featurise, reference_features
@@ -96,6 +97,24 @@ def _kind_row(state: dict, references: dict, fid_net, prc_net, lpips, settings: 
     return row
 
 
+def _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights) -> None:
+    """Every pretrained file the chosen metrics need, found before any work; all the missing
+    ones are named at once (``vaeprobe.weights.MissingWeightsError``)."""
+    from vaeprobe.fidelity.extractors import weights_key
+    from vaeprobe.fidelity.perceptual import lpips_trunks
+
+    needed = []
+    if {"fid", "kid"} & set(metrics) and weights_key(feature_extractor):
+        needed.append((weights_key(feature_extractor), weights, "weights"))
+    if "prc" in metrics and weights_key(prc_extractor):
+        needed.append((weights_key(prc_extractor), prc_weights, "prc_weights"))
+    if "lpips" in metrics and lpips_trunks.get(lpips_trunk).weights_key:
+        needed.append((lpips_trunks.get(lpips_trunk).weights_key, lpips_weights,
+                       "lpips_weights"))
+    vweights.require(needed)
+
+
 def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    temperature=1.0, metrics=METRICS,
                    feature_extractor: str = "inception-v3-compat",
@@ -144,6 +163,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     require(probe, "vp.sample_quality", kinds)
+    _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights)
     device = probe.device
     dataset, indices = evaluation_set(probe, reference, n, seed)
     fid_net = build_extractor(feature_extractor, weights, device) \
