@@ -142,3 +142,26 @@ def test_cli_rate_and_iwae(tiny_run, tmp_path):
     assert main(["iwae", str(tiny_run), "-k", "8", "--data", "digits8:test", "--n-images", "10",
                  "--out", str(tmp_path / "iwae.nc"), "--plot", str(tmp_path / "iwae.png")]) == 0
     assert (tmp_path / "iwae.png").exists() and (tmp_path / "rate.png").exists()
+
+
+def test_warnings_beside_the_numbers():
+    from vaeprobe._analysis import interpretation_warnings
+
+    assert interpretation_warnings(bpd=7.9, ess_mean=30.0, k=100) == []
+    worse, = interpretation_warnings(bpd=8.2)
+    assert "worse than a uniform guess" in worse and "8 bits/dim" in worse
+    tiny, = interpretation_warnings(ess_mean=1.2, k=1000)
+    assert "effective sample size 1.2 of K=1000" in tiny
+    assert interpretation_warnings(ess_mean=1.9, k=8)  # below 2 draws whatever K
+    assert not interpretation_warnings(ess_mean=1.0, k=1)  # K=1: nothing to weigh
+
+
+def test_exact_posterior_has_no_warning_and_a_fixed_sigma_decoder_is_named(tiny_probe,
+                                                                           tmp_path):
+    probe, x = LinearGaussianProbe(), images()
+    assert vp.iwae(probe, x, k=8, progress=False).attrs["warning"] == ""
+    assert tiny_probe.model.config.likelihood == "fixed"
+    ds = vp.iwae(tiny_probe, "digits8:test", k=4, n_images=8, progress=False)
+    assert "fixed sigma (1 on [0, 1])" in ds.attrs["warning"]
+    saved = vp.open_results(vp.save(ds, tmp_path / "i.nc"))
+    assert saved.attrs["warning"] == ds.attrs["warning"]

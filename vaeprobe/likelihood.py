@@ -12,7 +12,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs
+from vaeprobe._analysis import (
+    batches,
+    evaluation_set,
+    image_dims,
+    interpretation_warnings,
+    result_attrs,
+    with_warnings,
+)
 from vaeprobe.probe import Probe, RepeatedRows
 from vaeprobe.random import image_generators
 
@@ -90,7 +97,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
         ``log_likelihood``, ``elbo``, ``bpd``, ``elbo_bpd``, ``ess`` (image);
         ``log_likelihood_by_k`` (image, k) and ``bpd_by_k`` (k) from nested subsets of the same
         draws; ``bpd_mean``, ``bpd_se``, ``elbo_bpd_mean``, ``elbo_bpd_se``,
-        ``log_likelihood_mean``, ``log_likelihood_se`` (se = sd / sqrt(N)).
+        ``log_likelihood_mean``, ``log_likelihood_se`` (se = sd / sqrt(N)). ``attrs["warning"]``
+        says when bits/dim are worse than uniform (8), when the mean ESS is tiny next to K,
+        and when a fixed-sigma decoder makes bits/dim meaningless ("" otherwise).
 
     Examples
     --------
@@ -126,6 +135,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
                             likelihood_kind=kind,
                             bpd_offset=bpd_offset, n_bits=int(probe.n_bits))
+    said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
+                                   ess_mean=float(ds["ess"].mean()), k=k)
+    ds.attrs = with_warnings(ds.attrs, said)
     return ds
 
 
