@@ -236,20 +236,7 @@ def _cmd_pca(args) -> int:
                          spectrum_distortion=args.distortion, seed=args.seed)
     print(ds["components_needed"].to_pandas().to_string())
     print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
-    return _finish(ds, args, _plot_pca)
-
-
-def _plot_pca(ds):
-    from vaeprobe.plot._common import axes
-
-    ax = axes(None)
-    for order in ("top", "bottom"):
-        ax.plot(ds["k"].values, ds["distortion"].sel(order=order).values, label=f"{order}-k")
-    ax.set_xlabel("components k")
-    ax.set_ylabel("distortion [sum of squares]")
-    ax.set_yscale("log")
-    ax.legend()
-    return ax
+    return _finish(ds, args, vp.plot.pca)
 
 
 def _add_pca(sub) -> None:

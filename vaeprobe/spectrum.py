@@ -131,6 +131,51 @@ def high_frequency_fraction(power: np.ndarray, counts: np.ndarray, frequency: np
     return energy[..., frequency > cutoff].sum(-1) / energy[..., frequency > 0].sum(-1)
 
 
+def band_energies(images: torch.Tensor, window: str, channels: str, cutoff: float
+                  ) -> torch.Tensor:
+    """Per image: (power above ``cutoff`` cycles/pixel, all non-DC power), float64 (N, 2).
+
+    The same estimator as :func:`power_2d` and :func:`high_frequency_fraction` (window, mean
+    removed, orthonormal FFT, radial bins up to Nyquist), kept per image so that the
+    high-frequency fraction, a ratio of sums over images, gets a standard error.
+    """
+    height, width = images.shape[-2:]
+    w = window_2d(height, width, window, images.device)
+    if channels == "luminance" and images.shape[1] == 3:
+        images = (images.double() * _LUMA.to(images.device)[None, :, None, None]).sum(1,
+                                                                                 keepdim=True)
+    index, n_bins = radial_bins(height, width)
+    kept = width // 2 + 1
+    # rfft's half spectrum: every column but DC (and Nyquist, for an even width) stands for two
+    # modes of the same radius
+    multiplicity = torch.full((kept,), 2.0, dtype=torch.float64)
+    multiplicity[0] = 1.0
+    if width % 2 == 0:
+        multiplicity[-1] = 1.0
+    half_index = index[:, :kept]
+    frequency = half_index.double() / min(height, width)
+    inside = (half_index >= 1).double() * multiplicity
+    high = inside * (frequency > cutoff).double()
+    masks = torch.stack([high, inside]).to(images.device)  # (2, H, W//2+1)
+    x = images.to(torch.float64, copy=True)
+    if window != "none":
+        x -= x.mean(dim=(-2, -1), keepdim=True)
+        x *= w
+    spectrum = torch.fft.rfft2(x, norm="ortho")
+    power = spectrum.real.square() + spectrum.imag.square()  # (N, C, H, W//2+1)
+    return torch.einsum("nchw,bhw->nb", power, masks).cpu()
+
+
+def ratio_standard_error(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """Standard error of sum(numerator) / sum(denominator) over n units (the delta method)."""
+    n = len(numerator)
+    if n < 2:
+        return float("nan")
+    ratio = numerator.sum() / denominator.sum()
+    residual = numerator - ratio * denominator
+    return float(np.sqrt((residual ** 2).sum() / (n * (n - 1))) / denominator.mean())
+
+
 class _SpectrumAccumulator:
     """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
 
@@ -241,7 +286,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         coord ``n_modes``). Each model's provenance (``checkpoint``, ``checkpoint_sha256``,
         ``family``...) is a coordinate along ``step``. Variables:
         ``power_reconstruction``, ``power_residual``, ``relative_power``, ``power_data``,
-        ``high_frequency_fraction`` (+ ``_residual``, ``_data``), ``mse``, ``distortion``,
+        ``high_frequency_fraction`` (+ ``_se``, its standard error over images, ``_residual``,
+        ``_data``), ``mse``, ``distortion``,
         ``rate``; ``preview_data`` and ``preview_reconstruction``.
 
     Examples
@@ -261,8 +307,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
                       batch_size=batch_size, seed=seed,
                       source=str(source) if not isinstance(source, Probe) else "probe")
     rows, dataset, indices, single, skipped = _spectra(pairs, count, data, n_images, window,
-                                                       channels, batch_size, seed, n_preview,
-                                                       progress)
+                                                       channels, cutoff, batch_size, seed,
+                                                       n_preview, progress)
     ds = _assemble(rows, cutoff)
     # one model probed: its checkpoint and sha256 in attrs too; a run: the run directory
     ds.attrs = result_attrs("spectrum", parameters, single, dataset, len(indices), seed,
@@ -277,8 +323,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     return ds
 
 
-def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, seed, n_preview,
-             progress) -> tuple[list[dict], object, torch.Tensor, Probe | None, list]:
+def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_size, seed,
+             n_preview, progress) -> tuple[list[dict], object, torch.Tensor, Probe | None, list]:
     """The maths over (step, Probe) pairs: a row of spectra per pair, on the same images.
 
     A pair whose Probe is an :class:`_Unloadable` is reported (a warning) and skipped.
@@ -300,8 +346,8 @@ def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, se
             dataset, indices = evaluation_set(probe, data, n_images, seed)
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
             single = probe if count == 1 else None
-        row = _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
-                                  n_preview, with_data=not rows)
+        row = _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff,
+                                  batch_size, seed, n_preview, with_data=not rows)
         row.update(step=int(step), source=dict(probe.source))
         rows.append(row)
         bar.update(1)
@@ -338,17 +384,18 @@ def _provenance_coords(sources: list[dict], taken) -> dict:
 
 
 @torch.no_grad()
-def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
+def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch_size, seed,
                         n_preview, with_data: bool) -> dict:
     """Spectra of one checkpoint; the data's own spectrum (the same images every time) only
     ``with_data``."""
     recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
-    distortion, rate, count, previews = 0.0, 0.0, 0, []
+    distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
         latents = probe.encode(x, 1, generators)
         mean = probe.decode(latents).mean.double()
         target = x.double() / 255.0
         recon.update(mean)
+        energies.append(band_energies(mean, window, channels, cutoff))
         residual.update(target - mean)
         if with_data:
             data_power.update(x)
@@ -360,7 +407,9 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
+    energies = torch.cat(energies).numpy()
     return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
+                high_frequency_fraction_se=ratio_standard_error(energies[:, 0], energies[:, 1]),
                 power_residual=residual.compute()[1],
                 power_data=data_power.compute()[1] if with_data else None,
                 distortion=distortion / count, rate=rate / count,
@@ -385,6 +434,9 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
                            {"units": "1", "long_name": "reconstruction / data"}),
         "power_dc_reconstruction": ("step", power_recon[:, 0], power),
         "high_frequency_fraction": ("step", hff(power_recon), {"units": "1"}),
+        "high_frequency_fraction_se": ("step", stack("high_frequency_fraction_se"),
+                                       {"units": "1", "long_name": "standard error over "
+                                        "images of high_frequency_fraction (delta method)"}),
         "high_frequency_fraction_residual": ("step", hff(power_residual), {"units": "1"}),
         "high_frequency_fraction_data": ((), float(hff(power_data)), {"units": "1"}),
         "distortion": ("step", stack("distortion"), {"units": "sum of squares on [0, 1]"}),

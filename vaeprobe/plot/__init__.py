@@ -9,7 +9,7 @@ from vaeprobe.plot._common import axes, save_figure
 from vaeprobe.plot._images import image_grid, sample_grid
 from vaeprobe.plot._quality import sample_quality
 from vaeprobe.plot._rate import iwae_convergence, rate
-from vaeprobe.plot._spectrum import high_frequency, spectrum, training_curves
+from vaeprobe.plot._spectrum import high_frequency, pca, spectrum, training_curves
 
-__all__ = ["axes", "high_frequency", "image_grid", "iwae_convergence", "rate", "sample_grid",
-           "sample_quality", "save_figure", "spectrum", "training_curves"]
+__all__ = ["axes", "high_frequency", "image_grid", "iwae_convergence", "pca", "rate",
+           "sample_grid", "sample_quality", "save_figure", "spectrum", "training_curves"]
