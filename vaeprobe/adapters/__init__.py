@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vaeprobe import io
-from vaeprobe.models import build
+from vaeprobe.models import build, decoder_facts
 from vaeprobe.probe import Probe, probe_for
 from vaeprobe.registry import Registry
 
@@ -51,7 +51,7 @@ def _native(path: Path, device=None, ema: bool = True) -> Probe:
     model, payload = load_model(path, ema=ema)
     source = dict(checkpoint=str(payload["path"]), checkpoint_sha256=io.sha256_file(
         payload["path"]), step=payload["step"], family=payload["family"],
-        ema=int(payload["used_ema"]))
+        ema=int(payload["used_ema"]), **decoder_facts(model))
     return probe_for(model, device=device, source=source)
 
 

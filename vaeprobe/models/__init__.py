@@ -38,9 +38,21 @@ def family_of(model: nn.Module) -> str:
     raise TypeError(f"not a vaeprobe model: {type(model).__name__}")
 
 
+def decoder_head(model: nn.Module):
+    """The likelihood head that makes the model's p(x | z): a two-stage model's secondary's."""
+    return (model.secondary if isinstance(model, TwoStageVAE) else model).head
+
+
+def decoder_facts(model: nn.Module) -> dict:
+    """Provenance of the decoder likelihood: its kind and the shared sigma it evaluates with
+    (NaN for per-pixel and mixture heads)."""
+    head = decoder_head(model)
+    return dict(decoder_likelihood=head.kind, decoder_sigma=head.shared_sigma())
+
+
 def config_of(model: nn.Module) -> dict:
     return model.config if isinstance(model, TwoStageVAE) else model.config.to_dict()
 
 
-__all__ = ["HVAE", "HVAEConfig", "PRESETS", "TwoStageVAE", "build", "config_of", "families",
-           "family_of", "preset", "secondary_config"]
+__all__ = ["HVAE", "HVAEConfig", "PRESETS", "TwoStageVAE", "build", "config_of", "decoder_facts",
+           "decoder_head", "families", "family_of", "preset", "secondary_config"]

@@ -244,6 +244,14 @@ class LikelihoodHead(nn.Module):
             log_sigma = self.log_sigma
         return DiscretizedGaussian(loc, log_sigma.to(loc.dtype), self.kind)
 
+    def shared_sigma(self) -> float:
+        """The sigma (on [0, 1]) the head evaluates with, NaN when it is not one shared value."""
+        if self.kind in ("per_pixel", "dmol"):
+            return float("nan")
+        log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN) if self.kind == "learned" \
+            else self.log_sigma
+        return float(log_sigma.detach().exp())
+
     @staticmethod
     def optimal_log_sigma(loc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """log sqrt(batch mean squared error): the sigma that maximises the Gaussian likelihood.
