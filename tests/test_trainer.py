@@ -111,7 +111,11 @@ def test_two_stage_starts_at_primary_distortion_and_improves(tiny_run, tmp_path,
     primary = vp.load(tiny_run, device="cpu")
     config = tiny_config(tmp_path / "s", objective="two-stage", primary=str(tiny_run),
                          gamma=0.5, steps=150, ckpt_every=150, lr=5e-3)
-    untrained = vp.probe.probe_for(build_model(config, (1, 8, 8)), "cpu")
+    model = build_model(config, (1, 8, 8))
+    untrained = vp.probe.probe_for(model, "cpu")
+    assert model.secondary.head.kind == "optimal"  # the Lagrangian's default head
+    torch.nn.init.zeros_(model.secondary.head.out_conv.weight)  # a zero residual: x_hat itself
+    torch.nn.init.zeros_(model.secondary.head.out_conv.bias)
     assert distortion(untrained) == pytest.approx(distortion(primary), abs=1e-6)
     run = train(config)
     trained = vp.load(run, device="cpu")

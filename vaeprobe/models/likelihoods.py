@@ -197,7 +197,8 @@ class LikelihoodHead(nn.Module):
     """The decoder's last layer: features -> a likelihood distribution.
 
     ``residual_base`` (the two-stage secondary's x_hat) is added to the predicted Gaussian mean;
-    with ``zero_init`` the head starts at exactly that base.
+    with ``zero_init`` the head starts at exactly that base (and sends no gradient to the
+    features: the latents of a zero-initialised residual head collapse, see two_stage.py).
     """
 
     def __init__(self, kind: str, width: int, channels: int, *, sigma: float = 1.0,
@@ -224,14 +225,17 @@ class LikelihoodHead(nn.Module):
             self.register_buffer("log_sigma", initial)
 
     def forward(self, features: torch.Tensor, residual_base: torch.Tensor | None = None,
-                target: torch.Tensor | None = None):
-        """``target`` (uint8) is needed only while training the ``optimal`` head."""
+                target: torch.Tensor | None = None, residual_scale: float = 1.0):
+        """``target`` (uint8) is needed only while training the ``optimal`` head.
+
+        With ``residual_base``, the mean is ``residual_base + residual_scale * output``.
+        """
         params = self.out_conv(features)
         if self.kind == "dmol":
             return DiscretizedLogisticMixture(params, self.channels, self.n_mixtures)
         loc = params[:, :self.channels]
         if residual_base is not None:
-            loc = loc + residual_base
+            loc = loc * residual_scale + residual_base
         if self.kind == "per_pixel":
             log_sigma = softclip_min(params[:, self.channels:], LOG_SIGMA_MIN)
         elif self.kind == "optimal" and target is not None:
