@@ -158,10 +158,38 @@ def test_warnings_beside_the_numbers():
 
 def test_exact_posterior_has_no_warning_and_a_fixed_sigma_decoder_is_named(tiny_probe,
                                                                            tmp_path):
+    from vaeprobe.adapters.native import HVAEProbe
+    from vaeprobe.models import HVAE, preset
+
     probe, x = LinearGaussianProbe(), images()
     assert vp.iwae(probe, x, k=8, progress=False).attrs["warning"] == ""
-    assert tiny_probe.model.config.likelihood == "fixed"
-    ds = vp.iwae(tiny_probe, "digits8:test", k=4, n_images=8, progress=False)
-    assert "fixed sigma (1 on [0, 1])" in ds.attrs["warning"]
+    assert "fixed sigma" not in vp.iwae(tiny_probe, "digits8:test", k=4, n_images=8,
+                                        progress=False).attrs["warning"]  # an optimal head
+    torch.manual_seed(0)
+    fixed = HVAEProbe(HVAE(preset("tiny-8", likelihood="fixed", sigma=0.5)), device="cpu")
+    ds = vp.iwae(fixed, "digits8:test", k=4, n_images=8, progress=False)
+    assert "fixed sigma (0.5 on [0, 1])" in ds.attrs["warning"]
     saved = vp.open_results(vp.save(ds, tmp_path / "i.nc"))
     assert saved.attrs["warning"] == ds.attrs["warning"]
+
+
+def test_reconstruction_term_beside_rate_and_elbo(tiny_probe, digits_test):
+    """rate: log_px is the decoder's log p(x|z) at the same posterior draws; elbo = log_px - R.
+    iwae: per image, log_px - rate is the mean single-draw bound (the ELBO) over the K draws."""
+    from vaeprobe.random import image_generators
+
+    x = digits_test.images[:6]
+    ds = vp.rate(tiny_probe, x, seed=3, progress=False)
+    generators = image_generators(3, range(6))
+    latents = tiny_probe.encode(x, 1, generators)
+    log_px = tiny_probe.decode(latents).log_prob(x, generator=generators).double()
+    assert float(ds["log_px"]) == pytest.approx(float(log_px.mean()), rel=1e-9)
+    assert float(ds["elbo"]) == pytest.approx(float(ds["log_px"] - ds["total_rate"]), rel=1e-9)
+    assert float(ds["log_px_bpd"]) == pytest.approx(-float(ds["log_px"]) / (64 * math.log(2)))
+    assert ds["log_px"].attrs["units"] == "nats" and ds["elbo_bpd"].attrs["units"] == "bits/dim"
+    assert ds.attrs["decoder_likelihood"] == "optimal" and ds.attrs["decoder_sigma"] > 0
+    iw = vp.iwae(tiny_probe, x, k=4, progress=False)
+    np.testing.assert_allclose(iw["log_px"] - iw["rate"], iw["elbo"], rtol=1e-9)
+    assert float(iw["log_px_bpd_mean"]) == pytest.approx(
+        -float(iw["log_px_mean"]) / (64 * math.log(2)))
+    assert iw["log_px"].attrs["units"] == "nats" and float(iw["rate_mean"]) > 0

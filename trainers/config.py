@@ -19,8 +19,9 @@ def _help(text: str, default=None):
 class TrainConfig:
     preset: str = _help("model preset: " + ", ".join(MODEL_PRESETS), "demo-cpu")
     objective: str = _help("elbo | distortion (Lagrangian, Appendix B.2) | two-stage", "distortion")
-    likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol "
-                            "(empty: the preset's)", "")
+    likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol (empty: "
+                            "optimal for distortion and two-stage, whose loss never uses sigma; "
+                            "the preset's for elbo)", "")
     sigma: float = _help("decoder sigma on the [0, 1] scale for likelihood=fixed", 1.0)
     merge: str = _help("posterior merge: precision | concat (empty: the preset's)", "")
     gamma: float = _help("distortion target: per-image sum of squared error on [0, 1]", 8.0)
@@ -31,6 +32,8 @@ class TrainConfig:
     batch_size: int = _help("global batch (split across processes)", 32)
     lr: float = _help("Adam learning rate of the model", 2e-4)
     lambda_lr: float = _help("Adam learning rate of the Lagrange multiplier", 2e-4)
+    sigma_lr: float = _help("Adam learning rate of a learned decoder log sigma (sigma-VAE): "
+                            "a scalar that must travel ~3 nats, so faster than the weights", 1e-2)
     lambda_init: float = _help("initial lambda (0.9999 mimics KL annealing)", 0.9999)
     ema_rate: float = _help("EMA decay of the weights kept for analysis", 0.999)
     grad_clip: float = _help("gradient-norm clipping", 200.0)
