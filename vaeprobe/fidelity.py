@@ -284,7 +284,7 @@ def featurise(batches, extractor: Extractor, device, bar) -> torch.Tensor:
 
 
 def _generate(probe: Probe, kinds, dataset, indices, n: int, batch_size: int,
-              temperature, seed: int):
+              temperature, seed: int, posterior: str = "sample"):
     """Yield (kind -> uint8 batch, reference batch or None) for ``n`` images per kind.
 
     Prior kinds share z: mean and stochastic samples of the same draws. Reconstruction kinds
@@ -308,7 +308,8 @@ def _generate(probe: Probe, kinds, dataset, indices, n: int, batch_size: int,
         if recon:
             chosen = indices[torch.tensor(rows) % len(indices)]
             reference = vdata.gather(dataset, chosen).to(probe.device)
-            likelihood = probe.decode(probe.encode(reference, 1, generators))
+            likelihood = probe.decode(probe.encode(reference, 1, generators,
+                                                   posterior=posterior))
             if "reconstruction_mean" in recon:
                 out["reconstruction_mean"] = vdata.to_uint8(likelihood.mean)
             if "reconstruction_stochastic" in recon:
@@ -360,6 +361,17 @@ class _KindAccumulator:
         return row
 
 
+def _require_kinds(probe: Probe, kinds) -> None:
+    """Refuse kinds the probe does not define: prior samples need a generative prior,
+    stochastic samples a decoder likelihood."""
+    prior = [kind for kind in kinds if kind in ("mean", "stochastic")]
+    stochastic = [kind for kind in kinds if kind.endswith("stochastic")]
+    if prior:
+        probe.require(f"vp.sample_quality(kinds={prior})", prior=True)
+    if stochastic:
+        probe.require(f"vp.sample_quality(kinds={stochastic})", likelihood=True)
+
+
 def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    temperature=1.0, metrics=METRICS,
                    feature_extractor: str = "inception-v3-compat",
@@ -367,7 +379,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    weights=None, prc_weights=None, lpips_weights=None,
                    batch_size: int = 100, n_preview: int = 16, kid_subset_size: int = 1000,
                    kid_subsets: int = 100, n_diversity_pairs: int = 500, seed: int = 0,
-                   progress: bool = True) -> xr.Dataset:
+                   posterior: str = "sample", progress: bool = True) -> xr.Dataset:
     """FID / KID / precision-recall and LPIPS of mean vs stochastic samples and reconstructions.
 
     Parameters
@@ -387,6 +399,9 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     lpips_trunk : {"alexnet", "random-TEST-ONLY"}
     weights, prc_weights, lpips_weights : path, optional
         Explicit weights files (else ``VAEPROBE_WEIGHTS_DIR``, then the torch hub cache).
+    posterior : {"sample", "mean"}
+        Reconstruction kinds decode a posterior sample or the posterior mean (the mode, as
+        diffusers' autoencoders reconstruct).
 
     Returns
     -------
@@ -407,6 +422,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                          f"metrics: {METRICS}")
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
+    _require_kinds(probe, kinds)
     device = probe.device
     dataset, indices = evaluation_set(probe, reference, n, seed)
     fid_net = build_extractor(feature_extractor, weights, device) \
@@ -424,7 +440,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     accumulators = {kind: _KindAccumulator(nets, keep) for kind in kinds}
     bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
     for batch, real in _generate(probe, kinds, dataset, indices, n, batch_size, temperature,
-                                 seed):
+                                 seed, posterior):
         for kind, images in batch.items():
             accumulators[kind].update(images, lpips, real if kind.startswith("recon") else None)
         bar.update(len(next(iter(batch.values()))))
@@ -447,7 +463,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     parameters = dict(n=n, kinds=kinds, temperature=temperature, metrics=metrics,
                       feature_extractor=feature_extractor, prc_extractor=prc_extractor,
                       lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
-                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
+                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                      posterior=posterior)
     ds.attrs = result_attrs(
         "sample_quality", parameters, probe, dataset, len(indices), seed, n=n,
         temperature=json.dumps(temperature), protocol=PROTOCOL,
