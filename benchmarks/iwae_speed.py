@@ -17,9 +17,9 @@ from benchmarks._common import in_child, peak_rss_mib, timed
 
 def _setup(preset: str, n_images: int):
     import vaeprobe as vp
+    from vaeprobe.adapters.native import probe_for
     from vaeprobe.models import HVAE
     from vaeprobe.models import preset as model_preset
-    from vaeprobe.probe import probe_for
 
     torch.manual_seed(0)
     probe = probe_for(HVAE(model_preset(preset)), "cpu")

@@ -10,8 +10,7 @@ import math
 import numpy as np
 import torch
 
-from vaeprobe.models.hvae import LayerDraw, gaussian_kl
-from vaeprobe.probe import LatentPass, LayerInfo, Probe
+from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
 
 SIDE, LATENT = 2, 2
 DIMS = SIDE * SIDE
@@ -54,11 +53,11 @@ class LinearGaussianProbe(Probe):
         q_logstd = (0.5 * torch.log(self.sigma ** 2 / self.m_diag)).expand_as(q_mean)
         return q_mean, q_logstd + self.logstd_shift
 
-    def encode(self, x, n_samples=1, generator=None):
+    def encode(self, x, n_samples=1, generator=None, *, posterior="sample"):
         x = self.check_images(x)
         q_mean, q_logstd = (t.repeat_interleave(n_samples, 0)[:, :, None, None]
                             for t in self.posterior(x))
-        noise = self.noise(x.shape[0], n_samples, generator)[0].double()
+        noise = self.noise(x.shape[0], n_samples, generator, posterior)[0].double()
         z = q_mean + q_logstd.exp() * noise
         zeros = torch.zeros_like(z)
         kl = gaussian_kl(q_mean, q_logstd, zeros, zeros)

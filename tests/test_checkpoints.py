@@ -5,7 +5,8 @@ import torch
 
 import vaeprobe as vp
 from vaeprobe import io
-from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
+from vaeprobe.adapters.native import config_of, family_of, probe_for
+from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
 
 
 def _save(model, path, **kwargs):
@@ -20,7 +21,7 @@ def test_save_load_gives_bit_identical_outputs(tmp_path, two_stage):
     model = TwoStageVAE(config, secondary_config(config)) if two_stage else HVAE(config)
     path = _save(model, tmp_path / "ckpt_step00000007.pt")
     probe = vp.load(tmp_path, device="cpu")
-    original = vp.probe.probe_for(model, "cpu")
+    original = probe_for(model, "cpu")
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     a = original.encode(x, generator=torch.Generator().manual_seed(1))
     b = probe.encode(x, generator=torch.Generator().manual_seed(1))
@@ -48,8 +49,12 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
 def test_missing_truncated_foreign_and_unknown(tmp_path):
     with pytest.raises(FileNotFoundError):
         vp.load(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="cannot tell the format"):  # an empty folder
+        vp.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"train": {}}')  # a run with no checkpoint yet
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         vp.load(tmp_path)
+    (tmp_path / "config.json").unlink()
     model = HVAE(preset("tiny-8"))
     good = _save(model, tmp_path / "a.pt")
     (tmp_path / "b.pt").write_bytes(good.read_bytes()[:500])

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
+from vaeprobe.adapters.native import HVAEProbe, TwoStageProbe
 from vaeprobe.models import HVAE, PRESETS, HVAEConfig, TwoStageVAE, preset, secondary_config
-from vaeprobe.models.hvae import gaussian_kl, gaussian_log_density
-from vaeprobe.probe import HVAEProbe, TwoStageProbe, image_generators
+from vaeprobe.probe import gaussian_kl, gaussian_log_density
+from vaeprobe.random import image_generators
 
 
 def tiny(**overrides):

@@ -90,7 +90,7 @@ def test_encoder_runs_once_per_image_across_chunks(tiny_probe, digits_test):
 def test_shared_chunks_equal_separate_full_passes(tiny_probe, digits_test):
     """Sharing the encoder work (and the repeated per-image tensors) across chunks of 3, 3 and
     1 draws gives the log weights of separate full passes with the same noise streams."""
-    from vaeprobe.probe import image_generators
+    from vaeprobe.random import image_generators
 
     x = digits_test.images[:5]
     ours = vp.iwae(tiny_probe, x, k=7, chunk=3, batch_size=5, progress=False)
@@ -117,8 +117,8 @@ def test_rate_dataset_structure(tiny_probe, digits_test):
 
 
 def test_two_stage_rate_has_stages(tiny_run, digits_test, tmp_path):
+    from vaeprobe.adapters.native import probe_for
     from vaeprobe.models import TwoStageVAE, preset, secondary_config
-    from vaeprobe.probe import probe_for
 
     probe = probe_for(TwoStageVAE(preset("tiny-8"), secondary_config(preset("tiny-8"))), "cpu")
     ds = vp.rate(probe, digits_test, n_images=10, progress=False)

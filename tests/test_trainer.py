@@ -12,7 +12,8 @@ import vaeprobe as vp
 from trainers.config import from_args, make
 from trainers.train import TrainingError, checkpoint_steps, train
 from vaeprobe import io
-from vaeprobe.probe import image_generators
+from vaeprobe.adapters.native import probe_for
+from vaeprobe.random import image_generators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,7 +111,7 @@ def test_two_stage_starts_at_primary_distortion_and_improves(tiny_run, tmp_path,
     primary = vp.load(tiny_run, device="cpu")
     config = tiny_config(tmp_path / "s", objective="two-stage", primary=str(tiny_run),
                          gamma=0.5, steps=150, ckpt_every=150, lr=5e-3)
-    untrained = vp.probe.probe_for(build_model(config, (1, 8, 8)), "cpu")
+    untrained = probe_for(build_model(config, (1, 8, 8)), "cpu")
     assert distortion(untrained) == pytest.approx(distortion(primary), abs=1e-6)
     run = train(config)
     trained = vp.load(run, device="cpu")

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from vaeprobe.models import PRESETS as MODEL_PRESETS
+from vaeprobe.models.hvae import training_defaults
 
 OBJECTIVES = ("elbo", "distortion", "two-stage")
 
@@ -77,14 +78,9 @@ class TrainConfig:
                 if k not in self.RESUMABLE_CHANGES and stored.get(k) != v}
 
 
-# Training presets: defaults per model preset, applied under explicit flags.
-PRESETS = {
-    "demo-cpu": dict(batch_size=32, lambda_lr=5e-3, lr=1e-3, ckpt_every=250, steps=2000),
-    "tiny-8": dict(batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
-    "tiny-16": dict(batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
-    "paper-svhn": dict(batch_size=32, steps=350_000, ckpt_every=10_000),
-    "paper-celeba": dict(batch_size=16, steps=350_000, ckpt_every=10_000),
-}
+# Training presets: defaults per model preset, applied under explicit flags (one source:
+# vaeprobe.models.hvae.PRESET_TABLE).
+PRESETS = {name: training_defaults(name) for name in MODEL_PRESETS}
 
 
 def parser() -> argparse.ArgumentParser:

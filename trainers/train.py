@@ -24,8 +24,9 @@ from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe.adapters import load_model
-from vaeprobe.models import HVAE, TwoStageVAE, config_of, family_of, preset, secondary_config
-from vaeprobe.probe import image_generators, per_image_noise
+from vaeprobe.adapters.native import config_of, family_of
+from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.random import image_generators, per_image_noise
 
 
 class TrainingError(RuntimeError):

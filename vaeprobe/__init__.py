@@ -16,12 +16,12 @@ from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import checkpoints, open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
-from vaeprobe.probe import LatentPass, LayerInfo, Probe
+from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.rate import rate
 from vaeprobe.spectrum import spectrum
 
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
-__all__ = ["LatentPass", "LayerInfo", "Probe", "__version__", "checkpoints", "data", "iwae",
-           "load", "open_results", "pca_baseline", "plot", "rate", "sample_quality", "save",
-           "spectrum"]
+__all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "UndefinedAnalysisError",
+           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
+           "plot", "rate", "sample_quality", "save", "spectrum"]

@@ -6,7 +6,8 @@ import torch
 
 from vaeprobe import data as vdata
 from vaeprobe.io import provenance
-from vaeprobe.probe import Probe, image_generators
+from vaeprobe.probe import Probe
+from vaeprobe.random import image_generators
 
 
 def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):

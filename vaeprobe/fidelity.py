@@ -24,7 +24,8 @@ from vaeprobe import data as vdata
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.io import atomic_path, sha256_file
-from vaeprobe.probe import Probe, image_generators
+from vaeprobe.probe import Probe, encode
+from vaeprobe.random import image_generators
 from vaeprobe.registry import Registry
 
 PROTOCOL = ("torch-fidelity 0.4 statistics and metrics; uint8 via round(clamp(x, 0, 1) * 255); "
@@ -308,8 +309,7 @@ def _generate(probe: Probe, kinds, dataset, indices, n: int, batch_size: int,
         if recon:
             chosen = indices[torch.tensor(rows) % len(indices)]
             reference = vdata.gather(dataset, chosen).to(probe.device)
-            likelihood = probe.decode(probe.encode(reference, 1, generators,
-                                                   posterior=posterior))
+            likelihood = probe.decode(encode(probe, reference, 1, generators, posterior))
             if "reconstruction_mean" in recon:
                 out["reconstruction_mean"] = vdata.to_uint8(likelihood.mean)
             if "reconstruction_stochastic" in recon:

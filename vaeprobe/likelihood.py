@@ -14,18 +14,25 @@ import xarray as xr
 
 from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs
 from vaeprobe.probe import Probe, RepeatedRows
+from vaeprobe.random import image_generators
 
+DEQUANTIZE_STREAM = 1  # image_generators stream of the dequantisation noise
 BPD_OFFSET_DEQUANTIZED = 8.0  # log2(256): a density on [0, 1] data -> a bound on the PMF
 
 
 def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
-                 kind: str) -> torch.Tensor:
-    """log w for K draws per image: (B, K) float64 (rows image-major within each chunk)."""
+                 kind: str, dequantize_generators=None) -> torch.Tensor:
+    """log w for K draws per image: (B, K) float64 (rows image-major within each chunk).
+
+    ``generators`` feed the latent noise and ``dequantize_generators`` (an independent stream
+    per image) the dequantisation noise: each consumed draw by draw, so L_K does not depend on
+    ``chunk`` or on the batch.
+    """
     parts, images = [], RepeatedRows([x])
     for latents in probe.encode_chunks(x, k, chunk, generators):
         n = latents.n_samples
         log_px = probe.decode(latents).log_prob(images.rows(n)[0], kind=kind,
-                                                generator=generators)
+                                                generator=dequantize_generators)
         log_w = log_px.double() + latents.log_p().double() - latents.log_q().double()
         parts.append(log_w.reshape(x.shape[0], n).cpu())
     return torch.cat(parts, dim=1)
@@ -70,6 +77,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     batch_size : int
         Images per pass.
     seed : int
+        Every image's draws come from its own streams keyed by (seed, dataset index), in a
+        fixed layout: the result is identical (bit for bit) for any ``batch_size`` and
+        ``chunk``.
     kind : {"discretized", "dequantized"}, optional
         How log p(x|z) is evaluated; default the probe's ``likelihood_kind``. Dequantized
         densities on [0, 1] get log2(256) bits/dim added (recorded in attrs).
@@ -87,6 +97,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     >>> ds = iwae(vp.load("runs/demo"), "patches32:test", k=1000, n_images=100)  # doctest: +SKIP
     >>> float(ds["bpd_mean"]), float(ds["bpd_se"])  # doctest: +SKIP
     """
+    probe.require("vp.iwae", likelihood=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     if chunk is None:
@@ -98,17 +109,23 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     if kind not in ("discretized", "dequantized"):
         raise ValueError(f"kind must be 'discretized' or 'dequantized', got {kind!r}")
     dataset, indices = evaluation_set(probe, data, n_images, seed)
-    offset_nats = image_dims(probe) * math.log(256) if kind == "dequantized" else 0.0
-    all_log_w = []
+    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
+    bpd_offset = float(probe.n_bits) if kind == "dequantized" else 0.0
+    offset_nats = image_dims(probe) * bpd_offset * math.log(2)
+    all_log_w, start = [], 0
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  f"iwae K={k}"):
-        all_log_w.append(_log_weights(probe, x, k, chunk, generators, kind) - offset_nats)
+        rows = indices[start:start + len(x)].tolist()
+        start += len(x)
+        dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
+        all_log_w.append(_log_weights(probe, x, k, chunk, generators, kind, dequantize)
+                         - offset_nats)
     ds = _iwae_dataset(torch.cat(all_log_w), image_dims(probe), indices)
     parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
                       kind=kind)
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
                             likelihood_kind=kind,
-                            bpd_offset=BPD_OFFSET_DEQUANTIZED if kind == "dequantized" else 0.0)
+                            bpd_offset=bpd_offset, n_bits=int(probe.n_bits))
     return ds
 
 

@@ -1,33 +1,89 @@
 """The Probe contract: all that analyses may ask of a trained VAE, whatever its origin.
 
-A Probe exposes ``image_shape`` (C, H, W), ``layers`` (top to bottom: name, resolution,
-channels, stage) and three operations:
-- ``encode(x_uint8, n_samples=K, generator=None)`` -> :class:`LatentPass` with the posterior and
-  prior parameters of every layer, the draw ``z``, the analytic per-element KL, and log q(z|x),
-  log p(z) of the draw. The bottom-up encoder runs once per image; the K paths share it.
-  Rows are image-major: row ``i * K + k`` is draw k of image i.
-- ``decode(latents)`` -> the decoder likelihood (``.mean``, ``.sample``, ``.log_prob``).
+This module is the whole contract and nothing model-specific: an adapter (a checkpoint format
+in :mod:`vaeprobe.adapters`) imports only this. A Probe exposes ``image_shape`` (C, H, W),
+``layers`` (top/coarsest to bottom: name, resolution (H, W), channels, stage) and three
+operations:
+
+- ``encode(x_uint8, n_samples=K, generator=None, posterior="sample")`` -> :class:`LatentPass`
+  with the posterior and prior parameters of every layer, the draw ``z``, the per-element KL,
+  and log q(z|x), log p(z) of the draw. The bottom-up encoder runs once per image; the K paths
+  share it. Rows are image-major: row ``i * K + k`` is draw k of image i. With
+  ``posterior="mean"`` every layer's z is its posterior mean (no noise): reconstructions from
+  the mode, as diffusers' autoencoders make them by default.
+- ``decode(latents)`` -> the decoder likelihood: ``.mean`` (B, C, H, W) in [0, 1],
+  ``.sample(generator)`` -> uint8, ``.log_prob(x_uint8)`` -> nats per image.
 - ``sample_prior(n, temperature=1.0, generator=None)`` -> latents for ``decode``.
 
-``generator`` is a ``torch.Generator`` or a list of them, one per image; with a list, each
-image's noise comes from its own stream, so results do not depend on how images are batched.
+Every Probe declares ``likelihood_kind`` (``"discretized"``: a PMF over the 2^n_bits levels;
+``"dequantized"``: a density on uniformly dequantized [0, 1] data; ``"none"``: the decoder has no
+likelihood), ``n_bits`` (8 unless the model was trained on fewer levels, e.g. 5 for VDVAE's
+FFHQ-256) and ``prior_is_generative`` (False where the prior that matters lives outside the
+checkpoint, as for a latent-diffusion autoencoder). Analyses that are undefined for a Probe
+call :meth:`Probe.require` first and refuse with one :class:`UndefinedAnalysisError`.
+
+A draw's KL is analytic where posterior and prior are Gaussian (``LayerDraw.kl_analytic``);
+otherwise it is the sampled log q(z|x) - log p(z) of the draw.
+
+``generator`` is None, a ``torch.Generator`` or a list of them, one per image; with a list, each
+image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`), so results
+do not depend on how images are batched or draws chunked.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from vaeprobe.models.hvae import HVAE, LayerDraw, gaussian_log_density, per_layer_temperatures
-from vaeprobe.models.two_stage import TwoStageVAE
+from vaeprobe.random import per_image_noise
+
+LIKELIHOOD_KINDS = ("discretized", "dequantized", "none")
+POSTERIORS = ("sample", "mean")
+
+
+class UndefinedAnalysisError(ValueError):
+    """An analysis that is not defined for this model (e.g. IWAE without a likelihood)."""
+
+
+def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
+    """KL(N(q_mean, q_std^2) || N(p_mean, p_std^2)) per element, in nats."""
+    return (p_logstd - q_logstd
+            + (torch.exp(2 * q_logstd) + (q_mean - p_mean) ** 2) / (2 * torch.exp(2 * p_logstd))
+            - 0.5)
+
+
+def gaussian_log_density(z, mean, logstd) -> torch.Tensor:
+    """log N(z; mean, std^2) per element, in nats."""
+    return -0.5 * ((z - mean) * torch.exp(-logstd)) ** 2 - logstd - 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class LayerDraw:
+    """One latent layer of one pass: parameters (B, c, h, w) and the draw.
+
+    ``kl`` is per element, nats: analytic KL(q || p) when ``kl_analytic``, else the sampled
+    log q(z|x) - log p(z) of this draw (posteriors that are not Gaussian, e.g. flows).
+    """
+
+    p_mean: torch.Tensor
+    p_logstd: torch.Tensor
+    z: torch.Tensor
+    q_mean: torch.Tensor | None = None  # None when z came from the prior
+    q_logstd: torch.Tensor | None = None
+    kl: torch.Tensor | None = field(default=None)
+    kl_analytic: bool = True
+
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """One latent layer: ``name``, ``resolution`` (H, W), ``channels``, ``stage``."""
+
     name: str
     resolution: tuple[int, int]
     channels: int
@@ -44,10 +100,15 @@ class LatentPass:
 
     @property
     def from_posterior(self) -> bool:
-        return self.draws[0].q_mean is not None
+        return self.draws[0].kl is not None
+
+    @property
+    def kl_analytic(self) -> list[bool]:
+        """Per layer: is the KL analytic (True) or the sampled log q - log p of the draw?"""
+        return [bool(d.kl_analytic) for d in self.draws]
 
     def kl_per_layer(self) -> torch.Tensor:
-        """Analytic KL per row and layer, nats: (rows, layers)."""
+        """KL per row and layer, nats: (rows, layers). See :attr:`kl_analytic`."""
         if not self.from_posterior:
             raise ValueError("latents drawn from the prior have no KL; use probe.encode(x)")
         return torch.stack([d.kl.flatten(1).sum(1) for d in self.draws], dim=1)
@@ -56,8 +117,7 @@ class LatentPass:
         """log q(z | x) of the draw, summed over layers: (rows,)."""
         if not self.from_posterior:
             raise ValueError("latents drawn from the prior have no posterior")
-        return sum(gaussian_log_density(d.z, d.q_mean, d.q_logstd).flatten(1).sum(1)
-                   for d in self.draws)
+        return sum(_layer_log_q(d) for d in self.draws)
 
     def log_p(self) -> torch.Tensor:
         """log p(z) of the draw under the (conditional) priors, summed over layers: (rows,)."""
@@ -65,10 +125,26 @@ class LatentPass:
                    for d in self.draws)
 
 
+def _layer_log_q(draw: LayerDraw) -> torch.Tensor:
+    if draw.kl_analytic:
+        return gaussian_log_density(draw.z, draw.q_mean, draw.q_logstd).flatten(1).sum(1)
+    # a sampled KL is log q - log p of this very draw
+    return (draw.kl + gaussian_log_density(draw.z, draw.p_mean, draw.p_logstd)).flatten(1).sum(1)
+
+
 class Probe:
-    """Base class: shape checks, devices and noise; subclasses implement the three operations."""
+    """Base class: shape checks, devices, noise and refusals; subclasses implement the three
+    operations (``encode``, ``decode``, ``sample_prior``) and set ``image_shape``, ``layers``
+    and ``device``.
+
+    Class attributes declare what the model defines: ``likelihood_kind`` (``"discretized"``,
+    ``"dequantized"`` or ``"none"``), ``n_bits`` (levels are 2^n_bits) and
+    ``prior_is_generative``.
+    """
 
     likelihood_kind = "discretized"
+    n_bits = 8
+    prior_is_generative = True
     image_shape: tuple[int, int, int]
     layers: list[LayerInfo]
     device: torch.device
@@ -97,9 +173,16 @@ class Probe:
         """
         return 4096 if self.device.type == "cuda" else 64
 
-    def noise(self, rows: int, n_samples: int, generator: Generators) -> list[torch.Tensor]:
-        """Standard normal draws for every layer, (rows * n_samples, c, h, w) each."""
+    def noise(self, rows: int, n_samples: int, generator: Generators,
+              posterior: str = "sample") -> list[torch.Tensor]:
+        """Standard normal draws for every layer, (rows * n_samples, c, h, w) each.
+
+        ``posterior="mean"`` gives zeros: z = q_mean + q_std * 0 is the posterior mean.
+        """
         shapes = self.latent_shapes()
+        if check_posterior(posterior) == "mean":
+            return [torch.zeros((rows * n_samples, *shape), device=self.device)
+                    for shape in shapes]
         if generator is None or isinstance(generator, torch.Generator):
             return [torch.randn((rows * n_samples, *shape), generator=generator,
                                 device=self.device) for shape in shapes]
@@ -107,18 +190,20 @@ class Probe:
             raise ValueError(f"expected one generator per image ({rows}), got {len(generator)}")
         return per_image_noise(shapes, generator, n_samples, self.device)
 
-    def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
+    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
+               posterior: str = "sample") -> LatentPass:
         raise NotImplementedError
 
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
         """Yield LatentPasses of ``chunk`` draws per image until ``n_samples`` are drawn.
 
         The default calls :meth:`encode` per chunk; probes that can share the deterministic
         encoder work across chunks override it (ours do). Rows are image-major per chunk.
         """
-        _check_n_samples(n_samples)
+        check_n_samples(n_samples)
         for start in range(0, n_samples, chunk):
-            yield self.encode(x, min(chunk, n_samples - start), generator)
+            yield encode(self, x, min(chunk, n_samples - start), generator, posterior)
 
     def decode(self, latents: LatentPass):
         raise NotImplementedError
@@ -126,19 +211,31 @@ class Probe:
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
         raise NotImplementedError
 
+    @property
+    def name(self) -> str:
+        """How errors and reports name this model: its checkpoint, or its class."""
+        return str(self.source.get("checkpoint") or type(self).__name__)
+
+    def require(self, analysis: str, *, likelihood: bool = False, prior: bool = False) -> None:
+        """Refuse ``analysis`` with one :class:`UndefinedAnalysisError` where it is undefined.
+
+        ``likelihood``: the analysis needs a decoder likelihood (IWAE, stochastic samples);
+        ``prior``: it needs the checkpoint's prior to be the generative model (prior samples).
+        """
+        if likelihood and self.likelihood_kind == "none":
+            raise UndefinedAnalysisError(
+                f"{analysis} is undefined for {self.name}: its decoder has no likelihood "
+                f"(likelihood_kind='none'), so there is no log p(x|z) to evaluate or sample; "
+                f"use the reconstruction analyses (posterior='mean') instead")
+        if prior and not self.prior_is_generative:
+            raise UndefinedAnalysisError(
+                f"{analysis} is undefined for {self.name}: its prior is not the generative "
+                f"model (prior_is_generative=False; e.g. a latent-diffusion autoencoder, whose "
+                f"prior is the diffusion model); reconstruction kinds still run")
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_shape={self.image_shape}, "
                 f"layers={len(self.layers)}, source={self.source.get('checkpoint', 'memory')})")
-
-
-def per_image_noise(shapes, generators, n_samples: int, device) -> list[torch.Tensor]:
-    """Standard normal draws per layer, (images * n_samples, *shape), each image's own stream.
-
-    Layer by layer, so a model's first layers get the same noise as a model of fewer layers
-    (the two-stage primary matches the primary alone): randn is not prefix-stable in size.
-    """
-    return [torch.cat([torch.randn((n_samples, *shape), generator=g, device=device)
-                       for g in generators]) for shape in shapes]
 
 
 class RepeatedRows:
@@ -154,138 +251,22 @@ class RepeatedRows:
         return self.repeated
 
 
-def image_generators(seed: int, indices, device=None) -> list[torch.Generator]:
-    """One generator per image, seeded by (seed, dataset index): batch-size-free randomness."""
-    generators = []
-    for index in indices:
-        generator = torch.Generator(device=device or "cpu")
-        generator.manual_seed(hash((int(seed), int(index))) & 0x7FFF_FFFF_FFFF_FFFF)
-        generators.append(generator)
-    return generators
+def encode(probe: Probe, x, n_samples: int = 1, generator: Generators = None,
+           posterior: str = "sample") -> LatentPass:
+    """``probe.encode`` passing ``posterior`` only when it is not the default, so Probes written
+    against the first contract (``encode(x, n_samples, generator)``) keep working for samples."""
+    if check_posterior(posterior) == "sample":
+        return probe.encode(x, n_samples, generator)
+    return probe.encode(x, n_samples, generator, posterior=posterior)
 
 
-def _check_n_samples(n_samples: int) -> None:
+def check_n_samples(n_samples: int) -> None:
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
 
 
-class HVAEProbe(Probe):
-    """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
-
-    def __init__(self, model: HVAE, device=None, source: dict | None = None):
-        super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.image_shape = model.image_shape
-        self.layers = [LayerInfo(**info) for info in model.layer_info()]
-
-    def rows_per_pass(self) -> int:
-        if self.device.type == "cuda":
-            return super().rows_per_pass()
-        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
-        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
-
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator))
-
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
-        _check_n_samples(n_samples)
-        x = self.check_images(x)
-        # the deterministic encoder work, once per image, shared by every draw
-        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            h, draws = self.model.top_down(contexts=contexts.rows(k),
-                                           noise=self.noise(x.shape[0], k, generator))
-            yield LatentPass(draws, k, {"h": h})
-
-    @torch.no_grad()
-    def decode(self, latents: LatentPass):
-        h = latents.context.get("h")
-        if h is None:
-            h, _ = self.model.top_down(batch=latents.draws[0].z.shape[0],
-                                       zs=[d.z for d in latents.draws])
-        return self.model.likelihood(h)
-
-    @torch.no_grad()
-    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
-        h, draws = self.model.top_down(batch=n, temperature=temperature,
-                                       noise=self.noise(n, 1, generator))
-        return LatentPass(draws, 1, {"h": h})
-
-
-class TwoStageProbe(Probe):
-    """Probe over a :class:`~vaeprobe.models.two_stage.TwoStageVAE`: joint latents (z, z')."""
-
-    def __init__(self, model: TwoStageVAE, device=None, source: dict | None = None):
-        super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.image_shape = model.primary.image_shape
-        self.layers = [LayerInfo(name=f"{stage}.{info['name']}", resolution=info["resolution"],
-                                 channels=info["channels"], stage=stage)
-                       for stage in ("primary", "secondary")
-                       for info in getattr(model, stage).layer_info()]
-        self.n_primary = len(model.primary.decoder_layers)
-
-    def _secondary(self, x_hat, noise, x=None, temperature=1.0):
-        secondary = self.model.secondary
-        features = secondary.condition_features(x_hat)
-        activations = None if x is None else secondary.bottom_up(x, condition=x_hat)
-        return secondary.top_down(activations, batch=x_hat.shape[0], temperature=temperature,
-                                  condition_features=features, noise=noise)
-
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None) -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator))
-
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None):
-        _check_n_samples(n_samples)
-        x = self.check_images(x)
-        primary = self.model.primary
-        # shared by every draw
-        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
-        images = RepeatedRows([x])
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            noise = self.noise(x.shape[0], k, generator)
-            h1, draws1 = primary.top_down(contexts=contexts.rows(k), noise=noise[:self.n_primary])
-            x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
-            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
-            yield LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
-
-    @torch.no_grad()
-    def decode(self, latents: LatentPass):
-        h, x_hat = latents.context.get("h"), latents.context.get("x_hat")
-        if h is None:
-            zs = [d.z for d in latents.draws]
-            rows = zs[0].shape[0]
-            h1, _ = self.model.primary.top_down(batch=rows, zs=zs[:self.n_primary])
-            x_hat = self.model.primary.likelihood(h1).mean
-            secondary = self.model.secondary
-            h, _ = secondary.top_down(batch=rows, zs=zs[self.n_primary:],
-                                      condition_features=secondary.condition_features(x_hat))
-        return self.model.secondary.likelihood(h, condition=x_hat)
-
-    @torch.no_grad()
-    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
-        temperatures = per_layer_temperatures(temperature, len(self.layers))
-        noise = self.noise(n, 1, generator)
-        h1, draws1 = self.model.primary.top_down(batch=n, temperature=temperatures[
-            :self.n_primary], noise=noise[:self.n_primary])
-        x_hat = self.model.primary.likelihood(h1).mean
-        h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
-                                     temperature=temperatures[self.n_primary:])
-        return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
-
-
-def probe_for(model, device=None, source: dict | None = None) -> Probe:
-    """Wrap one of vaeprobe's own models in its Probe."""
-    if isinstance(model, TwoStageVAE):
-        return TwoStageProbe(model, device, source)
-    if isinstance(model, HVAE):
-        return HVAEProbe(model, device, source)
-    raise TypeError(f"no Probe for {type(model).__name__}; write an adapter in vaeprobe.adapters")
+def check_posterior(posterior: str) -> str:
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior must be one of {POSTERIORS} (a posterior sample or its "
+                         f"mean), got {posterior!r}")
+    return posterior

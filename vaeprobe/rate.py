@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs, squared_error
-from vaeprobe.probe import Probe
+from vaeprobe.probe import Probe, encode
 
 
 class _Moments:
@@ -30,9 +30,9 @@ class _Moments:
         return np.asarray(mean), np.asarray((variance / self.n).sqrt())
 
 
-def _rate_terms(probe: Probe, x: torch.Tensor, generators) -> dict:
+def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
     """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
-    latents = probe.encode(x, 1, generators)
+    latents = encode(probe, x, 1, generators, posterior)
     width = max(info.channels for info in probe.layers)
     per_channel = torch.full((x.shape[0], len(probe.layers), width), float("nan"),
                              dtype=torch.float64)
@@ -41,12 +41,12 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators) -> dict:
         per_channel[:, index, :kl.shape[1]] = kl
     distortion = squared_error(x, probe.decode(latents).mean)
     return dict(layer=latents.kl_per_layer().double(), channel=per_channel,
-                distortion=distortion)
+                distortion=distortion, kl_analytic=latents.kl_analytic)
 
 
 def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 64,
          seed: int = 0, active_threshold: float = 0.01, per_image: bool = False,
-         progress: bool = True) -> xr.Dataset:
+         posterior: str = "sample", progress: bool = True) -> xr.Dataset:
     """Rate (KL of the posterior from the prior) per latent layer, resolution and channel.
 
     Parameters
@@ -63,14 +63,21 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         A channel is an active unit when its mean KL exceeds this (nats).
     per_image : bool
         Also return ``rate_per_image`` (image, layer).
+    posterior : {"sample", "mean"}
+        Where the reconstruction behind ``distortion`` decodes from: a posterior sample or the
+        posterior mean (recorded). The KL itself is analytic where the model's posterior and
+        prior are Gaussian, else sampled at the draw (``kl_analytic`` per layer says which).
 
     Returns
     -------
     xarray.Dataset
-        Dim ``layer`` (coords ``name``, ``layer_resolution``, ``channels``, ``stage``):
-        ``rate``, ``rate_se``, ``rate_bpd``, ``rate_fraction``; ``rate_by_resolution``
-        (``resolution``); ``rate_per_channel`` and ``active`` (layer, channel);
-        ``active_units``, ``total_rate``, ``total_rate_se``, ``distortion``, ``mse``.
+        Dim ``layer`` (coords ``name``, ``layer_resolution`` as "HxW", ``layer_height``,
+        ``layer_width``, ``channels``, ``stage``, ``kl_analytic`` 0/1): ``rate``, ``rate_se``,
+        ``rate_bpd``, ``rate_fraction``; ``rate_by_resolution`` (dim ``resolution``, labels
+        "HxW" from coarse to fine, coords ``resolution_height`` / ``resolution_width``: layers
+        are grouped by both height and width); ``rate_per_channel`` and ``active``
+        (layer, channel); ``active_units``, ``total_rate``, ``total_rate_se``,
+        ``distortion``, ``mse``.
 
     Examples
     --------
@@ -79,10 +86,11 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     """
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
-    images = []
+    images, kl_analytic = [], [True] * len(probe.layers)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate"):
-        terms = _rate_terms(probe, x, generators)
+        terms = _rate_terms(probe, x, generators, posterior)
+        kl_analytic = terms["kl_analytic"]
         layer.update(terms["layer"])
         channel.update(terms["channel"])
         distortion.update(terms["distortion"])
@@ -90,15 +98,22 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         if per_image:
             images.append(terms["layer"].cpu())
     ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
+    ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), torch.cat(images).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
         ds = ds.assign_coords(image=indices.numpy())
     parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,
-                      active_threshold=active_threshold, per_image=per_image)
+                      active_threshold=active_threshold, per_image=per_image,
+                      posterior=posterior)
     ds.attrs = result_attrs("rate", parameters, probe, dataset, len(indices), seed,
                             active_threshold=active_threshold)
     return ds
+
+
+def resolution_label(size: tuple[int, int]) -> str:
+    """The label of a latent resolution (H, W): "HxW", e.g. "4x4" or "1x4"."""
+    return f"{int(size[0])}x{int(size[1])}"
 
 
 def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
@@ -107,9 +122,11 @@ def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dat
     distortion_mean, distortion_se = distortion.compute()
     total_mean, total_se = total.compute()
     dims = image_dims(probe)
-    resolutions = np.array([info.resolution[0] for info in probe.layers])
-    distinct = np.unique(resolutions)
-    by_resolution = np.array([rate_mean[resolutions == r].sum() for r in distinct])
+    sizes = [tuple(int(v) for v in info.resolution) for info in probe.layers]  # (H, W)
+    resolutions = np.array([resolution_label(size) for size in sizes])
+    distinct = sorted(set(sizes), key=lambda size: (size[0] * size[1], size))  # coarse first
+    labels = np.array([resolution_label(size) for size in distinct])
+    by_resolution = np.array([rate_mean[resolutions == label].sum() for label in labels])
     active = np.nan_to_num(channel_mean, nan=-np.inf) > threshold
     nats = {"units": "nats"}
     ds = xr.Dataset(
@@ -133,9 +150,13 @@ def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dat
             "layer": np.arange(len(probe.layers)),
             "name": ("layer", [info.name for info in probe.layers]),
             "layer_resolution": ("layer", resolutions),
+            "layer_height": ("layer", [size[0] for size in sizes]),
+            "layer_width": ("layer", [size[1] for size in sizes]),
             "channels": ("layer", [info.channels for info in probe.layers]),
             "stage": ("layer", [info.stage for info in probe.layers]),
-            "resolution": distinct,
+            "resolution": labels,
+            "resolution_height": ("resolution", [size[0] for size in distinct]),
+            "resolution_width": ("resolution", [size[1] for size in distinct]),
             "channel": np.arange(channel_mean.shape[1]),
         },
     )

@@ -9,6 +9,9 @@ from typing import Any
 class Registry:
     """A name -> object table that refuses duplicates and names the choices on a miss.
 
+    ``check(name, obj)``, when given, validates every entry as it is registered (raise to
+    refuse it), so a malformed entry fails where it is written, not where it is used.
+
     Examples
     --------
     >>> families = Registry("model family")
@@ -17,10 +20,17 @@ class Registry:
     ...     return config
     >>> families.get("toy")({"a": 1})
     {'a': 1}
+    >>> callables = Registry("builder", check=lambda name, obj: callable(obj) or
+    ...                      (_ for _ in ()).throw(TypeError(f"{name} is not callable")))
+    >>> callables.register("number", 3)
+    Traceback (most recent call last):
+    ...
+    TypeError: number is not callable
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None):
         self.kind = kind
+        self.check = check  # called as check(name, obj) before an entry is accepted
         self._entries: dict[str, Any] = {}
 
     def register(self, name: str, obj: Any = None) -> Callable | Any:
@@ -30,6 +40,8 @@ class Registry:
         def add(target):
             if name in self._entries and self._entries[name] is not target:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self.check is not None:
+                self.check(name, target)
             self._entries[name] = target
             return target
 

@@ -18,7 +18,6 @@ posterior mean as diffusers makes them (``posterior="mean"``) or from a sample.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,10 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeprobe.adapters._common import (MeanOnly, check_state_dict, file_source, read_tensors,
-                                       refuse_pickles)
-from vaeprobe.probe import (Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl,
-                            gaussian_log_density)
+from vaeprobe.adapters._common import (
+    MeanOnly,
+    check_state_dict,
+    file_source,
+    read_tensors,
+    refuse_pickles,
+)
+from vaeprobe.probe import Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps log variances
@@ -396,4 +399,4 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
 
 
 __all__ = ["AutoencoderKL", "AutoencoderKLConfig", "AutoencoderKLProbe", "open_diffusers",
-           "sniff", "math", "gaussian_log_density"]
+           "sniff"]

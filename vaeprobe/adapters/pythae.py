@@ -23,7 +23,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from vaeprobe import io

@@ -1,46 +1,8 @@
-"""The model family vaeprobe trains and audits, registered by name."""
+"""The model family vaeprobe trains and audits. Their registry (builder, stored config, Probe
+class per family) is the checkpoint format's: :mod:`vaeprobe.adapters.native`."""
 
-from __future__ import annotations
-
-from torch import nn
-
-from vaeprobe.models.hvae import HVAE, PRESETS, HVAEConfig, preset
+from vaeprobe.models.hvae import HVAE, PRESET_TABLE, PRESETS, HVAEConfig, preset
 from vaeprobe.models.two_stage import TwoStageVAE, secondary_config
-from vaeprobe.registry import Registry
 
-families = Registry("model family")
-
-
-@families.register("hvae")
-def _build_hvae(config: dict) -> HVAE:
-    return HVAE(HVAEConfig.from_dict(config))
-
-
-@families.register("two_stage")
-def _build_two_stage(config: dict) -> TwoStageVAE:
-    if set(config) != {"primary", "secondary"}:
-        raise ValueError(f"a two_stage config has keys 'primary' and 'secondary', got "
-                         f"{sorted(config)}")
-    return TwoStageVAE(HVAEConfig.from_dict(config["primary"]),
-                       HVAEConfig.from_dict(config["secondary"]))
-
-
-def build(family: str, config: dict) -> nn.Module:
-    """Build a registered model family from its JSON-able config."""
-    return families.get(family)(config)
-
-
-def family_of(model: nn.Module) -> str:
-    if isinstance(model, TwoStageVAE):
-        return "two_stage"
-    if isinstance(model, HVAE):
-        return "hvae"
-    raise TypeError(f"not a vaeprobe model: {type(model).__name__}")
-
-
-def config_of(model: nn.Module) -> dict:
-    return model.config if isinstance(model, TwoStageVAE) else model.config.to_dict()
-
-
-__all__ = ["HVAE", "HVAEConfig", "PRESETS", "TwoStageVAE", "build", "config_of", "families",
-           "family_of", "preset", "secondary_config"]
+__all__ = ["HVAE", "HVAEConfig", "PRESETS", "PRESET_TABLE", "TwoStageVAE", "preset",
+           "secondary_config"]

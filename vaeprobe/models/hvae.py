@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.models.likelihoods import LIKELIHOODS, LikelihoodHead
+from vaeprobe.probe import LayerDraw, gaussian_kl
 
 MERGES = ("precision", "concat")
 
@@ -122,30 +123,6 @@ class Encoder(nn.Module):
             h = stage(h)
             activations[resolution] = h
         return activations
-
-
-def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
-    """KL(N(q_mean, q_std^2) || N(p_mean, p_std^2)) per element, in nats."""
-    return (p_logstd - q_logstd
-            + (torch.exp(2 * q_logstd) + (q_mean - p_mean) ** 2) / (2 * torch.exp(2 * p_logstd))
-            - 0.5)
-
-
-def gaussian_log_density(z, mean, logstd) -> torch.Tensor:
-    """log N(z; mean, std^2) per element, in nats."""
-    return -0.5 * ((z - mean) * torch.exp(-logstd)) ** 2 - logstd - 0.5 * math.log(2 * math.pi)
-
-
-@dataclass
-class LayerDraw:
-    """One latent layer of one pass: parameters (B, c, r, r) and the draw."""
-
-    p_mean: torch.Tensor
-    p_logstd: torch.Tensor
-    z: torch.Tensor
-    q_mean: torch.Tensor | None = None  # None when z came from the prior
-    q_logstd: torch.Tensor | None = None
-    kl: torch.Tensor | None = field(default=None)  # per element, analytic
 
 
 class TopDownLayer(nn.Module):
@@ -339,25 +316,54 @@ def per_layer_temperatures(temperature, n_layers: int) -> list[float]:
     return temperature
 
 
-PRESETS = {
+@dataclass(frozen=True)
+class Preset:
+    """A named model with the training settings it is meant for (the one source of presets:
+    the trainer's defaults per preset are read from here)."""
+
+    model: HVAEConfig
+    training: tuple[tuple[str, object], ...] = ()  # TrainConfig overrides, e.g. (("lr", 1e-3),)
+
+
+def _preset(model: HVAEConfig, **training) -> Preset:
+    return Preset(model, tuple(sorted(training.items())))
+
+
+PRESET_TABLE = {
     # tiny test-size models: grey 8x8 (digits8) and RGB 16x16 (patches16)
-    "tiny-8": HVAEConfig(image_channels=1, image_size=8, width=16, bottleneck=8,
-                         latent_channels=2, layers=((1, 1), (4, 1), (8, 1)), encoder_blocks=1),
-    "tiny-16": HVAEConfig(image_channels=3, image_size=16, width=16, bottleneck=8,
-                          latent_channels=4, layers=((1, 1), (4, 1), (8, 1), (16, 1)),
-                          encoder_blocks=1),
+    "tiny-8": _preset(HVAEConfig(image_channels=1, image_size=8, width=16, bottleneck=8,
+                                 latent_channels=2, layers=((1, 1), (4, 1), (8, 1)),
+                                 encoder_blocks=1),
+                      batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
+    "tiny-16": _preset(HVAEConfig(image_channels=3, image_size=16, width=16, bottleneck=8,
+                                  latent_channels=4, layers=((1, 1), (4, 1), (8, 1), (16, 1)),
+                                  encoder_blocks=1),
+                       batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
     # tiny: trains in minutes on 2 CPU cores
-    "demo-cpu": HVAEConfig(image_channels=3, image_size=32, width=32, bottleneck=16,
-                           latent_channels=4, layers=((1, 1), (4, 2), (8, 2), (16, 2), (32, 1)),
-                           encoder_blocks=1),
+    "demo-cpu": _preset(HVAEConfig(image_channels=3, image_size=32, width=32, bottleneck=16,
+                                   latent_channels=4,
+                                   layers=((1, 1), (4, 2), (8, 2), (16, 2), (32, 1)),
+                                   encoder_blocks=1),
+                        batch_size=32, lambda_lr=5e-3, lr=1e-3, ckpt_every=250, steps=2000),
     # Appendix A.1: 2 @ 1x1, 4 @ 4x4, 10 @ 8x8, 16 @ 16x16, 16 @ 32x32; width 128, bottleneck 32
-    "paper-svhn": HVAEConfig(image_channels=3, image_size=32, width=128, bottleneck=32,
-                             latent_channels=16, encoder_blocks=3),
+    "paper-svhn": _preset(HVAEConfig(image_channels=3, image_size=32, width=128, bottleneck=32,
+                                     latent_channels=16, encoder_blocks=3),
+                          batch_size=32, steps=350_000, ckpt_every=10_000),
     # CelebA: the SVHN layout plus 8 layers at 64x64
-    "paper-celeba": HVAEConfig(image_channels=3, image_size=64, width=128, bottleneck=32,
-                               latent_channels=16, encoder_blocks=3,
-                               layers=((1, 2), (4, 4), (8, 10), (16, 16), (32, 16), (64, 8))),
+    "paper-celeba": _preset(HVAEConfig(image_channels=3, image_size=64, width=128, bottleneck=32,
+                                       latent_channels=16, encoder_blocks=3,
+                                       layers=((1, 2), (4, 4), (8, 10), (16, 16), (32, 16),
+                                               (64, 8))),
+                            batch_size=16, steps=350_000, ckpt_every=10_000),
 }
+PRESETS = {name: entry.model for name, entry in PRESET_TABLE.items()}  # name -> HVAEConfig
+
+
+def training_defaults(name: str) -> dict:
+    """The trainer's settings for a preset (TrainConfig field -> value)."""
+    if name not in PRESET_TABLE:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESET_TABLE)}")
+    return dict(PRESET_TABLE[name].training)
 
 
 def preset(name: str, **overrides) -> HVAEConfig:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaeprobe.random import per_row_random
+
 LIKELIHOODS = ("fixed", "learned", "optimal", "per_pixel", "dmol")
 LOG_SIGMA_MIN = -6.0  # sigma-VAE's soft lower bound on log sigma
 HALF_BIN = 0.5 / 255.0  # half a quantisation bin on the [0, 1] scale
@@ -57,7 +59,8 @@ class DiscretizedGaussian:
 
     def sample(self, generator=None) -> torch.Tensor:
         """uint8 draws; ``generator``: one, or a list with one per image."""
-        noise = _random(torch.randn, self.loc.shape, generator, self.loc.device, self.loc.dtype)
+        noise = per_row_random(torch.randn, self.loc.shape, generator, self.loc.device,
+                               self.loc.dtype)
         return _quantise(self.loc + self.log_sigma.exp() * noise)
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
@@ -85,22 +88,9 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"likelihood kind must be 'discretized' or 'dequantized', got {kind!r}")
 
 
-def _random(draw, shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-    """``draw`` (torch.randn / torch.rand) of ``shape``; ``generator`` may be one per image.
-
-    With a list, rows are split evenly and in order among the generators (image-major rows),
-    so each image's randomness does not depend on how images are batched.
-    """
-    if isinstance(generator, (list, tuple)):
-        rows = shape[0] // len(generator)
-        return torch.cat([draw((rows, *shape[1:]), generator=g, device=device, dtype=dtype)
-                          for g in generator])
-    return draw(shape, generator=generator, device=device, dtype=dtype)
-
-
 def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
     """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1]."""
-    return (x.float() + _random(torch.rand, x.shape, generator, x.device)) / 256.0
+    return (x.float() + per_row_random(torch.rand, x.shape, generator, x.device)) / 256.0
 
 
 class DiscretizedLogisticMixture:
@@ -177,12 +167,12 @@ class DiscretizedLogisticMixture:
     def sample(self, generator=None) -> torch.Tensor:
         """uint8 draws; ``generator``: one, or a list with one per image."""
         device = self.logits.device
-        gumbel = -torch.log(-torch.log(_random(
+        gumbel = -torch.log(-torch.log(per_row_random(
             torch.rand, self.logits.shape, generator, device).clamp(1e-5, 1 - 1e-5)))
         choice = F.one_hot((self.logits + gumbel).argmax(1), self.n_mixtures)
         choice = choice.permute(0, 3, 1, 2)[:, None].to(self.means.dtype)  # (B, 1, M, H, W)
         means, log_scales = (self.means * choice).sum(2), (self.log_scales * choice).sum(2)
-        uniform = _random(torch.rand, means.shape, generator, device).clamp(1e-5, 1 - 1e-5)
+        uniform = per_row_random(torch.rand, means.shape, generator, device).clamp(1e-5, 1 - 1e-5)
         x11 = means + log_scales.exp() * (torch.log(uniform) - torch.log1p(-uniform))
         if self.coeffs is not None:
             coeffs = (self.coeffs * choice).sum(2)

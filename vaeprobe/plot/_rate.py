@@ -11,15 +11,15 @@ def rate(ds: xr.Dataset, ax=None, log: bool = False):
     import matplotlib.pyplot as plt
 
     ax = axes(ax, figsize=(max(5, 0.18 * ds.sizes["layer"] + 3), 3.6))
-    resolutions = ds["layer_resolution"].values
-    distinct = list(np.unique(resolutions))
+    resolutions = ds["layer_resolution"].values.astype(str)
+    distinct = [str(label) for label in ds["resolution"].values]  # "HxW", coarse to fine
     colours = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(distinct)))
     for colour, resolution in zip(colours, distinct, strict=True):
         chosen = resolutions == resolution
         total = float(ds["rate_by_resolution"].sel(resolution=resolution))
         ax.bar(ds["layer"].values[chosen], ds["rate"].values[chosen],
                yerr=ds["rate_se"].values[chosen], color=colour, capsize=1,
-               label=f"{resolution}x{resolution}: {total:.1f} nats")
+               label=f"{resolution}: {total:.1f} nats")
     if "stage" in ds.coords and len(set(ds["stage"].values.tolist())) > 1:
         boundary = int(np.argmax(ds["stage"].values != ds["stage"].values[0]))
         ax.axvline(boundary - 0.5, color="k", lw=0.8, ls="--")

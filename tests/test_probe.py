@@ -1,0 +1,178 @@
+"""The Probe contract: its own module, refusals, posterior means, sampled KLs, and randomness
+that depends on neither the batch nor the chunk of draws."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaeprobe as vp
+from linear_gaussian import LinearGaussianProbe, images
+from vaeprobe.adapters.native import Family, families, probe_for
+from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.probe import (LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError,
+                            gaussian_kl, gaussian_log_density)
+from vaeprobe.random import image_generators, per_image_noise, per_row_random
+
+
+def test_contract_module_imports_nothing_model_specific():
+    import vaeprobe.probe
+
+    tree = ast.parse(Path(vaeprobe.probe.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    ours = {name for name in imported if name and name.startswith("vaeprobe")}
+    assert ours == {"vaeprobe.random"}, ours
+
+
+@pytest.fixture(scope="module")
+def tiny_probe():
+    torch.manual_seed(0)
+    model = HVAE(preset("tiny-8"))
+    with torch.no_grad():  # non-zero priors and heads, so every layer matters
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return probe_for(model, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["discretized", "dequantized"])
+def test_iwae_does_not_depend_on_batch_size_or_chunk(tiny_probe, digits_test, kind):
+    results = []
+    for batch_size, chunk in [(1, None), (5, 3), (16, None), (16, 1), (5, 32), (16, 7)]:
+        ds = vp.iwae(tiny_probe, digits_test, k=32, n_images=12, batch_size=batch_size,
+                     chunk=chunk, kind=kind, progress=False)
+        results.append(ds["log_likelihood_by_k"].values)
+    for other in results[1:]:
+        assert (other == results[0]).all()  # bit-identical
+
+
+def test_chunked_noise_equals_unchunked():
+    shapes = [(2, 1, 1), (3, 4, 4)]
+    whole = per_image_noise(shapes, image_generators(3, [7, 8]), 5, "cpu")
+    generators = image_generators(3, [7, 8])
+    parts = [per_image_noise(shapes, generators, n, "cpu") for n in (2, 3)]
+    for layer, expected in enumerate(whole):
+        rows = torch.cat([parts[0][layer].reshape(2, 2, *shapes[layer]),
+                          parts[1][layer].reshape(2, 3, *shapes[layer])], 1)
+        assert torch.equal(rows.reshape(expected.shape), expected)
+
+
+def test_per_row_random_is_split_free():
+    a = per_row_random(torch.rand, (6, 3), image_generators(0, [1, 2]), "cpu")
+    generators = image_generators(0, [1, 2])
+    b1 = per_row_random(torch.rand, (2, 3), generators, "cpu")
+    b2 = per_row_random(torch.rand, (4, 3), generators, "cpu")
+    assert torch.equal(a.reshape(2, 3, 3), torch.cat([b1.reshape(2, 1, 3),
+                                                      b2.reshape(2, 2, 3)], 1))
+    with pytest.raises(ValueError, match="split evenly"):
+        per_row_random(torch.rand, (5, 3), image_generators(0, [1, 2]), "cpu")
+
+
+def test_image_generator_streams_are_independent():
+    latent, other = image_generators(0, [4]), image_generators(0, [4], stream=1)
+    assert not torch.equal(torch.rand(8, generator=latent[0]), torch.rand(8, generator=other[0]))
+
+
+def test_posterior_mean_is_the_posterior_mean(tiny_probe, digits_test):
+    x = vp.data.gather(digits_test, torch.arange(4))
+    latents = tiny_probe.encode(x, 2, image_generators(0, range(4)), posterior="mean")
+    for draw in latents.draws:
+        assert torch.equal(draw.z, draw.q_mean)
+    with pytest.raises(ValueError, match="posterior must be one of"):
+        tiny_probe.encode(x, posterior="mode")
+    a = vp.rate(tiny_probe, digits_test, n_images=8, posterior="mean", seed=0, progress=False)
+    b = vp.rate(tiny_probe, digits_test, n_images=8, posterior="mean", seed=5, progress=False)
+    assert a.attrs["posterior"] == "mean"
+    assert float(a["distortion"]) != pytest.approx(float(
+        vp.rate(tiny_probe, digits_test, n_images=8, progress=False)["distortion"]), rel=1e-9)
+    assert b.attrs["seed"] == 5
+
+
+def test_two_stage_posterior_mean_runs():
+    probe = probe_for(TwoStageVAE(preset("tiny-8"), secondary_config(preset("tiny-8"))), "cpu")
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    latents = probe.encode(x, 1, posterior="mean")
+    assert all(torch.equal(d.z, d.q_mean) for d in latents.draws)
+
+
+class _NoLikelihood(LinearGaussianProbe):
+    likelihood_kind = "none"
+    prior_is_generative = False
+
+
+def test_refusals_name_the_model_and_reason():
+    probe = _NoLikelihood()
+    with pytest.raises(UndefinedAnalysisError, match="vp.iwae is undefined for linear-gaussian"
+                                                      ".*no likelihood"):
+        vp.iwae(probe, images(4), k=2, progress=False)
+    with pytest.raises(UndefinedAnalysisError, match="prior_is_generative=False"):
+        probe.require("prior samples", prior=True)
+    probe.require("vp.rate")  # nothing needed: no error
+    ds = vp.rate(probe, images(4), progress=False)  # reconstructions still run
+    assert ds.sizes["layer"] == 1
+
+
+def test_sampled_kl_enters_log_q():
+    torch.manual_seed(0)
+    z, q_mean, q_logstd = torch.randn(3, 2, 1, 1), torch.randn(3, 2, 1, 1), torch.zeros(3, 2, 1, 1)
+    p_mean, p_logstd = torch.zeros_like(z), torch.zeros_like(z)
+    log_q = gaussian_log_density(z, q_mean, q_logstd)
+    sampled = log_q - gaussian_log_density(z, p_mean, p_logstd)
+    analytic = LatentPass([LayerDraw(p_mean, p_logstd, z, q_mean, q_logstd,
+                                     gaussian_kl(q_mean, q_logstd, p_mean, p_logstd))])
+    flow = LatentPass([LayerDraw(p_mean, p_logstd, z, kl=sampled, kl_analytic=False)])
+    assert torch.allclose(flow.log_q(), analytic.log_q())
+    assert flow.kl_analytic == [False] and analytic.kl_analytic == [True]
+    assert torch.allclose(flow.kl_per_layer()[:, 0], sampled.flatten(1).sum(1))
+
+
+class _WideLayers(LinearGaussianProbe):
+    """Two latent layers of shapes 1x1 and 1x4 (same height, different width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = [LayerInfo("a", (1, 1), 2), LayerInfo("b", (1, 4), 1)]
+
+    def encode(self, x, n_samples=1, generator=None, *, posterior="sample"):
+        first = super().encode(x, n_samples, generator, posterior=posterior).draws[0]
+        second = LayerDraw(*(t.reshape(-1, 1, 1, 2).repeat(1, 1, 1, 2).contiguous() if t
+                             is not None else None for t in (first.p_mean, first.p_logstd,
+                                                             first.z, first.q_mean,
+                                                             first.q_logstd, first.kl)))
+        return LatentPass([first, second], n_samples)
+
+    def decode(self, latents):
+        return super().decode(LatentPass(latents.draws[:1], latents.n_samples))
+
+
+def test_rate_by_resolution_groups_by_height_and_width():
+    ds = vp.rate(_WideLayers(), images(6), progress=False)
+    assert list(ds["resolution"].values) == ["1x1", "1x4"]
+    assert list(ds["resolution_width"].values) == [1, 4]
+    assert list(ds["layer_resolution"].values) == ["1x1", "1x4"]
+    assert float(ds["rate_by_resolution"].sel(resolution="1x4")) == pytest.approx(
+        float(ds["rate"].sel(layer=1)))
+    assert float(ds["rate_by_resolution"].sum()) == pytest.approx(float(ds["total_rate"]))
+
+
+def test_family_registry_checks_its_entries():
+    with pytest.raises(TypeError, match="must be registered as a Family"):
+        families.register("broken", object())
+    with pytest.raises(TypeError, match="probe_class must be a Probe subclass"):
+        families.register("broken", Family(HVAE, HVAE, dict, dict))
+    assert "broken" not in families
+    with pytest.raises(TypeError, match="no Probe for Linear"):
+        probe_for(torch.nn.Linear(2, 2))
+    assert issubclass(families.get("hvae").probe_class, Probe)
+
+
+def test_presets_have_one_source():
+    from trainers.config import PRESETS as TRAIN_PRESETS
+    from vaeprobe.models import PRESET_TABLE, PRESETS
+
+    assert set(TRAIN_PRESETS) == set(PRESETS) == set(PRESET_TABLE)
+    for name, entry in PRESET_TABLE.items():
+        assert PRESETS[name] is entry.model
+        assert TRAIN_PRESETS[name] == dict(entry.training)

@@ -1,0 +1,230 @@
+"""vaeprobe's own checkpoint format: the model families we train, their Probes, and loading.
+
+A vaeprobe checkpoint (``ckpt_step*.pt`` / ``.safetensors`` in a run directory) is a dict of
+tensors plus a JSON config naming its model ``family``. Each family is one registry entry
+(:data:`families`) that carries its model class, its builder from the stored config, the
+config it stores, and its Probe class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vaeprobe import io
+from vaeprobe.adapters._common import check_state_dict
+from vaeprobe.models.hvae import HVAE, HVAEConfig, per_layer_temperatures
+from vaeprobe.models.two_stage import TwoStageVAE
+from vaeprobe.probe import Generators, LatentPass, LayerInfo, Probe, RepeatedRows, check_n_samples
+from vaeprobe.registry import Registry
+
+
+class HVAEProbe(Probe):
+    """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
+
+    def __init__(self, model: HVAE, device=None, source: dict | None = None):
+        super().__init__(source)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.image_shape = model.image_shape
+        self.layers = [LayerInfo(**info) for info in model.layer_info()]
+
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return super().rows_per_pass()
+        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
+        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
+
+    @torch.no_grad()
+    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
+               posterior: str = "sample") -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
+        check_n_samples(n_samples)
+        x = self.check_images(x)
+        # the deterministic encoder work, once per image, shared by every draw
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            h, draws = self.model.top_down(contexts=contexts.rows(k),
+                                           noise=self.noise(x.shape[0], k, generator, posterior))
+            yield LatentPass(draws, k, {"h": h})
+
+    @torch.no_grad()
+    def decode(self, latents: LatentPass):
+        h = latents.context.get("h")
+        if h is None:
+            h, _ = self.model.top_down(batch=latents.draws[0].z.shape[0],
+                                       zs=[d.z for d in latents.draws])
+        return self.model.likelihood(h)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        h, draws = self.model.top_down(batch=n, temperature=temperature,
+                                       noise=self.noise(n, 1, generator))
+        return LatentPass(draws, 1, {"h": h})
+
+
+class TwoStageProbe(Probe):
+    """Probe over a :class:`~vaeprobe.models.two_stage.TwoStageVAE`: joint latents (z, z')."""
+
+    def __init__(self, model: TwoStageVAE, device=None, source: dict | None = None):
+        super().__init__(source)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.image_shape = model.primary.image_shape
+        self.layers = [LayerInfo(name=f"{stage}.{info['name']}", resolution=info["resolution"],
+                                 channels=info["channels"], stage=stage)
+                       for stage in ("primary", "secondary")
+                       for info in getattr(model, stage).layer_info()]
+        self.n_primary = len(model.primary.decoder_layers)
+
+    def _secondary(self, x_hat, noise, x=None, temperature=1.0):
+        secondary = self.model.secondary
+        features = secondary.condition_features(x_hat)
+        activations = None if x is None else secondary.bottom_up(x, condition=x_hat)
+        return secondary.top_down(activations, batch=x_hat.shape[0], temperature=temperature,
+                                  condition_features=features, noise=noise)
+
+    @torch.no_grad()
+    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
+               posterior: str = "sample") -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
+        check_n_samples(n_samples)
+        x = self.check_images(x)
+        primary = self.model.primary
+        # shared by every draw
+        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
+        images = RepeatedRows([x])
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            noise = self.noise(x.shape[0], k, generator, posterior)
+            h1, draws1 = primary.top_down(contexts=contexts.rows(k), noise=noise[:self.n_primary])
+            x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
+            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
+            yield LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
+
+    @torch.no_grad()
+    def decode(self, latents: LatentPass):
+        h, x_hat = latents.context.get("h"), latents.context.get("x_hat")
+        if h is None:
+            zs = [d.z for d in latents.draws]
+            rows = zs[0].shape[0]
+            h1, _ = self.model.primary.top_down(batch=rows, zs=zs[:self.n_primary])
+            x_hat = self.model.primary.likelihood(h1).mean
+            secondary = self.model.secondary
+            h, _ = secondary.top_down(batch=rows, zs=zs[self.n_primary:],
+                                      condition_features=secondary.condition_features(x_hat))
+        return self.model.secondary.likelihood(h, condition=x_hat)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        temperatures = per_layer_temperatures(temperature, len(self.layers))
+        noise = self.noise(n, 1, generator)
+        h1, draws1 = self.model.primary.top_down(batch=n, temperature=temperatures[
+            :self.n_primary], noise=noise[:self.n_primary])
+        x_hat = self.model.primary.likelihood(h1).mean
+        h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
+                                     temperature=temperatures[self.n_primary:])
+        return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: how to build it from a stored config, what config it stores, and the
+    Probe that wraps it."""
+
+    model_class: type[nn.Module]
+    build: Callable[[dict], nn.Module]
+    config_of: Callable[[nn.Module], dict]
+    probe_class: type[Probe]
+
+
+def _check_family(name: str, family) -> None:
+    if not isinstance(family, Family):
+        raise TypeError(f"model family {name!r} must be registered as a Family, got "
+                        f"{type(family).__name__}")
+    if not (isinstance(family.model_class, type) and issubclass(family.model_class, nn.Module)):
+        raise TypeError(f"model family {name!r}: model_class must be an nn.Module subclass")
+    if not (isinstance(family.probe_class, type) and issubclass(family.probe_class, Probe)):
+        raise TypeError(f"model family {name!r}: probe_class must be a Probe subclass")
+
+
+families = Registry("model family", check=_check_family)
+
+
+def _build_two_stage(config: dict) -> TwoStageVAE:
+    if set(config) != {"primary", "secondary"}:
+        raise ValueError(f"a two_stage config has keys 'primary' and 'secondary', got "
+                         f"{sorted(config)}")
+    return TwoStageVAE(HVAEConfig.from_dict(config["primary"]),
+                       HVAEConfig.from_dict(config["secondary"]))
+
+
+families.register("hvae", Family(HVAE, lambda config: HVAE(HVAEConfig.from_dict(config)),
+                                 lambda model: model.config.to_dict(), HVAEProbe))
+families.register("two_stage", Family(TwoStageVAE, _build_two_stage,
+                                      lambda model: model.config, TwoStageProbe))
+
+
+def build(family: str, config: dict) -> nn.Module:
+    """Build a registered model family from its JSON-able config."""
+    return families.get(family).build(config)
+
+
+def family_of(model: nn.Module) -> str:
+    """The registered family name of one of vaeprobe's own models."""
+    for name in families.names():
+        if type(model) is families.get(name).model_class:
+            return name
+    raise TypeError(f"not a vaeprobe model: {type(model).__name__}; registered families: "
+                    f"{', '.join(families.names())}")
+
+
+def config_of(model: nn.Module) -> dict:
+    """The JSON-able config a checkpoint stores for ``model``."""
+    return families.get(family_of(model)).config_of(model)
+
+
+def probe_for(model: nn.Module, device=None, source: dict | None = None) -> Probe:
+    """Wrap one of vaeprobe's own models in its Probe."""
+    try:
+        family = families.get(family_of(model))
+    except TypeError:
+        raise TypeError(f"no Probe for {type(model).__name__}; write an adapter in "
+                        f"vaeprobe.adapters or use vp.Probe.from_module") from None
+    return family.probe_class(model, device, source)
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True):
+    """(model, payload) from a vaeprobe checkpoint file or run directory (latest checkpoint)."""
+    path = io.resolve_checkpoint(path)
+    payload = io.read_checkpoint(path)
+    model = build(payload["family"], payload["config"])
+    state = payload["ema_state_dict"] if ema and payload.get("ema_state_dict") else \
+        payload["state_dict"]
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
+    payload["path"] = path
+    payload["used_ema"] = bool(ema and payload.get("ema_state_dict"))
+    return model.eval(), payload
+
+
+def open_native(path: str | os.PathLike, device=None, ema: bool = True) -> Probe:
+    """A vaeprobe checkpoint (or a run directory's latest checkpoint) as a Probe."""
+    model, payload = load_model(path, ema=ema)
+    source = dict(format="vaeprobe", checkpoint=str(payload["path"]),
+                  checkpoint_sha256=io.sha256_file(payload["path"]), step=payload["step"],
+                  family=payload["family"], ema=int(payload["used_ema"]))
+    return probe_for(model, device=device, source=source)
