@@ -283,3 +283,60 @@ def test_pythae_pickles_are_never_opened(tmp_path, marker):
     with pytest.raises(ValueError, match=f"custom encoder, stored as {folder / 'encoder.pkl'}.*"
                                          f"never opens.*encoder=my_encoder"):
         vp.load(folder)
+
+
+def test_pythae_custom_networks_come_from_trusted_modules(tmp_path):
+    """A model saved with custom networks opens with encoder= / decoder= given in code."""
+
+    class TrustedEncoder(torch.nn.Module):  # pythae's forward contract, the user's own code
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(64, 512),
+                                                                   torch.nn.ReLU())])
+            self.embedding, self.log_var = torch.nn.Linear(512, 2), torch.nn.Linear(512, 2)
+
+        def forward(self, x):
+            hidden = self.layers[0](x.flatten(1))
+            return {"embedding": self.embedding(hidden),
+                    "log_covariance": self.log_var(hidden)}
+
+    folder = _copy(PYTHAE, tmp_path / "custom")
+    config = json.loads((folder / "model_config.json").read_text())
+    (folder / "model_config.json").write_text(json.dumps({**config,
+                                                          "uses_default_encoder": False}))
+    probe = vp.load(folder, device="cpu", encoder=TrustedEncoder())
+    expected = json.loads((FIXTURES / "pythae" / "expected.json").read_text())
+    x = torch.tensor(expected["images"], dtype=torch.uint8)
+    latents = probe.encode(x, posterior="mean")
+    torch.testing.assert_close(latents.kl_per_layer()[:, 0], torch.tensor(expected["kl"]),
+                               rtol=1e-5, atol=1e-6)
+    assert json.loads(probe.source["options"])["encoder"].endswith("test_adapters.TrustedEncoder>")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_rate_and_spectrum_on_third_party_formats(tmp_path, capsys):
+    from vaeprobe.cli import _options, main
+
+    assert _options(["hparams=cifar10", "image_size=16", "pixel_range=[-1,1]", "ema=false"]) \
+        == {"hparams": "cifar10", "image_size": 16, "pixel_range": [-1, 1], "ema": False}
+    out = tmp_path / "rate.nc"
+    assert main(["rate", str(DIFFUSERS), "--data", "patches16:test", "--n-images", "8",
+                 "--format", "diffusers", "--option", "image_size=16", "--posterior", "mean",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert "total rate" in capsys.readouterr().out
+    saved = vp.open_results(out)
+    assert saved.attrs["format"] == "diffusers" and json.loads(saved.attrs["options"]) == {
+        "image_size": 16}
+    assert json.loads(saved.attrs["parameters"])["posterior"] == "mean"
+    assert main(["spectrum", str(PYTHAE), "--data", "digits8:test", "--n-images", "16",
+                 "--device", "cpu", "--out", str(tmp_path / "spectrum.nc")]) == 0
+    spectrum = vp.open_results(tmp_path / "spectrum.nc")
+    assert spectrum.attrs["format"] == "pythae" and "files_sha256" in spectrum.attrs
+    assert main(["rate", str(PYTHAE), "--data", "digits8:test", "--option",
+                 "hparams=cifar10"]) == 2
+    assert "unknown option(s) ['hparams'] for format 'pythae'" in capsys.readouterr().err
+    assert main(["iwae", str(DIFFUSERS), "--data", "patches16:test", "-k", "2"]) == 2
+    assert "no likelihood" in capsys.readouterr().err

@@ -145,12 +145,10 @@ def _source_probes(source, device):
         return [(int(source.source.get("step", 0)), source.source.get("checkpoint", "memory"),
                  lambda: source)]
     path = Path(source)
-    if path.is_dir():
-        found = io.checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"no checkpoints (ckpt_step*.pt) in run directory {path}")
+    found = io.checkpoints(path) if path.is_dir() else []
+    if found:  # a run directory: every checkpoint
         return [(step, str(p), lambda p=p: load(p, device=device)) for step, p in found]
-    return [(None, str(path), lambda: load(path, device=device))]
+    return [(None, str(path), lambda: load(path, device=device))]  # any format, sniffed
 
 
 def _default_data(source) -> str:
@@ -224,7 +222,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         bar.update(1)
     bar.close()
     ds = _assemble(rows, cutoff)
-    ds.attrs = result_attrs("spectrum", parameters, None, dataset, len(indices), seed,
+    one_model = first if len(sources) == 1 else None  # its source: format, files, hashes
+    ds.attrs = result_attrs("spectrum", parameters, one_model, dataset, len(indices), seed,
                             window=window, channels=channels, cutoff=cutoff)
     return ds
 

@@ -73,7 +73,10 @@ def _is_pythae(path: Path) -> bool:
 
 
 def _is_vdvae(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(("-model-ema.th", "-model.th"))
+    names = ("-model-ema.th", "-model.th")
+    if path.is_dir():  # a VDVAE save folder
+        return any(p.name.endswith(names) for p in path.iterdir())
+    return path.name.endswith(names)
 
 
 def _is_diffusers(path: Path) -> bool:
@@ -100,7 +103,7 @@ formats.register("pythae", Format(
     "a pythae model.save folder: model_config.json + model.pt"))
 formats.register("vdvae", Format(
     "vaeprobe.adapters.vdvae:open_vdvae", _is_vdvae,
-    "an openai/vdvae *-model-ema.th or *-model.th file"))
+    "an openai/vdvae *-model-ema.th or *-model.th file, or a folder with one"))
 
 
 class FormatError(ValueError):
