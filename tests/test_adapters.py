@@ -63,6 +63,8 @@ def module_probe():
 def test_formats_are_sniffed_from_the_files(tmp_path):
     assert adapters.sniff_format(DIFFUSERS) == "diffusers"
     assert adapters.sniff_format(DIFFUSERS / "config.json") == "diffusers"
+    assert adapters.sniff_format(DIFFUSERS / "diffusion_pytorch_model.safetensors") == "diffusers"
+    assert adapters.sniff_format(PYTHAE / "model.pt") == "pythae"
     assert adapters.sniff_format(PYTHAE) == "pythae"
     (tmp_path / "ckpt_step00000010.pt").write_bytes(b"")
     assert adapters.sniff_format(tmp_path) == "vaeprobe"

@@ -64,7 +64,8 @@ def _is_native(path: Path) -> bool:
     if path.is_dir():  # a run directory: checkpoints, or the config a run writes first
         return bool(io.checkpoints(path)) or _json_has(path / io.RUN_CONFIG, "train")
     return (io.CHECKPOINT_PATTERN.match(path.name) is not None
-            or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)))
+            or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)
+                and not _is_diffusers(path)))
 
 
 def _is_pythae(path: Path) -> bool:
