@@ -49,8 +49,12 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
 def test_missing_truncated_foreign_and_unknown(tmp_path):
     with pytest.raises(FileNotFoundError):
         vp.load(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="cannot tell the format"):  # an empty folder
+        vp.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"train": {}}')  # a run with no checkpoint yet
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         vp.load(tmp_path)
+    (tmp_path / "config.json").unlink()
     model = HVAE(preset("tiny-8"))
     good = _save(model, tmp_path / "a.pt")
     (tmp_path / "b.pt").write_bytes(good.read_bytes()[:500])

@@ -41,15 +41,57 @@ def _add_data(sub) -> None:
     parser.set_defaults(run=_cmd_data)
 
 
+CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
+                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th")
+
+
+def _load_arguments(parser) -> None:
+    """How a model is opened: its format (sniffed by default) and the format's options."""
+    parser.add_argument("--format", default=None, help="checkpoint format (default: recognised "
+                        "from the files): vaeprobe, diffusers, pythae, vdvae")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a format option, repeatable, e.g. hparams=cifar10, "
+                        "image_size=256, pixel_range=[-1,1] (values read as JSON when they "
+                        "parse, else as text)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
+                        "(formats with EMA weights)")
+
+
+def _options(pairs: list[str]) -> dict:
+    """``["key=value", ...]`` -> options; a value is JSON when it parses (256, [-1,1], false),
+    else text (cifar10)."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _load(args, path=None):
+    import vaeprobe as vp
+
+    options = _options(args.option)
+    if args.no_ema:
+        options["ema"] = False
+    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
+
+
 def _probe_arguments(parser, data_default: str | None = None) -> None:
-    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", default=data_default, required=data_default is None,
                         help="evaluation data, e.g. patches32:test")
     parser.add_argument("--n-images", type=int, default=None, help="seeded random subset")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights")
+    _load_arguments(parser)
     parser.add_argument("--out", default=None, help="write the Dataset here (netCDF)")
     parser.add_argument("--plot", default=None, help="write a PNG figure here")
 
@@ -76,8 +118,9 @@ def _batch(args, default: int) -> dict:
 def _cmd_rate(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
-    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed, **_batch(args, 64))
+    probe = _load(args)
+    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed,
+                 posterior=args.posterior, **_batch(args, 64))
     print(ds[["rate", "rate_fraction"]].to_dataframe().to_string(float_format="%.3f"))
     print(ds["rate_by_resolution"].to_series().to_string(float_format="%.3f"))
     print(f"total rate {float(ds.total_rate):.2f} ± {float(ds.total_rate_se):.2f} nats, "
@@ -88,13 +131,15 @@ def _cmd_rate(args) -> int:
 def _add_rate(sub) -> None:
     parser = sub.add_parser("rate", help="rate per latent layer and resolution")
     _probe_arguments(parser)
+    parser.add_argument("--posterior", default="sample", choices=("sample", "mean"),
+                        help="reconstruct from a posterior sample or its mean (distortion)")
     parser.set_defaults(run=_cmd_rate)
 
 
 def _cmd_iwae(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    probe = _load(args)
     ds = vp.iwae(probe, args.data, k=args.k, n_images=args.n_images, chunk=args.chunk,
                  seed=args.seed, kind=args.kind, **_batch(args, 16))
     print(f"IWAE (K={args.k}) {float(ds.bpd_mean):.4f} ± {float(ds.bpd_se):.4f} bits/dim; "
@@ -116,13 +161,13 @@ def _add_iwae(sub) -> None:
 def _cmd_samples(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    probe = _load(args)
     ds = vp.sample_quality(
         probe, args.reference, n=args.n, kinds=args.kinds, temperature=args.temperature,
         metrics=args.metrics, feature_extractor=args.feature_extractor,
         prc_extractor=args.prc_extractor, lpips_trunk=args.lpips_trunk, weights=args.weights,
         prc_weights=args.prc_weights, lpips_weights=args.lpips_weights, seed=args.seed,
-        **_batch(args, 100))
+        posterior=args.posterior, **_batch(args, 100))
     print(ds.drop_vars("preview").to_dataframe().to_string(float_format="%.4f"))
     if ds.attrs["warning"]:
         print(f"WARNING: {ds.attrs['warning']}")
@@ -147,7 +192,7 @@ def _add_samples(sub) -> None:
 
     parser = sub.add_parser("samples", help="FID/KID/precision-recall/LPIPS of mean vs "
                             "stochastic samples")
-    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test")
     parser.add_argument("-n", type=int, default=10000, help="images per kind")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -162,8 +207,10 @@ def _add_samples(sub) -> None:
     parser.add_argument("--lpips-weights", default=None, help="AlexNet weights file")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--posterior", default="sample", choices=("sample", "mean"),
+                        help="reconstruction kinds decode a posterior sample or its mean")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--no-ema", action="store_true")
+    _load_arguments(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     parser.set_defaults(run=_cmd_samples)
@@ -190,7 +237,10 @@ def _add_weights(sub) -> None:
 def _cmd_spectrum(args) -> int:
     import vaeprobe as vp
 
-    ds = vp.spectrum(args.source, args.data, n_images=args.n_images, window=args.window,
+    source = args.source
+    if args.format or args.option or args.no_ema:  # one model, opened as asked
+        source = _load(args, path=args.source)
+    ds = vp.spectrum(source, args.data, n_images=args.n_images, window=args.window,
                      channels=args.channels, cutoff=args.cutoff, seed=args.seed,
                      device=args.device)
     columns = [c for c in ("distortion", "rate", "high_frequency_fraction") if c in ds]
@@ -204,7 +254,8 @@ def _cmd_spectrum(args) -> int:
 def _add_spectrum(sub) -> None:
     parser = sub.add_parser("spectrum", help="power spectra of reconstructions across "
                             "checkpoints")
-    parser.add_argument("source", help="a run directory, a checkpoint, or data (name)")
+    parser.add_argument("source", help="a run directory (every checkpoint), one model of any "
+                        "format, or data (name)")
     parser.add_argument("--data", default=None, help="evaluation data (default: the run's "
                         "test split)")
     parser.add_argument("--n-images", type=int, default=512)
@@ -214,6 +265,7 @@ def _add_spectrum(sub) -> None:
     parser.add_argument("--cutoff", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    _load_arguments(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     parser.set_defaults(run=_cmd_spectrum_dispatch)

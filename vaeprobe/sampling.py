@@ -21,7 +21,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
-from vaeprobe.probe import Probe
+from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
@@ -107,13 +107,15 @@ def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:
 
 
 def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, temperature,
-                   seed: int, dataset=None, indices: torch.Tensor | None = None
+                   seed: int, dataset=None, indices: torch.Tensor | None = None,
+                   posterior: str = "sample"
                    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
     """Yield (rows, kind -> uint8 images, input images or None), all on the probe's device,
     for ``n`` images per kind, ``batch_size`` at a time.
 
     Prior kinds share their latents; reconstruction kinds take the images of ``dataset`` at
-    ``indices`` (cycled if ``n`` exceeds them: row i reconstructs ``indices[i % len]``).
+    ``indices`` (cycled if ``n`` exceeds them: row i reconstructs ``indices[i % len]``),
+    decoding a posterior sample or, with ``posterior="mean"``, the posterior mean.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -123,12 +125,12 @@ def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, 
         if any(k not in PRIOR_KINDS for k in kinds):
             inputs = vdata.gather(dataset, indices[torch.tensor(rows) % len(indices)])
             inputs = inputs.to(probe.device)
-        yield rows, _draw(probe, kinds, rows, temperature, seed, inputs), inputs
+        yield rows, _draw(probe, kinds, rows, temperature, seed, inputs, posterior), inputs
 
 
 @torch.no_grad()
 def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed: int,
-          inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+          inputs: torch.Tensor | None, posterior: str = "sample") -> dict[str, torch.Tensor]:
     """uint8 images (B, C, H, W) of each kind for the sample positions ``rows``."""
     out = {}
     prior = [k for k in kinds if k in PRIOR_KINDS]
@@ -138,7 +140,7 @@ def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed
         out.update(_pixels(probe.decode(latents), prior, rows, seed, probe.device))
     reconstructions = [k for k in kinds if k not in PRIOR_KINDS]
     if reconstructions:
-        latents = probe.encode(inputs, 1, image_generators(seed, rows, probe.device))
+        latents = encode(probe, inputs, 1, image_generators(seed, rows, probe.device), posterior)
         out.update(_pixels(probe.decode(latents), reconstructions, rows, seed, probe.device))
     return out
 

@@ -26,7 +26,7 @@ from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
-from vaeprobe.run import CHECKPOINT_GLOB, Run
+from vaeprobe.run import Run
 
 WINDOWS = ("none", "hann", "kaiser")
 CHANNEL_MODES = ("per_channel", "luminance")
@@ -213,14 +213,10 @@ def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run 
     if isinstance(source, Probe):
         return [(int(source.source.get("step", 0)), source)], 1, None
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and Run(path).checkpoints():  # a run directory: every checkpoint
         run = Run(path)
-        count = len(run.checkpoints())
-        if not count:
-            raise FileNotFoundError(f"no checkpoints ({CHECKPOINT_GLOB}) in run directory "
-                                    f"{path}")
-        return _run_probes(run, device), count, run
-    probe = load(path, device=device)
+        return _run_probes(run, device), len(run.checkpoints()), run
+    probe = load(path, device=device)  # one model of any format, sniffed
     return [(int(probe.source.get("step", 0)), probe)], 1, None
 
 

@@ -122,7 +122,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    weights=None, prc_weights=None, lpips_weights=None,
                    batch_size: int = 100, n_preview: int = 16, kid_subset_size: int = 1000,
                    kid_subsets: int = 100, n_diversity_pairs: int = 500, seed: int = 0,
-                   progress: bool = True) -> xr.Dataset:
+                   posterior: str = "sample", progress: bool = True) -> xr.Dataset:
     """FID / KID / precision-recall and LPIPS of mean vs stochastic samples and reconstructions.
 
     Parameters
@@ -142,6 +142,9 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     lpips_trunk : {"alexnet", "random-TEST-ONLY"}
     weights, prc_weights, lpips_weights : path, optional
         Explicit weights files (else ``VAEPROBE_WEIGHTS_DIR``, then the torch hub cache).
+    posterior : {"sample", "mean"}
+        Reconstruction kinds decode a posterior sample or the posterior mean (the mode, as
+        diffusers' autoencoders reconstruct).
 
     Returns
     -------
@@ -182,7 +185,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
     bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
     for rows, batch, inputs in sample_batches(probe, kinds, n, batch_size, temperature, seed,
-                                              dataset, indices):
+                                              dataset, indices, posterior):
         for kind, images in batch.items():
             accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
         bar.update(len(rows))
@@ -206,7 +209,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     parameters = dict(n=n, kinds=kinds, temperature=temperature, metrics=metrics,
                       feature_extractor=feature_extractor, prc_extractor=prc_extractor,
                       lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
-                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
+                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                      posterior=posterior)
     ds.attrs = result_attrs(
         "sample_quality", parameters, probe, dataset, len(indices), seed, n=n,
         temperature=json.dumps(temperature), protocol=PROTOCOL,
