@@ -15,6 +15,7 @@ The run (its checkpoints, stored config, distortion target and training log) is 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import xarray as xr
 
 import vaeprobe as vp
 from vaeprobe import io
+from vaeprobe._threads import apply_threads
 from vaeprobe.io import provenance
 from vaeprobe.pca import gaussian_rate_distortion
 from vaeprobe.run import CONFIG_NAME, Run
@@ -44,9 +46,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="demo-cpu", help="model preset of the demo run")
     parser.add_argument("--gamma", type=float, default=8.0, help="distortion target of the demo")
     parser.add_argument("--steps", type=int, default=None, help="demo training steps")
-    parser.add_argument("--n-images", type=int, default=512, help="evaluation images")
-    parser.add_argument("--pca-images", type=int, default=10000, help="images for the PCA")
-    parser.add_argument("--cutoff", type=float, default=0.25, help="cycles/pixel")
+    spectrum = inspect.signature(vp.spectrum).parameters  # one source of defaults: the API's
+    parser.add_argument("--n-images", type=int, default=spectrum["n_images"].default,
+                        help="evaluation images (default: %(default)s)")
+    parser.add_argument("--pca-images", type=int, default=10000,
+                        help="images for the PCA (default: %(default)s)")
+    parser.add_argument("--cutoff", type=float, default=spectrum["cutoff"].default,
+                        help="high-frequency fraction: power above this many cycles/pixel "
+                        "(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: "
+                        "OMP_NUM_THREADS when set, else the usable cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     return parser.parse_args(argv)
@@ -59,7 +68,8 @@ def ensure_demo_run(args) -> Path:
 
     run = Path(args.train_dir)
     values = dict(preset=args.preset, objective="distortion", gamma=args.gamma,
-                  data=args.data or "patches32", out=str(run), seed=args.seed)
+                  data=args.data or "patches32", out=str(run), seed=args.seed,
+                  threads=args.threads)
     if args.steps is not None:
         values["steps"] = args.steps
     config = make(**values)
@@ -217,6 +227,7 @@ def main(argv=None) -> int:
     except io.OutputError as error:
         print(f"frequency_shift: error: {error}", file=sys.stderr)
         return 2
+    print(f"frequency_shift: {apply_threads(args.threads)[1]}", file=sys.stderr)
     run = Run(args.run if args.run else ensure_demo_run(args))
     if run.data is None and args.data is None:
         raise SystemExit(f"{run.path} has no {CONFIG_NAME}: pass --data")
