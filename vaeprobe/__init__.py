@@ -8,6 +8,7 @@
 from vaeprobe import data, plot
 from vaeprobe._version import __version__
 from vaeprobe.adapters import load
+from vaeprobe.audit import audit
 from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import checkpoints, open_results, save
 from vaeprobe.likelihood import iwae
@@ -17,5 +18,5 @@ from vaeprobe.rate import rate
 from vaeprobe.spectrum import spectrum
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "UndefinedAnalysisError",
-           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
-           "plot", "rate", "sample_quality", "save", "spectrum"]
+           "__version__", "audit", "checkpoints", "data", "iwae", "load", "open_results",
+           "pca_baseline", "plot", "rate", "sample_quality", "save", "spectrum"]
