@@ -123,7 +123,8 @@ def _cached(key: tuple, build) -> tuple[object | None, str]:
     import os
 
     # where weights are looked for is part of the key: a file put in place is found next time
-    key += (os.environ.get("VAEPROBE_WEIGHTS_DIR"), os.environ.get("VAEPROBE_OFFLINE"))
+    key += tuple(os.environ.get(name) for name in ("VAEPROBE_WEIGHTS_DIR", "VAEPROBE_OFFLINE",
+                                                   "TORCH_HOME"))
     if key not in _NETWORKS:
         try:
             _NETWORKS[key] = (build(), "")

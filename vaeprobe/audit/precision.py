@@ -45,6 +45,7 @@ def _posterior_means(latents: LatentPass) -> torch.Tensor:
                       for d in latents.draws], 1)
 
 
+@torch.no_grad()
 def _stages(probe: Probe, x: torch.Tensor, reference: LatentPass | None = None) -> dict:
     """The three stages' outputs (float64, CPU) under the current precision context."""
     latents = encode(probe, x, 1, None, "mean")

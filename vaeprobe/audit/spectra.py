@@ -55,8 +55,14 @@ def spectra(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
                   batch_size=batch_size, seed=seed, progress=progress)
     ds = ds.merge(_latent_spectra(probe, data, n_images, seed, window, cutoff, batch_size,
                                   progress), combine_attrs="override")
+    for name in ("preview_data", "preview_reconstruction"):
+        if name in ds:
+            ds[name].attrs.setdefault("units", "uint8 pixel values")
+    source = dict(probe.source)  # vp.spectrum of several checkpoints records them along step
+    source.setdefault("checkpoint", "in-memory model")
     return restamp(ds, "spectra", dict(n_images=n_images, window=window, cutoff=cutoff),
-                   PROTOCOL.format(side=MIN_LATENT_SIDE), min_latent_side=MIN_LATENT_SIDE)
+                   PROTOCOL.format(side=MIN_LATENT_SIDE), min_latent_side=MIN_LATENT_SIDE,
+                   **source)
 
 
 def _latent_spectra(probe, data, n_images, seed, window, cutoff, batch_size, progress
