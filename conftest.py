@@ -12,4 +12,5 @@ def _isolated_cache(tmp_path_factory):
     os.environ["VAEPROBE_CACHE"] = str(tmp_path_factory.mktemp("vaeprobe-cache"))
     os.environ["VAEPROBE_OFFLINE"] = "1"  # never try to download weights during tests
     os.environ.setdefault("MPLBACKEND", "Agg")
-    torch.set_num_threads(2)
+    if "OMP_NUM_THREADS" not in os.environ:  # an explicit choice (e.g. 1 on a shared box) wins
+        torch.set_num_threads(2)

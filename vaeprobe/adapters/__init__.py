@@ -47,4 +47,9 @@ def load(path: str | os.PathLike, device=None, ema: bool = True, format: str = "
     return formats.get(format)(Path(path), device=device, ema=ema)
 
 
+# third-party formats
+from vaeprobe.adapters.vdvae import open_vdvae  # noqa: E402
+
+formats.register("vdvae", open_vdvae)
+
 __all__ = ["formats", "load", "load_model", "probe_for"]

@@ -96,22 +96,41 @@ def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
 class DiscretizedLogisticMixture:
     """Mixture of discretized logistics (PixelCNN++/VDVAE) with RGB channel coefficients.
 
-    ``params`` (B, M * (1 + 2C + (3 if C == 3 else 0)), H, W), laid out as
-    [logits (M), means (C*M), log_scales (C*M), coeffs (3*M, RGB only)], on the [-1, 1] scale.
+    ``params`` (B, M * (1 + 2C + (3 if C == 3 else 0)), H, W), on the [-1, 1] scale, laid out
+    (``layout="vaeprobe"``) as [logits (M), means (C*M), log_scales (C*M), coeffs (3*M, RGB
+    only)], or (``layout="vdvae"``, RGB only) as openai/vdvae's out_conv channels: [logits (M),
+    then per colour channel: means (M), log_scales (M), coeffs (M)].
+
+    ``n_bits`` < 8 models the data quantised to 2^n_bits levels the way VDVAE does (uint8 x ->
+    level floor(x / 2^(8 - n_bits)), value level * 2^(8 - n_bits)): a proper PMF over those
+    levels (bins between midpoints, edge bins take the tails); ``log_prob`` quantises its input.
     """
 
     kind = "dmol"
 
-    def __init__(self, params: torch.Tensor, channels: int, n_mixtures: int):
+    def __init__(self, params: torch.Tensor, channels: int, n_mixtures: int, *,
+                 layout: str = "vaeprobe", n_bits: int = 8):
         m, c = n_mixtures, channels
-        self.channels, self.n_mixtures = c, m
+        self.channels, self.n_mixtures, self.n_bits = c, m, n_bits
+        if not 1 <= n_bits <= 8:
+            raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
         batch, _, height, width = params.shape
         self.logits = params[:, :m]  # (B, M, H, W)
-        self.means = params[:, m:m + c * m].reshape(batch, c, m, height, width)
-        self.log_scales = params[:, m + c * m:m + 2 * c * m].reshape(batch, c, m, height, width)
+        if layout == "vdvae":
+            if c != 3:
+                raise ValueError(f"the vdvae layout is RGB only, got {c} channels")
+            per_channel = params[:, m:].reshape(batch, c, 3, m, height, width)
+            self.means, self.log_scales, coeffs = per_channel.unbind(2)  # (B, C, M, H, W) each
+            self.coeffs = torch.tanh(coeffs)
+        elif layout == "vaeprobe":
+            self.means = params[:, m:m + c * m].reshape(batch, c, m, height, width)
+            self.log_scales = params[:, m + c * m:m + 2 * c * m].reshape(
+                batch, c, m, height, width)
+            self.coeffs = (torch.tanh(params[:, m + 2 * c * m:]).reshape(
+                batch, 3, m, height, width) if c == 3 else None)
+        else:
+            raise ValueError(f"layout must be 'vaeprobe' or 'vdvae', got {layout!r}")
         self.log_scales = self.log_scales.clamp(min=-7.0)
-        self.coeffs = (torch.tanh(params[:, m + 2 * c * m:]).reshape(batch, 3, m, height, width)
-                       if c == 3 else None)
 
     def _channel_means(self, x11: torch.Tensor) -> torch.Tensor:
         """Per-channel component means, the RGB ones shifted by earlier channels' values."""
@@ -137,6 +156,9 @@ class DiscretizedLogisticMixture:
     def _log_component(self, x: torch.Tensor, kind: str, generator) -> torch.Tensor:
         """Per-pixel log-probability of every component, summed over channels: (B, M, H, W)."""
         if kind == "dequantized":
+            if self.n_bits != 8:
+                raise ValueError(f"a {self.n_bits}-bit likelihood is a PMF over "
+                                 f"{2 ** self.n_bits} levels: use kind='discretized'")
             y11 = (_dequantise(x, generator) * 2 - 1).double()[:, :, None]
             centred = y11 - self._channel_means(y11[:, :, 0]).double()
             log_scales = self.log_scales.double()
@@ -144,18 +166,22 @@ class DiscretizedLogisticMixture:
             log_pdf = -scaled - log_scales - 2 * F.softplus(-scaled) + math.log(2)  # on [0, 1]
             return log_pdf.sum(1)
         _check_kind(kind)
-        x11 = (x.double() / 127.5 - 1)[:, :, None]  # (B, C, 1, H, W)
+        step = 2 ** (8 - self.n_bits)  # uint8 values per level
+        level = torch.div(x, step, rounding_mode="floor")
+        x11 = ((level * step).double() / 127.5 - 1)[:, :, None]  # (B, C, 1, H, W)
         centred = x11 - self._channel_means(x11[:, :, 0]).double()
         inv_scale = torch.exp(-self.log_scales.double())
-        plus_in, minus_in = inv_scale * (centred + 1 / 255), inv_scale * (centred - 1 / 255)
+        half = step / 255  # half a bin on the [-1, 1] scale
+        plus_in, minus_in = inv_scale * (centred + half), inv_scale * (centred - half)
         log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in)
         log_one_minus_cdf_min = -F.softplus(minus_in)
         # log(sigmoid(b) - sigmoid(a)) = log sigmoid(b) + log(1 - exp(a - b)) + log sigmoid(-a)
         log_mid = (log_cdf_plus + torch.log(-torch.expm1((minus_in - plus_in).clamp(max=-1e-12)))
                    - F.softplus(minus_in))
-        xs = x[:, :, None].expand_as(log_mid)
-        log_p = torch.where(xs == 0, log_cdf_plus,
-                            torch.where(xs == 255, log_one_minus_cdf_min, log_mid))
+        levels = level[:, :, None].expand_as(log_mid)
+        log_p = torch.where(levels == 0, log_cdf_plus,
+                            torch.where(levels == 2 ** self.n_bits - 1, log_one_minus_cdf_min,
+                                        log_mid))
         return log_p.sum(1)
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
@@ -180,7 +206,11 @@ class DiscretizedLogisticMixture:
             green = (x11[:, 1] + coeffs[:, 0] * red).clamp(-1, 1)
             blue = (x11[:, 2] + coeffs[:, 1] * red + coeffs[:, 2] * green).clamp(-1, 1)
             x11 = torch.stack([red, green, blue], dim=1)
-        return _quantise((x11 + 1) / 2)
+        if self.n_bits == 8:
+            return _quantise((x11 + 1) / 2)
+        step = 2 ** (8 - self.n_bits)  # nearest of the 2^n_bits levels, as uint8 values
+        level = ((x11 + 1) * (127.5 / step)).round().clamp(0, 2 ** self.n_bits - 1)
+        return (level * step).to(torch.uint8)
 
 
 class LikelihoodHead(nn.Module):

@@ -1,0 +1,285 @@
+"""openai/vdvae checkpoints (``*-model-ema.th`` / ``*-model.th``) -> a Probe.
+
+VDVAE saves ``torch.save(model.state_dict())``: the trained model's file carries DDP's
+``module.`` prefix, the EMA copy's does not; both are read with ``torch.load(weights_only=True)``
+only and loaded strictly into :class:`vaeprobe.models.vdvae.VDVAE`. The hyperparameters are not in
+the file: they come from ``hparams=`` (a VDVAE set name, a dict or a JSON file of its keys) or
+from the training log VDVAE copies next to the checkpoint (``<prefix>-log.jsonl``).
+
+The probe takes uint8 images, applies VDVAE's per-dataset input normalisation, and returns its
+discretized mixture of logistics; FFHQ-256 is modelled at 5 bits (``n_bits = 5``). There,
+VDVAE's own loss uses bins of half-width 1/31 around levels 8k (overlapping slightly) and no
+upper tail; vaeprobe's is a proper PMF over the 32 levels (midpoint bins, edge tails), so its
+bits/dim differ slightly from VDVAE's reported ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from vaeprobe import io
+from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
+from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerDraw,
+    LayerInfo,
+    Probe,
+    RepeatedRows,
+    check_n_samples,
+    check_posterior,
+    gaussian_kl,
+)
+
+EMA_SUFFIX, MODEL_SUFFIX, LOG_SUFFIX = "-model-ema.th", "-model.th", "-log.jsonl"
+DDP_PREFIX = "module."
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+def sniff(path: str | os.PathLike) -> bool:
+    """True for a VDVAE checkpoint file, or a folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        return any(p.name.endswith((EMA_SUFFIX, MODEL_SUFFIX)) for p in path.iterdir())
+    return path.name.endswith((EMA_SUFFIX, MODEL_SUFFIX))
+
+
+def find_checkpoint(path: str | os.PathLike, ema: bool | None = None) -> Path:
+    """The weights file: ``path`` itself, or in the folder ``path`` the one ``*-model-ema.th``
+    (``ema=True``; ``None``: it if there is one, else the ``*-model.th``) or ``*-model.th``
+    (``ema=False``)."""
+    path = Path(path)
+    if path.is_file():
+        is_ema = path.name.endswith(EMA_SUFFIX)
+        if not path.name.endswith((EMA_SUFFIX, MODEL_SUFFIX)):
+            raise io.CheckpointError(f"{path} is not a VDVAE checkpoint: expected a file named "
+                                     f"*{EMA_SUFFIX} or *{MODEL_SUFFIX}")
+        if ema is not None and ema != is_ema:
+            wanted = EMA_SUFFIX if ema else MODEL_SUFFIX
+            raise ValueError(f"ema={ema} but {path} is the {'EMA' if is_ema else 'trained'} "
+                             f"model's file; pass its *{wanted} sibling or leave ema unset")
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"VDVAE checkpoint or folder not found: {path}")
+    ema_files = sorted(p for p in path.iterdir() if p.name.endswith(EMA_SUFFIX))
+    model_files = sorted(p for p in path.iterdir() if p.name.endswith(MODEL_SUFFIX))
+    use_ema = ema if ema is not None else bool(ema_files) or not model_files
+    suffix, found = (EMA_SUFFIX, ema_files) if use_ema else (MODEL_SUFFIX, model_files)
+    if len(found) != 1:
+        listing = ", ".join(p.name for p in found) or "none"
+        raise io.CheckpointError(f"expected one *{suffix} file in {path}, found {listing}; pass "
+                                 f"the checkpoint file itself")
+    return found[0]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A VDVAE state dict read with ``torch.load(weights_only=True)``, DDP prefix removed.
+
+    A file whose unpickling would build other objects (and could run code) is refused without
+    running it; the error names the file.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise io.CheckpointError(
+            f"refused to load {path}: it asks to unpickle objects other than tensors and plain "
+            f"containers, which could run code; vaeprobe reads weights only "
+            f"({str(error).splitlines()[0]})") from None
+    except (EOFError, RuntimeError, OSError) as error:
+        raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
+                                 f"({error})") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise io.CheckpointError(f"{path} is not a VDVAE state dict (a dict of named tensors)")
+    prefixed = [k.startswith(DDP_PREFIX) for k in state]
+    if any(prefixed):
+        if not all(prefixed):
+            raise io.CheckpointError(f"{path} mixes keys with and without the DDP prefix "
+                                     f"{DDP_PREFIX!r}")
+        state = {k[len(DDP_PREFIX):]: v for k, v in state.items()}
+    return state
+
+
+def log_hparams(checkpoint: Path) -> tuple[dict, Path] | None:
+    """The hparams VDVAE logged (``{"type": "hparam", "key": k, "value": v}`` lines) in the log
+    it copies next to a checkpoint, ``<prefix>-log.jsonl``; None when there is none."""
+    name = checkpoint.name
+    prefix = name[:-len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name[:-len(MODEL_SUFFIX)]
+    log = checkpoint.with_name(prefix + LOG_SUFFIX)
+    if not log.is_file():
+        return None
+    values = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        if entry.get("type") == "hparam":
+            values[entry["key"]] = entry["value"]
+    return (values, log) if values else None
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, path: Path, hparams) -> None:
+    """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    unexpected = [f"{k} {tuple(v.shape)}" for k, v in state.items() if k not in expected]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        lines = [f"the weights in {path} do not fit the VDVAE that hparams={hparams!r} "
+                 f"describes; pass the hparams it was trained with (one of "
+                 f"{sorted(NAMED_HPARAMS)}, a dict or a JSON file):"]
+        for title, rows in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", mismatched)):
+            if rows:
+                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
+                             + (" ..." if len(rows) > 10 else ""))
+        raise io.CheckpointError("\n".join(lines))
+
+
+# ---- the probe ---------------------------------------------------------------------------------
+
+class VDVAEProbe(Probe):
+    """Probe over a :class:`~vaeprobe.models.vdvae.VDVAE`: one layer per decoder block."""
+
+    likelihood_kind = "discretized"
+    prior_is_generative = True
+
+    def __init__(self, model: VDVAE, device=None, source: dict | None = None):
+        super().__init__(source)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        hparams = model.hparams
+        self.n_bits = hparams.n_bits
+        self.image_shape = (3, hparams.resolution, hparams.resolution)
+        self.layers = [LayerInfo(name=f"z{i:02d}_r{r}", resolution=(r, r), channels=hparams.zdim)
+                       for i, r in enumerate(model.layer_resolutions())]
+
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return super().rows_per_pass()
+        hparams = self.model.hparams  # about 2^21 activation elements (8 MiB) per tensor
+        return max(1, 2 ** 21 // (hparams.width * hparams.resolution ** 2))
+
+    def likelihood(self, features: torch.Tensor) -> DiscretizedLogisticMixture:
+        """VDVAE's output distribution from the decoder's final features."""
+        return DiscretizedLogisticMixture(
+            self.model.output_params(features), 3, self.model.hparams.num_mixtures,
+            layout="vdvae", n_bits=self.n_bits)
+
+    @torch.no_grad()
+    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
+               posterior: str = "sample") -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
+        """K draws per image in chunks; the bottom-up pass runs once per image."""
+        check_posterior(posterior)
+        check_n_samples(n_samples)
+        x = self.check_images(x)
+        # per image, repeated per draw (image-major rows: row i * k + j is draw j of image i)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            noise = None if posterior == "mean" else self.noise(x.shape[0], k, generator)
+            features, draws = self.model.top_down(batch=x.shape[0] * k, contexts=contexts.rows(k),
+                                                  noise=noise, posterior_mean=posterior == "mean")
+            yield LatentPass([_layer_draw(d) for d in draws], k,
+                             {"features": features, "posterior": posterior})
+
+    @torch.no_grad()
+    def decode(self, latents: LatentPass) -> DiscretizedLogisticMixture:
+        features = latents.context.get("features")
+        if features is None:
+            zs = [d.z.to(self.device) for d in latents.draws]
+            features, _ = self.model.top_down(batch=zs[0].shape[0], zs=zs)
+        return self.likelihood(features)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        temperatures = _per_layer(temperature, len(self.layers))
+        features, draws = self.model.top_down(batch=n, noise=self.noise(n, 1, generator),
+                                              temperature=temperatures)
+        return LatentPass([_layer_draw(d) for d in draws], 1, {"features": features})
+
+
+def _layer_draw(draw: dict) -> LayerDraw:
+    layer = LayerDraw(p_mean=draw["p_mean"], p_logstd=draw["p_logstd"], z=draw["z"])
+    if "q_mean" in draw:
+        layer.q_mean, layer.q_logstd = draw["q_mean"], draw["q_logstd"]
+        layer.kl = gaussian_kl(draw["q_mean"], draw["q_logstd"], draw["p_mean"],
+                               draw["p_logstd"])
+    return layer
+
+
+def _per_layer(temperature, n_layers: int) -> list[float]:
+    if isinstance(temperature, (int, float)):
+        return [float(temperature)] * n_layers
+    temperature = [float(t) for t in temperature]
+    if len(temperature) != n_layers:
+        raise ValueError(f"expected one temperature or {n_layers} (one per latent layer), "
+                         f"got {len(temperature)}")
+    return temperature
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+def open_vdvae(path: str | os.PathLike, *, hparams=None, ema: bool | None = None,
+               device=None) -> VDVAEProbe:
+    """Open an openai/vdvae checkpoint as a Probe.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``*-model-ema.th`` / ``*-model.th`` file, or a folder with one of them.
+    hparams : str, dict or path, optional
+        The model's hyperparameters: one of VDVAE's sets (``cifar10``, ``imagenet32``,
+        ``imagenet64``, ``ffhq256``, ``ffhq1024``), a dict of its keys, or a JSON file of them.
+        Default: the ``<prefix>-log.jsonl`` VDVAE writes next to the checkpoint.
+    ema : bool, optional
+        In a folder, the EMA weights (default) or the trained ones; with a file, a check.
+    device : str or torch.device, optional
+        CUDA when available, else CPU.
+
+    Examples
+    --------
+    >>> probe = open_vdvae("saved_models/latest-model-ema.th", hparams="cifar10")  # doctest: +SKIP
+    >>> probe.layers[0]  # doctest: +SKIP
+    LayerInfo(name='z00_r1', resolution=(1, 1), channels=16, stage='primary')
+    """
+    checkpoint = find_checkpoint(path, ema)
+    files = [checkpoint]
+    if hparams is None:
+        logged = log_hparams(checkpoint)
+        if logged is None:
+            raise ValueError(f"VDVAE checkpoints do not record their hyperparameters and no "
+                             f"{LOG_SUFFIX} lies next to {checkpoint}: pass hparams= one of "
+                             f"{sorted(NAMED_HPARAMS)}, a dict or a JSON file of VDVAE's keys "
+                             f"(CLI: --option hparams=cifar10)")
+        spec, log = logged
+        files.append(log)
+    else:
+        spec = hparams
+        if isinstance(hparams, (str, Path)) and str(hparams) not in NAMED_HPARAMS:
+            files.append(Path(hparams))
+    config: VDVAEHparams = hparams_from(spec)
+    model = VDVAE(config)
+    state = read_state_dict(checkpoint)
+    check_state_dict(model, state, checkpoint, hparams if hparams is not None else str(files[-1]))
+    model.load_state_dict(state, strict=True)
+    digests = {p.name: io.sha256_file(p) for p in files}
+    source = dict(format="vdvae", checkpoint=str(checkpoint),
+                  checkpoint_sha256=digests[checkpoint.name],
+                  files_sha256=json.dumps(digests, sort_keys=True),
+                  ema=int(checkpoint.name.endswith(EMA_SUFFIX)),
+                  hparams=str(files[-1].name) if hparams is None else (
+                      str(hparams) if isinstance(hparams, (str, Path)) else "dict"),
+                  vdvae_hparams=json.dumps(config.to_dict(), sort_keys=True))
+    return VDVAEProbe(model, device=device, source=source)
