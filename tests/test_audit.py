@@ -399,3 +399,22 @@ def test_cli_audit_end_to_end(tiny_run, tmp_path):
     assert "STAND-IN" in result.stdout
     assert {p.name for p in out.iterdir()} == {"audit.nc", "audit.png", "audit.html"}
     assert open_audit(out / "audit.nc")["reconstructions"].attrs["stand_in_network"] == 1
+
+
+def test_audit_of_the_vdvae_fixture():
+    from pathlib import Path
+
+    from vaeprobe.adapters import formats
+
+    fixture = Path(__file__).parent / "fixtures" / "vdvae"
+    probe = formats.get("vdvae")(fixture / "latest-model-ema.th",
+                                 hparams=str(fixture / "hparams.json"), device="cpu")
+    x = torch.randint(0, 256, (8, *probe.image_shape), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    report = vp.audit(probe, x, n_images=8, progress=False, settings={"likelihood": {"k": 2}},
+                      **STAND_INS)
+    status = {name: ds.attrs["status"] for name, ds in report.items()}
+    assert status == {**{name: "ok" for name in SECTIONS}, "progressive": "skipped"}, status
+    assert "sample_prior_given" in report["progressive"].attrs["skipped"]
+    assert report["model_card"].attrs["format"] == "vdvae"
+    assert int(report["bits"].attrs["n_images"]) == 8

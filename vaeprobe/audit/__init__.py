@@ -56,7 +56,7 @@ SECTIONS = {
 assert list(SECTIONS) == list(TITLES)
 
 # at most this many images where a section costs many passes per image (the rest use n_images)
-IMAGE_LIMITS = {"likelihood": 64, "precision": 64}
+IMAGE_LIMITS = {"likelihood": 32, "progressive": 128, "precision": 32}
 NETWORK_OPTIONS = {"reconstructions": ("feature_extractor", "weights", "lpips_trunk",
                                        "lpips_weights"),
                    "samples": ("feature_extractor", "weights")}

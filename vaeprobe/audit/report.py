@@ -193,7 +193,7 @@ def _png(figure) -> bytes:
 def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
     from vaeprobe.plot._audit import _pyplot, audit_section
 
-    if ds.attrs.get("status") != "ok":
+    if ds.attrs.get("status") != "ok" or name == "model_card":  # the card is its tables
         return None
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -217,7 +217,7 @@ def _tables(ds: xr.Dataset) -> str:
     scalars = [(n, v) for n, v in ds.data_vars.items() if v.ndim == 0]
     out = []
     if scalars:
-        rows = "".join(f"<tr><th>{html.escape(str(n))}</th><td>{html.escape(_value(v.values))}"
+        rows = "".join(f"<tr><th>{html.escape(str(n))}</th><td>{html.escape(_value(v.item()))}"
                        f"</td><td class=u>{html.escape(str(v.attrs.get('units', '')))}</td></tr>"
                        for n, v in scalars)
         out.append(f"<table>{rows}</table>")
@@ -231,8 +231,8 @@ def _tables(ds: xr.Dataset) -> str:
             groups.setdefault(" x ".join(variable.dims), []).append(name)
     for dims, names in groups.items():
         frame = ds[names].to_dataframe()  # coordinates (layer names ...) come as columns
-        out.append(f"<p class=dim>by {html.escape(dims)}</p>"
-                   + frame.to_html(float_format=lambda v: _fmt(v, 5), border=0))
+        out.append(f"<p class=dim>by {html.escape(dims)}</p><div class=wide>"
+                   + frame.to_html(float_format=lambda v: _fmt(v, 5), border=0) + "</div>")
     return "\n".join(out)
 
 
@@ -249,7 +249,7 @@ th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 td.u{color:#777}.skipped{color:#666;background:#f4f4f4;padding:.5em}
 .failed{color:#a00;background:#fee;padding:.5em;white-space:pre-wrap}
 .protocol{font-size:.85em;color:#444}.dim{font-size:.8em;color:#777;margin:.6em 0 0}
-img{max-width:100%}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}"""
+img{max-width:100%}.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}"""
 
 
 def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
@@ -312,4 +312,8 @@ def write_report(report: AuditReport, out: str | os.PathLike) -> dict[str, Path]
         with atomic_path(path, f".{suffix}.tmp") as tmp:
             tmp.write_bytes(content)
         paths[suffix] = path
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths.values():  # temporary files are private (0600); reports are to be shared
+        path.chmod(0o666 & ~umask)
     return paths
