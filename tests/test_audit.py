@@ -404,11 +404,11 @@ def test_cli_audit_end_to_end(tiny_run, tmp_path):
 def test_audit_of_the_vdvae_fixture():
     from pathlib import Path
 
-    from vaeprobe.adapters import formats
+    from vaeprobe.adapters.vdvae import open_vdvae
 
     fixture = Path(__file__).parent / "fixtures" / "vdvae"
-    probe = formats.get("vdvae")(fixture / "latest-model-ema.th",
-                                 hparams=str(fixture / "hparams.json"), device="cpu")
+    probe = open_vdvae(fixture / "latest-model-ema.th", hparams=str(fixture / "hparams.json"),
+                       device="cpu")
     x = torch.randint(0, 256, (8, *probe.image_shape), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))
     report = vp.audit(probe, x, n_images=8, progress=False, settings={"likelihood": {"k": 2}},
@@ -418,3 +418,26 @@ def test_audit_of_the_vdvae_fixture():
     assert "sample_prior_given" in report["progressive"].attrs["skipped"]
     assert report["model_card"].attrs["format"] == "vdvae"
     assert int(report["bits"].attrs["n_images"]) == 8
+
+
+DIFFUSERS = __import__("pathlib").Path(__file__).parent / "fixtures" / "diffusers" / "tiny_vae"
+
+
+@pytest.mark.skipif(not DIFFUSERS.is_dir(), reason="the diffusers fixture comes with the "
+                    "adapters (tests/fixtures/diffusers)")
+def test_audit_of_the_diffusers_fixture(tmp_path):
+    probe = vp.load(DIFFUSERS, device="cpu")
+    report = vp.audit(probe, "patches16:test", n_images=N, progress=False, out=tmp_path,
+                      **STAND_INS)
+    status = {name: ds.attrs["status"] for name, ds in report.items()}
+    undefined = ("progressive", "likelihood", "samples")
+    assert status == {name: "skipped" if name in undefined else "ok" for name in SECTIONS}
+    assert "prior_is_generative=False" in report["samples"].attrs["skipped"]
+    assert "likelihood_kind='none'" in report["likelihood"].attrs["skipped"]
+    latents = report["latents"]
+    assert float(latents["checkpoint_scaling_factor"]) == probe.source["scaling_factor"]
+    assert float(latents["checkpoint_shift_factor"]) == pytest.approx(0.1)
+    assert report["model_card"].attrs["format"] == "diffusers"
+    assert "checkpoint: scaling_factor 0.5, shift_factor 0.1" in report.summary()
+    page = (tmp_path / "audit.html").read_text()
+    assert page.count("class=skipped>skipped:") == 3

@@ -101,7 +101,9 @@ def _line(name: str, ds: xr.Dataset) -> str:
     if name == "model_card":
         return (f"{a.get('format', '?')} {a.get('checkpoint', '')}; {int(ds['n_layers'])} latent "
                 f"layers, {int(ds['latent_dims_total'])} dims, {int(ds['n_parameters']):,} "
-                f"parameters; likelihood {a.get('likelihood_kind')} ({a.get('n_bits')} bits); "
+                f"parameters; likelihood {a.get('likelihood_kind')}"
+                + (f" ({a.get('n_bits')} bits)" if a.get("likelihood_kind") != "none" else "")
+                + "; "
                 f"prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}")
     if name == "bits":
         collapsed = json.loads(a.get("collapsed_layers", "[]"))
@@ -126,11 +128,15 @@ def _line(name: str, ds: xr.Dataset) -> str:
     if name == "latents":
         scale, shift = ds["recommended_scaling_factor"].values, \
             ds["recommended_shift_factor"].values
-        own = float(ds["checkpoint_scaling_factor"])
+        own, own_shift = (float(ds["checkpoint_scaling_factor"]),
+                          float(ds["checkpoint_shift_factor"]))
         text = (f"scale 1/std {_fmt(scale[0], 5)}, shift {_fmt(shift[0], 4)}" if len(scale) == 1
                 else f"scale 1/std per layer {_fmt(np.nanmin(scale))} .. "
                 f"{_fmt(np.nanmax(scale))}")
-        return text + (f" (checkpoint scaling_factor {_fmt(own, 5)})" if np.isfinite(own) else "")
+        if np.isfinite(own):
+            text += f" (checkpoint: scaling_factor {_fmt(own, 5)}" + (
+                f", shift_factor {_fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
+        return text
     if name == "progressive":
         mean = ds["distortion"].sel(kind="mean").values
         return (f"distortion (means) from {_fmt(mean[0], 4)} at k=0 to {_fmt(mean[-1], 4)} at "
@@ -185,8 +191,9 @@ def summary(report: AuditReport) -> str:
 
 
 def _png(figure) -> bytes:
+    """PNG bytes of a laid-out figure (no bbox_inches="tight": it draws the figure twice)."""
     buffer = _io.BytesIO()
-    figure.savefig(buffer, dpi=100, bbox_inches="tight", format="png")
+    figure.savefig(buffer, dpi=100, format="png")
     return buffer.getvalue()
 
 
@@ -199,6 +206,7 @@ def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
     figure, ax = plt.subplots(figsize=(6.5, 4.2))
     try:
         audit_section(name, ds, ax=ax)
+        figure.tight_layout()
         return _png(figure)
     except (KeyError, ValueError, IndexError):
         return None
