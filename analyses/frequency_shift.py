@@ -7,6 +7,9 @@ patches32, then writes results/frequency_shift.nc and results/frequency_shift.pn
 checkpoint of the same distortion; (c) reconstruction spectra relative to the data, one curve
 per step; (d) the high-frequency fraction against step, with the PCA top-k reconstruction at
 the same distortion as a reference. ``--run DIR`` analyses an existing run instead.
+
+The run (its checkpoints, stored config, distortion target and training log) is read through
+``vaeprobe.Run``; the figure is drawn with the public ``vaeprobe.plot`` functions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import xarray as xr
 import vaeprobe as vp
 from vaeprobe.io import provenance
 from vaeprobe.pca import gaussian_rate_distortion
+from vaeprobe.run import CONFIG_NAME, Run
+
+# distortions (sum of squares on [0, 1]) at which the PCA's components are counted; the run's
+# own target (or, without one, its late distortion) is added
+PCA_TARGETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +62,7 @@ def ensure_demo_run(args) -> Path:
     if args.steps is not None:
         values["steps"] = args.steps
     config = make(**values)
-    stored = vp.io.run_config(run)
+    stored = Run(run).config
     if stored is not None:
         changed = config.differs_from(stored)
         if changed:
@@ -70,49 +78,40 @@ def ensure_demo_run(args) -> Path:
     return train(config)
 
 
-def training_log(run: Path) -> xr.Dataset:
-    """The trainer's metrics.jsonl as a Dataset along ``train_step``."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return xr.Dataset()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return xr.Dataset(
-        {f"train_{key}": ("train_step", [row[key] for row in rows])
-         for key in ("distortion", "rate", "lambda")},
-        coords={"train_step": [row["step"] for row in rows]},
-    )
-
-
-def target_gamma(config: dict | None) -> float:
-    """The run's distortion target, NaN when unknown (no config.json) or none (an elbo run)."""
-    if config is None or config.get("objective") == "elbo":
-        return float("nan")
-    return float(config["gamma"])
-
-
 def gamma_text(ds: xr.Dataset) -> str:
     gamma = float(ds.attrs["gamma"])
     return f"gamma = {gamma:g}" if np.isfinite(gamma) else "no distortion target"
 
 
-def analyse(run: Path, data: str, config: dict | None, args) -> xr.Dataset:
-    """``config``: the run's stored training config (None for bare checkpoints)."""
-    spectra = vp.spectrum(str(run), f"{data}:test", n_images=args.n_images, cutoff=args.cutoff,
-                          seed=args.seed, device=args.device)
+def reference_distortion(gamma: float | None, ds: xr.Dataset) -> float:
+    """The distortion the PCA's component counts are reported at: the run's target, or its
+    late checkpoint's distortion when it has none."""
+    return float(gamma) if gamma is not None else float(ds["distortion"].values[-1])
+
+
+def analyse(run: Run, data: str, args) -> xr.Dataset:
+    """Spectra over the run's checkpoints, the PCA reference, and the training log."""
+    spectra = vp.spectrum(str(run.path), f"{data}:test", n_images=args.n_images,
+                          cutoff=args.cutoff, seed=args.seed, device=args.device)
     late_distortion = float(spectra["distortion"].values[-1])
-    pca = vp.pca_baseline(f"{data}:train", n_images=args.pca_images,
+    gamma = run.gamma
+    targets = sorted(set(PCA_TARGETS) | {reference_distortion(gamma, spectra)})
+    pca = vp.pca_baseline(f"{data}:train", n_images=args.pca_images, targets=targets,
                           spectrum_distortion=late_distortion, cutoff=args.cutoff,
                           seed=args.seed, device=args.device)
     keep = ["eigenvalues", "distortion", "components_needed", "rd_rate", "total_variance",
             "power_pca", "high_frequency_fraction_pca", "pca_k", "pca_spectrum_distortion"]
     pca = pca[keep].rename(distortion="pca_distortion")
-    ds = xr.merge([spectra, pca, training_log(run)], combine_attrs="drop")
+    log = run.training_log()
+    # "override": each variable keeps its own units; the Dataset attrs are set below
+    ds = xr.merge([spectra, pca] + ([log] if log.data_vars else []), combine_attrs="override")
     ds["rate_bound"] = ("step", gaussian_rate_distortion(ds["eigenvalues"].values,
                                                          ds["distortion"].values),
                         {"units": "nats", "long_name": "Gaussian R(D) at each step's distortion"})
     ds.attrs = provenance("frequency_shift", dict(n_images=args.n_images, cutoff=args.cutoff,
                                                   pca_images=args.pca_images, seed=args.seed),
-                          run=str(run), dataset=f"{data}:test", gamma=target_gamma(config),
+                          run=str(run.path), dataset=f"{data}:test",
+                          gamma=float("nan") if gamma is None else gamma,
                           seed=args.seed, n_images=args.n_images, cutoff=args.cutoff,
                           window=spectra.attrs["window"])
     return ds
@@ -150,13 +149,16 @@ def figure(ds: xr.Dataset, path: Path) -> None:
     fig.suptitle(f"Frequency shift: {ds.attrs['run']} on {ds.attrs['dataset']}, "
                  f"{gamma_text(ds)}")
     fig.tight_layout()
-    vp.plot._common.save_figure(fig, path)
+    vp.plot.save_figure(fig, path)
     plt.close(fig)
 
 
 def summary(ds: xr.Dataset) -> str:
     early, late = early_and_late(ds)
     hff = ds["high_frequency_fraction"]
+    gamma = float(ds.attrs["gamma"])
+    reference = reference_distortion(gamma if np.isfinite(gamma) else None, ds)
+    needed = ds["components_needed"].sel(target=reference, method="nearest")
     lines = [
         f"{gamma_text(ds)}; {ds.sizes['step']} checkpoints, "
         f"{ds.attrs['n_images']} test images",
@@ -171,9 +173,8 @@ def summary(ds: xr.Dataset) -> str:
         f"{float(ds.high_frequency_fraction_pca):.4f}",
         f"rate vs Gaussian R(D) bound at the late distortion: {float(ds.rate.sel(step=late)):.1f}"
         f" vs {float(ds.rate_bound.sel(step=late)):.1f} nats",
-        f"PCA components to reach distortion {float(ds.target.values[3]):g}: top "
-        f"{int(ds.components_needed.sel(order='top').values[3])}, bottom "
-        f"{int(ds.components_needed.sel(order='bottom').values[3])}",
+        f"PCA components to reach distortion {float(needed.target):g}: top "
+        f"{int(needed.sel(order='top'))}, bottom {int(needed.sel(order='bottom'))}",
     ]
     shifted = float(hff.sel(step=late)) < float(hff.sel(step=early)) and early != late
     lines.append("shift seen: high-frequency fraction fell at about the same distortion"
@@ -183,12 +184,11 @@ def summary(ds: xr.Dataset) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run = Path(args.run) if args.run else ensure_demo_run(args)
-    stored = vp.io.run_config(run)
-    if stored is None and args.data is None:
-        raise SystemExit(f"{run} has no {vp.io.RUN_CONFIG}: pass --data")
-    data = args.data or stored["data"]
-    ds = analyse(run, data, stored, args)
+    run = Run(args.run if args.run else ensure_demo_run(args))
+    if run.data is None and args.data is None:
+        raise SystemExit(f"{run.path} has no {CONFIG_NAME}: pass --data")
+    data = args.data or run.data
+    ds = analyse(run, data, args)
     out = Path(args.out)
     vp.save(ds, out / "frequency_shift.nc")
     figure(ds, out / "frequency_shift.png")

@@ -5,7 +5,6 @@
 """
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from trainers.config import make
 from trainers.train import train
+from vaeprobe.run import Run
 
 
 def throughput(preset: str, device: str, amp: str, steps: int, batch: int) -> float:
@@ -22,7 +22,7 @@ def throughput(preset: str, device: str, amp: str, steps: int, batch: int) -> fl
                steps=steps, batch_size=batch, log_every=10, ckpt_every=10 ** 9,
                device=device, amp=amp, progress=False, out=str(out),
                channels_last=device.startswith("cuda")))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = Run(out).log_rows()
     steady = [row["images_per_s"] for row in rows[1:]] or [rows[-1]["images_per_s"]]
     return sum(steady) / len(steady)  # the first logging window includes warm-up
 

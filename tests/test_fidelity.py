@@ -138,3 +138,10 @@ def test_cli_samples_writes_results_and_figure(tiny_run, tmp_path):
     ds = vp.open_results(tmp_path / "s.nc")
     assert ds.attrs["stand_in_network"] == 1 and (tmp_path / "s.png").exists()
     assert weights.KNOWN["inception-v3-compat"].filename.endswith("6726825d.pth")
+
+
+def test_lpips_trunks_register_through_the_registry():
+    assert fidelity.lpips_trunks.names() == ["alexnet", "random-TEST-ONLY"]
+    assert fidelity.lpips_trunks.get("random-TEST-ONLY").stand_in
+    with pytest.raises(ValueError, match="'alexnet', 'random-TEST-ONLY'"):
+        fidelity.LPIPS("vgg")

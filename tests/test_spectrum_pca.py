@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -163,3 +164,43 @@ def test_spectrum_distortion_and_rate_agree_with_vp_rate(tiny_run, digits_test):
                                                                       rel=1e-5)
     assert float(spectra["rate"].sel(step=40)) == pytest.approx(float(rate["total_rate"]),
                                                                 rel=1e-5)
+
+
+def test_one_checkpoint_or_probe_is_one_step_with_its_provenance(tiny_run):
+    from vaeprobe import io
+
+    steps = vp.checkpoints(tiny_run)
+    late = steps[-1][1]
+    by_path = vp.spectrum(str(late), "digits8:test", n_images=16, progress=False)
+    probe = vp.load(late, device="cpu")
+    by_probe = vp.spectrum(probe, "digits8:test", n_images=16, progress=False)
+    sha = io.sha256_file(late)
+    for ds in (by_path, by_probe):
+        assert ds.sizes["step"] == 1 and list(ds["step"].values) == [40]
+        assert ds["checkpoint"].values[0] == str(late)
+        assert ds["checkpoint_sha256"].values[0] == sha and ds["family"].values[0] == "hvae"
+        assert ds.attrs["checkpoint"] == str(late) and ds.attrs["checkpoint_sha256"] == sha
+        assert ds["power_reconstruction"].dims == ("step", "frequency")
+    np.testing.assert_array_equal(by_path["power_reconstruction"],
+                                  by_probe["power_reconstruction"])
+    run = vp.spectrum(str(tiny_run), "digits8:test", n_images=16, progress=False)
+    np.testing.assert_allclose(run["power_reconstruction"].sel(step=[40]),
+                               by_path["power_reconstruction"], rtol=1e-12)
+    assert list(run["checkpoint"].values) == [str(path) for _, path in steps]
+    assert len(set(run["checkpoint_sha256"].values)) == 4
+    assert run.attrs["run"] == str(tiny_run) and "checkpoint" not in run.attrs
+    bare = copy.copy(probe)
+    bare.source = {}  # a Probe built in memory says so, at step 0
+    ds = vp.spectrum(bare, "digits8:test", n_images=8, progress=False)
+    assert ds["checkpoint"].values[0] == "in-memory model" and ds["step"].values[0] == 0
+
+
+def test_hann_window_on_tiny_images_names_the_fix():
+    images = torch.randint(0, 256, (8, 1, 2, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="window='none'"):
+        vp.spectrum(images, n_images=None, progress=False)
+    with pytest.raises(ValueError, match="2 px or less"):
+        window_2d(8, 1, "hann")
+    ds = vp.spectrum(images, n_images=None, window="none", progress=False)
+    assert np.isfinite(ds["power_data"]).all()
+    assert torch.isfinite(window_2d(2, 2, "kaiser")).all()

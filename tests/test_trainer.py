@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,32 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     for key in one[0]:  # equal up to the order of floating-point reductions
         assert torch.allclose(one[0][key], two[0][key], rtol=1e-4, atol=1e-6), key
     assert torch.allclose(one[2], two[2])
+
+
+def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
+    from trainers.train import Trainer
+
+    config = tiny_config(tmp_path / "s", objective="two-stage", primary=str(tiny_run),
+                         gamma=0.5, steps=4, ckpt_every=4, log_every=2)
+    trainer = Trainer(config)
+    indices = trainer.batch_indices(0)
+    x = trainer.fetch(indices)
+    result = trainer.losses(x, indices)
+    noise, _ = trainer.example_noise(0, indices)  # the same per-example noise again
+    n_primary = len(trainer.model.primary.latent_shapes())
+    with torch.no_grad():  # the oracle: the frozen primary's own pass on the same batch
+        _, draws = trainer.model.primary(x, noise=noise[:n_primary])
+    primary_rate = sum(d.kl.flatten(1).sum(1) for d in draws).mean()
+    assert float(result["rate_primary"]) == pytest.approx(float(primary_rate), rel=1e-6)
+    row = trainer.metrics_row(result, 1.0)
+    assert row["rate_secondary"] == pytest.approx(float(result["rate"]), rel=1e-6)
+    assert row["rate"] == row["rate_primary"] + row["rate_secondary"]
+    run = train(tiny_config(tmp_path / "t", objective="two-stage", primary=str(tiny_run),
+                            gamma=0.5, steps=4, ckpt_every=4, log_every=2))
+    for row in rows(run):
+        assert row["rate"] == row["rate_primary"] + row["rate_secondary"]
+        assert row["rate_primary"] > 0 and row["rate_secondary"] > 0
+    log = vp.Run(run).training_log()
+    assert log["train_rate_primary"].attrs["units"] == "nats"
+    np.testing.assert_allclose(log["train_rate"], log["train_rate_primary"] +
+                               log["train_rate_secondary"], rtol=1e-12)

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import vaeprobe
 from trainers import objectives
 from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
@@ -27,6 +26,7 @@ from vaeprobe.adapters import load_model
 from vaeprobe.adapters.native import config_of, family_of
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
 from vaeprobe.random import image_generators, per_image_noise
+from vaeprobe.run import Run
 
 
 class TrainingError(RuntimeError):
@@ -72,10 +72,10 @@ def all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
 
 
 # ---- run directory -------------------------------------------------------------------------
-def prepare_run_dir(config: TrainConfig) -> Path:
+def prepare_run_dir(config: TrainConfig) -> Run:
     """Refuse another run's directory; on --resume, refuse a different config."""
-    out = Path(config.out)
-    stored = io.run_config(out)
+    run = Run(config.out)
+    out, stored = run.path, run.config
     if stored is not None:
         if not config.resume:
             raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
@@ -87,7 +87,7 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     elif out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out} exists and is not an empty vaeprobe run directory; choose "
                             f"another --out (nothing was overwritten)")
-    return out
+    return run
 
 
 def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
@@ -96,7 +96,7 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
         overrides["sigma"] = config.sigma
     if config.objective == "two-stage":
         primary, payload = _load_primary(config.primary)
-        primary_gamma = _run_gamma(Path(payload["path"]).parent)
+        primary_gamma = Run.of(payload["path"]).gamma
         if primary_gamma is not None and not config.gamma < primary_gamma:
             raise ValueError(f"the secondary's gamma ({config.gamma:g}) must be below the "
                              f"primary's distortion target ({primary_gamma:g}): it models "
@@ -114,14 +114,6 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
                          f"but {config.data!r} has {tuple(image_shape)}; choose a preset that "
                          f"fits (e.g. tiny-8 for digits8, demo-cpu for patches32)")
     return model
-
-
-def _run_gamma(run: Path) -> float | None:
-    """The distortion target a run was trained with, when it was distortion-targeted."""
-    stored = io.run_config(run)
-    if stored is None:
-        return None
-    return stored["gamma"] if stored["objective"] != "elbo" else None
 
 
 def _load_primary(path: str):
@@ -142,7 +134,8 @@ class Trainer:
         self.rank, self.world, self.device = setup_distributed(config)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.out = prepare_run_dir(config)
+        self.directory = prepare_run_dir(config)
+        self.out = self.directory.path
         dataset = vdata.as_dataset(vdata.load(config.data, split="train",
                                               root=config.data_root or None))
         self.dataset = dataset
@@ -153,6 +146,9 @@ class Trainer:
         if config.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.primary_rate = None  # two-stage: the frozen primary's KL (B,) of the last batch
+        if isinstance(self.model, TwoStageVAE):  # after the deepcopy: the EMA copy has no hook
+            self.model.primary.register_forward_hook(self._keep_primary_rate)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=config.lr, betas=(0.9, 0.999))
         self.lam = torch.tensor(config.lambda_init, requires_grad=True)
@@ -195,6 +191,12 @@ class Trainer:
         noise = per_image_noise(self.model.latent_shapes(), generators, 1, self.device)
         return noise, generators
 
+    def _keep_primary_rate(self, module, inputs, output) -> None:
+        """Forward hook on the frozen primary: its per-image KL (nats) from the pass that
+        TwoStageVAE.forward makes anyway for x_hat, so logging it costs no second pass."""
+        _, draws = output
+        self.primary_rate = sum(d.kl.float().flatten(1).sum(1) for d in draws).detach()
+
     def losses(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
         noise, generators = self.example_noise(self.step, indices)
         with self.autocast():
@@ -209,6 +211,8 @@ class Trainer:
             result = objectives.lagrangian_loss(parts, self.dims, self.lam)
         result["sigma"] = likelihood.log_sigma.float().mean().exp().detach() \
             if hasattr(likelihood, "log_sigma") else torch.tensor(float("nan"))
+        if isinstance(self.model, TwoStageVAE):  # the loss's rate is the secondary's alone
+            result["rate_primary"] = self.primary_rate.mean()
         return result
 
     def train_step(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
@@ -258,14 +262,14 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:
             return
-        io.save_checkpoint(self.out / f"ckpt_step{self.step:08d}.pt",
-                           family=family_of(self.model), config=config_of(self.model),
-                           state_dict=self.model.state_dict(),
-                           ema_state_dict=self.ema.state_dict(), step=self.step,
-                           trainer_state=self.trainer_state())
+        self.directory.save_checkpoint(self.step, family=family_of(self.model),
+                                       config=config_of(self.model),
+                                       state_dict=self.model.state_dict(),
+                                       ema_state_dict=self.ema.state_dict(),
+                                       trainer_state=self.trainer_state())
 
     def restore(self) -> None:
-        found = io.checkpoints(self.out)
+        found = self.directory.checkpoints()
         if not found:  # killed before its first checkpoint: start afresh, drop its log lines
             self._truncate_metrics()
             return
@@ -283,22 +287,15 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they will be redone."""
-        path = self.out / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step]
-        with io.atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+        if self.rank == 0:
+            self.directory.truncate_log(self.step)
 
     def write_config(self) -> None:
-        if self.rank == 0 and not (self.out / io.RUN_CONFIG).exists():
-            self.out.mkdir(parents=True, exist_ok=True)
-            content = dict(train=self.config.to_dict(), family=family_of(self.model),
-                           model=config_of(self.model), vaeprobe_version=vaeprobe.__version__,
-                           world_size=self.world)
-            with io.atomic_path(self.out / io.RUN_CONFIG) as tmp:
-                tmp.write_text(json.dumps(content, indent=2))
+        """The run's config.json, once (a resumed run keeps the one it started with)."""
+        if self.rank == 0:
+            self.directory.write_config(train=self.config.to_dict(),
+                                        family=family_of(self.model),
+                                        model=config_of(self.model), world_size=self.world)
 
     # -- main ---------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -308,7 +305,6 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         progress = _progress(self.config, self.step, self.rank)
-        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
         tick, images = time.perf_counter(), 0
         try:
             while self.step < self.config.steps:
@@ -320,9 +316,8 @@ class Trainer:
                     elapsed = time.perf_counter() - tick
                     row = self.metrics_row(result, images / max(elapsed, 1e-9))
                     tick, images = time.perf_counter(), 0
-                    if metrics:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
+                    if self.rank == 0:
+                        self.directory.append_log(row)
                     progress.set_postfix(rate=f"{row['rate']:.1f}", D=f"{row['distortion']:.2f}",
                                          lam=f"{row['lambda']:.4f}", refresh=False)
                 if self.step in self.schedule:
@@ -330,8 +325,6 @@ class Trainer:
                 progress.update(1)
         finally:
             progress.close()
-            if metrics:
-                metrics.close()
         return self.out
 
     def metrics_row(self, result: dict, images_per_s: float) -> dict:
@@ -339,6 +332,10 @@ class Trainer:
         for key in ("loss", "elbo", "elbo_bpd", "rate", "distortion", "mse", "sigma",
                     "grad_norm"):
             row[key] = float(all_mean(result[key].detach().float(), self.world))
+        if "rate_primary" in result:  # two-stage: log both stages; ``rate`` is their total
+            row["rate_secondary"] = row["rate"]
+            row["rate_primary"] = float(all_mean(result["rate_primary"].float(), self.world))
+            row["rate"] = row["rate_primary"] + row["rate_secondary"]
         row.update(**{"lambda": float(self.lam.detach())}, skipped=self.skipped,
                    images_per_s=round(images_per_s, 1))
         return row

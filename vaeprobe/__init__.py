@@ -10,13 +10,15 @@ from vaeprobe._version import __version__
 from vaeprobe.adapters import load
 from vaeprobe.audit import audit
 from vaeprobe.fidelity import sample_quality
-from vaeprobe.io import checkpoints, open_results, save
+from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
 from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.rate import rate
+from vaeprobe.run import Run, checkpoints
+from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
 
-__all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "UndefinedAnalysisError",
+__all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
            "__version__", "audit", "checkpoints", "data", "iwae", "load", "open_results",
-           "pca_baseline", "plot", "rate", "sample_quality", "save", "spectrum"]
+           "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

@@ -39,10 +39,12 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
 
 def result_attrs(analysis: str, parameters: dict, probe: Probe | None, dataset, n_images: int,
                  seed: int, **facts) -> dict:
-    """Provenance of one analysis of one model: parameters, checkpoint, dataset, seed."""
+    """Provenance of one analysis of one model: parameters, checkpoint, dataset (None: "none",
+    e.g. prior samples), seed."""
     source = dict(probe.source) if probe is not None else {}
     source.setdefault("checkpoint", "in-memory model")
-    return provenance(analysis, parameters, dataset=vdata.dataset_name(dataset),
+    name = vdata.dataset_name(dataset) if dataset is not None else "none"
+    return provenance(analysis, parameters, dataset=name,
                       n_images=int(n_images), seed=int(seed), **source, **facts)
 
 

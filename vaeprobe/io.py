@@ -1,4 +1,6 @@
-"""Results (netCDF) and checkpoints (weights-only torch files), both written atomically.
+"""Results (netCDF) and checkpoint payloads (weights-only torch files), both written atomically.
+
+What a run directory holds and how its files are named is ``vaeprobe.run``'s.
 
 Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)`` (or
 safetensors), so a file whose unpickling would run code is refused without running it.
@@ -12,7 +14,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,6 @@ from vaeprobe._version import __version__
 
 CHECKPOINT_FORMAT = "vaeprobe-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_PATTERN = re.compile(r"^ckpt_step(\d+)\.(pt|safetensors)$")
 
 
 class CheckpointError(ValueError):
@@ -216,44 +216,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(step, path)]`` of the checkpoints in a run directory, sorted by step.
+    """``[(step, path)]`` of a run directory's checkpoints (``vaeprobe.run`` owns the names)."""
+    from vaeprobe.run import checkpoints as run_checkpoints
 
-    Examples
-    --------
-    >>> import tempfile
-    >>> checkpoints(tempfile.mkdtemp())
-    []
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NotADirectoryError(f"run directory not found: {run_dir}")
-    found = []
-    for path in run_dir.iterdir():
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-RUN_CONFIG = "config.json"
-
-
-def run_config(run_dir: str | os.PathLike) -> dict | None:
-    """The training config stored in a run directory (its ``train`` section), or None."""
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())["train"]
+    return run_checkpoints(run_dir)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file itself, or the latest checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        found = checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"no checkpoints (ckpt_step*.pt) in run directory {path}")
-        return found[-1][1]
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint or run directory not found: {path}")
-    return path
+    from vaeprobe.run import resolve_checkpoint as resolve
+
+    return resolve(path)

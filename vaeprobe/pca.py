@@ -14,28 +14,54 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import progress_bar, result_attrs
+from vaeprobe.accumulate import check_mergeable
 from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
 
 
 class _Covariance:
-    """Streaming mean and covariance of flattened [0, 1] images: memory D x D, not N x D."""
+    """Streaming mean and covariance of flattened [0, 1] images: memory D x D, not N x D.
+
+    Keeps the count, the mean and the co-moment sum_i (x_i - mean)(x_i - mean)^T in float64;
+    batches and other accumulators combine by Chan, Golub & LeVeque's parallel update (exact
+    up to rounding, and free of the cancellation of E[x x^T] - mean mean^T). An
+    :class:`~vaeprobe.accumulate.Accumulator`.
+    """
 
     def __init__(self):
-        self.n, self.total, self.outer = 0, None, None
+        self.n, self.mean, self.comoment = 0, None, None
 
-    def update(self, x: torch.Tensor) -> None:
-        flat = x.double().flatten(1) / 255.0
-        if self.total is None:
-            self.total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
-            self.outer = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64,
-                                     device=flat.device)
-        self.n += flat.shape[0]
-        self.total += flat.sum(0)
-        self.outer += flat.T @ flat
+    @classmethod
+    def of(cls, flat: torch.Tensor) -> _Covariance:
+        """The accumulator of one batch of flat float64 rows (N, D)."""
+        one = cls()
+        one.n, one.mean = flat.shape[0], flat.mean(0)
+        centred = flat - one.mean
+        one.comoment = centred.T @ centred
+        return one
+
+    def update(self, x: torch.Tensor) -> None:  # x: uint8 (N, C, H, W)
+        if len(x):
+            self.merge(_Covariance.of(x.double().flatten(1) / 255.0))
+
+    def merge(self, other: _Covariance) -> _Covariance:
+        check_mergeable(self, other)
+        if other.n == 0:
+            return self
+        mean, comoment = other.mean, other.comoment
+        if self.n == 0:
+            self.n, self.mean, self.comoment = other.n, mean.clone(), comoment.clone()
+            return self
+        mean, comoment = mean.to(self.mean.device), comoment.to(self.mean.device)
+        n = self.n + other.n
+        delta = mean - self.mean  # (D,)
+        self.comoment = self.comoment + comoment + torch.outer(delta, delta) * (
+            self.n * other.n / n)
+        self.mean = self.mean + delta * (other.n / n)
+        self.n = n
+        return self
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.n
-        return mean, self.outer / self.n - torch.outer(mean, mean)  # population covariance
+        return self.mean, self.comoment / self.n  # population covariance
 
 
 def _eigen(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,13 @@ import torch
 import xarray as xr
 
 from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs, squared_error
+from vaeprobe.accumulate import check_mergeable
 from vaeprobe.probe import Probe, encode
 
 
 class _Moments:
-    """Running sums for a mean and its standard error over images (float64)."""
+    """Running sums for a mean and its standard error over images (float64); an
+    :class:`~vaeprobe.accumulate.Accumulator`."""
 
     def __init__(self):
         self.n, self.total, self.total_sq = 0, 0.0, 0.0
@@ -23,6 +25,13 @@ class _Moments:
         self.n += values.shape[0]
         self.total = self.total + values.sum(0)
         self.total_sq = self.total_sq + (values ** 2).sum(0)
+
+    def merge(self, other: _Moments) -> _Moments:
+        check_mergeable(self, other)
+        self.n += other.n
+        self.total = self.total + other.total  # totals are on the CPU
+        self.total_sq = self.total_sq + other.total_sq
+        return self
 
     def compute(self) -> tuple[np.ndarray, np.ndarray]:
         mean = self.total / self.n

@@ -1,5 +1,8 @@
 """Radially averaged power spectra of images, reconstructions and residuals, across checkpoints.
 
+Loading apart from the maths: a source (run directory, checkpoint, Probe) becomes (step, Probe)
+pairs (``_load``, through ``vaeprobe.Run``), and ``_spectra`` computes on the pairs.
+
 The estimator: float64; per-image (per-channel) mean removed; a separable window scaled to
 mean square 1 (so white noise of variance s^2 has flat power s^2); |FFT|^2 with orthonormal
 scaling averaged over images and channels before any log; radial bins by rounded radius
@@ -9,7 +12,9 @@ bin is the mean over its Fourier modes; ``n_modes`` counts them.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +22,9 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe import io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
+from vaeprobe.run import CHECKPOINT_GLOB, Run
 
 WINDOWS = ("none", "hann", "kaiser")
 CHANNEL_MODES = ("per_channel", "luminance")
@@ -38,6 +43,10 @@ def window_2d(height: int, width: int, window: str = "hann", device=None) -> tor
 
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    if window == "hann" and min(height, width) <= 2:
+        raise ValueError(f"the Hann window is zero at both ends, so on images of {height}x"
+                         f"{width} px it leaves no signal (every power would be NaN); pass "
+                         f"window='none' (or 'kaiser') for images with a side of 2 px or less")
     w = torch.outer(one(height), one(width))
     return w / w.pow(2).mean().sqrt()
 
@@ -133,33 +142,47 @@ class _SpectrumAccumulator:
         c = 1 if self.channels == "luminance" else images.shape[1]
         self.count += images.shape[0] * c
 
+    def merge(self, other: _SpectrumAccumulator) -> _SpectrumAccumulator:
+        """Fold in another accumulator's sums (same window and channels); return self."""
+        from vaeprobe.accumulate import add_totals, check_mergeable
+
+        check_mergeable(self, other, "window", "channels")
+        self.total = add_totals(self.total, other.total)
+        self.count += other.count
+        return self
+
     def compute(self):
         return radial_profile(self.total / self.count)
 
 
-def _source_probes(source, device):
-    """[(step, checkpoint path or label, loader)] for a run dir, a checkpoint or a Probe."""
+def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run | None]:
+    """Loading, apart from the maths: (the (step, Probe) pairs, their number, the run or None).
+
+    A run directory gives one pair per checkpoint, each Probe loaded when reached; a checkpoint
+    file or a Probe gives one pair, at the step its provenance names (0 when none does).
+    """
     from vaeprobe.adapters import load
 
     if isinstance(source, Probe):
-        return [(int(source.source.get("step", 0)), source.source.get("checkpoint", "memory"),
-                 lambda: source)]
+        return [(int(source.source.get("step", 0)), source)], 1, None
     path = Path(source)
     if path.is_dir():
-        found = io.checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"no checkpoints (ckpt_step*.pt) in run directory {path}")
-        return [(step, str(p), lambda p=p: load(p, device=device)) for step, p in found]
-    return [(None, str(path), lambda: load(path, device=device))]
+        run = Run(path)
+        count = len(run.checkpoints())
+        if not count:
+            raise FileNotFoundError(f"no checkpoints ({CHECKPOINT_GLOB}) in run directory "
+                                    f"{path}")
+        return run.probes(device), count, run
+    probe = load(path, device=device)
+    return [(int(probe.source.get("step", 0)), probe)], 1, None
 
 
 def _default_data(source) -> str:
-    """The test split of the data a run was trained on (from its config.json)."""
+    """The test split of the data a run was trained on (from its stored config)."""
     if isinstance(source, (str, os.PathLike)):
-        run = Path(source) if Path(source).is_dir() else Path(source).parent
-        config = io.run_config(run)
-        if config is not None:
-            return f"{config['data']}:test"
+        trained_on = Run.of(source).data
+        if trained_on is not None:
+            return f"{trained_on}:test"
     raise ValueError("pass data= (e.g. 'patches32:test'): it cannot be read from this source")
 
 
@@ -172,13 +195,15 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     Parameters
     ----------
     source : run directory, checkpoint path, Probe, or images
-        A run directory analyses every checkpoint; images (a uint8 tensor or Dataset) give the
-        data spectrum alone.
+        A run directory analyses every checkpoint (loaded through ``vaeprobe.Run``); a
+        checkpoint or a Probe is one step. Images (a uint8 tensor or Dataset) give the data
+        spectrum alone (no ``step`` dim).
     data : str, Dataset or uint8 tensor, optional
         Evaluation images; default the test split of the run's training data.
     n_images : int
         A seeded random subset; the same images for every checkpoint.
     window : {"hann", "kaiser", "none"}
+        "hann" needs images wider and taller than 2 px (it is zero at both ends).
     channels : {"per_channel", "luminance"}
     cutoff : float
         ``high_frequency_fraction`` is the share of power above this many cycles/pixel.
@@ -190,7 +215,9 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     Returns
     -------
     xarray.Dataset
-        Dims ``step`` (coord ``checkpoint``) and ``frequency`` (cycles/pixel, coord ``n_modes``):
+        Dims ``step`` (length 1 for one checkpoint or Probe) and ``frequency`` (cycles/pixel,
+        coord ``n_modes``). Each model's provenance (``checkpoint``, ``checkpoint_sha256``,
+        ``family``...) is a coordinate along ``step``. Variables:
         ``power_reconstruction``, ``power_residual``, ``relative_power``, ``power_data``,
         ``high_frequency_fraction`` (+ ``_residual``, ``_data``), ``mse``, ``distortion``,
         ``rate``; ``preview_data`` and ``preview_reconstruction``.
@@ -206,27 +233,68 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     window_2d(4, 4, window)  # validate early
     if isinstance(source, (torch.Tensor, np.ndarray, torch.utils.data.Dataset)):
         return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed)
-    sources = _source_probes(source, device)
+    pairs, count, run = _load(source, device)
     data = data if data is not None else _default_data(source)
-    first = sources[0][2]()
-    dataset, indices = evaluation_set(first, data, n_images, seed)
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
                       batch_size=batch_size, seed=seed,
                       source=str(source) if not isinstance(source, Probe) else "probe")
-    rows = []
-    bar = progress_bar(len(sources), "spectrum: checkpoints", progress, unit="ckpt")
-    for index, (step, path, loader) in enumerate(sources):
-        probe = first if index == 0 else loader()
-        rows.append(_checkpoint_spectra(probe, dataset, indices, window, channels, batch_size,
-                                        seed, n_preview, with_data=index == 0))
-        rows[-1].update(step=step if step is not None else probe.source.get("step", 0),
-                        checkpoint=path)
+    rows, dataset, indices, single = _spectra(pairs, count, data, n_images, window, channels,
+                                              batch_size, seed, n_preview, progress)
+    ds = _assemble(rows, cutoff)
+    # one model probed: its checkpoint and sha256 in attrs too; a run: the run directory
+    ds.attrs = result_attrs("spectrum", parameters, single, dataset, len(indices), seed,
+                            window=window, channels=channels, cutoff=cutoff,
+                            **({} if run is None else {"run": str(run.path)}))
+    if single is None:
+        ds.attrs.pop("checkpoint", None)
+    return ds
+
+
+def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, seed, n_preview,
+             progress) -> tuple[list[dict], object, torch.Tensor, Probe | None]:
+    """The maths over (step, Probe) pairs: a row of spectra per pair, on the same images.
+
+    Returns (rows, dataset, indices, the Probe when there was exactly one, else None).
+    """
+    rows, dataset, indices, single = [], None, None, None
+    bar = progress_bar(count, "spectrum: checkpoints", progress, unit="ckpt")
+    for step, probe in pairs:
+        if dataset is None:  # the first model fixes the evaluation images for all
+            dataset, indices = evaluation_set(probe, data, n_images, seed)
+            window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
+            single = probe if count == 1 else None
+        row = _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
+                                  n_preview, with_data=not rows)
+        row.update(step=int(step), source=dict(probe.source))
+        rows.append(row)
         bar.update(1)
     bar.close()
-    ds = _assemble(rows, cutoff)
-    ds.attrs = result_attrs("spectrum", parameters, None, dataset, len(indices), seed,
-                            window=window, channels=channels, cutoff=cutoff)
-    return ds
+    return rows, dataset, indices, single
+
+
+def _coord_values(values: list) -> np.ndarray:
+    """One provenance fact per step as a netCDF-safe array: ints, floats, or strings."""
+    def is_int(value):
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if all(isinstance(v, bool | np.bool_) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(is_int(v) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(is_int(v) or isinstance(v, float | np.floating) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray([v if isinstance(v, str) else "" if v is None else
+                       json.dumps(v, default=str, sort_keys=True) for v in values], dtype=str)
+
+
+def _provenance_coords(sources: list[dict], taken) -> dict:
+    """Each Probe's own provenance (checkpoint, checkpoint_sha256, format...) along ``step``.
+
+    A Probe built in memory, with no checkpoint in its provenance, says so in ``checkpoint``.
+    """
+    sources = [{"checkpoint": "in-memory model", **source} for source in sources]
+    keys = dict.fromkeys(key for source in sources for key in source)
+    return {key: ("step", _coord_values([source.get(key) for source in sources]))
+            for key in keys if key != "step" and key not in taken}
 
 
 @torch.no_grad()
@@ -269,28 +337,28 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
     def hff(power):
         return high_frequency_fraction(power[..., 1:], n_modes, frequency, cutoff)
     power = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
-    ds = xr.Dataset(
-        {
-            "power_reconstruction": (("step", "frequency"), power_recon[:, 1:], power),
-            "power_residual": (("step", "frequency"), power_residual[:, 1:], power),
-            "power_data": ("frequency", power_data[1:], power),
-            "relative_power": (("step", "frequency"), power_recon[:, 1:] / power_data[1:],
-                               {"units": "1", "long_name": "reconstruction / data"}),
-            "power_dc_reconstruction": ("step", power_recon[:, 0], power),
-            "high_frequency_fraction": ("step", hff(power_recon), {"units": "1"}),
-            "high_frequency_fraction_residual": ("step", hff(power_residual), {"units": "1"}),
-            "high_frequency_fraction_data": ((), float(hff(power_data)), {"units": "1"}),
-            "distortion": ("step", stack("distortion"), {"units": "sum of squares on [0, 1]"}),
-            "mse": ("step", stack("mse"), {"units": "mean square on [0, 1]"}),
-            "rate": ("step", stack("rate"), {"units": "nats"}),
-            "preview_data": (("image", "channel", "y", "x"), rows[0]["preview_data"]),
-            "preview_reconstruction": (("step", "image", "channel", "y", "x"),
-                                       stack("preview_reconstruction")),
-        },
-        coords={"step": stack("step").astype(np.int64), "checkpoint": ("step", [
-            row["checkpoint"] for row in rows]), "frequency": frequency,
-            "n_modes": ("frequency", n_modes.astype(np.int64))},
-    )
+    variables = {
+        "power_reconstruction": (("step", "frequency"), power_recon[:, 1:], power),
+        "power_residual": (("step", "frequency"), power_residual[:, 1:], power),
+        "power_data": ("frequency", power_data[1:], power),
+        "relative_power": (("step", "frequency"), power_recon[:, 1:] / power_data[1:],
+                           {"units": "1", "long_name": "reconstruction / data"}),
+        "power_dc_reconstruction": ("step", power_recon[:, 0], power),
+        "high_frequency_fraction": ("step", hff(power_recon), {"units": "1"}),
+        "high_frequency_fraction_residual": ("step", hff(power_residual), {"units": "1"}),
+        "high_frequency_fraction_data": ((), float(hff(power_data)), {"units": "1"}),
+        "distortion": ("step", stack("distortion"), {"units": "sum of squares on [0, 1]"}),
+        "mse": ("step", stack("mse"), {"units": "mean square on [0, 1]"}),
+        "rate": ("step", stack("rate"), {"units": "nats"}),
+        "preview_data": (("image", "channel", "y", "x"), rows[0]["preview_data"]),
+        "preview_reconstruction": (("step", "image", "channel", "y", "x"),
+                                   stack("preview_reconstruction")),
+    }
+    coords = {"step": stack("step").astype(np.int64), "frequency": frequency,
+              "n_modes": ("frequency", n_modes.astype(np.int64))}
+    taken = set(variables) | set(coords) | {"image", "channel", "y", "x"}
+    coords.update(_provenance_coords([row["source"] for row in rows], taken))
+    ds = xr.Dataset(variables, coords=coords)
     ds["frequency"].attrs["units"] = "cycles/pixel"
     return ds
 

@@ -14,14 +14,15 @@ from vaeprobe._analysis import progress_bar
 from vaeprobe.audit._common import evaluation_images, feature_network, restamp, section_attrs
 from vaeprobe.likelihood import iwae
 from vaeprobe.probe import Probe
-from vaeprobe.random import image_generators
+from vaeprobe.sampling import sample_batches
 
 LIKELIHOOD_PROTOCOL = ("vp.iwae: L_K = logsumexp_k log w_k - log K per image, K posterior draws "
                        "per image (per-image generators keyed by (seed, index)), bits/dim from "
                        "nats; bpd_by_k from nested subsets of the same draws; ESS = 1 / sum of "
                        "squared normalised weights")
 
-SAMPLES_PROTOCOL = ("prior latents of sample i from generator (seed, i) at each temperature "
+SAMPLES_PROTOCOL = ("vp.samples' protocol: prior latents of sample i from generator (seed, i) "
+                    "at each temperature "
                     "(the same noise at every temperature); kind 'mean': the decoder mean "
                     "quantised by round(clamp(x, 0, 1) * 255); 'stochastic': a draw from the "
                     "decoder likelihood of the same latents (pixel noise from (seed + 1, i)); "
@@ -65,19 +66,13 @@ def likelihood(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
 
 def _draw(probe: Probe, kinds: list[str], n: int, temperature: float, seed: int,
           batch_size: int) -> dict[str, torch.Tensor]:
-    """uint8 prior samples (n, C, H, W) of each kind; the kinds share their latents."""
-    out = {kind: [] for kind in kinds}
-    for start in range(0, n, batch_size):
-        rows = list(range(start, min(start + batch_size, n)))
-        latents = probe.sample_prior(len(rows), temperature=temperature,
-                                     generator=image_generators(seed, rows, probe.device))
-        decoded = probe.decode(latents)
-        if "mean" in kinds:
-            out["mean"].append(vdata.to_uint8(decoded.mean).cpu())
-        if "stochastic" in kinds:
-            out["stochastic"].append(decoded.sample(
-                image_generators(seed + 1, rows, probe.device)).cpu())
-    return {kind: torch.cat(parts) for kind, parts in out.items()}
+    """uint8 prior samples (n, C, H, W) of each kind, as :func:`vaeprobe.samples` draws them
+    (the kinds share their latents)."""
+    parts = {kind: [] for kind in kinds}
+    for _, images, _ in sample_batches(probe, kinds, n, batch_size, temperature, seed):
+        for kind in kinds:
+            parts[kind].append(images[kind].cpu())
+    return {kind: torch.cat(chunks) for kind, chunks in parts.items()}
 
 
 def samples(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,

@@ -198,20 +198,25 @@ def _png(figure) -> bytes:
 
 
 def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
-    from vaeprobe.plot._audit import _pyplot, audit_section
+    from vaeprobe.plot import audit_section, axes
 
     if ds.attrs.get("status") != "ok" or name == "model_card":  # the card is its tables
         return None
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
     try:
         audit_section(name, ds, ax=ax)
-        figure.tight_layout()
-        return _png(figure)
+        ax.figure.tight_layout()
+        return _png(ax.figure)
     except (KeyError, ValueError, IndexError):
         return None
     finally:
-        plt.close(figure)
+        _close(ax.figure)
+
+
+def _close(figure) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
 
 
 def _value(value) -> str:
@@ -304,17 +309,16 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
 
 def write_report(report: AuditReport, out: str | os.PathLike) -> dict[str, Path]:
     """Write ``out/audit.nc``, ``out/audit.png`` and ``out/audit.html`` (each atomically)."""
-    from vaeprobe.plot._audit import _pyplot, audit_page
+    from vaeprobe.plot import audit_page
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"nc": save_netcdf(report, out / "audit.nc")}
-    plt = _pyplot()
     figure = audit_page(report, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}")
     try:
         page = _png(figure)
     finally:
-        plt.close(figure)
+        _close(figure)
     for suffix, content in (("png", page), ("html", render_html(report, page).encode())):
         path = out / f"audit.{suffix}"
         with atomic_path(path, f".{suffix}.tmp") as tmp:

@@ -203,7 +203,7 @@ def _draw_section(name: str, ds: xr.Dataset, ax):
 
 def audit_section(name: str, ds: xr.Dataset, ax=None):
     """The panel of one audit section (by its name), or its skip / failure text."""
-    ax = axes(ax, figsize=(5.5, 4))
+    ax = axes(ax, figsize=(6.5, 4.2))
     return _draw_section(name, ds, ax)
 
 

@@ -59,18 +59,28 @@ def high_frequency(ds: xr.Dataset, ax=None):
 
 
 def training_curves(ds: xr.Dataset, ax=None, gamma: float | None = None):
-    """Distortion and rate against step (Figure 9): the training log and checkpoint evaluations."""
+    """Distortion and rate against step (Figure 9), on log scales.
+
+    ``ds``: a training log (``vaeprobe.Run(...).training_log()``: ``train_distortion``,
+    ``train_rate`` along ``train_step``), checkpoint evaluations (``distortion``, ``rate``
+    along ``step``, e.g. from ``vp.spectrum``), or both merged. ``gamma``: the distortion
+    target to mark; by default the log's ``gamma`` attr when it is a number.
+    """
     ax = axes(ax)
     twin = ax.twinx()
+    evaluated = "distortion" in ds and "step" in ds.dims
+    if gamma is None and np.isfinite(float(ds.attrs.get("gamma", np.nan))):
+        gamma = float(ds.attrs["gamma"])
     if "train_distortion" in ds:
-        ax.plot(ds["train_step"].values, ds["train_distortion"].values, color="C0", alpha=0.35,
-                lw=0.8)
-        twin.plot(ds["train_step"].values, ds["train_rate"].values, color="C3", alpha=0.35,
-                  lw=0.8)
-    ax.plot(ds["step"].values, ds["distortion"].values, "o-", color="C0",
-            label="distortion, evaluation images")
-    twin.plot(ds["step"].values, ds["rate"].values, "s-", color="C3", label="rate")
-    ax.plot([], [], color="C0", alpha=0.35, label="training batches")
+        faint = dict(alpha=0.35, lw=0.8) if evaluated else dict(lw=1.0)
+        ax.plot(ds["train_step"].values, ds["train_distortion"].values, color="C0", **faint)
+        twin.plot(ds["train_step"].values, ds["train_rate"].values, color="C3", **faint)
+    if evaluated:
+        ax.plot(ds["step"].values, ds["distortion"].values, "o-", color="C0",
+                label="distortion, evaluation images")
+        twin.plot(ds["step"].values, ds["rate"].values, "s-", color="C3", label="rate")
+    if "train_distortion" in ds:
+        ax.plot([], [], color="C0", label="training batches", **faint)
     if gamma is not None:
         ax.axhline(gamma, color="C0", ls="--", lw=0.8, label=f"gamma = {gamma:g}")
     ax.set_xscale("log")

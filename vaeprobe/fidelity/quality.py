@@ -1,0 +1,238 @@
+"""Sample quality of mean vs stochastic samples and reconstructions, and FID of image sets.
+
+Samples come from :mod:`vaeprobe.sampling`; features from :mod:`~vaeprobe.fidelity.extractors`
+(reference features cached by :mod:`~vaeprobe.fidelity.cache`); the metrics from
+:mod:`~vaeprobe.fidelity.metrics`; LPIPS from :mod:`~vaeprobe.fidelity.perceptual`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe.accumulate import check_mergeable
+from vaeprobe.fidelity.cache import featurise, reference_features
+from vaeprobe.fidelity.extractors import Extractor, build_extractor
+from vaeprobe.fidelity.metrics import (
+    PROTOCOL,
+    fid_from_features,
+    kid_from_features,
+    prc_from_features,
+)
+from vaeprobe.fidelity.perceptual import LPIPS
+from vaeprobe.probe import Probe
+from vaeprobe.sampling import KINDS, require, sample_batches
+
+METRICS = ("fid", "kid", "prc", "lpips")
+
+
+class _KindAccumulator:
+    """Features, kept images (previews, diversity pairs) and LPIPS to the inputs, of one kind;
+    an :class:`~vaeprobe.accumulate.Accumulator` (images of a merged one count as later)."""
+
+    def __init__(self, nets: list[Extractor], keep: int, lpips: LPIPS | None = None):
+        self.nets, self.keep, self.lpips_net = nets, keep, lpips
+        self.settings = (tuple(net.name for net in nets), keep,
+                         lpips.trunk if lpips is not None else None)
+        self.features = {net.name: [] for net in nets}
+        self.kept, self.lpips = [], []
+
+    def update(self, images: torch.Tensor, real: torch.Tensor | None = None) -> None:
+        """Fold in uint8 images (B, C, H, W) and, for reconstructions, their inputs."""
+        for net in self.nets:
+            self.features[net.name].append(net(images))
+        self._keep([images])
+        if self.lpips_net is not None and real is not None:
+            self.lpips.append(self.lpips_net(images, real))
+
+    def _keep(self, parts: list[torch.Tensor]) -> None:
+        missing = self.keep - sum(len(k) for k in self.kept)
+        if missing > 0 and parts:
+            self.kept.append(torch.cat(parts)[:missing].cpu())
+
+    def merge(self, other: _KindAccumulator) -> _KindAccumulator:
+        check_mergeable(self, other, "settings")
+        for name, parts in other.features.items():
+            self.features[name].extend(parts)
+        self._keep(other.kept)
+        self.lpips.extend(other.lpips)
+        return self
+
+    def compute(self) -> dict:
+        """Features per network (N, F), the kept images (uint8), LPIPS per input (or None)."""
+        return dict(features={name: torch.cat(parts) for name, parts in self.features.items()},
+                    kept=torch.cat(self.kept),
+                    lpips=torch.cat(self.lpips) if self.lpips else None)
+
+
+def _kind_row(state: dict, references: dict, fid_net, prc_net, lpips, settings: dict) -> dict:
+    """The metrics of one kind from its accumulated ``state``."""
+    row = dict(fid=np.nan, kid_mean=np.nan, kid_std=np.nan, precision=np.nan,
+               recall=np.nan, lpips=np.nan, lpips_diversity=np.nan)
+    generated, metrics = state["features"], settings["metrics"]
+    if "fid" in metrics:
+        row["fid"] = fid_from_features(generated[fid_net.name], references[fid_net.name])
+    if "kid" in metrics:
+        row["kid_mean"], row["kid_std"], settings["kid_subset_size_used"] = \
+            kid_from_features(generated[fid_net.name], references[fid_net.name],
+                              settings["kid_subset_size"], settings["kid_subsets"],
+                              settings["seed"])
+    if "prc" in metrics:
+        row["precision"], row["recall"] = prc_from_features(generated[prc_net.name],
+                                                            references[prc_net.name])
+    if lpips is not None:
+        if state["lpips"] is not None:
+            row["lpips"] = float(state["lpips"].mean())
+        kept = state["kept"]
+        pairs = len(kept) // 2
+        if pairs:
+            row["lpips_diversity"] = float(lpips(kept[0:2 * pairs:2].to(
+                lpips.device), kept[1:2 * pairs:2].to(lpips.device)).mean())
+    return row
+
+
+def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
+                   temperature=1.0, metrics=METRICS,
+                   feature_extractor: str = "inception-v3-compat",
+                   prc_extractor: str = "vgg16-fc2", lpips_trunk: str = "alexnet",
+                   weights=None, prc_weights=None, lpips_weights=None,
+                   batch_size: int = 100, n_preview: int = 16, kid_subset_size: int = 1000,
+                   kid_subsets: int = 100, n_diversity_pairs: int = 500, seed: int = 0,
+                   progress: bool = True) -> xr.Dataset:
+    """FID / KID / precision-recall and LPIPS of mean vs stochastic samples and reconstructions.
+
+    Parameters
+    ----------
+    probe : Probe
+    reference : str, Dataset or uint8 tensor
+        Real images (e.g. ``"patches32:test"``); a seeded subset of ``n`` is the reference set.
+    n : int
+        Images per kind (and reference images, fewer if the reference has fewer).
+    kinds : sequence of {"mean", "stochastic", "reconstruction_mean",
+        "reconstruction_stochastic"}
+    temperature : float or sequence
+        Prior temperature (one, or one per latent layer).
+    metrics : sequence of {"fid", "kid", "prc", "lpips"}
+    feature_extractor, prc_extractor : str
+        Registered extractors for FID/KID and precision/recall.
+    lpips_trunk : {"alexnet", "random-TEST-ONLY"}
+    weights, prc_weights, lpips_weights : path, optional
+        Explicit weights files (else ``VAEPROBE_WEIGHTS_DIR``, then the torch hub cache).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dim ``kind``: ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``lpips``
+        (reconstructions vs their inputs; NaN for prior kinds), ``lpips_diversity`` (mean LPIPS
+        of disjoint sample pairs); ``preview`` (kind, image, channel, y, x) uint8.
+
+    Examples
+    --------
+    >>> ds = sample_quality(vp.load("runs/demo"), "patches32:test", n=10000)  # doctest: +SKIP
+    >>> ds[["fid", "lpips"]].to_dataframe()  # doctest: +SKIP
+    """
+    kinds, metrics = list(kinds), list(metrics)
+    unknown = (set(kinds) - set(KINDS)) | (set(metrics) - set(METRICS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown or no kinds/metrics {sorted(unknown)}; kinds: {KINDS}, "
+                         f"metrics: {METRICS}")
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    require(probe, "vp.sample_quality", kinds)
+    device = probe.device
+    dataset, indices = evaluation_set(probe, reference, n, seed)
+    fid_net = build_extractor(feature_extractor, weights, device) \
+        if {"fid", "kid"} & set(metrics) else None
+    prc_net = build_extractor(prc_extractor, prc_weights, device) if "prc" in metrics else None
+    if fid_net is not None and prc_net is not None and prc_net.name == fid_net.name:
+        prc_net = fid_net  # one network, featurised once
+    nets = list({net.name: net for net in (fid_net, prc_net) if net is not None}.values())
+    lpips = LPIPS(lpips_trunk, lpips_weights, device) if "lpips" in metrics else None
+    references, from_cache = {}, {}
+    for net in nets:
+        references[net.name], from_cache[net.name] = reference_features(
+            dataset, indices, net, batch_size, device, progress)
+    keep = max(n_preview, 2 * n_diversity_pairs)
+    accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
+    bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
+    for rows, batch, inputs in sample_batches(probe, kinds, n, batch_size, temperature, seed,
+                                              dataset, indices):
+        for kind, images in batch.items():
+            accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
+        bar.update(len(rows))
+    bar.close()
+    settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                    seed=seed)
+    states = {kind: acc.compute() for kind, acc in accumulators.items()}
+    rows = {kind: _kind_row(states[kind], references, fid_net, prc_net, lpips, settings)
+            for kind in kinds}
+    previews = np.stack([states[k]["kept"][:n_preview].numpy() for k in kinds])
+    ds = xr.Dataset(
+        {name: ("kind", [rows[k][name] for k in kinds], {"units": units})
+         for name, units in (("fid", "1"), ("kid_mean", "1"), ("kid_std", "1"),
+                             ("precision", "1"), ("recall", "1"), ("lpips", "1"),
+                             ("lpips_diversity", "1"))},
+        coords={"kind": kinds},
+    )
+    ds["preview"] = (("kind", "image", "channel", "y", "x"), previews,
+                     {"units": "uint8 pixel values"})
+    stand_in = any(net.stand_in for net in nets) or (lpips is not None and lpips.stand_in)
+    parameters = dict(n=n, kinds=kinds, temperature=temperature, metrics=metrics,
+                      feature_extractor=feature_extractor, prc_extractor=prc_extractor,
+                      lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
+                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
+    ds.attrs = result_attrs(
+        "sample_quality", parameters, probe, dataset, len(indices), seed, n=n,
+        temperature=json.dumps(temperature), protocol=PROTOCOL,
+        feature_extractor=fid_net.name if fid_net else "none",
+        feature_extractor_weights_sha256=fid_net.weights_sha256 if fid_net else "none",
+        prc_extractor=prc_net.name if prc_net else "none",
+        prc_extractor_weights_sha256=prc_net.weights_sha256 if prc_net else "none",
+        lpips_trunk=lpips.trunk if lpips else "none",
+        lpips_weights_sha256=lpips.weights_sha256 if lpips else "none",
+        lpips_min_side=LPIPS.MIN_SIDE,
+        kid_subset_size_used=settings.get("kid_subset_size_used", -1),
+        reference_from_cache=json.dumps(from_cache),
+        stand_in_network=int(stand_in),
+        warning=("computed with stand-in (randomly initialised) networks: NOT comparable to "
+                 "published FID/KID/LPIPS") if stand_in else "",
+    )
+    return ds
+
+
+def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat", weights=None,
+        n_reference: int | None = None, batch_size: int = 100, seed: int = 0, device=None,
+        progress: bool = True) -> xr.Dataset:
+    """FID between two image sets; the reference features are cached (see module docstring).
+
+    ``generated`` and ``reference`` are anything :func:`vaeprobe.data.as_dataset` takes;
+    ``n_reference`` a seeded subset of the reference (all by default).
+
+    Examples
+    --------
+    >>> images = vdata.load("digits8:test").images
+    >>> ds = fid(images, images, feature_extractor="random-convnet-TEST-ONLY", progress=False)
+    >>> abs(float(ds["fid"])) < 1e-6
+    True
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generated, reference = vdata.as_dataset(generated), vdata.as_dataset(reference)
+    net = build_extractor(feature_extractor, weights, device)
+    indices = vdata.select(reference, n_reference, seed)
+    reference_set, cached = reference_features(reference, indices, net, batch_size, device,
+                                               progress)
+    generated_set = featurise(vdata.iterate_batches(generated, batch_size), net, device,
+                              progress_bar(len(generated), "generated", progress, unit="img"))
+    ds = xr.Dataset({"fid": ((), fid_from_features(generated_set, reference_set), {"units": "1"})})
+    ds.attrs = result_attrs(
+        "fid", dict(feature_extractor=feature_extractor, n_reference=n_reference,
+                    batch_size=batch_size, seed=seed), None, reference, len(indices), seed,
+        generated=vdata.dataset_name(generated), n_generated=len(generated), protocol=PROTOCOL,
+        feature_extractor=net.name, feature_extractor_weights_sha256=net.weights_sha256,
+        reference_from_cache=int(cached), stand_in_network=int(net.stand_in))
+    return ds

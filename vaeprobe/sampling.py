@@ -1,0 +1,177 @@
+"""Samples of a Probe as a Dataset: decoder means or likelihood draws, of prior draws or of
+reconstructions.
+
+Kinds: ``mean`` decodes prior latents and quantises the decoder mean by
+round(clamp(x, 0, 1) * 255); ``stochastic`` draws pixels from the decoder likelihood of the
+same latents; ``reconstruction_mean`` and ``reconstruction_stochastic`` do the same for one
+posterior draw given each input image. Randomness is per image, keyed by (seed, image): the
+latents (prior or posterior draw) of image i come from stream (seed, i) and its pixel noise from
+stream (seed + 1, i), so samples do not depend on the batch size, and the mean and stochastic
+samples of one seed share their latents.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe.probe import Probe
+from vaeprobe.random import image_generators
+
+KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
+PRIOR_KINDS = ("mean", "stochastic")
+
+
+def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: int = 0,
+            data=None, batch_size: int = 100, progress: bool = True) -> xr.Dataset:
+    """``n`` uint8 samples of one kind: prior samples or reconstructions, means or draws.
+
+    Parameters
+    ----------
+    probe : Probe
+    n : int
+        Number of images.
+    kind : {"mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic"}
+        ``mean``: the decoder mean of prior latents, quantised by round(clamp(x, 0, 1) * 255);
+        ``stochastic``: a draw from the decoder likelihood of the same latents; the
+        ``reconstruction_*`` kinds do the same for one posterior draw given an input image.
+    temperature : float or sequence
+        Prior temperature (one, or one per latent layer); prior kinds only.
+    seed : int
+        Image i's latents come from the stream (seed, i), its pixel noise from (seed + 1, i):
+        the batch size does not matter, and ``mean`` and ``stochastic`` share latents.
+    data : str, Dataset or uint8 tensor, optional
+        Input images of the reconstruction kinds (a seeded subset of ``n``, cycled if fewer).
+    batch_size : int
+        Images per model pass (memory only; results do not depend on it).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``images`` (image, channel, y, x) uint8; reconstruction kinds add the coordinate
+        ``source_index`` (image): the input's index in ``data``. Attrs give the kind,
+        temperature, seed and checkpoint.
+
+    Examples
+    --------
+    >>> import vaeprobe as vp
+    >>> ds = vp.samples(vp.load("runs/demo"), 64, kind="mean", temperature=0.8)  # doctest: +SKIP
+    >>> ds["images"].dtype  # doctest: +SKIP
+    dtype('uint8')
+    """
+    _check_request(kind, n, data)
+    require(probe, "vp.samples", [kind])
+    dataset = indices = None
+    if data is not None:
+        dataset, indices = evaluation_set(probe, data, n, seed)
+    parts = []
+    bar = progress_bar(n, f"samples ({kind})", progress, unit="img")
+    for rows, images, _ in sample_batches(probe, [kind], n, batch_size, temperature, seed,
+                                          dataset, indices):
+        parts.append(images[kind].cpu())
+        bar.update(len(rows))
+    bar.close()
+    return _samples_dataset(probe, torch.cat(parts).numpy(), kind, temperature, seed, dataset,
+                            indices, dict(n=n, kind=kind, temperature=temperature, seed=seed,
+                                          batch_size=batch_size))
+
+
+def _check_request(kind: str, n, data) -> None:
+    """Refuse unknown kinds, reconstructions without input images, inputs without
+    reconstructions, and a bad ``n``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+    if kind not in PRIOR_KINDS and data is None:
+        raise ValueError(f"kind {kind!r} reconstructs input images: pass data= "
+                         f"(e.g. 'patches32:test')")
+    if kind in PRIOR_KINDS and data is not None:
+        raise ValueError(f"data= is used only by reconstruction kinds, not by {kind!r}; "
+                         f"drop it or ask for kind='reconstruction_{kind}'")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+
+
+def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:
+    """Refuse kinds the probe cannot give: prior kinds need a generative prior, stochastic kinds
+    a decoder likelihood (:meth:`Probe.require` raises, naming the model and the reason)."""
+    prior = any(k in PRIOR_KINDS for k in kinds)
+    likelihood = any(k.endswith("stochastic") for k in kinds)
+    if prior or likelihood:
+        probe.require(analysis, likelihood=likelihood, prior=prior)
+
+
+def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, temperature,
+                   seed: int, dataset=None, indices: torch.Tensor | None = None
+                   ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
+    """Yield (rows, kind -> uint8 images, input images or None), all on the probe's device,
+    for ``n`` images per kind, ``batch_size`` at a time.
+
+    Prior kinds share their latents; reconstruction kinds take the images of ``dataset`` at
+    ``indices`` (cycled if ``n`` exceeds them: row i reconstructs ``indices[i % len]``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        rows = list(range(start, min(start + batch_size, n)))
+        inputs = None
+        if any(k not in PRIOR_KINDS for k in kinds):
+            inputs = vdata.gather(dataset, indices[torch.tensor(rows) % len(indices)])
+            inputs = inputs.to(probe.device)
+        yield rows, _draw(probe, kinds, rows, temperature, seed, inputs), inputs
+
+
+@torch.no_grad()
+def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed: int,
+          inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """uint8 images (B, C, H, W) of each kind for the sample positions ``rows``."""
+    out = {}
+    prior = [k for k in kinds if k in PRIOR_KINDS]
+    if prior:
+        latents = probe.sample_prior(len(rows), temperature=temperature,
+                                     generator=image_generators(seed, rows, probe.device))
+        out.update(_pixels(probe.decode(latents), prior, rows, seed, probe.device))
+    reconstructions = [k for k in kinds if k not in PRIOR_KINDS]
+    if reconstructions:
+        latents = probe.encode(inputs, 1, image_generators(seed, rows, probe.device))
+        out.update(_pixels(probe.decode(latents), reconstructions, rows, seed, probe.device))
+    return out
+
+
+def _pixels(likelihood, kinds, rows, seed, device) -> dict[str, torch.Tensor]:
+    """The quantised mean and/or a draw (pixel noise from the streams (seed + 1, row))."""
+    out = {}
+    for kind in kinds:
+        if kind.endswith("mean"):
+            out[kind] = vdata.to_uint8(likelihood.mean)
+        else:
+            out[kind] = likelihood.sample(image_generators(seed + 1, rows, device))
+    return out
+
+
+def _samples_dataset(probe, images: np.ndarray, kind, temperature, seed, dataset, indices,
+                     parameters) -> xr.Dataset:
+    _, channels, height, width = images.shape
+    ds = xr.Dataset(
+        {"images": (("image", "channel", "y", "x"), images, {"units": "uint8 pixel values"})},
+        coords={"image": np.arange(len(images)), "channel": np.arange(channels),
+                "y": np.arange(height), "x": np.arange(width)},
+    )
+    if dataset is not None:
+        sources = indices[torch.arange(len(images)) % len(indices)]
+        ds = ds.assign_coords(source_index=("image", sources.numpy()))
+    prior = kind in PRIOR_KINDS
+    ds.attrs = result_attrs(
+        "samples", parameters, probe, dataset, len(images) if prior else len(indices), seed,
+        kind=kind, temperature=json.dumps(temperature),
+        latents="prior" if prior else "posterior draw given the input image",
+        pixels=("decoder mean, round(clamp(x, 0, 1) * 255)" if kind.endswith("mean")
+                else "draw from the decoder likelihood"),
+        randomness="per image: latents from generator (seed, image), pixel noise from "
+                   "(seed + 1, image)")
+    return ds
