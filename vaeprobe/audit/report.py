@@ -213,6 +213,21 @@ def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
         _close(ax.figure)
 
 
+def _previews_png(name: str, ds: xr.Dataset) -> bytes | None:
+    """Progressive coding's images: the decoder mean for every k, per image."""
+    from vaeprobe.plot import audit_progressive_previews, axes
+
+    if name != "progressive" or ds.attrs.get("status") != "ok":
+        return None
+    ax = axes(None, figsize=(1.5 + 0.7 * ds.sizes["k"], 3.2))
+    try:
+        audit_progressive_previews(ds, ax=ax)
+        ax.figure.tight_layout()
+        return _png(ax.figure)
+    finally:
+        _close(ax.figure)
+
+
 def _close(figure) -> None:
     import matplotlib.pyplot as plt
 
@@ -296,10 +311,10 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
                 if value and value not in ("{}", "[]"):
                     parts.append(f"<p class=skipped>{html.escape(key)}: {html.escape(str(value))}"
                                  "</p>")
-            png = _section_png(name, ds)
-            if png:
-                parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,"
-                             f"{base64.b64encode(png).decode()}'>")
+            for png in (_section_png(name, ds), _previews_png(name, ds)):
+                if png:
+                    parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,"
+                                 f"{base64.b64encode(png).decode()}'>")
             parts.append(_tables(ds))
         parts.append(_attrs_table(ds.attrs) + "</section>")
     parts.append(f"<footer><p class=dim>{html.escape(json.dumps(report.attrs, default=str))}"

@@ -118,6 +118,21 @@ def audit_progressive(ds: xr.Dataset, ax=None):
     return ax
 
 
+def audit_progressive_previews(ds: xr.Dataset, ax=None, kind: str = "mean",
+                               n_images: int = 4):
+    """Per image (rows): the input, then the decoder mean for k = 0 .. L layers from the
+    posterior (columns)."""
+    ax = axes(ax, figsize=(1 + 0.6 * ds.sizes["k"], 0.7 * n_images))
+    previews = ds["preview"].sel(kind=kind).values  # (k, image, C, H, W)
+    n_images = min(n_images, previews.shape[1])
+    rows = [np.concatenate([ds["preview_input"].values[i:i + 1], previews[:, i]])
+            for i in range(n_images)]
+    _mosaic(ax, rows, [f"image {i}" for i in range(n_images)], columns=len(rows[0]))
+    ax.set_title(f"input, then k = 0 .. {ds.sizes['k'] - 1} layers from the posterior "
+                 f"({kind})", fontsize=9)
+    return ax
+
+
 def audit_spectra(ds: xr.Dataset, ax=None):
     """Reconstruction power relative to the data against frequency; latent spectra inset."""
     ax = axes(ax)
