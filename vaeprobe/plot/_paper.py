@@ -21,6 +21,14 @@ def _annotate_points(ax, ds: xr.Dataset, x: str, y: str, dim: str) -> None:
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
+def _log_distortion_axis(ax) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
+    ax.set_xlabel("distortion [sum of squares on [0, 1]]")
+
+
 def rate_distortion(ds: xr.Dataset, ax=None, dim: str = "gamma"):
     """Rate against distortion, one point per run along ``dim`` (Figure 6, left), with the
     Gaussian R(D) bound of the data's PCA (``rd_rate`` along ``rd_distortion``) as a curve.
@@ -35,9 +43,8 @@ def rate_distortion(ds: xr.Dataset, ax=None, dim: str = "gamma"):
         keep = ds["rd_rate"].values > 0
         ax.plot(ds["rd_distortion"].values[keep], ds["rd_rate"].values[keep], color="k", ls="--",
                 label="Gaussian R(D) of the data's PCA")
-    ax.set_xscale("log")
+    _log_distortion_axis(ax)
     ax.set_yscale("log")
-    ax.set_xlabel("distortion [sum of squares on [0, 1]]")
     ax.set_ylabel("rate [nats / image]")
     ax.legend(fontsize=8)
     return ax
@@ -52,8 +59,7 @@ def against_distortion(ds: xr.Dataset, variables, ax=None, dim: str = "gamma",
     for index, (variable, label) in enumerate(zip(variables, labels, strict=True)):
         _errorbar(ax, ds, "distortion", variable, marker="os^v"[index % 4], ls="-",
                   color=f"C{index}", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("distortion [sum of squares on [0, 1]]")
+    _log_distortion_axis(ax)
     ax.set_ylabel(ylabel or ds[variables[0]].attrs.get("units", ""))
     ax.legend(fontsize=8)
     return ax
