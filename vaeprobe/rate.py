@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vaeprobe import distributed
 from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs, squared_error
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.probe import Probe, encode
@@ -67,7 +68,8 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         A seeded random subset of this many images (all by default).
     batch_size : int
     seed : int
-        Seeds the subset and the posterior draws (per image: batch size does not matter).
+        Seeds the subset and the posterior draws (per image: batch size does not matter, nor
+        does sharding the images across ranks under torchrun, see :mod:`vaeprobe.distributed`).
     active_threshold : float
         A channel is an active unit when its mean KL exceeds this (nats).
     per_image : bool
@@ -95,7 +97,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     """
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
-    images, kl_analytic = [], [True] * len(probe.layers)
+    images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate"):
         terms = _rate_terms(probe, x, generators, posterior)
@@ -106,10 +108,15 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         total.update(terms["layer"].sum(1))
         if per_image:
             images.append(terms["layer"].cpu())
+    # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
+    layer, channel, distortion, total = (distributed.merge(moments) for moments in
+                                         (layer, channel, distortion, total))
+    kl_analytic = next((flags for flags in distributed.gather(kl_analytic) if flags is not None),
+                       [True] * len(probe.layers))
     ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if per_image:
-        ds["rate_per_image"] = (("image", "layer"), torch.cat(images).numpy(),
+        ds["rate_per_image"] = (("image", "layer"), distributed.cat(torch.cat(images)).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
         ds = ds.assign_coords(image=indices.numpy())
     parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,

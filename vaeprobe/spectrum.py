@@ -22,6 +22,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
 from vaeprobe.run import CHECKPOINT_GLOB, Run
@@ -317,6 +318,11 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
             previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu())))
+    # under torchrun: every rank's sums, in rank order (one process: unchanged)
+    recon, residual, data_power = (distributed.merge(acc) for acc in (recon, residual,
+                                                                      data_power))
+    distortion, rate, count = (distributed.total(value) for value in (distortion, rate, count))
+    previews = [part for parts in distributed.gather(previews) for part in parts]
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
@@ -367,11 +373,12 @@ def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed)
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
     accumulator = _SpectrumAccumulator(window, channels)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = distributed.default_device()
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
-    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), indices):
+    local = distributed.shard(indices, device)  # this rank's block under torchrun
+    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), local, device=device):
         accumulator.update(x.to(device))  # uint8: put on [0, 1] inside
-    frequency, power, n_modes = accumulator.compute()
+    frequency, power, n_modes = distributed.merge(accumulator).compute()
     power_attrs = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
     ds = xr.Dataset(
         {"power_data": ("frequency", power[1:], power_attrs),

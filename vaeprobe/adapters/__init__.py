@@ -32,7 +32,7 @@ def load(path: str | os.PathLike, device=None, ema: bool = True, format: str = "
     path : str or Path
         A ``ckpt_step*.pt`` file or a run directory.
     device : str or torch.device, optional
-        CUDA when available, else CPU.
+        CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
     ema : bool
         Use the EMA weights when the checkpoint has them (the default for analyses).
     format : str
@@ -44,6 +44,9 @@ def load(path: str | os.PathLike, device=None, ema: bool = True, format: str = "
     >>> probe.layers[0].name  # doctest: +SKIP
     'z00_r1'
     """
+    from vaeprobe.distributed import default_device
+
+    device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
     return formats.get(format)(Path(path), device=device, ema=ema)
 
 
