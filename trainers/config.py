@@ -42,6 +42,9 @@ class TrainConfig:
     primary: str = _help("two-stage: the primary run directory (its EMA weights, frozen)", "")
     seed: int = _help("seed of weights, data order and noise", 0)
     device: str = _help("cpu | cuda | cuda:N (empty: cuda when available)", "")
+    workers: int = _help("loader processes for data decoded per item (image files); tensor "
+                         "data (embedded, npz, folders, SVHN/CIFAR/MNIST) stays on the device", 2)
+    compile: bool = _help("torch.compile the model (CUDA)", False)
     amp: str = _help("none | bf16 (autocast; CUDA)", "none")
     channels_last: bool = _help("channels_last memory format (CUDA)", False)
     deterministic: bool = _help("deterministic algorithms (bit-identical resume on CPU)", False)
@@ -69,10 +72,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # fields that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress")
+    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "workers", "compile")
 
     def differs_from(self, stored: dict) -> dict:
-        """Fields (other than operational ones) whose values differ from a stored config."""
+        """Fields (other than operational ones) whose values differ from a stored config.
+
+        A field the stored config lacks (added to vaeprobe since) counts at its default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        stored = {**defaults, **stored}
         mine = self.to_dict()
         return {k: (stored.get(k), v) for k, v in mine.items()
                 if k not in self.RESUMABLE_CHANGES and stored.get(k) != v}

@@ -221,6 +221,24 @@ class _TorchvisionUint8(Dataset):
         return pil_to_tensor(image.convert("L" if self.grey else "RGB"))
 
 
+def in_memory(base, name: str) -> ImageTensorDataset:
+    """A torchvision set that holds its pixels in memory (SVHN, CIFAR-10, MNIST) as one uint8
+    tensor, the images its PIL items would give, without a PIL round trip per item."""
+    import torchvision.datasets as tvd
+
+    data = base.data
+    if isinstance(base, tvd.SVHN):  # numpy (N, 3, H, W)
+        images = torch.from_numpy(np.ascontiguousarray(data))
+    elif isinstance(base, tvd.CIFAR10):  # numpy (N, H, W, 3)
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
+    elif isinstance(base, tvd.MNIST):  # tensor (N, H, W)
+        images = torch.as_tensor(data)[:, None]
+    else:
+        raise TypeError(f"no in-memory layout known for {type(base).__name__}; wrap it as "
+                        f"_TorchvisionUint8 (decoded per item)")
+    return ImageTensorDataset(images.contiguous(), name=name)
+
+
 def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -230,12 +248,11 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     train = split == "train"
     try:
         if name == "svhn":
-            return _TorchvisionUint8(tvd.SVHN(root, split=split, download=download), name)
+            return in_memory(tvd.SVHN(root, split=split, download=download), name)
         if name == "cifar10":
-            return _TorchvisionUint8(tvd.CIFAR10(root, train=train, download=download), name)
+            return in_memory(tvd.CIFAR10(root, train=train, download=download), name)
         if name == "mnist":
-            return _TorchvisionUint8(tvd.MNIST(root, train=train, download=download), name,
-                                     grey=True)
+            return in_memory(tvd.MNIST(root, train=train, download=download), name)
         celeba_split = {"train": "train", "test": "test"}[split]
         base = tvd.CelebA(root, split=celeba_split, download=download)
         return _TorchvisionUint8(base, name, size=64)
@@ -246,23 +263,45 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
         ) from None
 
 
-def _image_folder(path: Path, size: int) -> ImageTensorDataset:
-    from PIL import Image
+class ImageFiles(Dataset):
+    """Image files decoded one at a time: RGB, centre-cropped square, box-resized to ``size``."""
 
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(suffixes))}) under {path}")
-    arrays = []
-    for file in files:
-        with Image.open(file) as image:
+    SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+    def __init__(self, files, size: int, name: str = "files"):
+        self.files, self.size, self.name = list(files), size, name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
             image = image.convert("RGB")
             side = min(image.size)
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-            arrays.append(np.asarray(image.resize((size, size), Image.BOX)))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageTensorDataset(images, name=f"folder:{path}")
+            pixels = np.array(image.resize((self.size, self.size), Image.BOX))
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def materialize(dataset: Dataset, *, workers: int | None = None, batch_size: int = 512,
+                name: str | None = None) -> ImageTensorDataset:
+    """Every image of ``dataset`` in one uint8 tensor, decoded by ``workers`` loader processes
+    (default :func:`default_workers`): later batches are slices, with no per-item Python."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset
+    images = torch.cat(list(iterate_batches(dataset, batch_size, workers=workers)))
+    return ImageTensorDataset(images, name=name or dataset_name(dataset))
+
+
+def _image_folder(path: Path, size: int) -> ImageTensorDataset:
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFiles.SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(ImageFiles.SUFFIXES)}) under "
+                                f"{path}")
+    return materialize(ImageFiles(files, size), name=f"folder:{path}")
 
 
 def _npz(path: Path) -> ImageTensorDataset:
