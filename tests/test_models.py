@@ -75,6 +75,8 @@ def test_bad_configs():
         tiny(merge="sum")
     with pytest.raises(ValueError, match="unknown HVAE config keys"):
         HVAEConfig.from_dict({"widht": 3})
+    with pytest.raises(ValueError, match="residual_gain"):
+        tiny(residual_gain=10.0)  # a gain needs residual=True
 
 
 def test_encode_runs_bottom_up_once_per_image():
@@ -136,11 +138,18 @@ def test_probe_rejects_wrong_images():
         probe.encode(images(1), n_samples=0)
 
 
-def test_untrained_two_stage_reproduces_x_hat():
+def test_two_stage_mean_is_x_hat_plus_the_scaled_head_output():
+    """mean = clamp(x_hat + head / gain): a zero head reproduces x_hat exactly."""
     model = TwoStageVAE(tiny(), secondary_config(tiny()))
     probe = TwoStageProbe(model, "cpu")
     x = images(4)
     latents = probe.encode(x, n_samples=2)
+    head = model.secondary.head.out_conv
+    output = head(latents.context["h"])
+    expected = (latents.context["x_hat"] + output / model.secondary.config.residual_gain)
+    torch.testing.assert_close(probe.decode(latents).mean, expected.clamp(0, 1))
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
     assert torch.equal(probe.decode(latents).mean, latents.context["x_hat"])
     assert [info.stage for info in probe.layers] == ["primary"] * 3 + ["secondary"] * 3
     assert probe.layers[3].name.startswith("secondary.")
@@ -159,3 +168,17 @@ def test_shared_posterior_context_equals_the_concatenated_block():
     got = layer._posterior(h, layer.posterior_context(a))
     for e, g in zip(expected, got, strict=True):
         assert torch.allclose(e, g, atol=1e-6)
+
+
+def test_distortion_gradient_reaches_the_secondary_latents_at_init():
+    """The secondary did not learn when its head started at zero: the distortion then sends no
+    gradient to its latents, and only the rate term moves its posterior."""
+    model = TwoStageVAE(tiny(), secondary_config(tiny()))
+    x = images(8)
+    likelihood, draws, x_hat = model(x)
+    distortion = ((x.float() / 255 - likelihood.loc) ** 2).sum()
+    gradients = torch.autograd.grad(distortion, [d.z for d in draws] + [d.q_mean for d in draws])
+    assert all(float(g.abs().sum()) > 0 for g in gradients)
+    # the scaled residual keeps the untrained secondary's excess distortion small
+    excess = ((likelihood.loc - x_hat) ** 2).mean()
+    assert float(excess.detach()) < 0.01

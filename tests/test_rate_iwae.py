@@ -142,3 +142,25 @@ def test_cli_rate_and_iwae(tiny_run, tmp_path):
     assert main(["iwae", str(tiny_run), "-k", "8", "--data", "digits8:test", "--n-images", "10",
                  "--out", str(tmp_path / "iwae.nc"), "--plot", str(tmp_path / "iwae.png")]) == 0
     assert (tmp_path / "iwae.png").exists() and (tmp_path / "rate.png").exists()
+
+
+def test_reconstruction_term_beside_rate_and_elbo(tiny_probe, digits_test):
+    """rate: log_px is the decoder's log p(x|z) at the same posterior draws; elbo = log_px - R.
+    iwae: per image, log_px - rate is the mean single-draw bound (the ELBO) over the K draws."""
+    from vaeprobe.probe import image_generators
+
+    x = digits_test.images[:6]
+    ds = vp.rate(tiny_probe, x, seed=3, progress=False)
+    generators = image_generators(3, range(6))
+    latents = tiny_probe.encode(x, 1, generators)
+    log_px = tiny_probe.decode(latents).log_prob(x, generator=generators).double()
+    assert float(ds["log_px"]) == pytest.approx(float(log_px.mean()), rel=1e-9)
+    assert float(ds["elbo"]) == pytest.approx(float(ds["log_px"] - ds["total_rate"]), rel=1e-9)
+    assert float(ds["log_px_bpd"]) == pytest.approx(-float(ds["log_px"]) / (64 * math.log(2)))
+    assert ds["log_px"].attrs["units"] == "nats" and ds["elbo_bpd"].attrs["units"] == "bits/dim"
+    assert ds.attrs["decoder_likelihood"] == "optimal" and ds.attrs["decoder_sigma"] > 0
+    iw = vp.iwae(tiny_probe, x, k=4, progress=False)
+    np.testing.assert_allclose(iw["log_px"] - iw["rate"], iw["elbo"], rtol=1e-9)
+    assert float(iw["log_px_bpd_mean"]) == pytest.approx(
+        -float(iw["log_px_mean"]) / (64 * math.log(2)))
+    assert iw["log_px"].attrs["units"] == "nats" and float(iw["rate_mean"]) > 0

@@ -18,8 +18,9 @@ def _help(text: str, default=None):
 class TrainConfig:
     preset: str = _help("model preset: " + ", ".join(MODEL_PRESETS), "demo-cpu")
     objective: str = _help("elbo | distortion (Lagrangian, Appendix B.2) | two-stage", "distortion")
-    likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol "
-                            "(empty: the preset's)", "")
+    likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol (empty: "
+                            "optimal for distortion and two-stage, whose loss never uses sigma; "
+                            "the preset's for elbo)", "")
     sigma: float = _help("decoder sigma on the [0, 1] scale for likelihood=fixed", 1.0)
     merge: str = _help("posterior merge: precision | concat (empty: the preset's)", "")
     gamma: float = _help("distortion target: per-image sum of squared error on [0, 1]", 8.0)
@@ -30,6 +31,8 @@ class TrainConfig:
     batch_size: int = _help("global batch (split across processes)", 32)
     lr: float = _help("Adam learning rate of the model", 2e-4)
     lambda_lr: float = _help("Adam learning rate of the Lagrange multiplier", 2e-4)
+    sigma_lr: float = _help("Adam learning rate of a learned decoder log sigma (sigma-VAE): "
+                            "a scalar that must travel ~3 nats, so faster than the weights", 1e-2)
     lambda_init: float = _help("initial lambda (0.9999 mimics KL annealing)", 0.9999)
     ema_rate: float = _help("EMA decay of the weights kept for analysis", 0.999)
     grad_clip: float = _help("gradient-norm clipping", 200.0)
@@ -45,6 +48,9 @@ class TrainConfig:
     workers: int = _help("loader processes for data decoded per item (image files); tensor "
                          "data (embedded, npz, folders, SVHN/CIFAR/MNIST) stays on the device", 2)
     compile: bool = _help("torch.compile the model (CUDA)", False)
+    threads: int = _help("torch intra-op threads per process (0: the OMP_NUM_THREADS environment "
+                         "variable if set, else the CPU cores this process may use divided by "
+                         "the processes on this node, torchrun's LOCAL_WORLD_SIZE)", 0)
     amp: str = _help("none | bf16 (autocast; CUDA)", "none")
     channels_last: bool = _help("channels_last memory format (CUDA)", False)
     deterministic: bool = _help("deterministic algorithms (bit-identical resume on CPU)", False)
@@ -65,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         if self.objective == "two-stage" and not self.primary:
             raise ValueError("objective two-stage needs --primary RUN_DIR (a trained primary run)")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         if not 0 < self.lambda_init < 1:
             raise ValueError(f"lambda_init must be in (0, 1), got {self.lambda_init}")
 
@@ -72,17 +80,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # fields that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "workers", "compile")
+    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "threads", "workers",
+                         "compile")
 
     def differs_from(self, stored: dict) -> dict:
-        """Fields (other than operational ones) whose values differ from a stored config.
-
-        A field the stored config lacks (added to vaeprobe since) counts at its default."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        stored = {**defaults, **stored}
+        """Fields (other than operational ones) whose values differ from a stored config."""
         mine = self.to_dict()
-        return {k: (stored.get(k), v) for k, v in mine.items()
-                if k not in self.RESUMABLE_CHANGES and stored.get(k) != v}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        # a field added after the run was written is read as its default
+        return {k: (stored.get(k, defaults[k]), v) for k, v in mine.items()
+                if k not in self.RESUMABLE_CHANGES and stored.get(k, defaults[k]) != v}
 
 
 # Training presets: defaults per model preset, applied under explicit flags (one source:
@@ -92,8 +99,13 @@ PRESETS = {name: training_defaults(name) for name in MODEL_PRESETS}
 
 def parser() -> argparse.ArgumentParser:
     """An argparse parser generated from TrainConfig (defaults None: unset flags stay unset)."""
-    result = argparse.ArgumentParser(prog="python -m trainers.train",
-                                     description="Train a vaeprobe VAE.")
+    result = argparse.ArgumentParser(
+        prog="python -m trainers.train", description="Train a vaeprobe VAE.",
+        epilog="CPU threads: each process uses --threads intra-op threads; by default "
+               "OMP_NUM_THREADS when set, else its usable cores / processes on the node "
+               "(torchrun's LOCAL_WORLD_SIZE). On cores shared with other jobs, fewer threads "
+               "(OMP_NUM_THREADS=1) can train many times faster. The choice is printed at start "
+               "and stored in the run's config.json.")
     for item in dataclasses.fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         kind = item.type if isinstance(item.type, type) else eval(item.type)  # noqa: S307

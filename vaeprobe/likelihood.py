@@ -22,21 +22,22 @@ BPD_OFFSET_DEQUANTIZED = 8.0  # log2(256): a density on [0, 1] data -> a bound o
 
 
 def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
-                 kind: str, dequantize_generators=None) -> torch.Tensor:
-    """log w for K draws per image: (B, K) float64 (rows image-major within each chunk).
+                 kind: str, dequantize_generators=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log w, log p(x|z)) for K draws per image: (B, K) float64 each (rows image-major).
 
     ``generators`` feed the latent noise and ``dequantize_generators`` (an independent stream
     per image) the dequantisation noise: each consumed draw by draw, so L_K does not depend on
     ``chunk`` or on the batch.
     """
-    parts, images = [], RepeatedRows([x])
+    parts, reconstruction, images = [], [], RepeatedRows([x])
     for latents in probe.encode_chunks(x, k, chunk, generators):
         n = latents.n_samples
         log_px = probe.decode(latents).log_prob(images.rows(n)[0], kind=kind,
                                                 generator=dequantize_generators)
         log_w = log_px.double() + latents.log_p().double() - latents.log_q().double()
         parts.append(log_w.reshape(x.shape[0], n).cpu())
-    return torch.cat(parts, dim=1)
+        reconstruction.append(log_px.double().reshape(x.shape[0], n).cpu())
+    return torch.cat(parts, dim=1), torch.cat(reconstruction, dim=1)
 
 
 def _iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,10 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
         ``log_likelihood``, ``elbo``, ``bpd``, ``elbo_bpd``, ``ess`` (image);
         ``log_likelihood_by_k`` (image, k) and ``bpd_by_k`` (k) from nested subsets of the same
         draws; ``bpd_mean``, ``bpd_se``, ``elbo_bpd_mean``, ``elbo_bpd_se``,
-        ``log_likelihood_mean``, ``log_likelihood_se`` (se = sd / sqrt(N)).
+        ``log_likelihood_mean``, ``log_likelihood_se`` (se = sd / sqrt(N)); the ELBO's two
+        terms over the same draws: ``log_px`` (E_q log p(x|z)) and ``rate`` (E_q log q/p),
+        per image, with ``log_px_mean``, ``log_px_se``, ``log_px_bpd_mean``,
+        ``log_px_bpd_se``, ``rate_mean``, ``rate_se``.
 
     Examples
     --------
@@ -115,16 +119,20 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     bpd_offset = float(probe.n_bits) if kind == "dequantized" else 0.0
     offset_nats = image_dims(probe) * bpd_offset * math.log(2)
     local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank
-    all_log_w, start = [torch.empty(0, k, dtype=torch.float64)], 0
+    all_log_w = [torch.empty(0, k, dtype=torch.float64)]
+    all_log_px, start = [torch.empty(0, dtype=torch.float64)], 0
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  f"iwae K={k}"):
         rows = local[start:start + len(x)].tolist()
         start += len(x)
         dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
-        all_log_w.append(_log_weights(probe, x, k, chunk, generators, kind, dequantize)
-                         - offset_nats)
-    log_w = distributed.cat(torch.cat(all_log_w))  # every rank's images, in the subset's order
+        log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
+        all_log_w.append(log_w - offset_nats)
+        all_log_px.append(log_px.mean(1) - offset_nats)  # E_q log p(x|z) over the K draws
+    # every rank's images, in the subset's order (one process: unchanged)
+    log_w, log_px = (distributed.cat(torch.cat(parts)) for parts in (all_log_w, all_log_px))
     ds = _iwae_dataset(log_w, image_dims(probe), indices)
+    ds = ds.assign(_reconstruction_dataset(log_px, ds["elbo"].values, image_dims(probe)))
     parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
                       kind=kind)
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
@@ -164,3 +172,25 @@ def _iwae_dataset(log_w: torch.Tensor, dims: int, indices: torch.Tensor) -> xr.D
         coords={"image": indices.numpy(), "k": np.array(ks)},
     )
 
+
+def _reconstruction_dataset(log_px: torch.Tensor, elbo: np.ndarray, dims: int) -> xr.Dataset:
+    """The ELBO's terms per image: E_q log p(x|z) and the sampled rate E_q log q/p (nats)."""
+    log_px = log_px.numpy()
+    rate = log_px - elbo
+    n = len(log_px)
+
+    def se(values):
+        return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+    to_bpd = -1.0 / (dims * math.log(2))
+    nats, bpd = {"units": "nats"}, {"units": "bits/dim"}
+    return xr.Dataset({
+        "log_px": ("image", log_px, {**nats, "long_name": "E_q log p(x|z)"}),
+        "rate": ("image", rate, {**nats, "long_name": "E_q [log q(z|x) - log p(z)]"}),
+        "log_px_mean": ((), float(log_px.mean()), nats),
+        "log_px_se": ((), se(log_px), nats),
+        "log_px_bpd_mean": ((), float(log_px.mean() * to_bpd), bpd),
+        "log_px_bpd_se": ((), se(log_px * to_bpd), bpd),
+        "rate_mean": ((), float(rate.mean()), nats),
+        "rate_se": ((), se(rate), nats),
+    })

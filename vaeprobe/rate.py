@@ -49,9 +49,14 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sam
     for index, draw in enumerate(latents.draws):
         kl = draw.kl.double().sum((2, 3)).cpu()  # (B, channels)
         per_channel[:, index, :kl.shape[1]] = kl
-    distortion = squared_error(x, probe.decode(latents).mean)
-    return dict(layer=latents.kl_per_layer().double(), channel=per_channel,
-                distortion=distortion, kl_analytic=latents.kl_analytic)
+    likelihood = probe.decode(latents)
+    distortion = squared_error(x, likelihood.mean)
+    terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
+                 distortion=distortion, kl_analytic=latents.kl_analytic)
+    if probe.likelihood_kind != "none":  # E_q log p(x|z), one posterior draw per image
+        terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
+                                              generator=generators).double().cpu()
+    return terms
 
 
 def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 64,
@@ -88,7 +93,9 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         "HxW" from coarse to fine, coords ``resolution_height`` / ``resolution_width``: layers
         are grouped by both height and width); ``rate_per_channel`` and ``active``
         (layer, channel); ``active_units``, ``total_rate``, ``total_rate_se``,
-        ``distortion``, ``mse``.
+        ``distortion``, ``mse``; where the probe has a likelihood, ``log_px`` (E_q log p(x|z),
+        nats per image), ``elbo`` (``log_px - total_rate``), each with ``_se``, ``_bpd`` and
+        ``_bpd_se``.
 
     Examples
     --------
@@ -98,6 +105,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
+    log_px, elbo = _Moments(), _Moments()
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate"):
         terms = _rate_terms(probe, x, generators, posterior)
@@ -106,15 +114,22 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         channel.update(terms["channel"])
         distortion.update(terms["distortion"])
         total.update(terms["layer"].sum(1))
+        if "log_px" in terms:
+            log_px.update(terms["log_px"])
+            elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
         if per_image:
             images.append(terms["layer"].cpu())
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
-    layer, channel, distortion, total = (distributed.merge(moments) for moments in
-                                         (layer, channel, distortion, total))
+    layer, channel, distortion, total, log_px, elbo = (
+        distributed.merge(moments) for moments in (layer, channel, distortion, total, log_px,
+                                                   elbo))
     kl_analytic = next((flags for flags in distributed.gather(kl_analytic) if flags is not None),
                        [True] * len(probe.layers))
     ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
+    if log_px.n:
+        ds = ds.assign(_reconstruction_terms(log_px, elbo, image_dims(probe),
+                                             probe.likelihood_kind, probe.n_bits))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), distributed.cat(torch.cat(images)).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
@@ -123,13 +138,32 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                       active_threshold=active_threshold, per_image=per_image,
                       posterior=posterior)
     ds.attrs = result_attrs("rate", parameters, probe, dataset, len(indices), seed,
-                            active_threshold=active_threshold, posterior=posterior)
+                            active_threshold=active_threshold, posterior=posterior,
+                            likelihood_kind=probe.likelihood_kind)
     return ds
 
 
 def resolution_label(size: tuple[int, int]) -> str:
     """The label of a latent resolution (H, W): "HxW", e.g. "4x4" or "1x4"."""
     return f"{int(size[0])}x{int(size[1])}"
+
+
+def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str,
+                          n_bits: int = 8) -> dict:
+    """E log p(x|z) and the ELBO (one posterior draw per image) in nats and bits/dim."""
+    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
+    offset = float(n_bits) if kind == "dequantized" else 0.0
+    to_bpd = -1.0 / (dims * math.log(2))
+    variables = {}
+    for name, moments, text in (("log_px", log_px, "E_q log p(x|z): reconstruction term"),
+                                ("elbo", elbo, "E_q log p(x|z) - KL(q || p)")):
+        mean, se = (float(v) for v in moments.compute())
+        variables[name] = ((), mean, {"units": "nats", "long_name": text})
+        variables[f"{name}_se"] = ((), se, {"units": "nats"})
+        variables[f"{name}_bpd"] = ((), mean * to_bpd + offset,
+                                    {"units": "bits/dim", "bpd_offset": offset})
+        variables[f"{name}_bpd_se"] = ((), se * -to_bpd, {"units": "bits/dim"})
+    return variables
 
 
 def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:

@@ -243,5 +243,13 @@ def open_native(path: str | os.PathLike, device=None, ema: bool = True) -> Probe
     model, payload = load_model(path, ema=ema)
     source = dict(format="vaeprobe", checkpoint=str(payload["path"]),
                   checkpoint_sha256=io.sha256_file(payload["path"]), step=payload["step"],
-                  family=payload["family"], ema=int(payload["used_ema"]))
+                  family=payload["family"], ema=int(payload["used_ema"]),
+                  **decoder_facts(model))
     return probe_for(model, device=device, source=source)
+
+
+def decoder_facts(model: nn.Module) -> dict:
+    """Provenance of the decoder likelihood: its kind and the shared sigma it evaluates with
+    (NaN for per-pixel and mixture heads). A two-stage model's decoder is its secondary's."""
+    head = model.head
+    return dict(decoder_likelihood=head.kind, decoder_sigma=head.shared_sigma())

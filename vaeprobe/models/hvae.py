@@ -39,6 +39,9 @@ class HVAEConfig:
     n_mixtures: int = 10  # logistic components for likelihood="dmol"
     condition_channels: int = 0  # >0: a two-stage secondary conditioned on an image x_hat
     residual: bool = False  # the decoder predicts a residual added to the conditioning image
+    # residual models: the inference network sees g (x - condition) instead of x, and the head's
+    # output is divided by g, so both work on an O(1) residual (0: x as is, an unscaled output)
+    residual_gain: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(tuple(pair) for pair in self.layers))
@@ -57,6 +60,9 @@ class HVAEConfig:
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.residual_gain < 0 or (self.residual_gain and not self.residual):
+            raise ValueError(f"residual_gain must be >= 0 and needs residual=True, got "
+                             f"{self.residual_gain} with residual={self.residual}")
 
     @property
     def n_latent_layers(self) -> int:
@@ -212,7 +218,8 @@ class HVAE(nn.Module):
         top = config.layers[0][0]
         self.initial_state = nn.Parameter(torch.zeros(1, config.width, top, top))
         self.head = LikelihoodHead(config.likelihood, config.width, c, sigma=config.sigma,
-                                   n_mixtures=config.n_mixtures, zero_init=config.residual)
+                                   n_mixtures=config.n_mixtures,
+                                   zero_init=config.residual and not config.residual_gain)
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -238,6 +245,8 @@ class HVAE(nn.Module):
     def bottom_up(self, x: torch.Tensor, condition: torch.Tensor | None = None):
         """Deterministic encoder work, once per image: {resolution: activation}."""
         inputs = self.preprocess(x)
+        if self.config.residual_gain:  # the same information as x, at the scale of an image
+            inputs = (x.float() / 255.0 - condition) * self.config.residual_gain
         if self.condition_encoder is not None:
             inputs = torch.cat([inputs, condition * 2 - 1], 1)
         return self.encoder(inputs)
@@ -291,7 +300,8 @@ class HVAE(nn.Module):
 
     def likelihood(self, h: torch.Tensor, condition: torch.Tensor | None = None, target=None):
         base = condition if self.config.residual else None
-        return self.head(h, residual_base=base, target=target)
+        return self.head(h, residual_base=base, target=target,
+                         residual_scale=1 / (self.config.residual_gain or 1.0))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None, noise=None):
         """Training pass: (likelihood, draws) with z ~ q(z | x).

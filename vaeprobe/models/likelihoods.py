@@ -217,7 +217,8 @@ class LikelihoodHead(nn.Module):
     """The decoder's last layer: features -> a likelihood distribution.
 
     ``residual_base`` (the two-stage secondary's x_hat) is added to the predicted Gaussian mean;
-    with ``zero_init`` the head starts at exactly that base.
+    with ``zero_init`` the head starts at exactly that base (and sends no gradient to the
+    features: the latents of a zero-initialised residual head collapse, see two_stage.py).
     """
 
     def __init__(self, kind: str, width: int, channels: int, *, sigma: float = 1.0,
@@ -244,14 +245,17 @@ class LikelihoodHead(nn.Module):
             self.register_buffer("log_sigma", initial)
 
     def forward(self, features: torch.Tensor, residual_base: torch.Tensor | None = None,
-                target: torch.Tensor | None = None):
-        """``target`` (uint8) is needed only while training the ``optimal`` head."""
+                target: torch.Tensor | None = None, residual_scale: float = 1.0):
+        """``target`` (uint8) is needed only while training the ``optimal`` head.
+
+        With ``residual_base``, the mean is ``residual_base + residual_scale * output``.
+        """
         params = self.out_conv(features)
         if self.kind == "dmol":
             return DiscretizedLogisticMixture(params, self.channels, self.n_mixtures)
         loc = params[:, :self.channels]
         if residual_base is not None:
-            loc = loc + residual_base
+            loc = loc * residual_scale + residual_base
         if self.kind == "per_pixel":
             log_sigma = softclip_min(params[:, self.channels:], LOG_SIGMA_MIN)
         elif self.kind == "optimal" and target is not None:
@@ -263,6 +267,14 @@ class LikelihoodHead(nn.Module):
         else:
             log_sigma = self.log_sigma
         return DiscretizedGaussian(loc, log_sigma.to(loc.dtype), self.kind)
+
+    def shared_sigma(self) -> float:
+        """The sigma (on [0, 1]) the head evaluates with, NaN when it is not one shared value."""
+        if self.kind in ("per_pixel", "dmol"):
+            return float("nan")
+        log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN) if self.kind == "learned" \
+            else self.log_sigma
+        return float(log_sigma.detach().exp())
 
     @staticmethod
     def optimal_log_sigma(loc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
