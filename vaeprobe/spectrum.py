@@ -212,6 +212,10 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         Images per model pass (a data-only spectrum uses batches of at least 2048).
     n_preview : int
         Keep this many data images and their reconstructions (for figures).
+    device : str, optional
+        Where models are loaded and data-only spectra computed (default CUDA when available,
+        ``cuda:LOCAL_RANK`` under torchrun). Under torchrun the images are sharded across
+        ranks and every rank returns the same Dataset (:mod:`vaeprobe.distributed`).
 
     Returns
     -------
@@ -233,7 +237,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         raise ValueError(f"cutoff must be in (0, 0.5) cycles/pixel, got {cutoff}")
     window_2d(4, 4, window)  # validate early
     if isinstance(source, (torch.Tensor, np.ndarray, torch.utils.data.Dataset)):
-        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed)
+        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed,
+                              device)
     pairs, count, run = _load(source, device)
     data = data if data is not None else _default_data(source)
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
@@ -369,11 +374,12 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
     return ds
 
 
-def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed) -> xr.Dataset:
+def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed,
+                   device=None) -> xr.Dataset:
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
     accumulator = _SpectrumAccumulator(window, channels)
-    device = distributed.default_device()
+    device = torch.device(device or distributed.default_device())
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
     local = distributed.shard(indices, device)  # this rank's block under torchrun
     for x in vdata.iterate_batches(dataset, max(batch_size, 2048), local, device=device):
