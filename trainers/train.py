@@ -214,6 +214,8 @@ class Trainer:
         dataset = vdata.as_dataset(vdata.load(config.data, split="train",
                                               root=config.data_root or None))
         self.dataset = dataset
+        self.images = dataset.images.to(self.device) \
+            if isinstance(dataset, vdata.ImageTensorDataset) else None  # resident: no copies
         image_shape = tuple(dataset[0].shape)
         self.dims = math.prod(image_shape)
         torch.manual_seed(config.seed)
@@ -234,6 +236,8 @@ class Trainer:
         if self.world > 1:
             self.network = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:  # the EMA copy and the checkpoints keep the plain module
+            self.network = torch.compile(self.network)
         self.step, self.skipped = 0, 0
         self.recent_skips = collections.deque(maxlen=100)
         self.schedule = set(checkpoint_steps(config.steps, config.ckpt_every))
@@ -259,7 +263,27 @@ class Trainer:
         return indices[self.rank * local:(self.rank + 1) * local]
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images of the training set at ``indices``, on the device."""
+        if self.images is not None:
+            return self.images[indices.to(self.device)]
         return vdata.gather(self.dataset, indices).to(self.device, non_blocking=True)
+
+    def batches(self, start: int):
+        """Yield (indices, uint8 images on the device) for steps ``start``, ``start + 1``...
+
+        A tensor dataset lives on the device (moved once; a step indexes it there, with no
+        copy from the host); any other is read ahead by ``--workers`` loader processes into
+        pinned memory. The order is ``batch_indices``' either way, so a resume is exact.
+        """
+        if self.images is not None:
+            for step in range(start, self.config.steps):
+                indices = self.batch_indices(step)
+                yield indices, self.fetch(indices)
+            return
+        steps = (self.batch_indices(step) for step in range(start, self.config.steps))
+        for indices, x in vdata.load_batches(self.dataset, steps, workers=self.config.workers,
+                                             device=self.device):
+            yield indices, x.to(self.device, non_blocking=True)
 
     def autocast(self):
         if self.config.amp == "bf16":
@@ -446,11 +470,10 @@ class Trainer:
     def _loop(self, progress, stop: _StopRequests, tick: float, images: int) -> None:
         """Steps until --steps, or until a stop request (then a checkpoint, and
         TrainingInterrupted)."""
-        while self.step < self.config.steps:
+        for indices, x in self.batches(self.step):
             if self._stop_requested(stop):
                 raise self._interrupted(stop)
-            indices = self.batch_indices(self.step)
-            result = self.train_step(self.fetch(indices), indices)
+            result = self.train_step(x, indices)
             self.step += 1
             images += len(indices) * self.world
             if self.step % self.config.log_every == 0 or self.step == self.config.steps:

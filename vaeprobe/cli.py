@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from io import StringIO
 
 from vaeprobe._version import __version__
 
@@ -98,8 +100,10 @@ def _probe_arguments(parser, data_default: str | None = None) -> None:
 
 def _finish(ds, args, draw) -> int:
     """Print a short view, save the Dataset and the figure when asked."""
-    from vaeprobe import io
+    from vaeprobe import distributed, io
 
+    if not distributed.is_main():  # under torchrun every rank has the Dataset; rank 0 writes
+        return 0
     if args.out:
         io.save(ds, args.out)
         print(f"wrote {args.out}")
@@ -376,11 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
+    from vaeprobe import distributed
+
+    # under torchrun (torchrun --nproc_per_node=N -m vaeprobe.cli ...) the ranks share the
+    # images; all compute the same Dataset, rank 0 alone prints and writes
+    quiet = contextlib.nullcontext() if distributed.is_main() else \
+        contextlib.redirect_stdout(StringIO())
     try:
-        return args.run(args)
+        with quiet:
+            return args.run(args)
     except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
         print(f"vaeprobe {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -236,6 +236,24 @@ class _TorchvisionUint8(Dataset):
         return pil_to_tensor(image.convert("L" if self.grey else "RGB"))
 
 
+def in_memory(base, name: str) -> ImageTensorDataset:
+    """A torchvision set that holds its pixels in memory (SVHN, CIFAR-10, MNIST) as one uint8
+    tensor, the images its PIL items would give, without a PIL round trip per item."""
+    import torchvision.datasets as tvd
+
+    data = base.data
+    if isinstance(base, tvd.SVHN):  # numpy (N, 3, H, W)
+        images = torch.from_numpy(np.ascontiguousarray(data))
+    elif isinstance(base, tvd.CIFAR10):  # numpy (N, H, W, 3)
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
+    elif isinstance(base, tvd.MNIST):  # tensor (N, H, W)
+        images = torch.as_tensor(data)[:, None]
+    else:
+        raise TypeError(f"no in-memory layout known for {type(base).__name__}; wrap it as "
+                        f"_TorchvisionUint8 (decoded per item)")
+    return ImageTensorDataset(images.contiguous(), name=name)
+
+
 def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -245,12 +263,11 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     train = split == "train"
     try:
         if name == "svhn":
-            return _TorchvisionUint8(tvd.SVHN(root, split=split, download=download), name)
+            return in_memory(tvd.SVHN(root, split=split, download=download), name)
         if name == "cifar10":
-            return _TorchvisionUint8(tvd.CIFAR10(root, train=train, download=download), name)
+            return in_memory(tvd.CIFAR10(root, train=train, download=download), name)
         if name == "mnist":
-            return _TorchvisionUint8(tvd.MNIST(root, train=train, download=download), name,
-                                     grey=True)
+            return in_memory(tvd.MNIST(root, train=train, download=download), name)
         celeba_split = {"train": "train", "test": "test"}[split]
         base = tvd.CelebA(root, split=celeba_split, download=download)
         return _TorchvisionUint8(base, name, size=64)
@@ -261,25 +278,47 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
         ) from None
 
 
-def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
-    from PIL import Image
+class ImageFiles(Dataset):
+    """Image files decoded one at a time: RGB (or grey), centre-cropped square, box-resized to
+    ``size``."""
 
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(suffixes))}) under {path}")
-    arrays = []
-    for file in files:
-        with Image.open(file) as image:
-            image = image.convert("L" if grey else "RGB")
+    SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+    def __init__(self, files, size: int, name: str = "files", grey: bool = False):
+        self.files, self.size, self.name, self.grey = list(files), size, name, grey
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            image = image.convert("L" if self.grey else "RGB")
             side = min(image.size)
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-            arrays.append(np.asarray(image.resize((size, size), Image.BOX)))
-    stacked = np.stack(arrays)
-    stacked = stacked[..., None] if stacked.ndim == 3 else stacked  # grey: (N, H, W) -> NHWC
-    images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-    return ImageTensorDataset(images, name=f"folder:{path}")
+            pixels = np.array(image.resize((self.size, self.size), Image.BOX))
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # grey: (H, W) -> HWC
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def materialize(dataset: Dataset, *, workers: int | None = None, batch_size: int = 512,
+                name: str | None = None) -> ImageTensorDataset:
+    """Every image of ``dataset`` in one uint8 tensor, decoded by ``workers`` loader processes
+    (default :func:`default_workers`): later batches are slices, with no per-item Python."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset
+    images = torch.cat(list(iterate_batches(dataset, batch_size, workers=workers)))
+    return ImageTensorDataset(images, name=name or dataset_name(dataset))
+
+
+def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFiles.SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(ImageFiles.SUFFIXES)}) under "
+                                f"{path}")
+    return materialize(ImageFiles(files, size, grey=grey), name=f"folder:{path}")
 
 
 def _npz(path: Path) -> ImageTensorDataset:
@@ -432,12 +471,85 @@ def gather(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:
     return torch.stack([dataset[int(i)] for i in indices])
 
 
-def iterate_batches(dataset: Dataset, batch_size: int,
-                    indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order)."""
+def default_workers(dataset: Dataset, n_images: int) -> int:
+    """Loader processes for ``n_images`` of ``dataset``: none for a tensor (a slice is faster
+    than any worker) or a few images (a worker costs ~0.1-1 s to start); else up to 8, leaving
+    one core to the model (benchmarks/data_path.py)."""
+    if isinstance(dataset, ImageTensorDataset) or n_images < 2048:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class _Indexed(Dataset):
+    """(index, image) items, so that a loader's batches say which images they hold."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return index, self.base[index]
+
+
+def _collate(items):
+    indices, images = zip(*items, strict=True)
+    return torch.tensor(indices), torch.stack(images)
+
+
+def load_batches(dataset: Dataset, index_batches, *, workers: int | None = None,
+                 device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (indices, uint8 images) for each batch of indices in ``index_batches``, in order.
+
+    A tensor dataset is indexed directly. Any other dataset (decoded per item: image files,
+    torchvision's PIL sets) is read by a ``DataLoader`` with ``workers`` processes (default
+    :func:`default_workers`) that prefetch the following batches while the model works, with
+    pinned memory when ``device`` is CUDA. The order is the order of ``index_batches`` whatever
+    the workers, so training resumes and evaluations stay exact. ``index_batches`` may be a lazy
+    iterable (e.g. one batch per remaining training step); give ``workers`` then.
+    """
+    if isinstance(dataset, ImageTensorDataset):
+        for indices in index_batches:
+            yield indices, dataset.images[indices]
+        return
+    if workers is None:
+        workers = default_workers(dataset, sum(len(batch) for batch in index_batches))
+    pin = device is not None and torch.device(device).type == "cuda"
+    if workers == 0 and not pin:
+        for indices in index_batches:
+            yield indices, gather(dataset, indices)
+        return
+    from torch.utils.data import DataLoader
+
+    sampler = _BatchList(index_batches)
+    loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=_collate, pin_memory=pin,
+                        prefetch_factor=4 if workers else None)
+    yield from loader
+
+
+class _BatchList:
+    """Index batches as a DataLoader ``batch_sampler`` (lists of ints, lazily)."""
+
+    def __init__(self, index_batches):
+        self.index_batches = index_batches
+
+    def __iter__(self):
+        return ([int(i) for i in batch] for batch in self.index_batches)
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, indices: torch.Tensor | None = None,
+                    *, workers: int | None = None, device=None) -> Iterator[torch.Tensor]:
+    """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order).
+
+    Tensor datasets are sliced; others are read ahead by loader processes (see
+    :func:`load_batches`: ``workers``, pinned memory when ``device`` is CUDA).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if indices is None:
         indices = torch.arange(len(dataset))
-    for start in range(0, len(indices), batch_size):
-        yield gather(dataset, indices[start:start + batch_size])
+    chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    for _, images in load_batches(dataset, chunks, workers=workers, device=device):
+        yield images

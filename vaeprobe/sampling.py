@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
@@ -51,7 +52,8 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     data : str, Dataset or uint8 tensor, optional
         Input images of the reconstruction kinds (a seeded subset of ``n``, cycled if fewer).
     batch_size : int
-        Images per model pass (memory only; results do not depend on it).
+        Images per model pass (memory only; results do not depend on it). Under torchrun each
+        rank draws a contiguous block of the ``n`` images; every rank returns all ``n``.
     return_primary : bool
         Two-stage models only: also return ``primary_mean``, the primary's mean decoding
         x_hat = mu(z) of the same latents (the image the secondary refines), quantised like
@@ -77,20 +79,25 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     dataset = indices = None
     if data is not None:
         dataset, indices = evaluation_set(probe, data, n, seed)
-    parts, primary = [], []
-    bar = progress_bar(n, f"samples ({kind})", progress, unit="img")
+    parts = [torch.empty(0, dtype=torch.uint8)]
+    primary = [torch.empty(0, dtype=torch.uint8)]
+    bar = progress_bar(len(distributed.shard(torch.arange(n), probe.device)),
+                       f"samples ({kind})", progress, unit="img")
     for rows, images, _ in sample_batches(probe, [kind], n, batch_size, temperature, seed,
-                                          dataset, indices, return_primary=return_primary):
+                                          dataset, indices, return_primary=return_primary,
+                                          shard=True):
         parts.append(images[kind].cpu())
         if return_primary:
             primary.append(images[PRIMARY].cpu())
         bar.update(len(rows))
     bar.close()
-    ds = _samples_dataset(probe, torch.cat(parts).numpy(), kind, temperature, seed, dataset,
+    images = distributed.cat(torch.cat(parts[1:]) if len(parts) > 1 else parts[0])
+    ds = _samples_dataset(probe, images.numpy(), kind, temperature, seed, dataset,
                           indices, dict(n=n, kind=kind, temperature=temperature, seed=seed,
                                         batch_size=batch_size, return_primary=return_primary))
     if return_primary:
-        ds[PRIMARY] = (("image", "channel", "y", "x"), torch.cat(primary).numpy(),
+        primary = distributed.cat(torch.cat(primary[1:]) if len(primary) > 1 else primary[0])
+        ds[PRIMARY] = (("image", "channel", "y", "x"), primary.numpy(),
                        {"units": "uint8 pixel values",
                         "long_name": "the primary's mean decoding x_hat of the same latents"})
     return ds
@@ -122,7 +129,8 @@ def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:
 
 def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, temperature,
                    seed: int, dataset=None, indices: torch.Tensor | None = None,
-                   posterior: str = "sample", *, return_primary: bool = False
+                   posterior: str = "sample", *, return_primary: bool = False,
+                   shard: bool = False
                    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
     """Yield (rows, kind -> uint8 images, input images or None), all on the probe's device,
     for ``n`` images per kind, ``batch_size`` at a time.
@@ -131,13 +139,18 @@ def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, 
     ``indices`` (cycled if ``n`` exceeds them: row i reconstructs ``indices[i % len]``),
     decoding a posterior sample or, with ``posterior="mean"``, the posterior mean.
     ``return_primary`` (one kind only) adds ``primary_mean``: a two-stage model's x_hat.
+    ``shard``: under torchrun only this rank's contiguous block of the ``n`` rows
+    (:func:`vaeprobe.distributed.shard`; each row's randomness is keyed by the row).
     """
     if return_primary and len(kinds) != 1:
         raise ValueError(f"return_primary needs exactly one kind, got {list(kinds)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        rows = list(range(start, min(start + batch_size, n)))
+    positions = torch.arange(n)
+    if shard:
+        positions = distributed.shard(positions, probe.device)
+    for start in range(0, len(positions), batch_size):
+        rows = positions[start:start + batch_size].tolist()
         inputs = None
         if any(k not in PRIOR_KINDS for k in kinds):
             inputs = vdata.gather(dataset, indices[torch.tensor(rows) % len(indices)])

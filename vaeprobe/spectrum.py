@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe import io
+from vaeprobe import distributed, io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
 from vaeprobe.run import Run
@@ -274,6 +274,10 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         Images per model pass (a data-only spectrum uses batches of at least 2048).
     n_preview : int
         Keep this many data images and their reconstructions (for figures).
+    device : str, optional
+        Where models are loaded and data-only spectra computed (default CUDA when available,
+        ``cuda:LOCAL_RANK`` under torchrun). Under torchrun the images are sharded across
+        ranks and every rank returns the same Dataset (:mod:`vaeprobe.distributed`).
 
     Returns
     -------
@@ -296,7 +300,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         raise ValueError(f"cutoff must be in (0, 0.5) cycles/pixel, got {cutoff}")
     window_2d(4, 4, window)  # validate early
     if isinstance(source, (torch.Tensor, np.ndarray, torch.utils.data.Dataset)):
-        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed)
+        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed,
+                              device)
     pairs, count, run = _load(source, device)
     data = data if data is not None else _default_data(source)
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
@@ -400,6 +405,11 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
             previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
+    # under torchrun: every rank's sums, in rank order (one process: unchanged)
+    recon, residual, data_power = (distributed.merge(acc) for acc in (recon, residual,
+                                                                      data_power))
+    distortion, rate, count = (distributed.total(value) for value in (distortion, rate, count))
+    previews = [part for parts in distributed.gather(previews) for part in parts]
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
@@ -451,15 +461,17 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
     return ds
 
 
-def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed) -> xr.Dataset:
+def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed,
+                   device=None) -> xr.Dataset:
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
     accumulator = _SpectrumAccumulator(window, channels)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device or distributed.default_device())
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
-    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), indices):
+    local = distributed.shard(indices, device)  # this rank's block under torchrun
+    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), local, device=device):
         accumulator.update(x.to(device))  # uint8: put on [0, 1] inside
-    frequency, power, n_modes = accumulator.compute()
+    frequency, power, n_modes = distributed.merge(accumulator).compute()
     power_attrs = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
     ds = xr.Dataset(
         {"power_data": ("frequency", power[1:], power_attrs),
