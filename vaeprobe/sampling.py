@@ -21,7 +21,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe._analysis import progress_bar, result_attrs
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
 
@@ -78,7 +78,9 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:
-        dataset, indices = evaluation_set(probe, data, n, seed)
+        dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
+        # n above the dataset's size is no mistake here: row i reconstructs image i % size
+        indices = vdata.select(dataset, min(n, len(dataset)), seed)
     parts = [torch.empty(0, dtype=torch.uint8)]
     primary = [torch.empty(0, dtype=torch.uint8)]
     bar = progress_bar(len(distributed.shard(torch.arange(n), probe.device)),
