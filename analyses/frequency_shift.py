@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 import vaeprobe as vp
+from vaeprobe import io
 from vaeprobe.io import provenance
 from vaeprobe.pca import gaussian_rate_distortion
 from vaeprobe.run import CONFIG_NAME, Run
@@ -131,7 +132,8 @@ def figure(ds: xr.Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     early, late = early_and_late(ds)
-    fig, axs = plt.subplots(2, 2, figsize=(12, 9))
+    # constrained layout leaves room for the legends below each panel
+    fig, axs = plt.subplots(2, 2, figsize=(12, 10), layout="constrained")
     gamma = float(ds.attrs["gamma"])
     vp.plot.training_curves(ds, ax=axs[0, 0], gamma=gamma if np.isfinite(gamma) else None)
     axs[0, 0].set_title("(a) distortion and rate over training")
@@ -148,7 +150,6 @@ def figure(ds: xr.Dataset, path: Path) -> None:
     axs[1, 1].set_title("(d) high-frequency fraction of reconstructions")
     fig.suptitle(f"Frequency shift: {ds.attrs['run']} on {ds.attrs['dataset']}, "
                  f"{gamma_text(ds)}")
-    fig.tight_layout()
     vp.plot.save_figure(fig, path)
     plt.close(fig)
 
@@ -176,24 +177,65 @@ def summary(ds: xr.Dataset) -> str:
         f"PCA components to reach distortion {float(needed.target):g}: top "
         f"{int(needed.sel(order='top'))}, bottom {int(needed.sel(order='bottom'))}",
     ]
-    shifted = float(hff.sel(step=late)) < float(hff.sel(step=early)) and early != late
-    lines.append("shift seen: high-frequency fraction fell at about the same distortion"
-                 if shifted else "shift NOT seen between these checkpoints")
+    lines.append(verdict(ds, early, late))
     return "\n".join(lines)
+
+
+# the shift is "seen" when the high-frequency fraction falls by more than this many standard
+# errors of the difference between the two checkpoints
+SHIFT_THRESHOLD_SE = 2.0
+
+
+def verdict(ds: xr.Dataset, early: int, late: int) -> str:
+    """Whether the high-frequency fraction fell between ``early`` and ``late`` by more than
+    SHIFT_THRESHOLD_SE standard errors of the difference.
+
+    The standard error of the difference treats the two checkpoints' errors as independent;
+    they are measured on the same images and positively correlated, so this overstates it
+    and the test is conservative.
+    """
+    hff, se = ds["high_frequency_fraction"], ds["high_frequency_fraction_se"]
+    fall = float(hff.sel(step=early)) - float(hff.sel(step=late))
+    se_fall = float(np.hypot(se.sel(step=early), se.sel(step=late)))
+    threshold = SHIFT_THRESHOLD_SE * se_fall
+    measured = (f"the high-frequency fraction fell by {fall:.4f} (standard error {se_fall:.4f}; "
+                f"threshold {SHIFT_THRESHOLD_SE:g} se = {threshold:.4f})")
+    if early == late:
+        return "shift NOT tested: no earlier checkpoint reached about the late distortion"
+    if fall > threshold:
+        return f"shift seen: {measured} at about the same distortion"
+    return f"shift NOT seen between steps {early} and {late}: {measured}"
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
+    results, picture = out / "frequency_shift.nc", out / "frequency_shift.png"
+    try:  # before any training or analysis: a read-only --out would waste all of it
+        for path in (results, picture):
+            io.check_writable(path, "--out")
+    except io.OutputError as error:
+        print(f"frequency_shift: error: {error}", file=sys.stderr)
+        return 2
     run = Run(args.run if args.run else ensure_demo_run(args))
     if run.data is None and args.data is None:
         raise SystemExit(f"{run.path} has no {CONFIG_NAME}: pass --data")
     data = args.data or run.data
     ds = analyse(run, data, args)
-    out = Path(args.out)
-    vp.save(ds, out / "frequency_shift.nc")
-    figure(ds, out / "frequency_shift.png")
-    print(summary(ds))
-    print(f"wrote {out / 'frequency_shift.nc'} and {out / 'frequency_shift.png'}")
+    print(summary(ds))  # first: the result is shown even if writing it fails
+    failed = []
+    for path, write in ((results, lambda: vp.save(ds, results)),
+                        (picture, lambda: figure(ds, picture))):
+        try:
+            write()
+            print(f"wrote {path}")
+        except OSError as error:
+            failed.append(path)
+            print(f"frequency_shift: error: {error}", file=sys.stderr)
+    if failed:
+        print(f"frequency_shift: could not write {', '.join(map(str, failed))}; the summary "
+              f"above is the result", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -71,3 +71,53 @@ def test_frequency_shift_reports_pca_components_at_the_runs_own_target(tiny_run,
     assert ds.attrs["gamma"] == 2.0 and ds["train_rate"].attrs["units"] == "nats"
     assert ds["checkpoint_sha256"].dims == ("step",)
     assert ds["distortion"].attrs["units"] == "sum of squares on [0, 1]"
+
+
+def test_the_verdict_needs_a_fall_beyond_its_stated_threshold():
+    import numpy as np
+    import xarray as xr
+
+    from analyses.frequency_shift import SHIFT_THRESHOLD_SE, verdict
+
+    def result(early, late, se):
+        return xr.Dataset({"high_frequency_fraction": ("step", [early, late]),
+                           "high_frequency_fraction_se": ("step", [se, se])},
+                          coords={"step": [100, 2000]})
+    tiny = verdict(result(0.0063, 0.0062, 0.0004), 100, 2000)
+    assert tiny.startswith("shift NOT seen") and "fell by 0.0001" in tiny
+    threshold = SHIFT_THRESHOLD_SE * np.hypot(0.0004, 0.0004)
+    assert f"threshold {SHIFT_THRESHOLD_SE:g} se = {threshold:.4f}" in tiny
+    assert verdict(result(0.0080, 0.0062, 0.0004), 100, 2000).startswith("shift seen")
+    assert verdict(result(0.0080, 0.0062, 0.0004), 2000, 2000).startswith("shift NOT tested")
+
+
+def test_frequency_shift_checks_out_first_and_keeps_the_summary_on_a_late_failure(
+        tiny_run, tmp_path, capsys, monkeypatch):
+    from analyses.frequency_shift import main as frequency_shift
+    from vaeprobe import io
+
+    (tmp_path / "file").write_text("x")
+    arguments = ["--run", str(tiny_run), "--n-images", "16", "--pca-images", "300"]
+    assert frequency_shift(arguments + ["--out", str(tmp_path / "file" / "out")]) == 2
+    assert "cannot write --out" in capsys.readouterr().err  # before any analysis
+    def fail(ds, path):
+        raise io.OutputError(f"could not write {path}: Read-only file system")
+    monkeypatch.setattr(vp, "save", fail)
+    assert frequency_shift(arguments + ["--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "high-frequency fraction" in captured.out and "shift" in captured.out
+    assert f"could not write {tmp_path / 'out' / 'frequency_shift.nc'}" in captured.err
+    assert (tmp_path / "out" / "frequency_shift.png").exists()  # what could be written was
+
+
+def test_no_test_asserts_wall_clock_time():
+    """Timings belong in benchmarks/: a loaded machine must not fail a test."""
+    import re
+    from pathlib import Path
+
+    timed = re.compile(r"^\s*" + "assert" + r"\b.*(elapsed|duration|seconds|perf_counter|"
+                       r"time\.time\(\))")
+    offenders = [f"{path.name}:{number}" for path in Path(__file__).parent.glob("test_*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if timed.search(line)]
+    assert offenders == []

@@ -49,8 +49,12 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
 def test_missing_truncated_foreign_and_unknown(tmp_path):
     with pytest.raises(FileNotFoundError):
         vp.load(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="cannot tell the format"):  # an empty folder
+        vp.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"train": {}}')  # a run with no checkpoint yet
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         vp.load(tmp_path)
+    (tmp_path / "config.json").unlink()
     model = HVAE(preset("tiny-8"))
     good = _save(model, tmp_path / "a.pt")
     (tmp_path / "b.pt").write_bytes(good.read_bytes()[:500])
@@ -90,3 +94,10 @@ def test_safetensors_checkpoint(tmp_path):
         config_json=__import__("json").dumps(model.config.to_dict())))
     probe = vp.load(tmp_path, device="cpu")
     assert probe.source["step"] == 3 and len(probe.layers) == 3
+
+
+@pytest.mark.parametrize("content", [b"hello, this is text\n", b"e", b""])
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, content):
+    (tmp_path / "notes.pt").write_bytes(content)
+    with pytest.raises(io.CheckpointError, match="notes.pt is not a checkpoint"):
+        vp.load(tmp_path / "notes.pt")

@@ -116,10 +116,41 @@ def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path):
 
 
 def test_to_uint8_and_selection_is_seeded():
-    assert data.to_uint8(torch.tensor([[[[-1.0, 0.502, 2.0]]]])).tolist() == [[[[0, 128, 255]]]]
+    assert data.to_uint8(torch.tensor([[[[-1.0, 0.502, 2.0]]]]), clip=True).tolist() == \
+        [[[[0, 128, 255]]]]
     ds = data.load("digits8:test")
     assert torch.equal(data.select(ds, 10, seed=1), data.select(ds, 10, seed=1))
     assert not torch.equal(data.select(ds, 10, seed=1), data.select(ds, 10, seed=2))
     batches = list(data.iterate_batches(ds, 7, data.select(ds, 10, seed=1)))
     assert [len(b) for b in batches] == [7, 3]
     assert vp.data is data
+
+
+def test_to_uint8_refuses_floats_outside_0_1_with_the_fix():
+    with pytest.raises(ValueError, match="divide by 255"):
+        data.to_uint8(torch.tensor([[[[0.0, 128.0, 255.0]]]]))
+    with pytest.raises(ValueError, match="clip=True"):
+        data.to_uint8(torch.tensor([[[[-0.01, 0.5]]]]))
+    with pytest.raises(ValueError, match="nan"):
+        data.to_uint8(torch.tensor([[[[float("nan")]]]]))
+    assert data.to_uint8(torch.tensor([[[[0.0, 1.0]]]])).tolist() == [[[[0, 255]]]]
+
+
+def test_more_images_than_the_dataset_is_a_warning():
+    ds = data.load("digits8:test")
+    with pytest.warns(UserWarning, match="n_images=1000 but 'digits8:test' has only 297"):
+        assert len(data.select(ds, 1000)) == 297
+    with pytest.raises(ValueError, match=">= 1"):
+        data.select(ds, 0)
+
+
+def test_folder_images_take_the_model_size_and_channels(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    assert tuple(data.as_dataset(f"folder:{tmp_path}")[0].shape) == (3, 64, 64)
+    grey = data.as_dataset(f"folder:{tmp_path}", image_shape=(1, 8, 8))
+    assert tuple(grey[0].shape) == (1, 8, 8) and int(grey[2][0, 0, 0]) == 120
+    rgb = data.as_dataset(f"folder:{tmp_path}", image_shape=(3, 32, 32))
+    assert tuple(rgb[0].shape) == (3, 32, 32)

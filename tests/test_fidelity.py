@@ -145,3 +145,22 @@ def test_lpips_trunks_register_through_the_registry():
     assert fidelity.lpips_trunks.get("random-TEST-ONLY").stand_in
     with pytest.raises(ValueError, match="'alexnet', 'random-TEST-ONLY'"):
         fidelity.LPIPS("vgg")
+
+
+def test_every_missing_weights_file_is_listed_at_once_with_the_flag_in_use(probe, digits_test,
+                                                                         tmp_path):
+    with pytest.raises(weights.MissingWeightsError) as error:
+        vp.sample_quality(probe, digits_test, n=8, prc_weights=tmp_path / "vgg.pth",
+                          progress=False)
+    message = str(error.value)
+    for name in ("weights-inception-2015-12-05-6726825d.pth", "vgg16-397923af.pth",
+                 "alexnet-owt-7be5be79.pth"):
+        assert name in message
+    assert "weights=PATH" in message and "prc_weights=PATH" in message
+    assert f"{tmp_path / 'vgg.pth'} does not exist" in message
+    cli = error.value.describe(cli=True)
+    assert "--weights PATH" in cli and "--prc-weights PATH" in cli and "--lpips-weights PATH" \
+        in cli and "weights=PATH" not in cli
+    with pytest.raises(weights.MissingWeightsError) as error:  # only what the metrics need
+        vp.sample_quality(probe, digits_test, n=8, metrics=["lpips"], progress=False)
+    assert len(error.value.missing) == 1 and error.value.missing[0][1] == "lpips_weights"

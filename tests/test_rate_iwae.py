@@ -144,10 +144,39 @@ def test_cli_rate_and_iwae(tiny_run, tmp_path):
     assert (tmp_path / "iwae.png").exists() and (tmp_path / "rate.png").exists()
 
 
+def test_warnings_beside_the_numbers():
+    from vaeprobe._analysis import interpretation_warnings
+
+    assert interpretation_warnings(bpd=7.9, ess_mean=30.0, k=100) == []
+    worse, = interpretation_warnings(bpd=8.2)
+    assert "worse than a uniform guess" in worse and "8 bits/dim" in worse
+    tiny, = interpretation_warnings(ess_mean=1.2, k=1000)
+    assert "effective sample size 1.2 of K=1000" in tiny
+    assert interpretation_warnings(ess_mean=1.9, k=8)  # below 2 draws whatever K
+    assert not interpretation_warnings(ess_mean=1.0, k=1)  # K=1: nothing to weigh
+
+
+def test_exact_posterior_has_no_warning_and_a_fixed_sigma_decoder_is_named(tiny_probe,
+                                                                           tmp_path):
+    from vaeprobe.adapters.native import HVAEProbe
+    from vaeprobe.models import HVAE, preset
+
+    probe, x = LinearGaussianProbe(), images()
+    assert vp.iwae(probe, x, k=8, progress=False).attrs["warning"] == ""
+    assert "fixed sigma" not in vp.iwae(tiny_probe, "digits8:test", k=4, n_images=8,
+                                        progress=False).attrs["warning"]  # an optimal head
+    torch.manual_seed(0)
+    fixed = HVAEProbe(HVAE(preset("tiny-8", likelihood="fixed", sigma=0.5)), device="cpu")
+    ds = vp.iwae(fixed, "digits8:test", k=4, n_images=8, progress=False)
+    assert "fixed sigma (0.5 on [0, 1])" in ds.attrs["warning"]
+    saved = vp.open_results(vp.save(ds, tmp_path / "i.nc"))
+    assert saved.attrs["warning"] == ds.attrs["warning"]
+
+
 def test_reconstruction_term_beside_rate_and_elbo(tiny_probe, digits_test):
     """rate: log_px is the decoder's log p(x|z) at the same posterior draws; elbo = log_px - R.
     iwae: per image, log_px - rate is the mean single-draw bound (the ELBO) over the K draws."""
-    from vaeprobe.probe import image_generators
+    from vaeprobe.random import image_generators
 
     x = digits_test.images[:6]
     ds = vp.rate(tiny_probe, x, seed=3, progress=False)

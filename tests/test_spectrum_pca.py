@@ -204,3 +204,60 @@ def test_hann_window_on_tiny_images_names_the_fix():
     ds = vp.spectrum(images, n_images=None, window="none", progress=False)
     assert np.isfinite(ds["power_data"]).all()
     assert torch.isfinite(window_2d(2, 2, "kaiser")).all()
+
+
+def test_a_bad_checkpoint_in_a_run_is_reported_and_the_rest_analysed(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "ckpt_step00000020.pt").write_text("not a checkpoint")
+    with pytest.warns(UserWarning, match="skipped the checkpoint of step 20"):
+        ds = vp.spectrum(str(run), n_images=16, progress=False)
+    assert list(ds["step"].values) == [10, 30, 40]
+    assert "20" in ds.attrs["skipped_checkpoints"] and "could not be loaded" in ds.attrs["warning"]
+    for path in run.glob("ckpt_step*.pt"):
+        path.write_text("x")
+    with pytest.raises(ValueError, match="no checkpoint of the run could be loaded"), \
+            pytest.warns(UserWarning):
+        vp.spectrum(str(run), n_images=16, progress=False)
+
+
+@pytest.mark.parametrize("window, channels", [("hann", "per_channel"), ("none", "luminance")])
+def test_per_image_band_energies_add_up_to_the_high_frequency_fraction(window, channels):
+    from vaeprobe.spectrum import band_energies, high_frequency_fraction, ratio_standard_error
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, 10, 11, generator=generator, dtype=torch.float64) ** 3
+    energies = band_energies(x, window, channels, 0.2).numpy()
+    frequency, power, counts = radial_profile(power_2d(x, window, channels))
+    expected = high_frequency_fraction(power, counts, frequency, 0.2)
+    assert energies[:, 0].sum() / energies[:, 1].sum() == pytest.approx(expected, rel=1e-10)
+    # the delta-method standard error matches the spread of the ratio over resampled images
+    a, b = np.random.default_rng(0).gamma(2.0, 1.0, (2, 4000))
+    a = 0.3 * b + 0.1 * a
+    ratios = [a[i::40].sum() / b[i::40].sum() for i in range(40)]  # 40 groups of 100
+    assert ratio_standard_error(a[:100], b[:100]) == pytest.approx(np.std(ratios), rel=0.35)
+
+
+def test_figures_have_titles_legends_beside_the_data_and_no_bar_for_one_step(tiny_run):
+    import matplotlib.pyplot as plt
+
+    one = vp.spectrum(str(vp.checkpoints(tiny_run)[-1][1]), n_images=16, progress=False)
+    ax = vp.plot.spectrum(one)
+    assert "digits8:test" in ax.get_title() and len(ax.figure.axes) == 1  # no colour bar
+    assert "reconstructions, step 40" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_legend().get_bbox_to_anchor().y1 < ax.get_window_extent().y0 + 1  # below
+    several = vp.spectrum(str(tiny_run), n_images=16, progress=False)
+    assert len(vp.plot.spectrum(several).figure.axes) == 2  # a colour bar over the steps
+    baseline = vp.pca_baseline("digits8:train", n_images=300, spectrum_distortion=2.0,
+                               progress=False)
+    ax = vp.plot.pca(baseline)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xscale() == "log" and "digits8:train" in ax.get_title()
+    assert f"top-{int(baseline['pca_k'])}: distortion" in " ".join(labels)
+    log = vp.Run(tiny_run).training_log()
+    ax = vp.plot.training_curves(several.merge(log, combine_attrs="override"))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "rate, evaluation images" in labels and "rate, training batches" in labels
+    plt.close("all")

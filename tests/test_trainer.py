@@ -231,16 +231,101 @@ def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
 
 def test_threads_flag_environment_and_local_world_size():
     from trainers.config import parser
-    from trainers.train import choose_threads
+    from vaeprobe._threads import choose_threads
 
     assert choose_threads(3, {"OMP_NUM_THREADS": "1"}, cores=16)[0] == 3
     assert choose_threads(0, {"OMP_NUM_THREADS": "2"}, cores=16)[0] == 2
     assert choose_threads(0, {"LOCAL_WORLD_SIZE": "4"}, cores=16)[0] == 4
     assert choose_threads(0, {"LOCAL_WORLD_SIZE": "4"}, cores=2)[0] == 1
-    assert choose_threads(0, {}, cores=6) == (6, "6 usable cores / 1 process(es)")
+    assert choose_threads(0, {}, cores=6)[0] == 6
     assert "LOCAL_WORLD_SIZE" in parser().format_help()
     with pytest.raises(ValueError, match="threads"):
         make(threads=-1)
+
+
+def test_the_chosen_threads_are_logged(tmp_path, capsys):
+    run = train(tiny_config(tmp_path / "r", steps=10, ckpt_every=10, threads=1))
+    assert rows(run)[-1]["threads"] == 1 and torch.get_num_threads() == 1
+    assert "1 CPU thread(s) per process (--threads" in capsys.readouterr().err
+    assert vp.Run(run).training_log()["train_threads"].attrs["units"] == \
+        "CPU threads per process"
+
+
+def test_resume_alone_reads_the_stored_config_and_a_moved_run_resumes(tmp_path):
+    import shutil
+
+    first = train(tiny_config(tmp_path / "a", gamma=3.0, steps=10, ckpt_every=10, lr=1e-3))
+    shutil.move(first, tmp_path / "moved")
+    config = from_args(["--out", str(tmp_path / "moved"), "--resume", "--steps", "20"])
+    assert (config.preset, config.gamma, config.lr, config.steps) == ("tiny-8", 3.0, 1e-3, 20)
+    train(config)
+    assert [step for step, _ in vp.checkpoints(tmp_path / "moved")] == [10, 20]
+    with pytest.raises(TrainingError, match="differs in.*gamma"):
+        train(make(out=str(tmp_path / "moved"), resume=True, gamma=4.0, progress=False))
+
+
+def test_help_lists_choices_and_each_presets_defaults():
+    from trainers.config import PRESETS, parser
+
+    text = parser().format_help()
+    for choice in ("elbo", "two-stage", "demo-cpu", "paper-svhn", "learned", "dmol"):
+        assert choice in text
+    flat = " ".join(text.split())  # argparse wraps the help lines
+    assert "--steps STEPS" in flat and "from --preset, 2000 for demo-cpu" in flat
+    table = text[text.index("defaults per --preset"):].splitlines()
+    demo = next(line.split() for line in table if line.strip().startswith("demo-cpu"))
+    assert demo[1:] == ["2000", "32", "0.001", "0.005", "250"] == [
+        f"{PRESETS['demo-cpu'][key]:g}" for key in ("steps", "batch_size", "lr", "lambda_lr",
+                                                     "ckpt_every")]
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--likelihood", "gaussian"])
+
+
+def test_an_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    from trainers.train import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["--preset", "tiny-8", "--data", "digits8", "--steps", "5", "--no-progress",
+                 "--out", str(tmp_path / "file" / "run")]) == 2
+    assert "cannot write the run directory (--out)" in capsys.readouterr().err
+
+
+def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, monkeypatch):
+    from trainers.train import Trainer, TrainingInterrupted
+
+    original = Trainer.train_step
+    def step_then_signal(self, x, indices):
+        if self.step == 13:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled at the step boundary
+        return original(self, x, indices)
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(tiny_config(tmp_path / "r", steps=100, ckpt_every=10))
+    assert stopped.value.step == 14 and stopped.value.signal_name == "SIGTERM"
+    assert [step for step, _ in vp.checkpoints(tmp_path / "r")] == [10, 14]
+    assert "resume with: python -m trainers.train --out" in stopped.value.describe()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(Trainer, "train_step", original)
+    train(make(out=str(tmp_path / "r"), resume=True, steps=20, progress=False))
+    assert [row["step"] for row in rows(tmp_path / "r")] == [10, 20]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    command = _train_command(out, 100000, "--ckpt-every", "50000")  # the flag given last wins
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300  # a bound on waiting, not a measured time
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and f"resume with: python -m trainers.train --out {out} " \
+        "--resume" in err
+    (step, path), = vp.checkpoints(out)  # the one saved on the signal
+    assert step >= 10 and f"checkpoint saved: {path}" in err
+    assert [row["step"] for row in rows(out)][-1] <= step
 
 
 def test_lagrangian_default_head_is_optimal_and_changes_no_weight(tmp_path):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vaeprobe.models import PRESETS as MODEL_PRESETS
 from vaeprobe.models.hvae import training_defaults
+from vaeprobe.models.likelihoods import LIKELIHOODS
 
 OBJECTIVES = ("elbo", "distortion", "two-stage")
 
@@ -73,15 +74,19 @@ class TrainConfig:
             raise ValueError("objective two-stage needs --primary RUN_DIR (a trained primary run)")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+        if self.likelihood and self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS} (or empty: the "
+                             f"preset's), got {self.likelihood!r}")
         if not 0 < self.lambda_init < 1:
             raise ValueError(f"lambda_init must be in (0, 1), got {self.lambda_init}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    # fields that may change between a run and its resumption
+    # fields that may change between a run and its resumption; ``out`` never counts, so a
+    # moved or copied run directory resumes
     RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "threads", "workers",
-                         "compile")
+                         "compile", "out")
 
     def differs_from(self, stored: dict) -> dict:
         """Fields (other than operational ones) whose values differ from a stored config."""
@@ -97,40 +102,115 @@ class TrainConfig:
 PRESETS = {name: training_defaults(name) for name in MODEL_PRESETS}
 
 
+# flags with a fixed set of values: argparse lists them in --help and refuses others
+CHOICES = {"objective": OBJECTIVES, "preset": tuple(MODEL_PRESETS), "likelihood": LIKELIHOODS,
+           "merge": ("precision", "concat"), "amp": ("none", "bf16")}
+
+
+def preset_table() -> str:
+    """The training defaults each preset sets, as a text table (the --help epilog)."""
+    fields = sorted({key for values in PRESETS.values() for key in values},
+                    key=[f.name for f in dataclasses.fields(TrainConfig)].index)
+    header = ["preset"] + ["--" + name.replace("_", "-") for name in fields]
+    rows = [[name] + [f"{values.get(key, getattr(TrainConfig, key)):g}"
+                      if isinstance(values.get(key, getattr(TrainConfig, key)), float)
+                      else str(values.get(key, getattr(TrainConfig, key))) for key in fields]
+            for name, values in PRESETS.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+EPILOG = """\
+defaults per --preset (explicit flags win; other flags default as shown above):
+{table}
+
+CPU threads: each process uses --threads intra-op threads; by default OMP_NUM_THREADS when set,
+else its usable cores / processes on the node (torchrun's LOCAL_WORLD_SIZE). On cores shared
+with other jobs, fewer threads (OMP_NUM_THREADS=1) can train many times faster. The choice is
+printed at start and logged (metrics.jsonl: threads).
+
+Ctrl-C or SIGTERM saves a checkpoint at the current step and prints how to resume;
+--out DIR --resume alone continues a run with its stored config (only --steps, --device,
+--progress and --threads may change; a moved or copied run directory resumes).
+
+example:
+  python -m trainers.train --preset demo-cpu --objective distortion --gamma 8 \\
+      --data patches32 --out runs/my-run
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    """An argparse parser generated from TrainConfig (defaults None: unset flags stay unset)."""
+    """An argparse parser generated from TrainConfig (defaults None: unset flags stay unset).
+
+    The help shows each flag's effective default: the dataclass default, or, for the fields a
+    preset sets, the value of the default preset and the table of all presets in the epilog.
+    """
     result = argparse.ArgumentParser(
         prog="python -m trainers.train", description="Train a vaeprobe VAE.",
-        epilog="CPU threads: each process uses --threads intra-op threads; by default "
-               "OMP_NUM_THREADS when set, else its usable cores / processes on the node "
-               "(torchrun's LOCAL_WORLD_SIZE). On cores shared with other jobs, fewer threads "
-               "(OMP_NUM_THREADS=1) can train many times faster. The choice is printed at start "
-               "and stored in the run's config.json.")
+        epilog=EPILOG.format(table=preset_table()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    by_preset = {key for values in PRESETS.values() for key in values}
+    default_preset = PRESETS[TrainConfig.preset]
     for item in dataclasses.fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         kind = item.type if isinstance(item.type, type) else eval(item.type)  # noqa: S307
+        text = item.metadata["help"]
         if kind is bool:
             result.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=item.metadata["help"])
+                                help=f"{text} (default: {item.default})")
+            continue
+        if item.name in by_preset:
+            default = default_preset.get(item.name, item.default)
+            shown = (f"default: from --preset, {default:g} for {TrainConfig.preset}"
+                     if isinstance(default, float) else
+                     f"default: from --preset, {default} for {TrainConfig.preset}")
         else:
-            result.add_argument(flag, type=kind, default=None,
-                                help=f"{item.metadata['help']} (default: {item.default})")
+            shown = f"default: {item.default!r}" if item.default == "" else \
+                f"default: {item.default}"
+        choices = CHOICES.get(item.name)
+        result.add_argument(flag, type=kind, default=None, choices=choices,
+                            metavar="{" + ",".join(choices) + "}" if choices else None,
+                            help=f"{text} ({shown})")
     return result
 
 
 def from_args(argv=None) -> TrainConfig:
-    """Config from the command line: dataclass defaults < preset < explicit flags."""
+    """Config from the command line: dataclass defaults < preset < explicit flags; with
+    --resume, the run's stored config < explicit flags."""
     explicit = {k: v for k, v in vars(parser().parse_args(argv)).items() if v is not None}
     return make(**explicit)
 
 
 def make(**values) -> TrainConfig:
-    """Config from keyword values, with the preset's training defaults underneath."""
+    """Config from keyword values, with the preset's training defaults underneath.
+
+    With ``resume=True`` and a run already in ``out``, the run's stored config is underneath
+    instead: ``make(out="runs/demo", resume=True)`` continues it as it was started (a field the
+    stored config lacks takes its default; fields that may not change are checked by
+    :meth:`TrainConfig.differs_from` when the trainer opens the run).
+    """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+    stored = _stored_config(values) if values.get("resume") else None
+    if stored is not None:
+        merged = {k: v for k, v in stored.items() if k in known}
+        merged.update(values)
+        return TrainConfig(**merged)
     preset = values.get("preset", TrainConfig.preset)
     merged = dict(PRESETS.get(preset, {}))
     merged.update(values)
     return TrainConfig(**merged)
+
+
+def _stored_config(values: dict) -> dict | None:
+    """The training config stored in the run directory ``values['out']`` names, or None."""
+    from vaeprobe.run import Run
+
+    try:
+        return Run(values.get("out", TrainConfig.out)).config
+    except (OSError, ValueError):
+        return None

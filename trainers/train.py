@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from trainers import objectives
 from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
+from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one rule, here too)
 from vaeprobe.adapters import load_model
 from vaeprobe.adapters.native import config_of, family_of
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
@@ -34,6 +36,57 @@ class TrainingError(RuntimeError):
     """Training cannot go on (most updates skipped, bad run directory...)."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint.
+
+    ``step``: the last completed step; ``checkpoint``: the file saved then (None when no step
+    was completed); ``signal_name``; ``out``: the run directory.
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None, signal_name: str, out: Path):
+        self.step, self.checkpoint, self.signal_name, self.out = step, checkpoint, \
+            signal_name, Path(out)
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        saved = (f"checkpoint saved: {self.checkpoint}" if self.checkpoint is not None else
+                 "no step was completed, nothing to save")
+        return (f"{self.signal_name} at step {self.step}: {saved}\nresume with: python -m "
+                f"trainers.train --out {self.out} --resume")
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM handlers that ask the loop to stop at the next step boundary (so the
+    checkpoint it saves is consistent); a second Ctrl-C stops at once."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, announce: bool):
+        self.signal_name, self.announce, self.previous = None, announce, {}
+
+    def _handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.signal_name is not None and name == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signal_name = name
+        if self.announce:
+            print(f"\ntrainers.train: {name}: saving a checkpoint after this step (Ctrl-C again "
+                  f"stops at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+    def __enter__(self) -> _StopRequests:
+        for name in self.SIGNALS:
+            number = getattr(signal, name)
+            try:
+                self.previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
 def checkpoint_steps(total: int, every: int) -> list[int]:
     """Log-spaced steps from 100 (x sqrt 2), every ``every`` steps, and the last step."""
     steps, s = {total}, 100.0
@@ -42,23 +95,6 @@ def checkpoint_steps(total: int, every: int) -> list[int]:
         s *= math.sqrt(2)
     steps.update(range(every, total, every))
     return sorted(steps)
-
-
-# ---- threads -------------------------------------------------------------------------------
-def choose_threads(requested: int = 0, environ=None, cores: int | None = None
-                   ) -> tuple[int, str]:
-    """(intra-op threads per process, why): --threads, else OMP_NUM_THREADS, else the usable
-    cores divided by the processes on this node (torchrun's LOCAL_WORLD_SIZE), at least 1."""
-    environ = os.environ if environ is None else environ
-    if requested > 0:
-        return requested, "--threads"
-    if environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]):
-        return int(environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1)
-    processes = max(1, int(environ.get("LOCAL_WORLD_SIZE", 1)))
-    return max(1, cores // processes), f"{cores} usable cores / {processes} process(es)"
 
 
 # ---- distributed ---------------------------------------------------------------------------
@@ -94,6 +130,7 @@ def prepare_run_dir(config: TrainConfig) -> Run:
     """Refuse another run's directory; on --resume, refuse a different config."""
     run = Run(config.out)
     out, stored = run.path, run.config
+    io.check_writable(out / "config.json", "the run directory (--out)")
     if stored is not None:
         if not config.resume:
             raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
@@ -166,12 +203,10 @@ def _load_primary(path: str):
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.threads, why = choose_threads(config.threads)
-        torch.set_num_threads(self.threads)
+        self.threads, threads_said = apply_threads(config.threads)
         self.rank, self.world, self.device = setup_distributed(config)
         if self.rank == 0:
-            print(f"trainers.train: {self.threads} intra-op thread(s) per process ({why}; "
-                  f"override with --threads or OMP_NUM_THREADS)", file=sys.stderr)
+            print(f"trainers.train: {threads_said}", file=sys.stderr)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.directory = prepare_run_dir(config)
@@ -403,25 +438,55 @@ class Trainer:
             dist.barrier()
         progress = _progress(self.config, self.step, self.rank)
         tick, images = time.perf_counter(), 0
-        try:
-            for indices, x in self.batches(self.step):
-                result = self.train_step(x, indices)
-                self.step += 1
-                images += len(indices) * self.world
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    elapsed = time.perf_counter() - tick
-                    row = self.metrics_row(result, images / max(elapsed, 1e-9))
-                    tick, images = time.perf_counter(), 0
-                    if self.rank == 0:
-                        self.directory.append_log(row)
-                    progress.set_postfix(rate=f"{row['rate']:.1f}", D=f"{row['distortion']:.2f}",
-                                         lam=f"{row['lambda']:.4f}", refresh=False)
-                if self.step in self.schedule:
-                    self.save()
-                progress.update(1)
-        finally:
-            progress.close()
+        with _StopRequests(announce=self.rank == 0) as stop:
+            try:
+                self._loop(progress, stop, tick, images)
+            finally:
+                progress.close()
         return self.out
+
+    def _stop_requested(self, stop: _StopRequests) -> bool:
+        """Whether any process was asked to stop (every process agrees, so all save and stop
+        at the same step)."""
+        asked = stop.signal_name is not None
+        if self.world > 1:
+            flag = torch.tensor([float(asked)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            asked = bool(flag.item())
+        return asked
+
+    def _interrupted(self, stop: _StopRequests) -> TrainingInterrupted:
+        """Save the current step (unless it was just saved), and say how to resume."""
+        checkpoint = None
+        if self.step > 0:
+            if self.step not in self.schedule:
+                self.save()
+            checkpoint = self.directory.checkpoint_path(self.step)
+        if self.world > 1:
+            dist.barrier()
+        return TrainingInterrupted(self.step, checkpoint, stop.signal_name or "SIGTERM",
+                                   self.out)
+
+    def _loop(self, progress, stop: _StopRequests, tick: float, images: int) -> None:
+        """Steps until --steps, or until a stop request (then a checkpoint, and
+        TrainingInterrupted)."""
+        for indices, x in self.batches(self.step):
+            if self._stop_requested(stop):
+                raise self._interrupted(stop)
+            result = self.train_step(x, indices)
+            self.step += 1
+            images += len(indices) * self.world
+            if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                elapsed = time.perf_counter() - tick
+                row = self.metrics_row(result, images / max(elapsed, 1e-9))
+                tick, images = time.perf_counter(), 0
+                if self.rank == 0:
+                    self.directory.append_log(row)
+                progress.set_postfix(rate=f"{row['rate']:.1f}", D=f"{row['distortion']:.2f}",
+                                     lam=f"{row['lambda']:.4f}", refresh=False)
+            if self.step in self.schedule:
+                self.save()
+            progress.update(1)
 
     def metrics_row(self, result: dict, images_per_s: float) -> dict:
         row = dict(step=self.step)
@@ -433,7 +498,7 @@ class Trainer:
             row["rate_primary"] = float(all_mean(result["rate_primary"].float(), self.world))
             row["rate"] = row["rate_primary"] + row["rate_secondary"]
         row.update(**{"lambda": float(self.lam.detach())}, skipped=self.skipped,
-                   images_per_s=round(images_per_s, 1))
+                   images_per_s=round(images_per_s, 1), threads=self.threads)
         return row
 
 
@@ -466,10 +531,19 @@ def train(config: TrainConfig) -> Path:
 
 
 def main(argv=None) -> int:
+    config = None
     try:
         config = from_args(argv)
         out = train(config)
-    except (TrainingError, ValueError, FileNotFoundError) as error:
+    except TrainingInterrupted as stopped:
+        print(f"trainers.train: {stopped.describe()}", file=sys.stderr)
+        return 128 + getattr(signal, stopped.signal_name, signal.SIGINT)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
+        where = f" --out {config.out} --resume" if config is not None else " ... --resume"
+        print(f"\ntrainers.train: interrupted; the run keeps its latest checkpoint (resume "
+              f"with: python -m trainers.train{where})", file=sys.stderr)
+        return 130
+    except (TrainingError, ValueError, OSError) as error:
         print(f"trainers.train: error: {error}", file=sys.stderr)
         return 2
     print(f"run written to {out}")

@@ -3,11 +3,16 @@
 >>> import vaeprobe as vp
 >>> vp.__version__
 '0.1.0'
+
+``vp.Probe.from_module(model, image_shape=...)`` wraps a user's own encode/decode VAE; it is
+attached here (not in :mod:`vaeprobe.probe`) so the contract module never imports an adapter.
 """
 
 from vaeprobe import data, plot
 from vaeprobe._version import __version__
 from vaeprobe.adapters import load
+from vaeprobe.adapters.module import from_module
+from vaeprobe.audit import audit
 from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
@@ -18,6 +23,8 @@ from vaeprobe.run import Run, checkpoints
 from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
 
+Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
+
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
-           "plot", "rate", "sample_quality", "samples", "save", "spectrum"]
+           "__version__", "audit", "checkpoints", "data", "iwae", "load", "open_results",
+           "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

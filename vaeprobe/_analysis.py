@@ -68,3 +68,49 @@ def image_dims(probe: Probe) -> int:
 def squared_error(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """Per-image sum of squared error on the [0, 1] scale: the trainer's distortion (B,)."""
     return ((x.double() / 255.0 - mean.double()) ** 2).flatten(1).sum(1)
+
+
+# ---- reading results: warnings a number needs beside it -------------------------------------
+UNIFORM_BPD = 8.0  # bits/dim of a uniform guess over 256 levels
+ESS_FRACTION = 0.01  # mean ESS below this share of K (and below 2 draws at most) is "tiny"
+
+
+def decoder_head(probe: Probe) -> tuple[str | None, float | None]:
+    """(likelihood kind of the decoder head, its fixed sigma or None) when the probe says."""
+    if "decoder_likelihood" in probe.source:
+        return probe.source["decoder_likelihood"], probe.source.get("decoder_sigma")
+    model = getattr(probe, "model", None)
+    config = getattr(getattr(model, "secondary", model), "config", None)
+    likelihood = getattr(config, "likelihood", None)
+    sigma = getattr(config, "sigma", None) if likelihood == "fixed" else None
+    return likelihood, sigma
+
+
+def interpretation_warnings(probe: Probe | None = None, *, bpd: float | None = None,
+                            ess_mean: float | None = None, k: int | None = None) -> list[str]:
+    """Sentences a reader needs beside the numbers: bits/dim worse than a uniform guess, a
+    mean effective sample size tiny next to K, a fixed-sigma decoder (bits/dim then measure the
+    chosen sigma, not the model)."""
+    said = []
+    if bpd is not None and bpd > UNIFORM_BPD:
+        said.append(f"{bpd:.3f} bits/dim is worse than a uniform guess over 256 levels "
+                    f"({UNIFORM_BPD:g} bits/dim): the decoder's likelihood is badly calibrated")
+    if ess_mean is not None and k is not None and k > 1 and \
+            ess_mean < max(2.0, ESS_FRACTION * k):
+        said.append(f"mean effective sample size {ess_mean:.1f} of K={k} draws (below "
+                    f"{max(2.0, ESS_FRACTION * k):g}): a few draws carry the bound, so L_K may "
+                    f"be far below log p(x); treat it as loose or raise K")
+    if probe is not None and (bpd is not None or ess_mean is not None):
+        likelihood, sigma = decoder_head(probe)
+        if likelihood == "fixed":
+            said.append(f"the decoder is a Gaussian with a fixed sigma ({sigma:g} on [0, 1]): "
+                        f"its bits/dim measure that chosen sigma, not the model (compare rate "
+                        f"and distortion instead, or train with --likelihood learned|optimal)")
+    return said
+
+
+def with_warnings(attrs: dict, said: list[str]) -> dict:
+    """attrs plus ``warning``: the sentences joined by "; " ("" when there are none)."""
+    previous = attrs.get("warning", "")
+    attrs["warning"] = "; ".join([previous] * bool(previous) + said)
+    return attrs

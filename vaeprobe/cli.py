@@ -43,15 +43,57 @@ def _add_data(sub) -> None:
     parser.set_defaults(run=_cmd_data)
 
 
+CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
+                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th")
+
+
+def _load_arguments(parser) -> None:
+    """How a model is opened: its format (sniffed by default) and the format's options."""
+    parser.add_argument("--format", default=None, help="checkpoint format (default: recognised "
+                        "from the files): vaeprobe, diffusers, pythae, vdvae")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a format option, repeatable, e.g. hparams=cifar10, "
+                        "image_size=256, pixel_range=[-1,1] (values read as JSON when they "
+                        "parse, else as text)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
+                        "(formats with EMA weights)")
+
+
+def _options(pairs: list[str]) -> dict:
+    """``["key=value", ...]`` -> options; a value is JSON when it parses (256, [-1,1], false),
+    else text (cifar10)."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _load(args, path=None):
+    import vaeprobe as vp
+
+    options = _options(args.option)
+    if args.no_ema:
+        options["ema"] = False
+    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
+
+
 def _probe_arguments(parser, data_default: str | None = None) -> None:
-    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", default=data_default, required=data_default is None,
                         help="evaluation data, e.g. patches32:test")
     parser.add_argument("--n-images", type=int, default=None, help="seeded random subset")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights")
+    _load_arguments(parser)
     parser.add_argument("--out", default=None, help="write the Dataset here (netCDF)")
     parser.add_argument("--plot", default=None, help="write a PNG figure here")
 
@@ -80,8 +122,9 @@ def _batch(args, default: int) -> dict:
 def _cmd_rate(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
-    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed, **_batch(args, 64))
+    probe = _load(args)
+    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed,
+                 posterior=args.posterior, **_batch(args, 64))
     print(ds[["rate", "rate_fraction"]].to_dataframe().to_string(float_format="%.3f"))
     print(ds["rate_by_resolution"].to_series().to_string(float_format="%.3f"))
     print(f"total rate {float(ds.total_rate):.2f} ± {float(ds.total_rate_se):.2f} nats, "
@@ -92,13 +135,15 @@ def _cmd_rate(args) -> int:
 def _add_rate(sub) -> None:
     parser = sub.add_parser("rate", help="rate per latent layer and resolution")
     _probe_arguments(parser)
+    parser.add_argument("--posterior", default="sample", choices=("sample", "mean"),
+                        help="reconstruct from a posterior sample or its mean (distortion)")
     parser.set_defaults(run=_cmd_rate)
 
 
 def _cmd_iwae(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    probe = _load(args)
     ds = vp.iwae(probe, args.data, k=args.k, n_images=args.n_images, chunk=args.chunk,
                  seed=args.seed, kind=args.kind, **_batch(args, 16))
     print(f"IWAE (K={args.k}) {float(ds.bpd_mean):.4f} ± {float(ds.bpd_se):.4f} bits/dim; "
@@ -120,13 +165,13 @@ def _add_iwae(sub) -> None:
 def _cmd_samples(args) -> int:
     import vaeprobe as vp
 
-    probe = vp.load(args.checkpoint, device=args.device, ema=not args.no_ema)
+    probe = _load(args)
     ds = vp.sample_quality(
         probe, args.reference, n=args.n, kinds=args.kinds, temperature=args.temperature,
         metrics=args.metrics, feature_extractor=args.feature_extractor,
         prc_extractor=args.prc_extractor, lpips_trunk=args.lpips_trunk, weights=args.weights,
         prc_weights=args.prc_weights, lpips_weights=args.lpips_weights, seed=args.seed,
-        **_batch(args, 100))
+        posterior=args.posterior, **_batch(args, 100))
     print(ds.drop_vars("preview").to_dataframe().to_string(float_format="%.4f"))
     if ds.attrs["warning"]:
         print(f"WARNING: {ds.attrs['warning']}")
@@ -151,7 +196,7 @@ def _add_samples(sub) -> None:
 
     parser = sub.add_parser("samples", help="FID/KID/precision-recall/LPIPS of mean vs "
                             "stochastic samples")
-    parser.add_argument("checkpoint", help="a ckpt_step*.pt file or a run directory (latest)")
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test")
     parser.add_argument("-n", type=int, default=10000, help="images per kind")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -166,8 +211,10 @@ def _add_samples(sub) -> None:
     parser.add_argument("--lpips-weights", default=None, help="AlexNet weights file")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--posterior", default="sample", choices=("sample", "mean"),
+                        help="reconstruction kinds decode a posterior sample or its mean")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--no-ema", action="store_true")
+    _load_arguments(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     parser.set_defaults(run=_cmd_samples)
@@ -194,7 +241,10 @@ def _add_weights(sub) -> None:
 def _cmd_spectrum(args) -> int:
     import vaeprobe as vp
 
-    ds = vp.spectrum(args.source, args.data, n_images=args.n_images, window=args.window,
+    source = args.source
+    if args.format or args.option or args.no_ema:  # one model, opened as asked
+        source = _load(args, path=args.source)
+    ds = vp.spectrum(source, args.data, n_images=args.n_images, window=args.window,
                      channels=args.channels, cutoff=args.cutoff, seed=args.seed,
                      device=args.device)
     columns = [c for c in ("distortion", "rate", "high_frequency_fraction") if c in ds]
@@ -208,7 +258,8 @@ def _cmd_spectrum(args) -> int:
 def _add_spectrum(sub) -> None:
     parser = sub.add_parser("spectrum", help="power spectra of reconstructions across "
                             "checkpoints")
-    parser.add_argument("source", help="a run directory, a checkpoint, or data (name)")
+    parser.add_argument("source", help="a run directory (every checkpoint), one model of any "
+                        "format, or data (name)")
     parser.add_argument("--data", default=None, help="evaluation data (default: the run's "
                         "test split)")
     parser.add_argument("--n-images", type=int, default=512)
@@ -218,6 +269,7 @@ def _add_spectrum(sub) -> None:
     parser.add_argument("--cutoff", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    _load_arguments(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     parser.set_defaults(run=_cmd_spectrum_dispatch)
@@ -240,20 +292,7 @@ def _cmd_pca(args) -> int:
                          spectrum_distortion=args.distortion, seed=args.seed)
     print(ds["components_needed"].to_pandas().to_string())
     print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
-    return _finish(ds, args, _plot_pca)
-
-
-def _plot_pca(ds):
-    from vaeprobe.plot._common import axes
-
-    ax = axes(None)
-    for order in ("top", "bottom"):
-        ax.plot(ds["k"].values, ds["distortion"].sel(order=order).values, label=f"{order}-k")
-    ax.set_xlabel("components k")
-    ax.set_ylabel("distortion [sum of squares]")
-    ax.set_yscale("log")
-    ax.legend()
-    return ax
+    return _finish(ds, args, vp.plot.pca)
 
 
 def _add_pca(sub) -> None:
@@ -268,8 +307,61 @@ def _add_pca(sub) -> None:
     parser.set_defaults(run=_cmd_pca)
 
 
+def _add_audit(sub) -> None:
+    """``vaeprobe audit PATH --data NAME``: every audit section, written to --out."""
+    import json
+
+    def run(args) -> int:
+        import vaeprobe as vp
+
+        options = {}
+        for pair in args.option:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            try:
+                options[key] = json.loads(value)
+            except ValueError:
+                options[key] = value
+        report = vp.audit(args.checkpoint, args.data, n_images=args.n_images, seed=args.seed,
+                          sections=args.sections, device=args.device, progress=not args.quiet,
+                          out=args.out, format=args.format, options=options,
+                          feature_extractor=args.feature_extractor, weights=args.weights,
+                          lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
+                          settings=json.loads(args.settings) if args.settings else None)
+        print(report.summary())
+        print(f"wrote {args.out}/audit.nc, audit.png, audit.html")
+        return 0
+
+    parser = sub.add_parser("audit", help="a full report on one VAE checkpoint (nc, png, html)")
+    parser.add_argument("checkpoint", help="a run directory, a checkpoint file, or a "
+                        "third-party model (see --format)")
+    parser.add_argument("--data", required=True, help="evaluation data, e.g. patches32:test")
+    parser.add_argument("--format", default=None, help="checkpoint format (default: vaeprobe, "
+                        "or recognised from the files where the loader can)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a format option, repeatable (values read as JSON when they parse)")
+    parser.add_argument("--out", default="audit", help="output directory (default: ./audit)")
+    parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sections", nargs="+", default=None, help="a subset of model_card "
+                        "bits reconstructions latents progressive spectra likelihood samples "
+                        "precision (default: all)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
+    parser.add_argument("--feature-extractor", default="inception-v3-compat",
+                        help="rFID / FID network (random-convnet-TEST-ONLY: a flagged stand-in)")
+    parser.add_argument("--weights", default=None, help="its weights file")
+    parser.add_argument("--lpips-trunk", default="alexnet",
+                        help="alexnet, or random-TEST-ONLY (a flagged stand-in)")
+    parser.add_argument("--lpips-weights", default=None, help="AlexNet weights file")
+    parser.add_argument("--settings", default=None, help='per-section options as JSON, e.g. '
+                        '\'{"likelihood": {"k": 256}}\'')
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
 COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_spectrum, _add_pca,
-            _add_weights]
+            _add_weights, _add_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

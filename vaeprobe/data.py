@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,20 +85,35 @@ def check_images(images, *, what: str = "images") -> torch.Tensor:
     return images
 
 
-def to_uint8(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
-    """Quantise floats in [0, 1] to uint8 by ``round(clamp(x, 0, 1) * 255)``.
+def to_uint8(images: torch.Tensor, *, channels_last: bool = False, clip: bool = False
+             ) -> torch.Tensor:
+    """Quantise floats in [0, 1] to uint8 by ``round(x * 255)``.
+
+    Floats outside [0, 1] are refused (floats in 0..255 would otherwise all become 255):
+    divide them by 255 first, or pass ``clip=True`` to clamp values a little outside [0, 1]
+    (e.g. a decoder mean) into range.
 
     Examples
     --------
-    >>> to_uint8(torch.tensor([[[[0.0, 0.5, 1.2]]]])).tolist()
+    >>> to_uint8(torch.tensor([[[[0.0, 0.5, 1.0]]]])).tolist()
     [[[[0, 128, 255]]]]
+    >>> to_uint8(torch.tensor([[[[-0.1, 1.2]]]]), clip=True).tolist()
+    [[[[0, 255]]]]
     """
     images = torch.as_tensor(images)
     if channels_last:
         images = images.permute(0, 3, 1, 2)
     if images.dtype == torch.uint8:
         return images
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    values = images.float()
+    if not clip and values.numel():
+        low, high = float(values.min()), float(values.max())
+        if not (low >= 0.0 and high <= 1.0):  # NaN fails too
+            hint = ("they look like 0..255 values: divide by 255 first" if high > 1.5 else
+                    "pass clip=True to clamp them into [0, 1]")
+            raise ValueError(f"to_uint8 expects floats in [0, 1], got values in [{low:g}, "
+                             f"{high:g}]; {hint}")
+    return (values.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +198,10 @@ def load_patches(size: int, split: str) -> np.ndarray:
         except (OSError, KeyError, ValueError):
             pass  # unreadable or truncated cache entry: rebuild below
     images = build_patches(size, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
-        np.savez(tmp, images=images, sha256=_array_sha256(images))
-    os.replace(tmp.name, path)
+    from vaeprobe.io import atomic_path
+
+    with atomic_path(path, ".npz.tmp") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=images, sha256=_array_sha256(images))
     return images
 
 
@@ -264,12 +279,13 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
 
 
 class ImageFiles(Dataset):
-    """Image files decoded one at a time: RGB, centre-cropped square, box-resized to ``size``."""
+    """Image files decoded one at a time: RGB (or grey), centre-cropped square, box-resized to
+    ``size``."""
 
     SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
-    def __init__(self, files, size: int, name: str = "files"):
-        self.files, self.size, self.name = list(files), size, name
+    def __init__(self, files, size: int, name: str = "files", grey: bool = False):
+        self.files, self.size, self.name, self.grey = list(files), size, name, grey
 
     def __len__(self) -> int:
         return len(self.files)
@@ -278,11 +294,12 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         with Image.open(self.files[index]) as image:
-            image = image.convert("RGB")
+            image = image.convert("L" if self.grey else "RGB")
             side = min(image.size)
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side))
             pixels = np.array(image.resize((self.size, self.size), Image.BOX))
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # grey: (H, W) -> HWC
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
@@ -296,12 +313,12 @@ def materialize(dataset: Dataset, *, workers: int | None = None, batch_size: int
     return ImageTensorDataset(images, name=name or dataset_name(dataset))
 
 
-def _image_folder(path: Path, size: int) -> ImageTensorDataset:
+def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFiles.SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(ImageFiles.SUFFIXES)}) under "
                                 f"{path}")
-    return materialize(ImageFiles(files, size), name=f"folder:{path}")
+    return materialize(ImageFiles(files, size, grey=grey), name=f"folder:{path}")
 
 
 def _npz(path: Path) -> ImageTensorDataset:
@@ -337,7 +354,8 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     download : bool
         Let torchvision download a missing dataset (needs network).
     size : int
-        Side of the centre-cropped square for ``folder:``.
+        Side of the centre-cropped square for ``folder:`` (the analyses pass the model's
+        image size instead: see :func:`as_dataset`).
 
     Examples
     --------
@@ -387,9 +405,13 @@ class _CheckedDataset(Dataset):
 def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Dataset:
     """Normalise ``data`` (name, Dataset or uint8 tensor) to a Dataset of uint8 (C, H, W).
 
-    ``image_shape`` (C, H, W), when given, is checked against the first item.
+    ``image_shape`` (C, H, W), when given, is checked against the first item; a
+    ``"folder:PATH"`` name is then read at that size and channel count (the model's), not 64 px.
     """
-    if isinstance(data, str):
+    if isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
+        dataset = _image_folder(Path(data[len("folder:"):]).expanduser(), int(image_shape[-1]),
+                                grey=int(image_shape[0]) == 1)
+    elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
@@ -431,10 +453,13 @@ def dataset_identity(dataset: Dataset) -> str:
 def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
     """Indices of ``n_images`` images drawn without replacement by ``seed``, sorted (None: all)."""
     total = len(dataset)
-    if n_images is None or n_images >= total:
-        return torch.arange(total)
-    if n_images < 1:
+    if n_images is not None and n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if n_images is None or n_images >= total:
+        if n_images is not None and n_images > total:
+            warnings.warn(f"n_images={n_images} but {dataset_name(dataset)!r} has only {total} "
+                          f"images: using all {total}", UserWarning, stacklevel=3)
+        return torch.arange(total)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:n_images].sort().values
 

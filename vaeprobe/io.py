@@ -14,7 +14,10 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,16 +80,125 @@ def provenance(analysis: str, parameters: dict, **facts) -> dict:
     return clean_attrs(attrs)
 
 
+# Temporary files are named ``.<target>.<host>-<pid>-<random><suffix>`` beside their target, so
+# that one left by a killed writer (SIGKILL skips every cleanup) can be told apart and removed by
+# the next write to the same directory: only names of this shape, and only when the writing
+# process is gone (same host) or the file is older than STALE_AFTER_S.
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-z_]{8}\.[a-z0-9.]*tmp$")
+_LEGACY_TEMP_NAME = re.compile(r"^\..+\.[0-9a-z_]{8}\.(nc|pt|png)\.tmp$")  # mkstemp's names
+STALE_AFTER_S = 3600.0
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clean_stale_temporaries(directory: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Remove temporary files that killed writers left in ``directory``; return them.
+
+    Only vaeprobe's own temporary names are touched (``.<target>.<host>-<pid>-<random>.*tmp``,
+    and the older ``.<target>.<random>.nc.tmp`` / ``.pt.tmp`` / ``.png.tmp``), and only when
+    the process that wrote one is gone (same host) or the file is older than an hour.
+    """
+    directory, now = Path(directory), time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    host = _host_tag()
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if not match and not _LEGACY_TEMP_NAME.match(entry.name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            orphan = bool(match) and match["host"] == host and not _pid_alive(int(match["pid"]))
+            if old or orphan:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # raced with its owner or another cleaner: leave it
+            continue
+    return removed
+
+
+def _create_temporary(directory: Path, name: str, suffix: str) -> Path:
+    """Create an empty temporary file with the user's umask (mkstemp would make it 0600)."""
+    stem = f".{name}.{_host_tag()}-{os.getpid()}-"
+    for _ in range(100):
+        candidate = directory / (stem + secrets.token_hex(4) + suffix)
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")
+
+
+class OutputError(OSError):
+    """A result, figure or checkpoint cannot be written where it was asked to go."""
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check before any work that ``path`` can be written (its directory made if missing).
+
+    Creates and removes a probe file in the nearest existing directory, so read-only mounts,
+    permissions and a file standing where a directory should be are all caught.
+    Raises :class:`OutputError` naming the path and the fix.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {what} {path}: it is a directory; name a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {parent} is a file, not a directory; "
+                          f"choose another path")
+    try:
+        probe = _create_temporary(parent, "write-check", ".tmp")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write {what} {path}: {parent} is not writable "
+                          f"({error.strerror or error}); choose another path") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The file gets the user's umask (like ``open``). Stale temporaries of killed writers in the
+    same directory are removed first (:func:`clean_stale_temporaries`). A failure to create,
+    write or rename is an :class:`OutputError` naming ``path``, not the hidden temporary.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(path.parent)
+        tmp = _create_temporary(path.parent, path.name, suffix)
+    except OSError as error:
+        raise OutputError(f"could not write {path}: {error.strerror or error} "
+                          f"(directory {path.parent})") from None
+    try:
+        yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(f"could not write {path}: {error.strerror or error}") from error
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -94,6 +206,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
 def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write a results Dataset to netCDF (h5netcdf, gzip), atomically.
+
+    Raises :class:`OutputError` (an ``OSError``) naming ``path`` when it cannot be written;
+    ``ds`` itself is untouched, so it can be saved elsewhere.
 
     Examples
     --------
@@ -113,8 +228,12 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             encoding[name] = {"compression": "gzip", "compression_opts": 4}
         if variable.dtype == bool:
             ds[name] = variable.astype(np.uint8)
-    with atomic_path(path, ".nc.tmp") as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+    try:
+        with atomic_path(path, ".nc.tmp") as tmp:
+            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+    except OutputError as error:
+        raise OutputError(f"{error}; nothing was written, the Dataset is unchanged in memory "
+                          f"(save it elsewhere)") from None
     return Path(path)
 
 
@@ -180,6 +299,21 @@ def _read_safetensors(path: Path) -> dict:
     )
 
 
+# what a torch.save file starts with: a zip archive (torch >= 1.6), or a pickle (protocol 2+)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that is not a torch checkpoint at all (text, an image, empty...)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not any(head.startswith(magic) for magic in _TORCH_MAGIC):
+        what = "it is empty" if not head else f"it starts with {head!r}"
+        raise CheckpointError(f"{path} is not a checkpoint: {what}, not a torch.save archive "
+                              f"(zip) or a safetensors file; pass a ckpt_step*.pt file written "
+                              f"by vaeprobe's trainer, or a run directory")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint without executing anything in it; validate its header.
 
@@ -191,6 +325,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         payload = _read_safetensors(path)
     else:
+        _check_torch_file(path)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
@@ -199,7 +334,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                 f"plain containers, which could run code. vaeprobe never unpickles arbitrary "
                 f"objects; re-save the weights as a state dict. ({str(error).splitlines()[0]})"
             ) from None
-        except (EOFError, RuntimeError, OSError) as error:
+        except (EOFError, RuntimeError, OSError, KeyError, IndexError, ValueError) as error:
             raise CheckpointError(
                 f"cannot read {path}: truncated or not a torch checkpoint ({error})"
             ) from None

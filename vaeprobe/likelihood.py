@@ -13,7 +13,14 @@ import torch
 import xarray as xr
 
 from vaeprobe import distributed
-from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs
+from vaeprobe._analysis import (
+    batches,
+    evaluation_set,
+    image_dims,
+    interpretation_warnings,
+    result_attrs,
+    with_warnings,
+)
 from vaeprobe.probe import Probe, RepeatedRows
 from vaeprobe.random import image_generators
 
@@ -96,7 +103,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
         ``log_likelihood_mean``, ``log_likelihood_se`` (se = sd / sqrt(N)); the ELBO's two
         terms over the same draws: ``log_px`` (E_q log p(x|z)) and ``rate`` (E_q log q/p),
         per image, with ``log_px_mean``, ``log_px_se``, ``log_px_bpd_mean``,
-        ``log_px_bpd_se``, ``rate_mean``, ``rate_se``.
+        ``log_px_bpd_se``, ``rate_mean``, ``rate_se``. ``attrs["warning"]`` says when bits/dim
+        are worse than uniform (8), when the mean ESS is tiny next to K, and when a
+        fixed-sigma decoder makes bits/dim meaningless ("" otherwise).
 
     Examples
     --------
@@ -138,6 +147,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
                             likelihood_kind=kind,
                             bpd_offset=bpd_offset, n_bits=int(probe.n_bits))
+    said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
+                                   ess_mean=float(ds["ess"].mean()), k=k)
+    ds.attrs = with_warnings(ds.attrs, said)
     return ds
 
 

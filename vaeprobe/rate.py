@@ -9,7 +9,15 @@ import torch
 import xarray as xr
 
 from vaeprobe import distributed
-from vaeprobe._analysis import batches, evaluation_set, image_dims, result_attrs, squared_error
+from vaeprobe._analysis import (
+    batches,
+    evaluation_set,
+    image_dims,
+    interpretation_warnings,
+    result_attrs,
+    squared_error,
+    with_warnings,
+)
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.probe import Probe, encode
 
@@ -140,6 +148,8 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     ds.attrs = result_attrs("rate", parameters, probe, dataset, len(indices), seed,
                             active_threshold=active_threshold, posterior=posterior,
                             likelihood_kind=probe.likelihood_kind)
+    bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
+    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd))
     return ds
 
 

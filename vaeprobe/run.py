@@ -46,6 +46,7 @@ LOG_UNITS = {
     "lambda": "1",
     "skipped": "updates",
     "images_per_s": "images/s",
+    "threads": "CPU threads per process",
 }
 
 

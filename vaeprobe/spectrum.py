@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +23,10 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe import distributed
+from vaeprobe import distributed, io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
 from vaeprobe.probe import Probe
-from vaeprobe.run import CHECKPOINT_GLOB, Run
+from vaeprobe.run import Run
 
 WINDOWS = ("none", "hann", "kaiser")
 CHANNEL_MODES = ("per_channel", "luminance")
@@ -130,6 +131,51 @@ def high_frequency_fraction(power: np.ndarray, counts: np.ndarray, frequency: np
     return energy[..., frequency > cutoff].sum(-1) / energy[..., frequency > 0].sum(-1)
 
 
+def band_energies(images: torch.Tensor, window: str, channels: str, cutoff: float
+                  ) -> torch.Tensor:
+    """Per image: (power above ``cutoff`` cycles/pixel, all non-DC power), float64 (N, 2).
+
+    The same estimator as :func:`power_2d` and :func:`high_frequency_fraction` (window, mean
+    removed, orthonormal FFT, radial bins up to Nyquist), kept per image so that the
+    high-frequency fraction, a ratio of sums over images, gets a standard error.
+    """
+    height, width = images.shape[-2:]
+    w = window_2d(height, width, window, images.device)
+    if channels == "luminance" and images.shape[1] == 3:
+        images = (images.double() * _LUMA.to(images.device)[None, :, None, None]).sum(1,
+                                                                                 keepdim=True)
+    index, n_bins = radial_bins(height, width)
+    kept = width // 2 + 1
+    # rfft's half spectrum: every column but DC (and Nyquist, for an even width) stands for two
+    # modes of the same radius
+    multiplicity = torch.full((kept,), 2.0, dtype=torch.float64)
+    multiplicity[0] = 1.0
+    if width % 2 == 0:
+        multiplicity[-1] = 1.0
+    half_index = index[:, :kept]
+    frequency = half_index.double() / min(height, width)
+    inside = (half_index >= 1).double() * multiplicity
+    high = inside * (frequency > cutoff).double()
+    masks = torch.stack([high, inside]).to(images.device)  # (2, H, W//2+1)
+    x = images.to(torch.float64, copy=True)
+    if window != "none":
+        x -= x.mean(dim=(-2, -1), keepdim=True)
+        x *= w
+    spectrum = torch.fft.rfft2(x, norm="ortho")
+    power = spectrum.real.square() + spectrum.imag.square()  # (N, C, H, W//2+1)
+    return torch.einsum("nchw,bhw->nb", power, masks).cpu()
+
+
+def ratio_standard_error(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """Standard error of sum(numerator) / sum(denominator) over n units (the delta method)."""
+    n = len(numerator)
+    if n < 2:
+        return float("nan")
+    ratio = numerator.sum() / denominator.sum()
+    residual = numerator - ratio * denominator
+    return float(np.sqrt((residual ** 2).sum() / (n * (n - 1))) / denominator.mean())
+
+
 class _SpectrumAccumulator:
     """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
 
@@ -167,15 +213,31 @@ def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run 
     if isinstance(source, Probe):
         return [(int(source.source.get("step", 0)), source)], 1, None
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and Run(path).checkpoints():  # a run directory: every checkpoint
         run = Run(path)
-        count = len(run.checkpoints())
-        if not count:
-            raise FileNotFoundError(f"no checkpoints ({CHECKPOINT_GLOB}) in run directory "
-                                    f"{path}")
-        return run.probes(device), count, run
-    probe = load(path, device=device)
+        return _run_probes(run, device), len(run.checkpoints()), run
+    probe = load(path, device=device)  # one model of any format, sniffed
     return [(int(probe.source.get("step", 0)), probe)], 1, None
+
+
+def _run_probes(run: Run, device) -> Iterator[tuple[int, Probe | Exception]]:
+    """(step, Probe) per checkpoint of a run, or (step, the error) for one that cannot be
+    loaded, so that one bad file does not throw away the spectra of the others."""
+    from vaeprobe.adapters import load
+
+    for step, path in run.checkpoints():
+        try:
+            yield step, load(path, device=device)
+        except (ValueError, RuntimeError, KeyError, OSError) as error:
+            yield step, _Unloadable(path, error)
+
+
+class _Unloadable(Exception):
+    """A checkpoint of a run that could not be loaded (kept to be reported)."""
+
+    def __init__(self, path, error: Exception):
+        super().__init__(str(error))
+        self.path, self.error = Path(path), error
 
 
 def _default_data(source) -> str:
@@ -224,7 +286,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         coord ``n_modes``). Each model's provenance (``checkpoint``, ``checkpoint_sha256``,
         ``family``...) is a coordinate along ``step``. Variables:
         ``power_reconstruction``, ``power_residual``, ``relative_power``, ``power_data``,
-        ``high_frequency_fraction`` (+ ``_residual``, ``_data``), ``mse``, ``distortion``,
+        ``high_frequency_fraction`` (+ ``_se``, its standard error over images, ``_residual``,
+        ``_data``), ``mse``, ``distortion``,
         ``rate``; ``preview_data`` and ``preview_reconstruction``.
 
     Examples
@@ -244,38 +307,56 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
                       batch_size=batch_size, seed=seed,
                       source=str(source) if not isinstance(source, Probe) else "probe")
-    rows, dataset, indices, single = _spectra(pairs, count, data, n_images, window, channels,
-                                              batch_size, seed, n_preview, progress)
+    rows, dataset, indices, single, skipped = _spectra(pairs, count, data, n_images, window,
+                                                       channels, cutoff, batch_size, seed,
+                                                       n_preview, progress)
     ds = _assemble(rows, cutoff)
     # one model probed: its checkpoint and sha256 in attrs too; a run: the run directory
     ds.attrs = result_attrs("spectrum", parameters, single, dataset, len(indices), seed,
                             window=window, channels=channels, cutoff=cutoff,
                             **({} if run is None else {"run": str(run.path)}))
+    if skipped:  # said in attrs too, so a saved result shows what it is missing
+        ds.attrs["skipped_checkpoints"] = json.dumps(skipped)
+        ds.attrs["warning"] = (f"{len(skipped)} checkpoint(s) could not be loaded and were "
+                               f"skipped: steps {[item['step'] for item in skipped]}")
     if single is None:
         ds.attrs.pop("checkpoint", None)
     return ds
 
 
-def _spectra(pairs, count: int, data, n_images, window, channels, batch_size, seed, n_preview,
-             progress) -> tuple[list[dict], object, torch.Tensor, Probe | None]:
+def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_size, seed,
+             n_preview, progress) -> tuple[list[dict], object, torch.Tensor, Probe | None, list]:
     """The maths over (step, Probe) pairs: a row of spectra per pair, on the same images.
 
-    Returns (rows, dataset, indices, the Probe when there was exactly one, else None).
+    A pair whose Probe is an :class:`_Unloadable` is reported (a warning) and skipped.
+    Returns (rows, dataset, indices, the Probe when there was exactly one, else None, the
+    skipped checkpoints).
     """
-    rows, dataset, indices, single = [], None, None, None
+    rows, dataset, indices, single, skipped = [], None, None, None, []
     bar = progress_bar(count, "spectrum: checkpoints", progress, unit="ckpt")
     for step, probe in pairs:
+        if isinstance(probe, _Unloadable):
+            warnings.warn(f"spectrum: skipped the checkpoint of step {step}, which cannot be "
+                          f"loaded ({probe}); the other checkpoints are analysed",
+                          UserWarning, stacklevel=3)
+            skipped.append(dict(step=int(step), checkpoint=str(probe.path),
+                                error=str(probe.error)))
+            bar.update(1)
+            continue
         if dataset is None:  # the first model fixes the evaluation images for all
             dataset, indices = evaluation_set(probe, data, n_images, seed)
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
             single = probe if count == 1 else None
-        row = _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
-                                  n_preview, with_data=not rows)
+        row = _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff,
+                                  batch_size, seed, n_preview, with_data=not rows)
         row.update(step=int(step), source=dict(probe.source))
         rows.append(row)
         bar.update(1)
     bar.close()
-    return rows, dataset, indices, single
+    if not rows:
+        raise io.CheckpointError("no checkpoint of the run could be loaded: " + "; ".join(
+            f"step {item['step']}: {item['error']}" for item in skipped))
+    return rows, dataset, indices, single, skipped
 
 
 def _coord_values(values: list) -> np.ndarray:
@@ -304,17 +385,18 @@ def _provenance_coords(sources: list[dict], taken) -> dict:
 
 
 @torch.no_grad()
-def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, seed,
+def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch_size, seed,
                         n_preview, with_data: bool) -> dict:
     """Spectra of one checkpoint; the data's own spectrum (the same images every time) only
     ``with_data``."""
     recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
-    distortion, rate, count, previews = 0.0, 0.0, 0, []
+    distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
         latents = probe.encode(x, 1, generators)
         mean = probe.decode(latents).mean.double()
         target = x.double() / 255.0
         recon.update(mean)
+        energies.append(band_energies(mean, window, channels, cutoff))
         residual.update(target - mean)
         if with_data:
             data_power.update(x)
@@ -322,7 +404,7 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
         rate += float(latents.kl_per_layer().double().sum())
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
-            previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu())))
+            previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
     # under torchrun: every rank's sums, in rank order (one process: unchanged)
     recon, residual, data_power = (distributed.merge(acc) for acc in (recon, residual,
                                                                       data_power))
@@ -331,7 +413,9 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, batch_size, s
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
+    energies = torch.cat(energies).numpy()
     return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
+                high_frequency_fraction_se=ratio_standard_error(energies[:, 0], energies[:, 1]),
                 power_residual=residual.compute()[1],
                 power_data=data_power.compute()[1] if with_data else None,
                 distortion=distortion / count, rate=rate / count,
@@ -356,6 +440,9 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
                            {"units": "1", "long_name": "reconstruction / data"}),
         "power_dc_reconstruction": ("step", power_recon[:, 0], power),
         "high_frequency_fraction": ("step", hff(power_recon), {"units": "1"}),
+        "high_frequency_fraction_se": ("step", stack("high_frequency_fraction_se"),
+                                       {"units": "1", "long_name": "standard error over "
+                                        "images of high_frequency_fraction (delta method)"}),
         "high_frequency_fraction_residual": ("step", hff(power_residual), {"units": "1"}),
         "high_frequency_fraction_data": ((), float(hff(power_data)), {"units": "1"}),
         "distortion": ("step", stack("distortion"), {"units": "sum of squares on [0, 1]"}),

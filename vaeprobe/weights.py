@@ -71,6 +71,53 @@ def _download(entry: WeightsFile, target: Path) -> None:
             raise OSError(f"downloaded {entry.filename} has the wrong sha256")
 
 
+class MissingWeightsError(FileNotFoundError):
+    """Weights files that could not be found (all of them, not the first alone).
+
+    ``missing`` holds ``(key, argument, reason)`` per file; ``argument`` is the keyword that
+    takes an explicit path (``weights``, ``prc_weights``, ``lpips_weights``).
+    :meth:`describe` words the fix for Python (``weights=PATH``) or the command line
+    (``--weights PATH``).
+    """
+
+    def __init__(self, missing: list[tuple[str, str, str]]):
+        self.missing = list(missing)
+        super().__init__(self.describe(cli=False))
+
+    def describe(self, cli: bool = False) -> str:
+        places = " or ".join(str(d) for d in search_dirs())
+        lines = [f"{len(self.missing)} pretrained weights file(s) missing:"]
+        for key, argument, reason in self.missing:
+            entry = KNOWN[key]
+            how = f"--{argument.replace('_', '-')} PATH" if cli else f"{argument}=PATH"
+            lines.append(f"  {entry.filename} ({entry.name}): {reason}; download it from "
+                         f"{entry.url}, or pass {how}")
+        lines.append(f"put the files in {places} (or set VAEPROBE_WEIGHTS_DIR); "
+                     f"`vaeprobe weights` lists what is present")
+        return "\n".join(lines)
+
+
+def require(needed: list[tuple[str, str | os.PathLike | None, str]]) -> dict[str, Path]:
+    """Resolve every ``(key, explicit path or None, argument name)`` before any work.
+
+    Returns ``{key: path}``; raises :class:`MissingWeightsError` listing every missing file.
+    """
+    found, missing = {}, []
+    for key, path, argument in needed:
+        try:
+            found[key] = resolve(key, path)
+        except FileNotFoundError as error:
+            reason = "not found" if path is None else f"{path} does not exist"
+            if path is None and "download failed" in str(error):
+                reason = "not found, download failed"
+            elif path is None and os.environ.get("VAEPROBE_OFFLINE", "0") == "1":
+                reason = "not found (VAEPROBE_OFFLINE=1: no download)"
+            missing.append((key, argument, reason))
+    if missing:
+        raise MissingWeightsError(missing)
+    return found
+
+
 def resolve(key: str, path: str | os.PathLike | None = None) -> Path:
     """Path of the weights for ``key`` (see module docstring); raises with the fix."""
     if key not in KNOWN:

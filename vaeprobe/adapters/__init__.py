@@ -1,58 +1,205 @@
-"""Checkpoint formats -> Probe, registered by name. vaeprobe's own format is in ``native``;
-third-party formats register here with the same :data:`formats` registry."""
+"""Checkpoint formats -> Probe: one registry entry per format, sniffed by :func:`load`.
+
+Each :class:`Format` names its opener as ``"module:function"`` (imported only when that format
+is opened, so optional dependencies stay optional), a ``sniff(path) -> bool`` that recognises
+its files without reading weights, and a one-line description of those files. The opener is
+called as ``opener(path, device=..., **options)`` and resolves the path itself: the format is
+chosen first. Its keyword parameters (other than ``path`` and ``device``) are the format's
+options; those without a default are required.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from vaeprobe.adapters.native import load_model, open_native, probe_for
+from vaeprobe import io
+from vaeprobe.adapters.native import load_model, probe_for
 from vaeprobe.probe import Probe
 from vaeprobe.registry import Registry
+from vaeprobe.run import CONFIG_NAME, checkpoint_step
 
 
-def _check_opener(name: str, opener) -> None:
-    if not callable(opener):
-        raise TypeError(f"checkpoint format {name!r} must register a callable "
-                        f"opener(path, device=None, **options) -> Probe")
+@dataclass(frozen=True)
+class Format:
+    """One checkpoint format: its opener, how to recognise its files, and what they are."""
+
+    opener: str  # "package.module:function", imported when the format is opened
+    sniff: Callable[[Path], bool]  # does this path look like the format? (reads no weights)
+    files: str  # what the format's files look like, for error messages
+
+    def open_function(self) -> Callable[..., Probe]:
+        module, _, function = self.opener.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def options(self) -> tuple[list[str], list[str]]:
+        """(all option names, required option names) from the opener's signature."""
+        parameters = list(inspect.signature(self.open_function()).parameters.values())[1:]
+        names = [p.name for p in parameters if p.name != "device"
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        required = [p.name for p in parameters if p.name in names and p.default is p.empty]
+        return names, required
 
 
-formats = Registry("checkpoint format", check=_check_opener)
-formats.register("vaeprobe", open_native)
+def _check_format(name: str, entry) -> None:
+    if not isinstance(entry, Format):
+        raise TypeError(f"checkpoint format {name!r} must be registered as a Format(opener, "
+                        f"sniff, files), got {type(entry).__name__}")
+    if not re.fullmatch(r"[\w.]+:\w+", entry.opener):
+        raise ValueError(f"checkpoint format {name!r}: opener must be 'package.module:function', "
+                         f"got {entry.opener!r}")
+    if not callable(entry.sniff):
+        raise TypeError(f"checkpoint format {name!r}: sniff must be callable(path) -> bool")
 
 
-def load(path: str | os.PathLike, device=None, ema: bool = True, format: str = "vaeprobe"
+formats = Registry("checkpoint format", check=_check_format)
+
+
+def _is_native(path: Path) -> bool:
+    if path.is_dir():  # a run directory: checkpoints, or the config a run writes first
+        return bool(io.checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
+    return (checkpoint_step(path) is not None
+            or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)
+                and not _is_diffusers(path)))
+
+
+def _is_pythae(path: Path) -> bool:
+    folder = path.parent if path.is_file() else path
+    return (folder / "model_config.json").is_file() and (folder / "model.pt").is_file()
+
+
+def _is_vdvae(path: Path) -> bool:
+    names = ("-model-ema.th", "-model.th")
+    if path.is_dir():  # a VDVAE save folder
+        return any(p.name.endswith(names) for p in path.iterdir())
+    return path.name.endswith(names)
+
+
+def _is_diffusers(path: Path) -> bool:
+    from vaeprobe.adapters.diffusers import sniff  # the model code, not diffusers itself
+
+    return sniff(path)
+
+
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        return key in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+formats.register("vaeprobe", Format(
+    "vaeprobe.adapters.native:open_native", _is_native,
+    "a vaeprobe run directory or ckpt_step*.pt / .safetensors file"))
+formats.register("diffusers", Format(
+    "vaeprobe.adapters.diffusers:open_diffusers", _is_diffusers,
+    "a folder with config.json (_class_name AutoencoderKL) and a .safetensors file"))
+formats.register("pythae", Format(
+    "vaeprobe.adapters.pythae:open_pythae", _is_pythae,
+    "a pythae model.save folder: model_config.json + model.pt"))
+formats.register("vdvae", Format(
+    "vaeprobe.adapters.vdvae:open_vdvae", _is_vdvae,
+    "an openai/vdvae *-model-ema.th or *-model.th file, or a folder with one"))
+
+
+class FormatError(ValueError):
+    """A path whose format is unknown, ambiguous or not the one asked for, or bad options."""
+
+
+def _known() -> str:
+    return "; ".join(f"{name!r}: {formats.get(name).files}" for name in formats.names())
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """The name of the one registered format whose files ``path`` looks like."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or model folder not found: {path}")
+    found = [name for name in formats.names() if formats.get(name).sniff(path)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FormatError(f"{path} looks like several formats {found}; choose one with "
+                          f"format=..., e.g. vp.load(path, format={found[0]!r})")
+    raise FormatError(f"cannot tell the format of {path}. Known formats: {_known()}. Pass "
+                      f"format='<name>' (CLI: --format NAME) if the files are one of these")
+
+
+def _check_options(name: str, entry: Format, options: dict) -> None:
+    valid, required = entry.options()
+    unknown = sorted(set(options) - set(valid))
+    missing = [option for option in required if option not in options]
+    if unknown:
+        raise FormatError(f"unknown option(s) {unknown} for format {name!r}; its options: "
+                          f"{valid or 'none'}")
+    if missing:
+        raise FormatError(f"format {name!r} needs option(s) {missing}, e.g. "
+                          f"vp.load(path, format={name!r}, {missing[0]}=...) or CLI "
+                          f"--option {missing[0]}=...")
+
+
+def _describe(value) -> str:
+    """A JSON-able stand-in for an option value that is an object (e.g. a trusted module)."""
+    return f"<{type(value).__module__}.{type(value).__name__}>"
+
+
+def load(path: str | os.PathLike, format: str | None = None, *, device=None, **options
          ) -> Probe:
-    """Load a checkpoint (or a run directory's latest checkpoint) as a Probe.
+    """Open a checkpoint of any registered format as a Probe.
 
-    The format is chosen first; its opener then resolves the path.
+    The format is chosen first (``format``, or sniffed from the files), then its opener
+    resolves the path and reads the files safely (safetensors or weights-only torch files;
+    pickles of objects are refused). The format, the options and a sha256 per file read go
+    into ``probe.source``, which every analysis copies into its provenance.
 
     Parameters
     ----------
     path : str or Path
-        A ``ckpt_step*.pt`` file or a run directory.
+        A file or folder of the format: a vaeprobe run directory or ``ckpt_step*.pt``; a
+        diffusers AutoencoderKL folder; a pythae model folder; an openai/vdvae ``*.th`` file.
+    format : str, optional
+        One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
         CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
-    ema : bool
-        Use the EMA weights when the checkpoint has them (the default for analyses).
-    format : str
-        A registered checkpoint format.
+    **options
+        The format's options, e.g. ``ema=False`` (vaeprobe), ``image_size=256`` (diffusers),
+        ``pixel_range=(-1, 1)`` (pythae), ``hparams="cifar10"`` (vdvae). Unknown or missing
+        required options are errors that name the valid ones.
 
     Examples
     --------
     >>> probe = load("runs/demo")  # doctest: +SKIP
     >>> probe.layers[0].name  # doctest: +SKIP
     'z00_r1'
+    >>> load("sd-vae-ft-mse/", image_size=256).source["format"]  # doctest: +SKIP
+    'diffusers'
     """
     from vaeprobe.distributed import default_device
 
+    path = Path(path)
+    if format is None:
+        format = sniff_format(path)
+    elif format not in formats:
+        raise FormatError(f"unknown format {format!r}; known formats: {_known()}")
+    entry = formats.get(format)
+    if path.exists() and not entry.sniff(path):
+        others = [name for name in formats.names() if formats.get(name).sniff(path)]
+        if others:
+            raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
+                              f"({entry.files}); pass format={others[0]!r} or format=None")
+    _check_options(format, entry, options)
     device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
-    return formats.get(format)(Path(path), device=device, ema=ema)
+    probe = entry.open_function()(path, device=device, **options)
+    probe.source.update(format=format, options=json.dumps(options, default=_describe,
+                                                          sort_keys=True))
+    return probe
 
 
-# third-party formats
-from vaeprobe.adapters.vdvae import open_vdvae  # noqa: E402
-
-formats.register("vdvae", open_vdvae)
-
-__all__ = ["formats", "load", "load_model", "probe_for"]
+__all__ = ["Format", "FormatError", "formats", "load", "load_model", "probe_for",
+           "sniff_format"]

@@ -11,15 +11,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from vaeprobe import io
+from vaeprobe.adapters._common import check_state_dict
 from vaeprobe.models.hvae import HVAE, HVAEConfig, per_layer_temperatures
 from vaeprobe.models.two_stage import TwoStageVAE
-from vaeprobe.probe import Generators, LatentPass, LayerInfo, Probe, RepeatedRows, check_n_samples
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerInfo,
+    Probe,
+    RepeatedRows,
+    check_n_fixed,
+    check_n_samples,
+)
 from vaeprobe.registry import Registry
 
 
@@ -69,6 +77,17 @@ class HVAEProbe(Probe):
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
         h, draws = self.model.top_down(batch=n, temperature=temperature,
                                        noise=self.noise(n, 1, generator))
+        return LatentPass(draws, 1, {"h": h})
+
+    @torch.no_grad()
+    def sample_prior_given(self, latents: LatentPass, n_fixed: int, temperature=1.0,
+                           generator: Generators = None) -> LatentPass:
+        check_n_fixed(n_fixed, len(self.layers))
+        rows = latents.draws[0].z.shape[0]
+        # None entries are drawn by the prior given the layers above (HVAE.top_down)
+        zs = [d.z for d in latents.draws[:n_fixed]] + [None] * (len(self.layers) - n_fixed)
+        h, draws = self.model.top_down(batch=rows, zs=zs, temperature=temperature,
+                                       noise=self.noise(rows, 1, generator))
         return LatentPass(draws, 1, {"h": h})
 
 
@@ -207,23 +226,6 @@ def probe_for(model: nn.Module, device=None, source: dict | None = None) -> Prob
     return family.probe_class(model, device, source)
 
 
-def _check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
-    """Raise a CheckpointError that lists missing/unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
-    unexpected = [f"{k} {tuple(v.shape)}" for k, v in state.items() if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        lines = [f"state dict of {path} does not fit its config:"]
-        for title, rows in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", mismatched)):
-            if rows:
-                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
-                             + (" ..." if len(rows) > 10 else ""))
-        raise io.CheckpointError("\n".join(lines))
-
-
 def load_model(path: str | os.PathLike, *, ema: bool = True):
     """(model, payload) from a vaeprobe checkpoint file or run directory (latest checkpoint)."""
     path = io.resolve_checkpoint(path)
@@ -231,7 +233,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True):
     model = build(payload["family"], payload["config"])
     state = payload["ema_state_dict"] if ema and payload.get("ema_state_dict") else \
         payload["state_dict"]
-    _check_state_dict(model, state, path)
+    check_state_dict(model, state, path)
     model.load_state_dict(state)
     payload["path"] = path
     payload["used_ema"] = bool(ema and payload.get("ema_state_dict"))

@@ -41,6 +41,11 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+def weights_key(name: str) -> str | None:
+    """The :mod:`vaeprobe.weights` key a registered extractor needs (None: no file)."""
+    return getattr(extractors.get(name), "weights_key", None)
+
+
 def build_extractor(name: str, weights=None, device="cpu") -> Extractor:
     """The registered extractor ``name`` on ``device``; ``weights`` an explicit weights file."""
     return extractors.get(name)(weights=weights, device=device)
@@ -63,12 +68,18 @@ def _inception(weights=None, device="cpu") -> Extractor:
                                      "inception-v3-compat", weights, device)
 
 
+_inception.weights_key = "inception-v3-compat"  # which vaeprobe.weights file it needs
+
+
 @extractors.register("vgg16-fc2")
 def _vgg16(weights=None, device="cpu") -> Extractor:
     from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
 
     return _torch_fidelity_extractor(FeatureExtractorVGG16, "vgg16-fc2", "fc2_relu", "vgg16",
                                      weights, device)
+
+
+_vgg16.weights_key = "vgg16"
 
 
 class _RandomConvNet(nn.Module):

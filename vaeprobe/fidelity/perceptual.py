@@ -25,6 +25,7 @@ class Trunk:
 
     load: Callable[[nn.Module, object], str]  # (lpips' backbone, weights path) -> sha256
     stand_in: bool  # True: NOT pretrained; results are not comparable
+    weights_key: str | None = None  # the vaeprobe.weights file it needs (None: no file)
 
 
 lpips_trunks = Registry("LPIPS trunk")
@@ -42,7 +43,8 @@ def _load_alexnet(backbone: nn.Module, weights) -> str:
     return sha256_file(path)
 
 
-lpips_trunks.register("alexnet", Trunk(_load_alexnet, stand_in=False))
+lpips_trunks.register("alexnet", Trunk(_load_alexnet, stand_in=False,
+                                                weights_key="alexnet"))
 lpips_trunks.register("random-TEST-ONLY", Trunk(lambda backbone, weights: "random-init",
                                                 stand_in=True))
 

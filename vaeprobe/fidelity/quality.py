@@ -15,6 +15,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
+from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.fidelity.cache import featurise, reference_features
@@ -97,6 +98,24 @@ def _kind_row(state: dict, references: dict, fid_net, prc_net, lpips, settings: 
     return row
 
 
+def _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights) -> None:
+    """Every pretrained file the chosen metrics need, found before any work; all the missing
+    ones are named at once (``vaeprobe.weights.MissingWeightsError``)."""
+    from vaeprobe.fidelity.extractors import weights_key
+    from vaeprobe.fidelity.perceptual import lpips_trunks
+
+    needed = []
+    if {"fid", "kid"} & set(metrics) and weights_key(feature_extractor):
+        needed.append((weights_key(feature_extractor), weights, "weights"))
+    if "prc" in metrics and weights_key(prc_extractor):
+        needed.append((weights_key(prc_extractor), prc_weights, "prc_weights"))
+    if "lpips" in metrics and lpips_trunks.get(lpips_trunk).weights_key:
+        needed.append((lpips_trunks.get(lpips_trunk).weights_key, lpips_weights,
+                       "lpips_weights"))
+    vweights.require(needed)
+
+
 def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    temperature=1.0, metrics=METRICS,
                    feature_extractor: str = "inception-v3-compat",
@@ -104,7 +123,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
                    weights=None, prc_weights=None, lpips_weights=None,
                    batch_size: int = 100, n_preview: int = 16, kid_subset_size: int = 1000,
                    kid_subsets: int = 100, n_diversity_pairs: int = 500, seed: int = 0,
-                   progress: bool = True) -> xr.Dataset:
+                   posterior: str = "sample", progress: bool = True) -> xr.Dataset:
     """FID / KID / precision-recall and LPIPS of mean vs stochastic samples and reconstructions.
 
     Parameters
@@ -124,6 +143,9 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     lpips_trunk : {"alexnet", "random-TEST-ONLY"}
     weights, prc_weights, lpips_weights : path, optional
         Explicit weights files (else ``VAEPROBE_WEIGHTS_DIR``, then the torch hub cache).
+    posterior : {"sample", "mean"}
+        Reconstruction kinds decode a posterior sample or the posterior mean (the mode, as
+        diffusers' autoencoders reconstruct).
 
     Returns
     -------
@@ -145,6 +167,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     require(probe, "vp.sample_quality", kinds)
+    _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights)
     device = probe.device
     dataset, indices = evaluation_set(probe, reference, n, seed)
     fid_net = build_extractor(feature_extractor, weights, device) \
@@ -162,7 +186,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
     bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
     for rows, batch, inputs in sample_batches(probe, kinds, n, batch_size, temperature, seed,
-                                              dataset, indices, shard=True):
+                                              dataset, indices, posterior, shard=True):
         for kind, images in batch.items():
             accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
         bar.update(len(rows))
@@ -188,7 +212,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     parameters = dict(n=n, kinds=kinds, temperature=temperature, metrics=metrics,
                       feature_extractor=feature_extractor, prc_extractor=prc_extractor,
                       lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
-                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets)
+                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                      posterior=posterior)
     ds.attrs = result_attrs(
         "sample_quality", parameters, probe, dataset, len(indices), seed, n=n,
         temperature=json.dumps(temperature), protocol=PROTOCOL,

@@ -1,0 +1,98 @@
+"""What the third-party adapters share: safe file reading, strict state dicts, provenance of the
+files read, and the decoder output of a model without a likelihood."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaeprobe import io
+from vaeprobe.probe import UndefinedAnalysisError
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+def refuse_pickles(path: Path, format_name: str) -> None:
+    """Refuse files that can only be read by unpickling arbitrary objects (cloudpickles)."""
+    if Path(path).suffix in PICKLE_SUFFIXES:
+        raise io.CheckpointError(
+            f"refused to open {path}: a {Path(path).suffix} file is a pickle that runs code when "
+            f"loaded, and vaeprobe never unpickles third-party files ({format_name} format)")
+
+
+def read_tensors(path: Path) -> dict:
+    """A dict of tensors from safetensors, or from a torch file read with weights_only=True.
+
+    A torch file whose unpickling would build other objects (and could run code) is refused
+    without running it; the error names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise io.CheckpointError(f"cannot read safetensors file {path}: {error}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise io.CheckpointError(
+            f"refused to load {path}: it asks to unpickle objects other than tensors and plain "
+            f"containers, which could run code; vaeprobe reads weights only "
+            f"({str(error).splitlines()[0]})") from None
+    except (EOFError, RuntimeError, OSError) as error:
+        raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
+                                 f"({error})") from None
+
+
+def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
+    """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
+                  if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        lines = [f"state dict of {path} does not fit its config:"]
+        for title, rows in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", mismatched)):
+            if rows:
+                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
+                             + (" ..." if len(rows) > 10 else ""))
+        raise io.CheckpointError("\n".join(lines))
+
+
+def file_source(checkpoint: Path, files: list[Path]) -> dict:
+    """Provenance of the files a model was read from: the main weights file and its sha256,
+    and ``files_sha256`` (JSON {file name: sha256}) for every file read."""
+    digests = {Path(f).name: io.sha256_file(f) for f in files}
+    return dict(checkpoint=str(checkpoint), checkpoint_sha256=digests[Path(checkpoint).name],
+                files_sha256=json.dumps(digests, sort_keys=True))
+
+
+class MeanOnly:
+    """The decoder output of a model without a likelihood: a mean image and nothing to sample
+    or evaluate (``likelihood_kind="none"``)."""
+
+    def __init__(self, mean: torch.Tensor, model_name: str):
+        self.mean, self.model_name = mean, model_name  # mean: (B, C, H, W) in [0, 1]
+
+    def _refuse(self, what: str):
+        raise UndefinedAnalysisError(
+            f"{what} is undefined for {self.model_name}: its decoder has no likelihood "
+            f"(likelihood_kind='none'); use the decoder mean")
+
+    def sample(self, generator=None) -> torch.Tensor:
+        self._refuse("sampling the decoder")
+
+    def log_prob(self, x, kind: str = "discretized", generator=None) -> torch.Tensor:
+        self._refuse("log p(x|z)")
