@@ -129,11 +129,11 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores, load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print("model step (forward+backward, batch 32): "
-          + ", ".join(f"{p} {r:.0f} images/s" for p, r in steps.items()))
-    print(f"| {'data path':<66} | images/s | x paper-svhn step |")
-    print(f"|{'-' * 68}|----------|-------------------|")
+          + ", ".join(f"{p} {r:.2f} images/s" for p, r in steps.items()))
+    print(f"| {'data path':<68} | images/s | x paper-svhn step |")
+    print(f"|{'-' * 70}|----------|-------------------|")
     for name, rate in rows:
-        print(f"| {name:<66} | {rate:>8.0f} | {rate / steps['paper-svhn']:>17.1f} |")
+        print(f"| {name:<68} | {rate:>8.0f} | {rate / steps['paper-svhn']:>17.0f} |")
     return 0
 
 
