@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository: trainers/ is im
 MODES = {
     "quick": dict(data="digits8", preset="tiny-8", steps=150, n_images=64, k=8,
                   pca_images=1500, n_show=8, spectrum_images=64),
-    "default": dict(data="patches32", preset="demo-cpu", steps=1500, n_images=256, k=64,
+    "default": dict(data="patches32", preset="demo-cpu", steps=1000, n_images=256, k=64,
                     pca_images=10000, n_show=8, spectrum_images=256),
 }
 
@@ -46,7 +46,7 @@ class Setup:
     data: str = "patches32"  # dataset name (train split for training, test for evaluation)
     root: str = ""  # directory of a torchvision dataset (svhn, celeba64 ...)
     preset: str = "demo-cpu"  # model preset of every run
-    steps: int = 1500  # optimizer steps per run
+    steps: int = 1000  # optimizer steps per run
     runs: str = "runs/paper"  # the cache of trained runs
     n_images: int = 256  # test images for rate, IWAE and distortion
     k: int = 64  # importance samples of the IWAE bound

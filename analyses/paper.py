@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     frequency_shift.main(["--run", str(primary), "--data", setup.data, "--out", str(out),
                           "--n-images", str(setup.spectrum_images), "--pca-images",
                           str(setup.pca_images), "--seed", str(setup.seed)]
-                         + (["--device", setup.device] if setup.device else []))
+                         + (["--device", setup.device] if setup.device else [])
+                         + (["--root", setup.root] if setup.root else []))
     results["frequency_shift"] = vp.open_results(out / "frequency_shift.nc")
     claims = ordered_claims(results)
     text = markdown(claims, "Claims of Mind Your Bits and Errors (and sigma-VAE), measured",
