@@ -38,6 +38,11 @@ class Format:
         module, _, function = self.opener.partition(":")
         return getattr(importlib.import_module(module), function)
 
+    def __call__(self, path, **options) -> Probe:
+        """Open ``path`` with this format's opener directly (no sniffing, no provenance of the
+        options: :func:`load` adds those)."""
+        return self.open_function()(path, **options)
+
     def options(self) -> tuple[list[str], list[str]]:
         """(all option names, required option names) from the opener's signature."""
         parameters = list(inspect.signature(self.open_function()).parameters.values())[1:]
