@@ -22,14 +22,15 @@ def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
 
 
 def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
-            progress: bool, desc: str):
+            progress: bool, desc: str, shard: bool = False):
     """Yield (images on device, per-image generators) with a progress bar over images.
 
-    Under torchrun only this rank's contiguous block of ``indices`` is evaluated
-    (:func:`vaeprobe.distributed.shard`); reduce the results with ``distributed.merge`` /
-    ``distributed.cat``.
+    ``shard``: under torchrun only this rank's contiguous block of ``indices`` is evaluated
+    (:func:`vaeprobe.distributed.shard`); the caller must then reduce its results with
+    ``distributed.merge`` / ``distributed.cat``. Off by default, so that a caller that does not
+    reduce stays correct (every rank evaluating every image).
     """
-    local = distributed.shard(indices, device)
+    local = distributed.shard(indices, device) if shard else indices
     bar = progress_bar(len(local), desc, progress, unit="img")
     start = 0
     for x in vdata.iterate_batches(dataset, batch_size, local, device=device):

@@ -131,7 +131,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     all_log_w = [torch.empty(0, k, dtype=torch.float64)]
     all_log_px, start = [torch.empty(0, dtype=torch.float64)], 0
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 f"iwae K={k}"):
+                                 f"iwae K={k}", shard=True):
         rows = local[start:start + len(x)].tolist()
         start += len(x)
         dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)

@@ -115,7 +115,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
     log_px, elbo = _Moments(), _Moments()
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 "rate"):
+                                 "rate", shard=True):
         terms = _rate_terms(probe, x, generators, posterior)
         kl_analytic = terms["kl_analytic"]
         layer.update(terms["layer"])

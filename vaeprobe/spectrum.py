@@ -391,7 +391,8 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
     ``with_data``."""
     recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
     distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
-    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, "",
+                                 shard=True):
         latents = probe.encode(x, 1, generators)
         mean = probe.decode(latents).mean.double()
         target = x.double() / 255.0
