@@ -11,86 +11,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import sys
 import warnings
 from io import StringIO
 
+# the argument machinery lives in vaeprobe._cli_args (imported back here: tests and callers
+# use vaeprobe.cli._options and friends)
+from vaeprobe._cli_args import (  # noqa: F401
+    CHECKPOINT_HELP,
+    NONE_MEANS,
+    _ApiArguments,
+    _check_outputs,
+    _common,
+    _dest,
+    _error_text,
+    _finish,
+    _load,
+    _load_arguments,
+    _model_command,
+    _options,
+    _say_threads,
+    _show,
+    _subparser,
+)
 from vaeprobe._version import __version__
-
-# how a None default reads in --help, per parameter
-NONE_MEANS = {
-    "n_images": "all",
-    "data": "the test split of the data the run was trained on",
-    "chunk": "the model's rows per pass / --batch-size",
-    "kind": "the model's own likelihood kind",
-    "device": "cuda when available, else cpu",
-    "format": "recognised from the files",
-    "weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "prc_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "spectrum_distortion": "none: no PCA spectrum",
-    "root": "none",
-}
-
-
-class _ApiArguments:
-    """Adds flags to a subcommand with the defaults of one public function's parameters."""
-
-    def __init__(self, parser: argparse.ArgumentParser, function, **extra_functions):
-        self.parser = parser
-        self.functions = {"": function, **extra_functions}
-        self.renames: dict[str, tuple[str, str]] = {}  # dest -> (function key, parameter)
-        parser.set_defaults(api=function, api_extra=extra_functions, api_renames=self.renames)
-
-    def add(self, *flags: str, help: str, param: str | None = None, of: str = "",
-            units: str = "", **options) -> None:
-        """A flag whose default is ``param`` of the function ``of`` ("" the command's own)."""
-        dest = options.get("dest") or _dest(flags)
-        param = param or dest
-        self.renames[dest] = (of, param)
-        default = inspect.signature(self.functions[of]).parameters[param].default
-        shown = NONE_MEANS.get(param, "none") if default is None else _show(default)
-        unit = f" {units}" if units and default is not None else ""
-        choices = options.get("choices")
-        if choices and len(",".join(choices)) > 30:  # a long list reads better in the help
-            options.setdefault("metavar", dest.upper())
-            help = f"{help}; one of: {', '.join(choices)}"
-        self.parser.add_argument(*flags, default=default,
-                                 help=f"{help} (default: {shown}{unit})", **options)
-
-
-def _dest(flags) -> str:
-    """argparse's dest: the first long flag (else the first short), dashes as underscores."""
-    long = [flag for flag in flags if flag.startswith("--")]
-    return (long or list(flags))[0].lstrip("-").replace("-", "_")
-
-
-def _show(default) -> str:
-    if isinstance(default, (tuple, list)):
-        return " ".join(str(value) for value in default)
-    return str(default)
-
-
-def _subparser(sub, name: str, help: str, example: str, description: str = ""):
-    import textwrap
-
-    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 79),
-                          epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def _common(parser, *, out: bool = True, plot: bool = True) -> None:
-    """--threads, and --out / --plot (checked before any work)."""
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: 0 = OMP_NUM_THREADS when set, else "
-                        "the usable cores; said on stderr)")
-    if out:
-        parser.add_argument("--out", default=None, help="write the results Dataset here "
-                            "(netCDF, .nc; default: not written)")
-    if plot:
-        parser.add_argument("--plot", default=None, help="write a PNG figure here (default: "
-                            "not drawn)")
+from vaeprobe.audit.cli import _add_audit
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -132,71 +77,6 @@ def _add_data(sub) -> None:
     parser.add_argument("--n-preview", type=int, default=64,
                         help="examples in the preview (default: 64)")
     parser.set_defaults(run=_cmd_data)
-
-
-# ---- opening a model ------------------------------------------------------------------------
-CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
-                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th")
-
-
-def _load_arguments(parser, api: _ApiArguments) -> None:
-    """How a model is opened: its format (sniffed by default), its options, the device."""
-    from vaeprobe.adapters import formats
-
-    api.add("--format", of="load", choices=formats.names(),
-            help="checkpoint format")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a format option, repeatable, e.g. hparams=cifar10, "
-                        "image_size=256, pixel_range=[-1,1] (values read as JSON when they "
-                        "parse, else as text; default: none)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
-                        "(formats with EMA weights; default: EMA weights)")
-    api.add("--device", of="load", help="cpu, cuda or cuda:N")
-
-
-def _options(pairs: list[str]) -> dict:
-    """``["key=value", ...]`` -> options; a value is JSON when it parses (256, [-1,1], false),
-    else text (cifar10)."""
-    import json
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def _load(args, path=None):
-    import vaeprobe as vp
-
-    options = _options(args.option)
-    if args.no_ema:
-        options["ema"] = False
-    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
-
-
-def _model_command(sub, name: str, function, help: str, example: str) -> tuple:
-    """A subcommand over one model: CHECKPOINT, --data, --n-images, --batch-size, --seed and
-    the loading flags, with the defaults of ``function``."""
-    import vaeprobe as vp
-
-    parser = _subparser(sub, name, help, example)
-    api = _ApiArguments(parser, function, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    parser.add_argument("--data", required=True, help="evaluation images: a dataset name "
-                        "(e.g. patches32:test; folder:PATH is read at the model's image size)")
-    api.add("--n-images", type=int, help="evaluate a seeded random subset of this many images")
-    api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
-    api.add("--seed", type=int, help="seeds the subset and every draw (results do not depend "
-            "on --batch-size)")
-    _load_arguments(parser, api)
-    _common(parser)
-    return parser, api
 
 
 # ---- rate, iwae -----------------------------------------------------------------------------
@@ -461,106 +341,6 @@ def _add_pca(sub) -> None:
     parser.set_defaults(run=_cmd_pca)
 
 
-# ---- running a command ----------------------------------------------------------------------
-def _finish(ds, args, draw) -> int:
-    """After the summary: warnings, then the Dataset and the figure when asked. A failed write
-    is named and the other output still written; the exit status is then 1."""
-    from vaeprobe import distributed, io
-    from vaeprobe.plot import save_figure
-
-    if not distributed.is_main():  # under torchrun every rank has the Dataset; rank 0 writes
-        return 0
-    if ds.attrs.get("warning"):
-        for sentence in str(ds.attrs["warning"]).split("; "):
-            print(f"WARNING: {sentence}")
-    failed = []
-    for path, write in ((args.out, lambda: io.save(ds, args.out)),
-                        (args.plot, lambda: save_figure(draw(ds), args.plot))):
-        if not path:
-            continue
-        try:
-            write()
-            print(f"wrote {path}")
-        except OSError as error:
-            failed.append(str(path))
-            print(f"vaeprobe {args.command}: error: {error}", file=sys.stderr)
-    if failed:
-        print(f"vaeprobe {args.command}: could not write {', '.join(failed)}; the results "
-              f"above were computed but not saved there", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _check_outputs(args) -> None:
-    """Every output path of the command, checked before any work."""
-    from vaeprobe import io
-
-    for flag in ("out", "plot", "preview"):
-        if getattr(args, flag, None):
-            io.check_writable(getattr(args, flag), f"--{flag}")
-
-
-def _say_threads(args) -> None:
-    from vaeprobe._threads import apply_threads
-
-    if hasattr(args, "threads"):
-        _, said = apply_threads(args.threads)
-        print(f"vaeprobe {args.command}: {said}", file=sys.stderr)
-
-
-def _add_audit(sub) -> None:
-    """``vaeprobe audit PATH --data NAME``: every audit section, written to --out."""
-    import json
-
-    def run(args) -> int:
-        import vaeprobe as vp
-
-        options = {}
-        for pair in args.option:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-            try:
-                options[key] = json.loads(value)
-            except ValueError:
-                options[key] = value
-        report = vp.audit(args.checkpoint, args.data, n_images=args.n_images, seed=args.seed,
-                          sections=args.sections, device=args.device, progress=not args.quiet,
-                          out=args.out, format=args.format, options=options,
-                          feature_extractor=args.feature_extractor, weights=args.weights,
-                          lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
-                          settings=json.loads(args.settings) if args.settings else None)
-        print(report.summary())
-        print(f"wrote {args.out}/audit.nc, audit.png, audit.html")
-        return 0
-
-    parser = sub.add_parser("audit", help="a full report on one VAE checkpoint (nc, png, html)")
-    parser.add_argument("checkpoint", help="a run directory, a checkpoint file, or a "
-                        "third-party model (see --format)")
-    parser.add_argument("--data", required=True, help="evaluation data, e.g. patches32:test")
-    parser.add_argument("--format", default=None, help="checkpoint format (default: vaeprobe, "
-                        "or recognised from the files where the loader can)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a format option, repeatable (values read as JSON when they parse)")
-    parser.add_argument("--out", default="audit", help="output directory (default: ./audit)")
-    parser.add_argument("--n-images", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sections", nargs="+", default=None, help="a subset of model_card "
-                        "bits reconstructions latents progressive spectra likelihood samples "
-                        "precision (default: all)")
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if present)")
-    parser.add_argument("--feature-extractor", default="inception-v3-compat",
-                        help="rFID / FID network (random-convnet-TEST-ONLY: a flagged stand-in)")
-    parser.add_argument("--weights", default=None, help="its weights file")
-    parser.add_argument("--lpips-trunk", default="alexnet",
-                        help="alexnet, or random-TEST-ONLY (a flagged stand-in)")
-    parser.add_argument("--lpips-weights", default=None, help="AlexNet weights file")
-    parser.add_argument("--settings", default=None, help='per-section options as JSON, e.g. '
-                        '\'{"likelihood": {"k": 256}}\'')
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run)
-
-
 COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_spectrum, _add_pca,
             _add_weights, _add_audit]
 
@@ -576,16 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     return parser
-
-
-def _error_text(error: BaseException) -> str:
-    from vaeprobe.weights import MissingWeightsError
-
-    if isinstance(error, MissingWeightsError):
-        return error.describe(cli=True)  # the flags, not the Python keywords
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])  # str(KeyError) adds quotes
-    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,26 +11,31 @@ Every function in vaeprobe that takes ``data`` accepts one of
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# The colour photographs scikit-image ships. The split is by photograph: no test patch comes
-# from a training photograph. The motorcycle pair is one stereo scene, so both stay in train.
-PHOTOS = (
-    "astronaut", "chelsea", "coffee", "hubble_deep_field", "ihc",
-    "motorcycle_left", "motorcycle_right", "retina", "rocket",
+# the embedded patches live in vaeprobe._patches, imported back here (data.load_patches & co.)
+from vaeprobe._patches import (  # noqa: F401
+    _PATCH_RECIPE_VERSION,
+    PATCH_SCALES,
+    PATCH_STRIDES,
+    PHOTOS,
+    TEST_PHOTOS,
+    _area_downsample,
+    _array_sha256,
+    _cut_patches,
+    _load_photo,
+    _patch_recipe,
+    _recipe_key,
+    build_patches,
+    cache_dir,
+    load_patches,
 )
-TEST_PHOTOS = ("chelsea", "coffee")
-PATCH_SCALES = (1, 2, 4)  # area-downsampling factors
-PATCH_STRIDES = {16: 8, 32: 12, 64: 24}  # pixels between patch corners, per patch size
-_PATCH_RECIPE_VERSION = 1
+
 SPLITS = ("train", "test")
 
 
@@ -114,95 +119,6 @@ def to_uint8(images: torch.Tensor, *, channels_last: bool = False, clip: bool = 
             raise ValueError(f"to_uint8 expects floats in [0, 1], got values in [{low:g}, "
                              f"{high:g}]; {hint}")
     return (values.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# the embedded patches
-
-
-def cache_dir() -> Path:
-    """``$VAEPROBE_CACHE``, else ``$XDG_CACHE_HOME/vaeprobe``, else ``~/.cache/vaeprobe``."""
-    if os.environ.get("VAEPROBE_CACHE"):
-        return Path(os.environ["VAEPROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vaeprobe"
-
-
-def _load_photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    if name in ("motorcycle_left", "motorcycle_right"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name == "motorcycle_left" else right
-    loader = {"ihc": "immunohistochemistry"}.get(name, name)
-    return getattr(skimage.data, loader)()
-
-
-def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of an HWC uint8 image (crops the remainder)."""
-    if factor == 1:
-        return image
-    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, -1)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
-
-
-def _cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """All ``size x size`` patches of an HWC image at ``stride``, as NCHW uint8."""
-    if image.shape[0] < size or image.shape[1] < size:
-        return np.zeros((0, image.shape[2], size, size), np.uint8)
-    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
-    windows = windows[::stride, ::stride]  # (nh, nw, C, size, size)
-    return np.ascontiguousarray(windows.reshape(-1, *windows.shape[2:]))
-
-
-def _patch_recipe(size: int, split: str) -> dict:
-    photos = [p for p in PHOTOS if (p in TEST_PHOTOS) == (split == "test")]
-    return dict(version=_PATCH_RECIPE_VERSION, size=size, split=split, photos=photos,
-                scales=list(PATCH_SCALES), stride=PATCH_STRIDES[size])
-
-
-def build_patches(size: int, split: str) -> np.ndarray:
-    """Cut the embedded patches (deterministic; no cache). Returns uint8 ``(N, 3, size, size)``."""
-    recipe = _patch_recipe(size, split)
-    parts = [
-        _cut_patches(_area_downsample(_load_photo(photo), factor), size, recipe["stride"])
-        for photo in recipe["photos"] for factor in recipe["scales"]
-    ]
-    return np.concatenate(parts)
-
-
-def _recipe_key(recipe: dict) -> str:
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for photo in recipe["photos"]:  # a changed source photograph changes the key
-        digest.update(_load_photo(photo).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _array_sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def load_patches(size: int, split: str) -> np.ndarray:
-    """Embedded patches from the cache, rebuilt when missing or when the content hash differs."""
-    if size not in PATCH_STRIDES:
-        raise ValueError(f"patch size must be one of {sorted(PATCH_STRIDES)}, got {size}")
-    recipe = _patch_recipe(size, split)
-    path = cache_dir() / f"patches{size}-{split}-{_recipe_key(recipe)}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as stored:
-                images, sha = stored["images"], str(stored["sha256"])
-            if _array_sha256(images) == sha:
-                return images
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or truncated cache entry: rebuild below
-    images = build_patches(size, split)
-    from vaeprobe.io import atomic_path
-
-    with atomic_path(path, ".npz.tmp") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, images=images, sha256=_array_sha256(images))
-    return images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,92 +380,14 @@ def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tenso
     return torch.randperm(total, generator=generator)[:n_images].sort().values
 
 
-def gather(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) of ``dataset`` at ``indices`` (a slice for tensor datasets)."""
-    if isinstance(dataset, ImageTensorDataset):
-        return dataset.images[indices]
-    return torch.stack([dataset[int(i)] for i in indices])
-
-
-def default_workers(dataset: Dataset, n_images: int) -> int:
-    """Loader processes for ``n_images`` of ``dataset``: none for a tensor (a slice is faster
-    than any worker) or a few images (a worker costs ~0.1-1 s to start); else up to 8, leaving
-    one core to the model (benchmarks/data_path.py)."""
-    if isinstance(dataset, ImageTensorDataset) or n_images < 2048:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-class _Indexed(Dataset):
-    """(index, image) items, so that a loader's batches say which images they hold."""
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        return index, self.base[index]
-
-
-def _collate(items):
-    indices, images = zip(*items, strict=True)
-    return torch.tensor(indices), torch.stack(images)
-
-
-def load_batches(dataset: Dataset, index_batches, *, workers: int | None = None,
-                 device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (indices, uint8 images) for each batch of indices in ``index_batches``, in order.
-
-    A tensor dataset is indexed directly. Any other dataset (decoded per item: image files,
-    torchvision's PIL sets) is read by a ``DataLoader`` with ``workers`` processes (default
-    :func:`default_workers`) that prefetch the following batches while the model works, with
-    pinned memory when ``device`` is CUDA. The order is the order of ``index_batches`` whatever
-    the workers, so training resumes and evaluations stay exact. ``index_batches`` may be a lazy
-    iterable (e.g. one batch per remaining training step); give ``workers`` then.
-    """
-    if isinstance(dataset, ImageTensorDataset):
-        for indices in index_batches:
-            yield indices, dataset.images[indices]
-        return
-    if workers is None:
-        workers = default_workers(dataset, sum(len(batch) for batch in index_batches))
-    pin = device is not None and torch.device(device).type == "cuda"
-    if workers == 0 and not pin:
-        for indices in index_batches:
-            yield indices, gather(dataset, indices)
-        return
-    from torch.utils.data import DataLoader
-
-    sampler = _BatchList(index_batches)
-    loader = DataLoader(_Indexed(dataset), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=_collate, pin_memory=pin,
-                        prefetch_factor=4 if workers else None)
-    yield from loader
-
-
-class _BatchList:
-    """Index batches as a DataLoader ``batch_sampler`` (lists of ints, lazily)."""
-
-    def __init__(self, index_batches):
-        self.index_batches = index_batches
-
-    def __iter__(self):
-        return ([int(i) for i in batch] for batch in self.index_batches)
-
-
-def iterate_batches(dataset: Dataset, batch_size: int, indices: torch.Tensor | None = None,
-                    *, workers: int | None = None, device=None) -> Iterator[torch.Tensor]:
-    """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order).
-
-    Tensor datasets are sliced; others are read ahead by loader processes (see
-    :func:`load_batches`: ``workers``, pinned memory when ``device`` is CUDA).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if indices is None:
-        indices = torch.arange(len(dataset))
-    chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
-    for _, images in load_batches(dataset, chunks, workers=workers, device=device):
-        yield images
+# the loader (index batches -> image batches) lives in vaeprobe.data_path; imported back here
+# at the end, as it needs ImageTensorDataset defined above
+from vaeprobe.data_path import (  # noqa: E402, F401
+    _BatchList,
+    _collate,
+    _Indexed,
+    default_workers,
+    gather,
+    iterate_batches,
+    load_batches,
+)
