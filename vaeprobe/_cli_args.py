@@ -12,6 +12,7 @@ import sys
 # how a None default reads in --help, per parameter
 NONE_MEANS = {
     "n_images": "all",
+    "sections": "all",
     "data": "the test split of the data the run was trained on",
     "chunk": "the model's rows per pass / --batch-size",
     "kind": "the model's own likelihood kind",
