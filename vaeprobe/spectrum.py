@@ -282,7 +282,8 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
-    energies = torch.cat(energies).numpy()
+    energies = torch.cat(energies).cpu() if energies else torch.empty(0, 2, dtype=torch.float64)
+    energies = distributed.cat(energies).numpy()  # every rank's images, in image order
     return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
                 high_frequency_fraction_se=ratio_standard_error(energies[:, 0], energies[:, 1]),
                 power_residual=residual.compute()[1],
