@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run", default=None, help="analyse this existing run (no training)")
     parser.add_argument("--data", default=None,
                         help="dataset name (default: the run's, or patches32 for the demo)")
+    parser.add_argument("--root", default="", help="directory of a torchvision dataset (svhn)")
     parser.add_argument("--out", default="results", help="directory for the .nc and .png")
     parser.add_argument("--train-dir", default="runs/demo", help="where the demo run lives")
     parser.add_argument("--preset", default="demo-cpu", help="model preset of the demo run")
@@ -102,12 +103,15 @@ def reference_distortion(gamma: float | None, ds: xr.Dataset) -> float:
 
 def analyse(run: Run, data: str, args) -> xr.Dataset:
     """Spectra over the run's checkpoints, the PCA reference, and the training log."""
-    spectra = vp.spectrum(str(run.path), f"{data}:test", n_images=args.n_images,
+    root = getattr(args, "root", "") or None  # a torchvision dataset's directory (svhn ...)
+    test, train = (f"{data}:{split}" if root is None else
+                   vp.data.load(data, split=split, root=root) for split in ("test", "train"))
+    spectra = vp.spectrum(str(run.path), test, n_images=args.n_images,
                           cutoff=args.cutoff, seed=args.seed, device=args.device)
     late_distortion = float(spectra["distortion"].values[-1])
     gamma = run.gamma
     targets = sorted(set(PCA_TARGETS) | {reference_distortion(gamma, spectra)})
-    pca = vp.pca_baseline(f"{data}:train", n_images=args.pca_images, targets=targets,
+    pca = vp.pca_baseline(train, n_images=args.pca_images, targets=targets,
                           spectrum_distortion=late_distortion, cutoff=args.cutoff,
                           seed=args.seed, device=args.device)
     keep = ["eigenvalues", "distortion", "components_needed", "rd_rate", "total_variance",

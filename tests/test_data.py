@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vaeprobe as vp
-from vaeprobe import data
+from vaeprobe import _patches, data
 
 
 def test_patches32_sizes_and_types():
@@ -39,8 +39,8 @@ def test_cache_is_reused_then_rebuilt_when_hash_differs(tmp_path, monkeypatch):
     built = data.load_patches(16, "test")
     [cached] = list(tmp_path.glob("patches16-test-*.npz"))
     calls = []
-    original = data.build_patches
-    monkeypatch.setattr(data, "build_patches", lambda *a: calls.append(a) or original(*a))
+    original = _patches.build_patches  # load_patches lives in vaeprobe._patches
+    monkeypatch.setattr(_patches, "build_patches", lambda *a: calls.append(a) or original(*a))
     np.testing.assert_array_equal(data.load_patches(16, "test"), built)
     assert calls == []  # reused
     np.savez(cached, images=built[:5], sha256="0" * 64)  # stored hash no longer matches

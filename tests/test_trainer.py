@@ -208,7 +208,7 @@ def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
     trainer = Trainer(config)
     indices = trainer.batch_indices(0)
     x = trainer.fetch(indices)
-    result = trainer.losses(x, indices)
+    result = trainer.train_step(x, indices)  # the losses before the update, and grad_norm
     noise, _ = trainer.example_noise(0, indices)  # the same per-example noise again
     n_primary = len(trainer.model.primary.latent_shapes())
     with torch.no_grad():  # the oracle: the frozen primary's own pass on the same batch

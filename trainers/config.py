@@ -46,6 +46,9 @@ class TrainConfig:
     primary: str = _help("two-stage: the primary run directory (its EMA weights, frozen)", "")
     seed: int = _help("seed of weights, data order and noise", 0)
     device: str = _help("cpu | cuda | cuda:N (empty: cuda when available)", "")
+    workers: int = _help("loader processes for data decoded per item (image files); tensor "
+                         "data (embedded, npz, folders, SVHN/CIFAR/MNIST) stays on the device", 2)
+    compile: bool = _help("torch.compile the model (CUDA)", False)
     threads: int = _help("torch intra-op threads per process (0: the OMP_NUM_THREADS environment "
                          "variable if set, else the CPU cores this process may use divided by "
                          "the processes on this node, torchrun's LOCAL_WORLD_SIZE)", 0)
@@ -82,7 +85,8 @@ class TrainConfig:
 
     # fields that may change between a run and its resumption; ``out`` never counts, so a
     # moved or copied run directory resumes
-    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "threads", "out")
+    RESUMABLE_CHANGES = ("resume", "steps", "device", "progress", "threads", "workers",
+                         "compile", "out")
 
     def differs_from(self, stored: dict) -> dict:
         """Fields (other than operational ones) whose values differ from a stored config."""

@@ -8,9 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -20,183 +18,31 @@ import torch
 import torch.distributed as dist
 
 from trainers import objectives
+
+# errors, stop requests, the checkpoint schedule and DDP live in trainers._runtime; the run
+# directory and the model in trainers._setup: imported back here (trainers.train.X still works)
+from trainers._runtime import (  # noqa: F401
+    TrainingError,
+    TrainingInterrupted,
+    _StopRequests,
+    all_mean,
+    checkpoint_steps,
+    setup_distributed,
+)
+from trainers._setup import (  # noqa: F401
+    _load_primary,
+    build_model,
+    decoder_likelihood,
+    prepare_run_dir,
+)
 from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one rule, here too)
-from vaeprobe.adapters import load_model
 from vaeprobe.adapters.native import config_of, family_of
-from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.models import TwoStageVAE
 from vaeprobe.models.likelihoods import LOG_SIGMA_MIN
 from vaeprobe.random import image_generators, per_image_noise
-from vaeprobe.run import Run
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (most updates skipped, bad run directory...)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint.
-
-    ``step``: the last completed step; ``checkpoint``: the file saved then (None when no step
-    was completed); ``signal_name``; ``out``: the run directory.
-    """
-
-    def __init__(self, step: int, checkpoint: Path | None, signal_name: str, out: Path):
-        self.step, self.checkpoint, self.signal_name, self.out = step, checkpoint, \
-            signal_name, Path(out)
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        saved = (f"checkpoint saved: {self.checkpoint}" if self.checkpoint is not None else
-                 "no step was completed, nothing to save")
-        return (f"{self.signal_name} at step {self.step}: {saved}\nresume with: python -m "
-                f"trainers.train --out {self.out} --resume")
-
-
-class _StopRequests:
-    """SIGINT / SIGTERM handlers that ask the loop to stop at the next step boundary (so the
-    checkpoint it saves is consistent); a second Ctrl-C stops at once."""
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self, announce: bool):
-        self.signal_name, self.announce, self.previous = None, announce, {}
-
-    def _handle(self, number, frame) -> None:
-        name = signal.Signals(number).name
-        if self.signal_name is not None and name == "SIGINT":
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.signal_name = name
-        if self.announce:
-            print(f"\ntrainers.train: {name}: saving a checkpoint after this step (Ctrl-C again "
-                  f"stops at once, losing the steps since the last checkpoint)", file=sys.stderr)
-
-    def __enter__(self) -> _StopRequests:
-        for name in self.SIGNALS:
-            number = getattr(signal, name)
-            try:
-                self.previous[number] = signal.signal(number, self._handle)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-
-def checkpoint_steps(total: int, every: int) -> list[int]:
-    """Log-spaced steps from 100 (x sqrt 2), every ``every`` steps, and the last step."""
-    steps, s = {total}, 100.0
-    while s < total:
-        steps.add(int(round(s, -1)))
-        s *= math.sqrt(2)
-    steps.update(range(every, total, every))
-    return sorted(steps)
-
-
-# ---- distributed ---------------------------------------------------------------------------
-def setup_distributed(config: TrainConfig):
-    """(rank, world, device). torchrun sets WORLD_SIZE; gloo on CPU, NCCL on GPUs."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if config.device:
-        device = torch.device(config.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if config.batch_size % world:
-            raise ValueError(f"batch_size {config.batch_size} must divide by the number of "
-                             f"processes {world}")
-    return rank, world, device
-
-
-def all_mean(value: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        value = value.detach().clone()
-        dist.all_reduce(value)
-        value /= world
-    return value
-
-
-# ---- run directory -------------------------------------------------------------------------
-def prepare_run_dir(config: TrainConfig) -> Run:
-    """Refuse another run's directory; on --resume, refuse a different config."""
-    run = Run(config.out)
-    out, stored = run.path, run.config
-    io.check_writable(out / "config.json", "the run directory (--out)")
-    if stored is not None:
-        if not config.resume:
-            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
-                                f"choose another --out (nothing was overwritten)")
-        changed = config.differs_from(stored)
-        if changed:
-            raise TrainingError(f"refusing to resume {out}: its config differs in "
-                                f"{json.dumps(changed)} (stored, requested)")
-    elif out.exists() and any(out.iterdir()):
-        raise TrainingError(f"{out} exists and is not an empty vaeprobe run directory; choose "
-                            f"another --out (nothing was overwritten)")
-    return run
-
-
-def decoder_likelihood(config: TrainConfig) -> str:
-    """The decoder head: --likelihood; else ``optimal`` for the Lagrangian objectives; else the
-    preset's (empty).
-
-    The Lagrangian's loss never uses the decoder sigma, so the head changes no weight; with
-    ``optimal`` the checkpoint evaluates at sigma^2 = MSE (sigma-VAE's optimum, calibrated on
-    training images at every save) instead of a sigma = 1 that makes bits/dim 9.3 + rate.
-    """
-    if config.likelihood:
-        return config.likelihood
-    if config.objective != "elbo" and config.sigma == 1.0:
-        return "optimal"
-    return ""
-
-
-def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
-    overrides = {k: getattr(config, k) for k in ("merge",) if getattr(config, k)}
-    if decoder_likelihood(config):
-        overrides["likelihood"] = decoder_likelihood(config)
-    if config.likelihood == "fixed" or (not config.likelihood and config.sigma != 1.0):
-        overrides["sigma"] = config.sigma
-    if config.objective == "two-stage":
-        primary, payload = _load_primary(config.primary)
-        primary_gamma = Run.of(payload["path"]).gamma
-        if primary_gamma is not None and not config.gamma < primary_gamma:
-            raise ValueError(f"the secondary's gamma ({config.gamma:g}) must be below the "
-                             f"primary's distortion target ({primary_gamma:g}): it models "
-                             f"what the primary left out")
-        if tuple(primary.image_shape) != tuple(image_shape):
-            raise ValueError(f"the primary models images {primary.image_shape}, the data has "
-                             f"{tuple(image_shape)}")
-        model = TwoStageVAE(primary.config, secondary_config(primary.config, **overrides))
-        model.primary.load_state_dict(primary.state_dict())
-        return model
-    model_config = preset(config.preset, **overrides)
-    model = HVAE(model_config)
-    if tuple(model.image_shape) != tuple(image_shape):
-        raise ValueError(f"preset {config.preset!r} models images {model.image_shape} (C, H, W) "
-                         f"but {config.data!r} has {tuple(image_shape)}; choose a preset that "
-                         f"fits (e.g. tiny-8 for digits8, demo-cpu for patches32)")
-    return model
-
-
-def _load_primary(path: str):
-    try:
-        model, payload = load_model(path, ema=True)
-    except (FileNotFoundError, NotADirectoryError, io.CheckpointError) as error:
-        raise TrainingError(f"--primary {path} is not a vaeprobe run: {error}") from None
-    if not isinstance(model, HVAE):
-        raise TrainingError(f"--primary {path} holds a {payload['family']} model; the primary "
-                            f"of a two-stage run must be an hvae run")
-    return model, payload
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -214,6 +60,8 @@ class Trainer:
         dataset = vdata.as_dataset(vdata.load(config.data, split="train",
                                               root=config.data_root or None))
         self.dataset = dataset
+        self.images = dataset.images.to(self.device) \
+            if isinstance(dataset, vdata.ImageTensorDataset) else None  # resident: no copies
         image_shape = tuple(dataset[0].shape)
         self.dims = math.prod(image_shape)
         torch.manual_seed(config.seed)
@@ -234,6 +82,8 @@ class Trainer:
         if self.world > 1:
             self.network = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:  # the EMA copy and the checkpoints keep the plain module
+            self.network = torch.compile(self.network)
         self.step, self.skipped = 0, 0
         self.recent_skips = collections.deque(maxlen=100)
         self.schedule = set(checkpoint_steps(config.steps, config.ckpt_every))
@@ -259,7 +109,27 @@ class Trainer:
         return indices[self.rank * local:(self.rank + 1) * local]
 
     def fetch(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images of the training set at ``indices``, on the device."""
+        if self.images is not None:
+            return self.images[indices.to(self.device)]
         return vdata.gather(self.dataset, indices).to(self.device, non_blocking=True)
+
+    def batches(self, start: int):
+        """Yield (indices, uint8 images on the device) for steps ``start``, ``start + 1``...
+
+        A tensor dataset lives on the device (moved once; a step indexes it there, with no
+        copy from the host); any other is read ahead by ``--workers`` loader processes into
+        pinned memory. The order is ``batch_indices``' either way, so a resume is exact.
+        """
+        if self.images is not None:
+            for step in range(start, self.config.steps):
+                indices = self.batch_indices(step)
+                yield indices, self.fetch(indices)
+            return
+        steps = (self.batch_indices(step) for step in range(start, self.config.steps))
+        for indices, x in vdata.load_batches(self.dataset, steps, workers=self.config.workers,
+                                             device=self.device):
+            yield indices, x.to(self.device, non_blocking=True)
 
     def autocast(self):
         if self.config.amp == "bf16":
@@ -446,11 +316,10 @@ class Trainer:
     def _loop(self, progress, stop: _StopRequests, tick: float, images: int) -> None:
         """Steps until --steps, or until a stop request (then a checkpoint, and
         TrainingInterrupted)."""
-        while self.step < self.config.steps:
+        for indices, x in self.batches(self.step):
             if self._stop_requested(stop):
                 raise self._interrupted(stop)
-            indices = self.batch_indices(self.step)
-            result = self.train_step(self.fetch(indices), indices)
+            result = self.train_step(x, indices)
             self.step += 1
             images += len(indices) * self.world
             if self.step % self.config.log_every == 0 or self.step == self.config.steps:

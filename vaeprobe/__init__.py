@@ -12,6 +12,7 @@ from vaeprobe import data, plot
 from vaeprobe._version import __version__
 from vaeprobe.adapters import load
 from vaeprobe.adapters.module import from_module
+from vaeprobe.audit import audit
 from vaeprobe.fidelity import sample_quality
 from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
@@ -25,5 +26,5 @@ from vaeprobe.spectrum import spectrum
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "checkpoints", "data", "iwae", "load", "open_results", "pca_baseline",
-           "plot", "rate", "sample_quality", "samples", "save", "spectrum"]
+           "__version__", "audit", "checkpoints", "data", "iwae", "load", "open_results",
+           "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

@@ -5,24 +5,36 @@ from __future__ import annotations
 import torch
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe
 from vaeprobe.random import image_generators
 
 
 def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
-    """(dataset, indices): ``data`` checked against the probe's image shape, a seeded subset."""
+    """(dataset, indices): ``data`` checked against the probe's image shape, a seeded subset.
+
+    ``indices`` are all the subset's images, on every rank; :func:`batches` evaluates this
+    rank's block of them (:func:`vaeprobe.distributed.shard`).
+    """
     dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
     return dataset, vdata.select(dataset, n_images, seed)
 
 
 def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
-            progress: bool, desc: str):
-    """Yield (images on device, per-image generators) with a progress bar over images."""
-    bar = progress_bar(len(indices), desc, progress, unit="img")
+            progress: bool, desc: str, shard: bool = False):
+    """Yield (images on device, per-image generators) with a progress bar over images.
+
+    ``shard``: under torchrun only this rank's contiguous block of ``indices`` is evaluated
+    (:func:`vaeprobe.distributed.shard`); the caller must then reduce its results with
+    ``distributed.merge`` / ``distributed.cat``. Off by default, so that a caller that does not
+    reduce stays correct (every rank evaluating every image).
+    """
+    local = distributed.shard(indices, device) if shard else indices
+    bar = progress_bar(len(local), desc, progress, unit="img")
     start = 0
-    for x in vdata.iterate_batches(dataset, batch_size, indices):
-        chunk = indices[start:start + len(x)]
+    for x in vdata.iterate_batches(dataset, batch_size, local, device=device):
+        chunk = local[start:start + len(x)]
         start += len(x)
         yield x.to(device), image_generators(seed, chunk.tolist(), device)
         bar.update(len(x))
@@ -30,11 +42,12 @@ def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
-    """A tqdm bar; when not ``enabled``, a disabled one whose update/close do nothing."""
+    """A tqdm bar (rank 0 only); when not ``enabled``, a disabled one whose update/close do
+    nothing."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False,
-                disable=not enabled)
+                disable=not enabled or not distributed.is_main())
 
 
 def result_attrs(analysis: str, parameters: dict, probe: Probe | None, dataset, n_images: int,

@@ -10,85 +10,32 @@ work, each command checks that ``--out`` / ``--plot`` can be written, chooses it
 from __future__ import annotations
 
 import argparse
-import inspect
+import contextlib
 import sys
 import warnings
+from io import StringIO
 
+# the argument machinery lives in vaeprobe._cli_args (imported back here: tests and callers
+# use vaeprobe.cli._options and friends)
+from vaeprobe._cli_args import (  # noqa: F401
+    CHECKPOINT_HELP,
+    NONE_MEANS,
+    _ApiArguments,
+    _check_outputs,
+    _common,
+    _dest,
+    _error_text,
+    _finish,
+    _load,
+    _load_arguments,
+    _model_command,
+    _options,
+    _say_threads,
+    _show,
+    _subparser,
+)
 from vaeprobe._version import __version__
-
-# how a None default reads in --help, per parameter
-NONE_MEANS = {
-    "n_images": "all",
-    "data": "the test split of the data the run was trained on",
-    "chunk": "the model's rows per pass / --batch-size",
-    "kind": "the model's own likelihood kind",
-    "device": "cuda when available, else cpu",
-    "format": "recognised from the files",
-    "weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "prc_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
-    "spectrum_distortion": "none: no PCA spectrum",
-    "root": "none",
-}
-
-
-class _ApiArguments:
-    """Adds flags to a subcommand with the defaults of one public function's parameters."""
-
-    def __init__(self, parser: argparse.ArgumentParser, function, **extra_functions):
-        self.parser = parser
-        self.functions = {"": function, **extra_functions}
-        self.renames: dict[str, tuple[str, str]] = {}  # dest -> (function key, parameter)
-        parser.set_defaults(api=function, api_extra=extra_functions, api_renames=self.renames)
-
-    def add(self, *flags: str, help: str, param: str | None = None, of: str = "",
-            units: str = "", **options) -> None:
-        """A flag whose default is ``param`` of the function ``of`` ("" the command's own)."""
-        dest = options.get("dest") or _dest(flags)
-        param = param or dest
-        self.renames[dest] = (of, param)
-        default = inspect.signature(self.functions[of]).parameters[param].default
-        shown = NONE_MEANS.get(param, "none") if default is None else _show(default)
-        unit = f" {units}" if units and default is not None else ""
-        choices = options.get("choices")
-        if choices and len(",".join(choices)) > 30:  # a long list reads better in the help
-            options.setdefault("metavar", dest.upper())
-            help = f"{help}; one of: {', '.join(choices)}"
-        self.parser.add_argument(*flags, default=default,
-                                 help=f"{help} (default: {shown}{unit})", **options)
-
-
-def _dest(flags) -> str:
-    """argparse's dest: the first long flag (else the first short), dashes as underscores."""
-    long = [flag for flag in flags if flag.startswith("--")]
-    return (long or list(flags))[0].lstrip("-").replace("-", "_")
-
-
-def _show(default) -> str:
-    if isinstance(default, (tuple, list)):
-        return " ".join(str(value) for value in default)
-    return str(default)
-
-
-def _subparser(sub, name: str, help: str, example: str, description: str = ""):
-    import textwrap
-
-    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 79),
-                          epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def _common(parser, *, out: bool = True, plot: bool = True) -> None:
-    """--threads, and --out / --plot (checked before any work)."""
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: 0 = OMP_NUM_THREADS when set, else "
-                        "the usable cores; said on stderr)")
-    if out:
-        parser.add_argument("--out", default=None, help="write the results Dataset here "
-                            "(netCDF, .nc; default: not written)")
-    if plot:
-        parser.add_argument("--plot", default=None, help="write a PNG figure here (default: "
-                            "not drawn)")
+from vaeprobe.audit.cli import _add_audit
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -130,71 +77,6 @@ def _add_data(sub) -> None:
     parser.add_argument("--n-preview", type=int, default=64,
                         help="examples in the preview (default: 64)")
     parser.set_defaults(run=_cmd_data)
-
-
-# ---- opening a model ------------------------------------------------------------------------
-CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
-                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th")
-
-
-def _load_arguments(parser, api: _ApiArguments) -> None:
-    """How a model is opened: its format (sniffed by default), its options, the device."""
-    from vaeprobe.adapters import formats
-
-    api.add("--format", of="load", choices=formats.names(),
-            help="checkpoint format")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a format option, repeatable, e.g. hparams=cifar10, "
-                        "image_size=256, pixel_range=[-1,1] (values read as JSON when they "
-                        "parse, else as text; default: none)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
-                        "(formats with EMA weights; default: EMA weights)")
-    api.add("--device", of="load", help="cpu, cuda or cuda:N")
-
-
-def _options(pairs: list[str]) -> dict:
-    """``["key=value", ...]`` -> options; a value is JSON when it parses (256, [-1,1], false),
-    else text (cifar10)."""
-    import json
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
-def _load(args, path=None):
-    import vaeprobe as vp
-
-    options = _options(args.option)
-    if args.no_ema:
-        options["ema"] = False
-    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
-
-
-def _model_command(sub, name: str, function, help: str, example: str) -> tuple:
-    """A subcommand over one model: CHECKPOINT, --data, --n-images, --batch-size, --seed and
-    the loading flags, with the defaults of ``function``."""
-    import vaeprobe as vp
-
-    parser = _subparser(sub, name, help, example)
-    api = _ApiArguments(parser, function, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    parser.add_argument("--data", required=True, help="evaluation images: a dataset name "
-                        "(e.g. patches32:test; folder:PATH is read at the model's image size)")
-    api.add("--n-images", type=int, help="evaluate a seeded random subset of this many images")
-    api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
-    api.add("--seed", type=int, help="seeds the subset and every draw (results do not depend "
-            "on --batch-size)")
-    _load_arguments(parser, api)
-    _common(parser)
-    return parser, api
 
 
 # ---- rate, iwae -----------------------------------------------------------------------------
@@ -459,53 +341,8 @@ def _add_pca(sub) -> None:
     parser.set_defaults(run=_cmd_pca)
 
 
-# ---- running a command ----------------------------------------------------------------------
-def _finish(ds, args, draw) -> int:
-    """After the summary: warnings, then the Dataset and the figure when asked. A failed write
-    is named and the other output still written; the exit status is then 1."""
-    from vaeprobe import io
-    from vaeprobe.plot import save_figure
-
-    if ds.attrs.get("warning"):
-        for sentence in str(ds.attrs["warning"]).split("; "):
-            print(f"WARNING: {sentence}")
-    failed = []
-    for path, write in ((args.out, lambda: io.save(ds, args.out)),
-                        (args.plot, lambda: save_figure(draw(ds), args.plot))):
-        if not path:
-            continue
-        try:
-            write()
-            print(f"wrote {path}")
-        except OSError as error:
-            failed.append(str(path))
-            print(f"vaeprobe {args.command}: error: {error}", file=sys.stderr)
-    if failed:
-        print(f"vaeprobe {args.command}: could not write {', '.join(failed)}; the results "
-              f"above were computed but not saved there", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _check_outputs(args) -> None:
-    """Every output path of the command, checked before any work."""
-    from vaeprobe import io
-
-    for flag in ("out", "plot", "preview"):
-        if getattr(args, flag, None):
-            io.check_writable(getattr(args, flag), f"--{flag}")
-
-
-def _say_threads(args) -> None:
-    from vaeprobe._threads import apply_threads
-
-    if hasattr(args, "threads"):
-        _, said = apply_threads(args.threads)
-        print(f"vaeprobe {args.command}: {said}", file=sys.stderr)
-
-
 COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_spectrum, _add_pca,
-            _add_weights]
+            _add_weights, _add_audit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -521,16 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error_text(error: BaseException) -> str:
-    from vaeprobe.weights import MissingWeightsError
-
-    if isinstance(error, MissingWeightsError):
-        return error.describe(cli=True)  # the flags, not the Python keywords
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])  # str(KeyError) adds quotes
-    return str(error)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -541,8 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"vaeprobe {args.command}: warning: {message}", file=sys.stderr)
 
+    from vaeprobe import distributed
+
+    # under torchrun (torchrun --nproc_per_node=N -m vaeprobe.cli ...) the ranks share the
+    # images; all compute the same Dataset, rank 0 alone prints and writes
+    quiet = contextlib.nullcontext() if distributed.is_main() else \
+        contextlib.redirect_stdout(StringIO())
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet:
             warnings.showwarning = one_line
             _check_outputs(args)
             _say_threads(args)
@@ -553,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, KeyError, TypeError) as error:
         print(f"vaeprobe {args.command}: error: {_error_text(error)}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,26 +11,31 @@ Every function in vaeprobe that takes ``data`` accepts one of
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# The colour photographs scikit-image ships. The split is by photograph: no test patch comes
-# from a training photograph. The motorcycle pair is one stereo scene, so both stay in train.
-PHOTOS = (
-    "astronaut", "chelsea", "coffee", "hubble_deep_field", "ihc",
-    "motorcycle_left", "motorcycle_right", "retina", "rocket",
+# the embedded patches live in vaeprobe._patches, imported back here (data.load_patches & co.)
+from vaeprobe._patches import (  # noqa: F401
+    _PATCH_RECIPE_VERSION,
+    PATCH_SCALES,
+    PATCH_STRIDES,
+    PHOTOS,
+    TEST_PHOTOS,
+    _area_downsample,
+    _array_sha256,
+    _cut_patches,
+    _load_photo,
+    _patch_recipe,
+    _recipe_key,
+    build_patches,
+    cache_dir,
+    load_patches,
 )
-TEST_PHOTOS = ("chelsea", "coffee")
-PATCH_SCALES = (1, 2, 4)  # area-downsampling factors
-PATCH_STRIDES = {16: 8, 32: 12, 64: 24}  # pixels between patch corners, per patch size
-_PATCH_RECIPE_VERSION = 1
+
 SPLITS = ("train", "test")
 
 
@@ -117,95 +122,6 @@ def to_uint8(images: torch.Tensor, *, channels_last: bool = False, clip: bool = 
 
 
 # ---------------------------------------------------------------------------------------------
-# the embedded patches
-
-
-def cache_dir() -> Path:
-    """``$VAEPROBE_CACHE``, else ``$XDG_CACHE_HOME/vaeprobe``, else ``~/.cache/vaeprobe``."""
-    if os.environ.get("VAEPROBE_CACHE"):
-        return Path(os.environ["VAEPROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vaeprobe"
-
-
-def _load_photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    if name in ("motorcycle_left", "motorcycle_right"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name == "motorcycle_left" else right
-    loader = {"ihc": "immunohistochemistry"}.get(name, name)
-    return getattr(skimage.data, loader)()
-
-
-def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of an HWC uint8 image (crops the remainder)."""
-    if factor == 1:
-        return image
-    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, -1)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
-
-
-def _cut_patches(image: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """All ``size x size`` patches of an HWC image at ``stride``, as NCHW uint8."""
-    if image.shape[0] < size or image.shape[1] < size:
-        return np.zeros((0, image.shape[2], size, size), np.uint8)
-    windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))
-    windows = windows[::stride, ::stride]  # (nh, nw, C, size, size)
-    return np.ascontiguousarray(windows.reshape(-1, *windows.shape[2:]))
-
-
-def _patch_recipe(size: int, split: str) -> dict:
-    photos = [p for p in PHOTOS if (p in TEST_PHOTOS) == (split == "test")]
-    return dict(version=_PATCH_RECIPE_VERSION, size=size, split=split, photos=photos,
-                scales=list(PATCH_SCALES), stride=PATCH_STRIDES[size])
-
-
-def build_patches(size: int, split: str) -> np.ndarray:
-    """Cut the embedded patches (deterministic; no cache). Returns uint8 ``(N, 3, size, size)``."""
-    recipe = _patch_recipe(size, split)
-    parts = [
-        _cut_patches(_area_downsample(_load_photo(photo), factor), size, recipe["stride"])
-        for photo in recipe["photos"] for factor in recipe["scales"]
-    ]
-    return np.concatenate(parts)
-
-
-def _recipe_key(recipe: dict) -> str:
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
-    for photo in recipe["photos"]:  # a changed source photograph changes the key
-        digest.update(_load_photo(photo).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _array_sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def load_patches(size: int, split: str) -> np.ndarray:
-    """Embedded patches from the cache, rebuilt when missing or when the content hash differs."""
-    if size not in PATCH_STRIDES:
-        raise ValueError(f"patch size must be one of {sorted(PATCH_STRIDES)}, got {size}")
-    recipe = _patch_recipe(size, split)
-    path = cache_dir() / f"patches{size}-{split}-{_recipe_key(recipe)}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as stored:
-                images, sha = stored["images"], str(stored["sha256"])
-            if _array_sha256(images) == sha:
-                return images
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or truncated cache entry: rebuild below
-    images = build_patches(size, split)
-    from vaeprobe.io import atomic_path
-
-    with atomic_path(path, ".npz.tmp") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, images=images, sha256=_array_sha256(images))
-    return images
-
-
-# ---------------------------------------------------------------------------------------------
 # other sources
 
 
@@ -236,6 +152,24 @@ class _TorchvisionUint8(Dataset):
         return pil_to_tensor(image.convert("L" if self.grey else "RGB"))
 
 
+def in_memory(base, name: str) -> ImageTensorDataset:
+    """A torchvision set that holds its pixels in memory (SVHN, CIFAR-10, MNIST) as one uint8
+    tensor, the images its PIL items would give, without a PIL round trip per item."""
+    import torchvision.datasets as tvd
+
+    data = base.data
+    if isinstance(base, tvd.SVHN):  # numpy (N, 3, H, W)
+        images = torch.from_numpy(np.ascontiguousarray(data))
+    elif isinstance(base, tvd.CIFAR10):  # numpy (N, H, W, 3)
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
+    elif isinstance(base, tvd.MNIST):  # tensor (N, H, W)
+        images = torch.as_tensor(data)[:, None]
+    else:
+        raise TypeError(f"no in-memory layout known for {type(base).__name__}; wrap it as "
+                        f"_TorchvisionUint8 (decoded per item)")
+    return ImageTensorDataset(images.contiguous(), name=name)
+
+
 def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -245,12 +179,11 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     train = split == "train"
     try:
         if name == "svhn":
-            return _TorchvisionUint8(tvd.SVHN(root, split=split, download=download), name)
+            return in_memory(tvd.SVHN(root, split=split, download=download), name)
         if name == "cifar10":
-            return _TorchvisionUint8(tvd.CIFAR10(root, train=train, download=download), name)
+            return in_memory(tvd.CIFAR10(root, train=train, download=download), name)
         if name == "mnist":
-            return _TorchvisionUint8(tvd.MNIST(root, train=train, download=download), name,
-                                     grey=True)
+            return in_memory(tvd.MNIST(root, train=train, download=download), name)
         celeba_split = {"train": "train", "test": "test"}[split]
         base = tvd.CelebA(root, split=celeba_split, download=download)
         return _TorchvisionUint8(base, name, size=64)
@@ -261,25 +194,47 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
         ) from None
 
 
-def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
-    from PIL import Image
+class ImageFiles(Dataset):
+    """Image files decoded one at a time: RGB (or grey), centre-cropped square, box-resized to
+    ``size``."""
 
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(suffixes))}) under {path}")
-    arrays = []
-    for file in files:
-        with Image.open(file) as image:
-            image = image.convert("L" if grey else "RGB")
+    SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+    def __init__(self, files, size: int, name: str = "files", grey: bool = False):
+        self.files, self.size, self.name, self.grey = list(files), size, name, grey
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            image = image.convert("L" if self.grey else "RGB")
             side = min(image.size)
             left, top = (image.width - side) // 2, (image.height - side) // 2
             image = image.crop((left, top, left + side, top + side))
-            arrays.append(np.asarray(image.resize((size, size), Image.BOX)))
-    stacked = np.stack(arrays)
-    stacked = stacked[..., None] if stacked.ndim == 3 else stacked  # grey: (N, H, W) -> NHWC
-    images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-    return ImageTensorDataset(images, name=f"folder:{path}")
+            pixels = np.array(image.resize((self.size, self.size), Image.BOX))
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # grey: (H, W) -> HWC
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def materialize(dataset: Dataset, *, workers: int | None = None, batch_size: int = 512,
+                name: str | None = None) -> ImageTensorDataset:
+    """Every image of ``dataset`` in one uint8 tensor, decoded by ``workers`` loader processes
+    (default :func:`default_workers`): later batches are slices, with no per-item Python."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset
+    images = torch.cat(list(iterate_batches(dataset, batch_size, workers=workers)))
+    return ImageTensorDataset(images, name=name or dataset_name(dataset))
+
+
+def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFiles.SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(ImageFiles.SUFFIXES)}) under "
+                                f"{path}")
+    return materialize(ImageFiles(files, size, grey=grey), name=f"folder:{path}")
 
 
 def _npz(path: Path) -> ImageTensorDataset:
@@ -425,19 +380,14 @@ def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tenso
     return torch.randperm(total, generator=generator)[:n_images].sort().values
 
 
-def gather(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) of ``dataset`` at ``indices`` (a slice for tensor datasets)."""
-    if isinstance(dataset, ImageTensorDataset):
-        return dataset.images[indices]
-    return torch.stack([dataset[int(i)] for i in indices])
-
-
-def iterate_batches(dataset: Dataset, batch_size: int,
-                    indices: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Yield uint8 ``(B, C, H, W)`` batches of ``dataset`` (at ``indices``, in order)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if indices is None:
-        indices = torch.arange(len(dataset))
-    for start in range(0, len(indices), batch_size):
-        yield gather(dataset, indices[start:start + batch_size])
+# the loader (index batches -> image batches) lives in vaeprobe.data_path; imported back here
+# at the end, as it needs ImageTensorDataset defined above
+from vaeprobe.data_path import (  # noqa: E402, F401
+    _BatchList,
+    _collate,
+    _Indexed,
+    default_workers,
+    gather,
+    iterate_batches,
+    load_batches,
+)

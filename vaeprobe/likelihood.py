@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -87,7 +88,8 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     seed : int
         Every image's draws come from its own streams keyed by (seed, dataset index), in a
         fixed layout: the result is identical (bit for bit) for any ``batch_size`` and
-        ``chunk``.
+        ``chunk``, and under torchrun (images sharded across ranks, :mod:`vaeprobe.distributed`)
+        equal to one process up to the float rounding of other batch compositions.
     kind : {"discretized", "dequantized"}, optional
         How log p(x|z) is evaluated; default the probe's ``likelihood_kind``. Dequantized
         densities on [0, 1] get log2(256) bits/dim added (recorded in attrs).
@@ -125,18 +127,21 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
     bpd_offset = float(probe.n_bits) if kind == "dequantized" else 0.0
     offset_nats = image_dims(probe) * bpd_offset * math.log(2)
-    all_log_w, all_log_px, start = [], [], 0
+    local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank
+    all_log_w = [torch.empty(0, k, dtype=torch.float64)]
+    all_log_px, start = [torch.empty(0, dtype=torch.float64)], 0
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 f"iwae K={k}"):
-        rows = indices[start:start + len(x)].tolist()
+                                 f"iwae K={k}", shard=True):
+        rows = local[start:start + len(x)].tolist()
         start += len(x)
         dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
         log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
         all_log_w.append(log_w - offset_nats)
         all_log_px.append(log_px.mean(1) - offset_nats)  # E_q log p(x|z) over the K draws
-    ds = _iwae_dataset(torch.cat(all_log_w), image_dims(probe), indices)
-    ds = ds.assign(_reconstruction_dataset(torch.cat(all_log_px), ds["elbo"].values,
-                                           image_dims(probe)))
+    # every rank's images, in the subset's order (one process: unchanged)
+    log_w, log_px = (distributed.cat(torch.cat(parts)) for parts in (all_log_w, all_log_px))
+    ds = _iwae_dataset(log_w, image_dims(probe), indices)
+    ds = ds.assign(_reconstruction_dataset(log_px, ds["elbo"].values, image_dims(probe)))
     parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
                       kind=kind)
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,

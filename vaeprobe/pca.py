@@ -13,6 +13,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
@@ -153,14 +154,15 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     """
     dataset = vdata.as_dataset(data)
     indices = vdata.select(dataset, n_images, seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or distributed.default_device())
     covariance = _Covariance()
-    bar = progress_bar(len(indices), "pca: covariance", progress, unit="img")
-    for x in vdata.iterate_batches(dataset, batch_size, indices):
+    local = distributed.shard(indices, device)  # this rank's block under torchrun
+    bar = progress_bar(len(local), "pca: covariance", progress, unit="img")
+    for x in vdata.iterate_batches(dataset, batch_size, local, device=device):
         covariance.update(x.to(device))
         bar.update(len(x))
     bar.close()
-    mean, cov = covariance.compute()
+    mean, cov = (part.to(device) for part in distributed.merge(covariance).compute())
     eigenvalues, eigenvectors = _eigen(cov)
     values = eigenvalues.cpu().numpy()
     dims = len(values)
@@ -202,12 +204,12 @@ def _top_k_spectrum(dataset, seed, mean, vectors, values, target, n_images, wind
     k = int(np.nonzero(tail <= target)[0][0])
     basis = vectors[:, :k]  # (D, k)
     accumulator = _SpectrumAccumulator(window, "per_channel")
-    indices = vdata.select(dataset, n_images, seed)
-    for x in vdata.iterate_batches(dataset, batch_size, indices):
+    indices = distributed.shard(vdata.select(dataset, n_images, seed), device)
+    for x in vdata.iterate_batches(dataset, batch_size, indices, device=device):
         flat = x.to(device).double().flatten(1) / 255.0 - mean
         reconstruction = (flat @ basis @ basis.T + mean).reshape(x.shape)
         accumulator.update(reconstruction)
-    frequency, power, n_modes = accumulator.compute()
+    frequency, power, n_modes = distributed.merge(accumulator).compute()
     hff = high_frequency_fraction(power[1:], n_modes[1:], frequency[1:], cutoff)
     return xr.Dataset(
         {"power_pca": ("frequency", power[1:], {"units": "mean |FFT|^2 per mode"}),

@@ -211,6 +211,22 @@ class Probe:
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
         raise NotImplementedError
 
+    def sample_prior_given(self, latents: LatentPass, n_fixed: int, temperature=1.0,
+                           generator: Generators = None) -> LatentPass:
+        """Latents whose first ``n_fixed`` layers are those of ``latents`` (e.g. posterior
+        draws from :meth:`encode`) and whose later layers come from the prior given them,
+        p(z_l | z_<l), at ``temperature`` (0: the conditional prior means).
+
+        ``n_fixed=0`` equals :meth:`sample_prior` with the same ``generator``;
+        ``n_fixed=len(self.layers)`` keeps every layer. Rows follow ``latents``; ``generator``
+        is one per row or one for all, laid out as in :meth:`sample_prior`. Hierarchical probes
+        implement it (progressive coding); the default refuses.
+        """
+        raise UndefinedAnalysisError(
+            f"drawing later latent layers from the prior given earlier ones is undefined for "
+            f"{self.name}: {type(self).__name__} does not implement sample_prior_given (a prior "
+            f"p(z_l | z_<l) conditioned on the layers above)")
+
     @property
     def name(self) -> str:
         """How errors and reports name this model: its checkpoint, or its class."""
@@ -270,3 +286,9 @@ def check_posterior(posterior: str) -> str:
         raise ValueError(f"posterior must be one of {POSTERIORS} (a posterior sample or its "
                          f"mean), got {posterior!r}")
     return posterior
+
+
+def check_n_fixed(n_fixed: int, n_layers: int) -> None:
+    if isinstance(n_fixed, bool) or not isinstance(n_fixed, int) or not 0 <= n_fixed <= n_layers:
+        raise ValueError(f"n_fixed (layers kept from the given latents) must be an integer in "
+                         f"[0, {n_layers}], got {n_fixed!r}")

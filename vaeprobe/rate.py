@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -80,7 +81,8 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         A seeded random subset of this many images (all by default).
     batch_size : int
     seed : int
-        Seeds the subset and the posterior draws (per image: batch size does not matter).
+        Seeds the subset and the posterior draws (per image: batch size does not matter, nor
+        does sharding the images across ranks under torchrun, see :mod:`vaeprobe.distributed`).
     active_threshold : float
         A channel is an active unit when its mean KL exceeds this (nats).
     per_image : bool
@@ -110,10 +112,10 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     """
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
-    images, kl_analytic = [], [True] * len(probe.layers)
+    images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
     log_px, elbo = _Moments(), _Moments()
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 "rate"):
+                                 "rate", shard=True):
         terms = _rate_terms(probe, x, generators, posterior)
         kl_analytic = terms["kl_analytic"]
         layer.update(terms["layer"])
@@ -125,13 +127,19 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
             elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
         if per_image:
             images.append(terms["layer"].cpu())
+    # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
+    layer, channel, distortion, total, log_px, elbo = (
+        distributed.merge(moments) for moments in (layer, channel, distortion, total, log_px,
+                                                   elbo))
+    kl_analytic = next((flags for flags in distributed.gather(kl_analytic) if flags is not None),
+                       [True] * len(probe.layers))
     ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if log_px.n:
         ds = ds.assign(_reconstruction_terms(log_px, elbo, image_dims(probe),
                                              probe.likelihood_kind, probe.n_bits))
     if per_image:
-        ds["rate_per_image"] = (("image", "layer"), torch.cat(images).numpy(),
+        ds["rate_per_image"] = (("image", "layer"), distributed.cat(torch.cat(images)).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
         ds = ds.assign_coords(image=indices.numpy())
     parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,

@@ -20,16 +20,19 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, result_attrs
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
 PRIOR_KINDS = ("mean", "stochastic")
+PRIMARY = "primary_mean"  # two-stage: the primary's x_hat, kept in LatentPass.context["x_hat"]
 
 
 def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: int = 0,
-            data=None, batch_size: int = 100, progress: bool = True) -> xr.Dataset:
+            data=None, batch_size: int = 100, return_primary: bool = False,
+            progress: bool = True) -> xr.Dataset:
     """``n`` uint8 samples of one kind: prior samples or reconstructions, means or draws.
 
     Parameters
@@ -49,14 +52,20 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     data : str, Dataset or uint8 tensor, optional
         Input images of the reconstruction kinds (a seeded subset of ``n``, cycled if fewer).
     batch_size : int
-        Images per model pass (memory only; results do not depend on it).
+        Images per model pass (memory only; results do not depend on it). Under torchrun each
+        rank draws a contiguous block of the ``n`` images; every rank returns all ``n``.
+    return_primary : bool
+        Two-stage models only: also return ``primary_mean``, the primary's mean decoding
+        x_hat = mu(z) of the same latents (the image the secondary refines), quantised like
+        ``mean``.
 
     Returns
     -------
     xarray.Dataset
         ``images`` (image, channel, y, x) uint8; reconstruction kinds add the coordinate
-        ``source_index`` (image): the input's index in ``data``. Attrs give the kind,
-        temperature, seed and checkpoint.
+        ``source_index`` (image): the input's index in ``data``; ``return_primary`` adds
+        ``primary_mean`` (image, channel, y, x) uint8. Attrs give the kind, temperature, seed
+        and checkpoint.
 
     Examples
     --------
@@ -72,16 +81,28 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
         dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
         # n above the dataset's size is no mistake here: row i reconstructs image i % size
         indices = vdata.select(dataset, min(n, len(dataset)), seed)
-    parts = []
-    bar = progress_bar(n, f"samples ({kind})", progress, unit="img")
+    parts = [torch.empty(0, dtype=torch.uint8)]
+    primary = [torch.empty(0, dtype=torch.uint8)]
+    bar = progress_bar(len(distributed.shard(torch.arange(n), probe.device)),
+                       f"samples ({kind})", progress, unit="img")
     for rows, images, _ in sample_batches(probe, [kind], n, batch_size, temperature, seed,
-                                          dataset, indices):
+                                          dataset, indices, return_primary=return_primary,
+                                          shard=True):
         parts.append(images[kind].cpu())
+        if return_primary:
+            primary.append(images[PRIMARY].cpu())
         bar.update(len(rows))
     bar.close()
-    return _samples_dataset(probe, torch.cat(parts).numpy(), kind, temperature, seed, dataset,
-                            indices, dict(n=n, kind=kind, temperature=temperature, seed=seed,
-                                          batch_size=batch_size))
+    images = distributed.cat(torch.cat(parts[1:]) if len(parts) > 1 else parts[0])
+    ds = _samples_dataset(probe, images.numpy(), kind, temperature, seed, dataset,
+                          indices, dict(n=n, kind=kind, temperature=temperature, seed=seed,
+                                        batch_size=batch_size, return_primary=return_primary))
+    if return_primary:
+        primary = distributed.cat(torch.cat(primary[1:]) if len(primary) > 1 else primary[0])
+        ds[PRIMARY] = (("image", "channel", "y", "x"), primary.numpy(),
+                       {"units": "uint8 pixel values",
+                        "long_name": "the primary's mean decoding x_hat of the same latents"})
+    return ds
 
 
 def _check_request(kind: str, n, data) -> None:
@@ -110,7 +131,8 @@ def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:
 
 def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, temperature,
                    seed: int, dataset=None, indices: torch.Tensor | None = None,
-                   posterior: str = "sample"
+                   posterior: str = "sample", *, return_primary: bool = False,
+                   shard: bool = False
                    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
     """Yield (rows, kind -> uint8 images, input images or None), all on the probe's device,
     for ``n`` images per kind, ``batch_size`` at a time.
@@ -118,22 +140,33 @@ def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, 
     Prior kinds share their latents; reconstruction kinds take the images of ``dataset`` at
     ``indices`` (cycled if ``n`` exceeds them: row i reconstructs ``indices[i % len]``),
     decoding a posterior sample or, with ``posterior="mean"``, the posterior mean.
+    ``return_primary`` (one kind only) adds ``primary_mean``: a two-stage model's x_hat.
+    ``shard``: under torchrun only this rank's contiguous block of the ``n`` rows
+    (:func:`vaeprobe.distributed.shard`; each row's randomness is keyed by the row).
     """
+    if return_primary and len(kinds) != 1:
+        raise ValueError(f"return_primary needs exactly one kind, got {list(kinds)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        rows = list(range(start, min(start + batch_size, n)))
+    positions = torch.arange(n)
+    if shard:
+        positions = distributed.shard(positions, probe.device)
+    for start in range(0, len(positions), batch_size):
+        rows = positions[start:start + batch_size].tolist()
         inputs = None
         if any(k not in PRIOR_KINDS for k in kinds):
             inputs = vdata.gather(dataset, indices[torch.tensor(rows) % len(indices)])
             inputs = inputs.to(probe.device)
-        yield rows, _draw(probe, kinds, rows, temperature, seed, inputs, posterior), inputs
+        yield rows, _draw(probe, kinds, rows, temperature, seed, inputs, posterior,
+                          return_primary), inputs
 
 
 @torch.no_grad()
 def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed: int,
-          inputs: torch.Tensor | None, posterior: str = "sample") -> dict[str, torch.Tensor]:
-    """uint8 images (B, C, H, W) of each kind for the sample positions ``rows``."""
+          inputs: torch.Tensor | None, posterior: str = "sample",
+          return_primary: bool = False) -> dict[str, torch.Tensor]:
+    """uint8 images (B, C, H, W) of each kind for the sample positions ``rows`` (and the
+    primary's x_hat of the latents as ``primary_mean`` when asked)."""
     out = {}
     prior = [k for k in kinds if k in PRIOR_KINDS]
     if prior:
@@ -144,7 +177,20 @@ def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed
     if reconstructions:
         latents = encode(probe, inputs, 1, image_generators(seed, rows, probe.device), posterior)
         out.update(_pixels(probe.decode(latents), reconstructions, rows, seed, probe.device))
+    if return_primary:
+        out[PRIMARY] = vdata.to_uint8(_primary_mean(probe, latents))
     return out
+
+
+def _primary_mean(probe: Probe, latents) -> torch.Tensor:
+    """A two-stage model's x_hat = mu(z) of these latents (LatentPass.context["x_hat"])."""
+    x_hat = latents.context.get("x_hat")
+    if x_hat is None:
+        raise ValueError(f"return_primary=True needs a two-stage model, whose latents carry the "
+                         f"primary's mean decoding in LatentPass.context['x_hat']; "
+                         f"{type(probe).__name__} ({probe.source.get('checkpoint', 'model')}) "
+                         f"has none: drop return_primary")
+    return x_hat
 
 
 def _pixels(likelihood, kinds, rows, seed, device) -> dict[str, torch.Tensor]:

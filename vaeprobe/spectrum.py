@@ -23,157 +23,25 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe import io
+from vaeprobe import distributed, io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
+
+# the estimator lives in vaeprobe._fourier, imported back here (vaeprobe.spectrum.power_2d...)
+from vaeprobe._fourier import (  # noqa: F401
+    _LUMA,
+    CHANNEL_MODES,
+    WINDOWS,
+    _unfold_half_spectrum,
+    band_energies,
+    high_frequency_fraction,
+    power_2d,
+    radial_bins,
+    radial_profile,
+    ratio_standard_error,
+    window_2d,
+)
 from vaeprobe.probe import Probe
 from vaeprobe.run import Run
-
-WINDOWS = ("none", "hann", "kaiser")
-CHANNEL_MODES = ("per_channel", "luminance")
-_LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-
-
-def window_2d(height: int, width: int, window: str = "hann", device=None) -> torch.Tensor:
-    """A separable window (H, W), float64, scaled so that its mean square is 1."""
-    def one(n):
-        if window == "none":
-            return torch.ones(n, dtype=torch.float64, device=device)
-        if window == "hann":
-            return torch.hann_window(n, periodic=False, dtype=torch.float64, device=device)
-        return torch.kaiser_window(n, periodic=False, beta=8.0, dtype=torch.float64,
-                                   device=device)
-
-    if window not in WINDOWS:
-        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
-    if window == "hann" and min(height, width) <= 2:
-        raise ValueError(f"the Hann window is zero at both ends, so on images of {height}x"
-                         f"{width} px it leaves no signal (every power would be NaN); pass "
-                         f"window='none' (or 'kaiser') for images with a side of 2 px or less")
-    w = torch.outer(one(height), one(width))
-    return w / w.pow(2).mean().sqrt()
-
-
-def power_2d(images: torch.Tensor, window: str = "hann", channels: str = "per_channel"
-             ) -> torch.Tensor:
-    """Summed (over images and channels) |FFT|^2 of mean-removed, windowed images: (H, W).
-
-    ``images``: (N, C, H, W); uint8 is put on the [0, 1] scale, floats are taken as they are.
-    Returns the sum, not the mean, so batches can be accumulated; divide by N * C'.
-    Real input: ``rfft2`` gives half the spectrum, Hermitian symmetry the other half.
-    """
-    if channels not in CHANNEL_MODES:
-        raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
-    height, width = images.shape[-2:]
-    w = window_2d(height, width, window, images.device)
-    windowed, uint8 = window != "none", images.dtype == torch.uint8
-    if channels == "luminance" and images.shape[1] == 3:
-        images = (images.double() * _LUMA.to(images.device)[None, :, None, None]).sum(1)
-    planes = images.reshape(-1, height, width)
-    half = torch.zeros(height, width // 2 + 1, dtype=torch.float64, device=images.device)
-    # transforms in groups of planes: on CPU one big batched FFT is ~10x slower per plane
-    # than groups that stay in cache (benchmarks/spectrum_speed.py)
-    step = max(1, (2 ** 26 if images.device.type == "cuda" else 2 ** 18) // (height * width))
-    for start in range(0, planes.shape[0], step):
-        x = planes[start:start + step].to(torch.float64, copy=True)
-        if windowed:
-            x -= x.mean(dim=(1, 2), keepdim=True)
-            x *= w
-        spectrum = torch.fft.rfft2(x, norm="ortho")
-        if not windowed:  # unwindowed, removing the mean only zeroes the DC mode
-            spectrum[:, 0, 0] = 0
-        half += spectrum.real.square().sum(0) + spectrum.imag.square().sum(0)
-    if uint8:
-        half /= 255.0 ** 2  # the [0, 1] scale, applied once to the power
-    return _unfold_half_spectrum(half, width)
-
-
-def _unfold_half_spectrum(half: torch.Tensor, width: int) -> torch.Tensor:
-    """Full (H, W) power map from the rfft half: P[k, l] = P[-k mod H, W - l]."""
-    height, kept = half.shape
-    full = half.new_empty(height, width)
-    full[:, :kept] = half
-    if width > kept:
-        rows = (-torch.arange(height, device=half.device)) % height
-        columns = width - torch.arange(kept, width, device=half.device)
-        full[:, kept:] = half[rows][:, columns]
-    return full
-
-
-def radial_bins(height: int, width: int) -> tuple[torch.Tensor, int]:
-    """Bin index of every Fourier mode (H, W) by rounded radius; -1 beyond Nyquist."""
-    fy = torch.fft.fftfreq(height, dtype=torch.float64)[:, None]
-    fx = torch.fft.fftfreq(width, dtype=torch.float64)[None, :]
-    side = min(height, width)
-    index = torch.round(torch.sqrt(fy ** 2 + fx ** 2) * side).long()
-    n_bins = side // 2 + 1  # 0 (DC) .. Nyquist
-    return torch.where(index < n_bins, index, torch.full_like(index, -1)), n_bins
-
-
-def radial_profile(power: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frequency in cycles/pixel, mean power per bin, modes per bin) from a 2-D power map.
-
-    Bin 0 is DC. Modes beyond Nyquist (the corners) are left out.
-    """
-    height, width = power.shape
-    index, n_bins = radial_bins(height, width)
-    inside = index >= 0
-    flat_index, flat_power = index[inside].cpu(), power[inside].double().cpu()
-    counts = torch.bincount(flat_index, minlength=n_bins).double()
-    sums = torch.bincount(flat_index, weights=flat_power, minlength=n_bins)
-    frequency = np.arange(n_bins) / min(height, width)
-    return frequency, (sums / counts.clamp(min=1)).numpy(), counts.numpy()
-
-
-def high_frequency_fraction(power: np.ndarray, counts: np.ndarray, frequency: np.ndarray,
-                            cutoff: float) -> np.ndarray:
-    """Share of (non-DC) power in bins above ``cutoff`` cycles/pixel; works along the last axis."""
-    energy = np.asarray(power) * counts
-    return energy[..., frequency > cutoff].sum(-1) / energy[..., frequency > 0].sum(-1)
-
-
-def band_energies(images: torch.Tensor, window: str, channels: str, cutoff: float
-                  ) -> torch.Tensor:
-    """Per image: (power above ``cutoff`` cycles/pixel, all non-DC power), float64 (N, 2).
-
-    The same estimator as :func:`power_2d` and :func:`high_frequency_fraction` (window, mean
-    removed, orthonormal FFT, radial bins up to Nyquist), kept per image so that the
-    high-frequency fraction, a ratio of sums over images, gets a standard error.
-    """
-    height, width = images.shape[-2:]
-    w = window_2d(height, width, window, images.device)
-    if channels == "luminance" and images.shape[1] == 3:
-        images = (images.double() * _LUMA.to(images.device)[None, :, None, None]).sum(1,
-                                                                                 keepdim=True)
-    index, n_bins = radial_bins(height, width)
-    kept = width // 2 + 1
-    # rfft's half spectrum: every column but DC (and Nyquist, for an even width) stands for two
-    # modes of the same radius
-    multiplicity = torch.full((kept,), 2.0, dtype=torch.float64)
-    multiplicity[0] = 1.0
-    if width % 2 == 0:
-        multiplicity[-1] = 1.0
-    half_index = index[:, :kept]
-    frequency = half_index.double() / min(height, width)
-    inside = (half_index >= 1).double() * multiplicity
-    high = inside * (frequency > cutoff).double()
-    masks = torch.stack([high, inside]).to(images.device)  # (2, H, W//2+1)
-    x = images.to(torch.float64, copy=True)
-    if window != "none":
-        x -= x.mean(dim=(-2, -1), keepdim=True)
-        x *= w
-    spectrum = torch.fft.rfft2(x, norm="ortho")
-    power = spectrum.real.square() + spectrum.imag.square()  # (N, C, H, W//2+1)
-    return torch.einsum("nchw,bhw->nb", power, masks).cpu()
-
-
-def ratio_standard_error(numerator: np.ndarray, denominator: np.ndarray) -> float:
-    """Standard error of sum(numerator) / sum(denominator) over n units (the delta method)."""
-    n = len(numerator)
-    if n < 2:
-        return float("nan")
-    ratio = numerator.sum() / denominator.sum()
-    residual = numerator - ratio * denominator
-    return float(np.sqrt((residual ** 2).sum() / (n * (n - 1))) / denominator.mean())
 
 
 class _SpectrumAccumulator:
@@ -274,6 +142,10 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         Images per model pass (a data-only spectrum uses batches of at least 2048).
     n_preview : int
         Keep this many data images and their reconstructions (for figures).
+    device : str, optional
+        Where models are loaded and data-only spectra computed (default CUDA when available,
+        ``cuda:LOCAL_RANK`` under torchrun). Under torchrun the images are sharded across
+        ranks and every rank returns the same Dataset (:mod:`vaeprobe.distributed`).
 
     Returns
     -------
@@ -296,7 +168,8 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
         raise ValueError(f"cutoff must be in (0, 0.5) cycles/pixel, got {cutoff}")
     window_2d(4, 4, window)  # validate early
     if isinstance(source, (torch.Tensor, np.ndarray, torch.utils.data.Dataset)):
-        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed)
+        return _data_spectrum(source, n_images, window, channels, cutoff, batch_size, seed,
+                              device)
     pairs, count, run = _load(source, device)
     data = data if data is not None else _default_data(source)
     parameters = dict(n_images=n_images, window=window, channels=channels, cutoff=cutoff,
@@ -386,7 +259,8 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
     ``with_data``."""
     recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
     distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
-    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, ""):
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, "",
+                                 shard=True):
         latents = probe.encode(x, 1, generators)
         mean = probe.decode(latents).mean.double()
         target = x.double() / 255.0
@@ -400,10 +274,16 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
             previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
+    # under torchrun: every rank's sums, in rank order (one process: unchanged)
+    recon, residual, data_power = (distributed.merge(acc) for acc in (recon, residual,
+                                                                      data_power))
+    distortion, rate, count = (distributed.total(value) for value in (distortion, rate, count))
+    previews = [part for parts in distributed.gather(previews) for part in parts]
     frequency, power_recon, n_modes = recon.compute()
     preview_x = torch.cat([p[0] for p in previews])[:n_preview].numpy()
     preview_r = torch.cat([p[1] for p in previews])[:n_preview].numpy()
-    energies = torch.cat(energies).numpy()
+    energies = torch.cat(energies).cpu() if energies else torch.empty(0, 2, dtype=torch.float64)
+    energies = distributed.cat(energies).numpy()  # every rank's images, in image order
     return dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
                 high_frequency_fraction_se=ratio_standard_error(energies[:, 0], energies[:, 1]),
                 power_residual=residual.compute()[1],
@@ -451,15 +331,17 @@ def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
     return ds
 
 
-def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed) -> xr.Dataset:
+def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed,
+                   device=None) -> xr.Dataset:
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
     accumulator = _SpectrumAccumulator(window, channels)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device or distributed.default_device())
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
-    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), indices):
+    local = distributed.shard(indices, device)  # this rank's block under torchrun
+    for x in vdata.iterate_batches(dataset, max(batch_size, 2048), local, device=device):
         accumulator.update(x.to(device))  # uint8: put on [0, 1] inside
-    frequency, power, n_modes = accumulator.compute()
+    frequency, power, n_modes = distributed.merge(accumulator).compute()
     power_attrs = {"units": "mean |FFT|^2 per mode, [0, 1] scale (orthonormal)"}
     ds = xr.Dataset(
         {"power_data": ("frequency", power[1:], power_attrs),

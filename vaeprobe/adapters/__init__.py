@@ -38,6 +38,11 @@ class Format:
         module, _, function = self.opener.partition(":")
         return getattr(importlib.import_module(module), function)
 
+    def __call__(self, path, **options) -> Probe:
+        """Open ``path`` with this format's opener directly (no sniffing, no provenance of the
+        options: :func:`load` adds those)."""
+        return self.open_function()(path, **options)
+
     def options(self) -> tuple[list[str], list[str]]:
         """(all option names, required option names) from the opener's signature."""
         parameters = list(inspect.signature(self.open_function()).parameters.values())[1:]
@@ -166,7 +171,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
     format : str, optional
         One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
-        CUDA when available, else CPU.
+        CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
     **options
         The format's options, e.g. ``ema=False`` (vaeprobe), ``image_size=256`` (diffusers),
         ``pixel_range=(-1, 1)`` (pythae), ``hparams="cifar10"`` (vdvae). Unknown or missing
@@ -180,6 +185,8 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
     >>> load("sd-vae-ft-mse/", image_size=256).source["format"]  # doctest: +SKIP
     'diffusers'
     """
+    from vaeprobe.distributed import default_device
+
     path = Path(path)
     if format is None:
         format = sniff_format(path)
@@ -192,6 +199,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
             raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
                               f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
+    device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
     probe = entry.open_function()(path, device=device, **options)
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
                                                           sort_keys=True))

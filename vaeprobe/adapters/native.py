@@ -19,7 +19,15 @@ from vaeprobe import io
 from vaeprobe.adapters._common import check_state_dict
 from vaeprobe.models.hvae import HVAE, HVAEConfig, per_layer_temperatures
 from vaeprobe.models.two_stage import TwoStageVAE
-from vaeprobe.probe import Generators, LatentPass, LayerInfo, Probe, RepeatedRows, check_n_samples
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerInfo,
+    Probe,
+    RepeatedRows,
+    check_n_fixed,
+    check_n_samples,
+)
 from vaeprobe.registry import Registry
 
 
@@ -69,6 +77,17 @@ class HVAEProbe(Probe):
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
         h, draws = self.model.top_down(batch=n, temperature=temperature,
                                        noise=self.noise(n, 1, generator))
+        return LatentPass(draws, 1, {"h": h})
+
+    @torch.no_grad()
+    def sample_prior_given(self, latents: LatentPass, n_fixed: int, temperature=1.0,
+                           generator: Generators = None) -> LatentPass:
+        check_n_fixed(n_fixed, len(self.layers))
+        rows = latents.draws[0].z.shape[0]
+        # None entries are drawn by the prior given the layers above (HVAE.top_down)
+        zs = [d.z for d in latents.draws[:n_fixed]] + [None] * (len(self.layers) - n_fixed)
+        h, draws = self.model.top_down(batch=rows, zs=zs, temperature=temperature,
+                                       noise=self.noise(rows, 1, generator))
         return LatentPass(draws, 1, {"h": h})
 
 

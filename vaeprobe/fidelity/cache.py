@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar
 from vaeprobe.fidelity.extractors import Extractor
 from vaeprobe.fidelity.metrics import PROTOCOL
@@ -41,17 +42,31 @@ def reference_features(dataset, indices, extractor: Extractor, batch_size: int, 
     key = reference_key(identity, indices, len(indices), tuple(dataset[0].shape[1:]),
                         extractor.name, extractor.weights_sha256)
     path = _cache_path(key)
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)["features"], True
-        except (RuntimeError, OSError, KeyError, EOFError):
-            pass  # damaged entry: recompute
-    features = featurise(vdata.iterate_batches(dataset, batch_size, indices), extractor, device,
-                         progress_bar(len(indices), f"reference {extractor.name}", progress))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"features": features}, tmp)
+    cached = _read(path)
+    # under torchrun the ranks agree first (one reads the entry only if all can), then each
+    # featurises its block and rank 0 writes the whole
+    if distributed.all_true(cached is not None):
+        return cached, True
+    local = distributed.shard(indices, device)
+    features = featurise(vdata.iterate_batches(dataset, batch_size, local, device=device),
+                         extractor, device,
+                         progress_bar(len(local), f"reference {extractor.name}", progress))
+    features = distributed.cat(features).to(features.device)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({"features": features}, tmp)
     return features, False
+
+
+def _read(path: Path) -> torch.Tensor | None:
+    """The features of a cache entry; None when missing or damaged (then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)["features"]
+    except (RuntimeError, OSError, KeyError, EOFError):
+        return None
 
 
 def featurise(batches, extractor: Extractor, device, bar) -> torch.Tensor:

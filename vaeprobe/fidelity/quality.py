@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import distributed
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
@@ -185,11 +186,13 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
     bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
     for rows, batch, inputs in sample_batches(probe, kinds, n, batch_size, temperature, seed,
-                                              dataset, indices, posterior):
+                                              dataset, indices, posterior, shard=True):
         for kind, images in batch.items():
             accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
         bar.update(len(rows))
     bar.close()
+    # under torchrun: every rank's features and kept images, in rank (= row) order
+    accumulators = {kind: distributed.merge(acc) for kind, acc in accumulators.items()}
     settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                     seed=seed)
     states = {kind: acc.compute() for kind, acc in accumulators.items()}

@@ -1,0 +1,137 @@
+"""Shared plumbing of the audit sections: section attrs, skipped / failed placeholders, the
+evaluation set, and the fidelity networks (built once per process, failures remembered)."""
+
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe._analysis import evaluation_set, result_attrs
+from vaeprobe.io import provenance
+from vaeprobe.probe import Probe
+
+# section name -> title, in report order
+TITLES = {
+    "model_card": "1. Model card",
+    "bits": "2. Where the bits go",
+    "reconstructions": "3. Reconstructions",
+    "latents": "4. Latent statistics",
+    "progressive": "5. Progressive coding",
+    "spectra": "6. Spectra",
+    "likelihood": "7. Likelihood",
+    "samples": "8. Samples",
+    "precision": "9. Numerical health",
+}
+
+
+def section_attrs(section: str, parameters: dict, probe: Probe, dataset, n_images: int,
+                  seed: int, protocol: str, **facts) -> dict:
+    """Provenance of one audit section (``analysis`` is ``audit.<section>``), status ok."""
+    return result_attrs(f"audit.{section}", parameters, probe, dataset, n_images, seed,
+                        section=section, status="ok", protocol=protocol, **facts)
+
+
+def restamp(ds: xr.Dataset, section: str, parameters: dict, protocol: str, **facts
+            ) -> xr.Dataset:
+    """Re-label the Dataset of a wrapped analysis (vp.rate, vp.iwae ...) as an audit section,
+    keeping its provenance; the wrapped analysis' name is kept in ``computed_by``."""
+    import json
+
+    inner = dict(ds.attrs)
+    merged = {**json.loads(inner.get("parameters", "{}")), **parameters}
+    inner.update(provenance(f"audit.{section}", merged, section=section, status="ok",
+                            protocol=protocol, computed_by=f"vp.{inner.get('analysis', '?')}",
+                            **facts))
+    ds.attrs = inner
+    return ds
+
+
+def skipped(section: str, reason: str, probe: Probe | None = None) -> xr.Dataset:
+    """An empty section that says why it was not computed (undefined for this model)."""
+    ds = xr.Dataset()
+    ds.attrs = provenance(f"audit.{section}", {}, section=section, status="skipped",
+                          skipped=reason, **_source(probe))
+    return ds
+
+
+def failed(section: str, error: BaseException, probe: Probe | None = None) -> xr.Dataset:
+    """An empty section that reports a failure: the error and a traceback summary."""
+    frames = traceback.extract_tb(error.__traceback__)[-4:]
+    summary = "".join(traceback.format_list(frames))
+    ds = xr.Dataset()
+    ds.attrs = provenance(f"audit.{section}", {}, section=section, status="failed",
+                          error=f"{type(error).__name__}: {error}", traceback=summary,
+                          **_source(probe))
+    return ds
+
+
+def _source(probe: Probe | None) -> dict:
+    source = dict(probe.source) if probe is not None else {}
+    source.setdefault("checkpoint", "in-memory model")
+    return source
+
+
+def evaluation_images(probe: Probe, data, n_images: int | None, seed: int):
+    """(dataset, indices, uint8 images (N, C, H, W) on CPU) of the seeded evaluation subset."""
+    dataset, indices = evaluation_set(probe, data, n_images, seed)
+    return dataset, indices, vdata.gather(dataset, indices)
+
+
+def layer_coords(probe: Probe) -> dict:
+    """The ``layer`` dim's coordinates, as :func:`vaeprobe.rate` names them."""
+    from vaeprobe.rate import resolution_label
+
+    return {
+        "layer": np.arange(len(probe.layers)),
+        "name": ("layer", [info.name for info in probe.layers]),
+        "layer_resolution": ("layer", [resolution_label(info.resolution)
+                                       for info in probe.layers]),
+        "channels": ("layer", [info.channels for info in probe.layers]),
+        "stage": ("layer", [info.stage for info in probe.layers]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# fidelity networks: built once per (kind, name, weights, device); a failure (e.g. a missing
+# weights file) is remembered with its message, the skip reason of the metrics that need it
+
+_NETWORKS: dict[tuple, tuple[object, str]] = {}
+_NETWORK_ERRORS = (FileNotFoundError, OSError, ValueError, KeyError, ImportError, RuntimeError)
+
+
+def feature_network(name: str, weights, device) -> tuple[object | None, str]:
+    """(extractor, "") or (None, reason): a registered FID feature extractor."""
+    from vaeprobe.fidelity import build_extractor
+
+    return _cached(("extractor", name, str(weights), str(device)),
+                   lambda: build_extractor(name, weights, device))
+
+
+def lpips_network(trunk: str, weights, device) -> tuple[object | None, str]:
+    """(LPIPS, "") or (None, reason)."""
+    from vaeprobe.fidelity import LPIPS
+
+    return _cached(("lpips", trunk, str(weights), str(device)),
+                   lambda: LPIPS(trunk, weights, device))
+
+
+def _cached(key: tuple, build) -> tuple[object | None, str]:
+    import os
+
+    # where weights are looked for is part of the key: a file put in place is found next time
+    key += tuple(os.environ.get(name) for name in ("VAEPROBE_WEIGHTS_DIR", "VAEPROBE_OFFLINE",
+                                                   "TORCH_HOME"))
+    if key not in _NETWORKS:
+        try:
+            _NETWORKS[key] = (build(), "")
+        except _NETWORK_ERRORS as error:
+            _NETWORKS[key] = (None, f"{type(error).__name__}: {error}")
+    return _NETWORKS[key]
+
+
+def device_of(probe: Probe) -> torch.device:
+    return torch.device(getattr(probe, "device", "cpu"))

@@ -1,0 +1,62 @@
+"""``vaeprobe audit``: the audit subcommand of ``vaeprobe.cli``, its defaults read from
+``vp.audit``'s signature like every other subcommand's."""
+
+from __future__ import annotations
+
+SECTIONS_HELP = ("a subset of: model_card bits reconstructions latents progressive spectra "
+                 "likelihood samples precision")
+
+
+def _cmd_audit(args) -> int:
+    import json
+
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _load
+
+    report = vp.audit(_load(args), args.data, n_images=args.n_images, seed=args.seed,
+                      sections=args.sections, progress=not args.quiet, out=args.out,
+                      feature_extractor=args.feature_extractor, weights=args.weights,
+                      lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
+                      settings=json.loads(args.settings) if args.settings else None)
+    print(report.summary())
+    print(f"wrote {args.out}/audit.nc, audit.png, audit.html")
+    return 0
+
+
+def _add_audit(sub) -> None:
+    """``vaeprobe audit PATH --data NAME``: every audit section, written to --out."""
+    import vaeprobe as vp
+    from vaeprobe._cli_args import (
+        CHECKPOINT_HELP,
+        _ApiArguments,
+        _common,
+        _load_arguments,
+        _subparser,
+    )
+    from vaeprobe.fidelity.extractors import extractors
+
+    parser = _subparser(sub, "audit", "a full report on one VAE checkpoint: model card, where "
+                        "the bits go, reconstructions, latent statistics, progressive coding, "
+                        "spectra, likelihood, samples, numerical health (audit.nc, audit.png, "
+                        "audit.html in --out)",
+                        "vaeprobe audit runs/demo --data patches32:test --out audit")
+    api = _ApiArguments(parser, vp.audit, load=vp.load)
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
+    api.add("--n-images", type=int, help="a seeded random subset of this many images "
+            "(the costly sections use fewer; see --settings)")
+    api.add("--seed", type=int, help="seeds the subset and every draw")
+    api.add("--sections", nargs="+", help=SECTIONS_HELP)
+    api.add("--feature-extractor", help="rFID / FID network; "
+            f"{', '.join(extractors.names())} (TEST-ONLY: a flagged stand-in)")
+    api.add("--weights", help="its weights file")
+    api.add("--lpips-trunk", help="LPIPS network: alexnet, or random-TEST-ONLY (a flagged "
+            "stand-in)")
+    api.add("--lpips-weights", help="the LPIPS trunk's weights file")
+    parser.add_argument("--settings", default=None, help="per-section options as JSON, e.g. "
+                        "'{\"likelihood\": {\"k\": 256}}' (default: none)")
+    _load_arguments(parser, api)
+    parser.add_argument("--out", default="audit", help="output directory (default: ./audit)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(parser, out=False, plot=False)
+    parser.set_defaults(run=_cmd_audit)

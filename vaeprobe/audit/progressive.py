@@ -1,0 +1,138 @@
+"""Section 5, progressive coding: the first k latent layers from the posterior, the rest from the
+prior given them; distortion against k and against the cumulative rate of those k layers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe._analysis import batches, image_dims, squared_error
+from vaeprobe.audit._common import evaluation_images, section_attrs
+from vaeprobe.probe import Probe, UndefinedAnalysisError, encode
+from vaeprobe.random import image_generators
+
+KINDS = ("mean", "sample")
+PRIOR_STREAM = 2  # image_generators stream of the prior draws of the later layers
+
+PROTOCOL = ("for k = 0 .. L: layers 1..k from the posterior given the image, layers k+1..L from "
+            "the prior given the layers above (Probe.sample_prior_given); kind 'mean': posterior "
+            "means for the first k layers and conditional prior means (temperature 0) for the "
+            "rest; kind 'sample': one posterior draw (generator (seed, index)) and prior draws "
+            "at temperature 1 (generator (seed, index, stream 2)), the same noise for every k; "
+            "distortion = per-image sum of squared error of the decoder mean on [0, 1]; "
+            "cumulative_rate(k) = mean KL of the first k layers of the posterior draw")
+
+
+def progressive_pass(probe: Probe, x: torch.Tensor, generators, prior_generators, kind: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """For one batch: distortion per image and k (B, L + 1), KL per image and layer (B, L),
+    and the decoder means (B, C, H, W) at every k (a list of L + 1)."""
+    latents = encode(probe, x, 1, generators, "mean" if kind == "mean" else "sample")
+    temperature = 0.0 if kind == "mean" else 1.0
+    distortion, means = [], []
+    for k in range(len(probe.layers) + 1):
+        mixed = probe.sample_prior_given(latents, k, temperature=temperature,
+                                         generator=prior_generators)
+        mean = probe.decode(mixed).mean
+        distortion.append(squared_error(x, mean).cpu())
+        means.append(mean)
+    return torch.stack(distortion, 1), latents.kl_per_layer().double().cpu(), means
+
+
+def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
+                       batch_size: int = 64, n_preview: int = 6, progress: bool = True
+                       ) -> xr.Dataset:
+    """Section 5: distortion when the first k layers come from the posterior, the rest from the
+    prior (mean and sample), against k and against the cumulative rate.
+
+    Parameters
+    ----------
+    probe : Probe
+        A hierarchical model (>= 2 latent layers) with a generative prior that implements
+        :meth:`~vaeprobe.probe.Probe.sample_prior_given`; else
+        :class:`~vaeprobe.probe.UndefinedAnalysisError`.
+    data : str, Dataset or uint8 tensor
+    n_images : int, optional
+    seed : int
+    batch_size, n_preview, progress
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``kind`` (mean, sample) and ``k`` (0 .. L layers from the posterior; coord
+        ``last_layer``, the name of layer k): ``distortion``, ``distortion_se``, ``mse``,
+        ``psnr`` (from the mean MSE on [0, 1]); ``cumulative_rate`` (k, nats) and
+        ``cumulative_rate_fraction``; ``preview`` (kind, k, preview_image, channel, y, x) and
+        ``preview_input`` uint8.
+
+    Examples
+    --------
+    >>> ds = progressive_coding(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
+    >>> ds["distortion"].sel(kind="mean").to_series()  # doctest: +SKIP
+    """
+    if len(probe.layers) < 2:
+        raise UndefinedAnalysisError(
+            f"progressive coding is undefined for {probe.name}: it needs a hierarchy of >= 2 "
+            f"latent layers, this model has {len(probe.layers)}")
+    probe.require("progressive coding", prior=True)
+    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
+    distortion = {kind: [] for kind in KINDS}
+    previews = {kind: [] for kind in KINDS}
+    rates, inputs, start = [], [], 0
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
+                                 "progressive coding"):
+        rows = indices[start:start + len(x)].tolist()
+        start += len(x)
+        for kind in KINDS:
+            prior = image_generators(seed, rows, probe.device, stream=PRIOR_STREAM)
+            per_k, kl, means = progressive_pass(probe, x, generators, prior, kind)
+            distortion[kind].append(per_k)
+            if kind == "sample":
+                rates.append(kl)
+            if sum(len(p) for p in previews[kind]) < n_preview:
+                previews[kind].append(torch.stack([vdata.to_uint8(m[:n_preview]).cpu()
+                                                   for m in means]))  # (K, b, C, H, W)
+        if sum(len(p) for p in inputs) < n_preview:
+            inputs.append(x[:n_preview].cpu())
+    ds = _dataset(probe, distortion, torch.cat(rates), previews, inputs, n_preview)
+    ds.attrs = section_attrs("progressive", dict(n_images=n_images, seed=seed,
+                                                 batch_size=batch_size, n_preview=n_preview),
+                             probe, dataset, len(indices), seed, PROTOCOL,
+                             prior_stream=PRIOR_STREAM)
+    return ds
+
+
+def _dataset(probe, distortion, kl, previews, inputs, n_preview) -> xr.Dataset:
+    per_image = np.stack([torch.cat(distortion[kind]).numpy() for kind in KINDS])  # (2, N, K)
+    n = per_image.shape[1]
+    mean = per_image.mean(1)
+    se = per_image.std(1, ddof=1) / math.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
+    mse = mean / image_dims(probe)
+    rate_per_layer = kl.mean(0).numpy()
+    cumulative = np.concatenate([[0.0], np.cumsum(rate_per_layer)])
+    square = {"units": "sum of squares on [0, 1]"}
+    preview = np.stack([torch.cat(previews[kind], 1)[:, :n_preview].numpy() for kind in KINDS])
+    with np.errstate(divide="ignore"):
+        psnr = -10 * np.log10(mse)
+    return xr.Dataset(
+        {
+            "distortion": (("kind", "k"), mean, square),
+            "distortion_se": (("kind", "k"), se, square),
+            "mse": (("kind", "k"), mse, {"units": "mean square on [0, 1]"}),
+            "psnr": (("kind", "k"), psnr, {"units": "dB", "long_name": "from the mean MSE"}),
+            "cumulative_rate": ("k", cumulative, {"units": "nats"}),
+            "cumulative_rate_fraction": ("k", cumulative / max(cumulative[-1], 1e-300),
+                                         {"units": "1"}),
+            "preview": (("kind", "k", "preview_image", "channel", "y", "x"), preview,
+                        {"units": "uint8 pixel values"}),
+            "preview_input": (("preview_image", "channel", "y", "x"),
+                              torch.cat(inputs)[:n_preview].numpy(),
+                              {"units": "uint8 pixel values"}),
+        },
+        coords={"kind": list(KINDS), "k": np.arange(len(probe.layers) + 1),
+                "last_layer": ("k", [""] + [info.name for info in probe.layers])},
+    )

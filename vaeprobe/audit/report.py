@@ -1,0 +1,346 @@
+"""The audit's files: ``audit.nc`` (one netCDF group per section), ``audit.png`` (one page),
+``audit.html`` (one self-contained file, figures embedded as base64 PNG), and the printed
+summary. Every file is written to a temporary name and renamed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from vaeprobe.audit._common import TITLES
+from vaeprobe.io import atomic_path, clean_attrs
+
+
+class AuditReport(dict):
+    """Section name -> Dataset, in report order; ``attrs`` holds the audit's own provenance."""
+
+    def __init__(self, sections=(), attrs: dict | None = None):
+        super().__init__(sections)
+        self.attrs = dict(attrs or {})
+
+    def summary(self) -> str:
+        return summary(self)
+
+    def save(self, out: str | os.PathLike) -> dict[str, Path]:
+        return write_report(self, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# netCDF
+
+
+def _attrs(attrs: dict) -> dict:
+    """:func:`vaeprobe.io.clean_attrs`, with str subclasses (numpy strings, torch versions) as
+    plain str: h5py refuses them."""
+    return {key: str(value) if isinstance(value, str) else value
+            for key, value in clean_attrs(attrs).items()}
+
+
+def _clean(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
+    """A copy netCDF can hold (attrs cleaned, booleans as uint8) and its gzip encoding."""
+    ds = ds.copy()
+    ds.attrs = _attrs(ds.attrs)
+    encoding = {}
+    for name, variable in ds.variables.items():
+        variable.attrs = _attrs(variable.attrs)
+        if variable.dtype == bool:
+            ds[name] = variable.astype(np.uint8)
+        if variable.dtype.kind in "fiub" and variable.ndim > 0:
+            encoding[name] = {"compression": "gzip", "compression_opts": 4}
+    return ds, encoding
+
+
+def save_netcdf(report: AuditReport, path: str | os.PathLike) -> Path:
+    """Write every section as a netCDF group (root attrs: the audit's provenance), atomically."""
+    with atomic_path(path, ".nc.tmp") as tmp:
+        root = xr.Dataset()
+        root.attrs = _attrs({**report.attrs, "sections": json.dumps(list(report))})
+        root.to_netcdf(tmp, engine="h5netcdf", mode="w")
+        for name, ds in report.items():
+            ds, encoding = _clean(ds)
+            ds.to_netcdf(tmp, engine="h5netcdf", mode="a", group=name, encoding=encoding)
+    return Path(path)
+
+
+def open_audit(path: str | os.PathLike) -> AuditReport:
+    """Read an ``audit.nc`` back: section name -> Dataset (loaded, file closed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audit file not found: {path}")
+    with xr.open_dataset(path, engine="h5netcdf") as root:
+        attrs = dict(root.attrs)
+    report = AuditReport(attrs=attrs)
+    for name in json.loads(attrs.get("sections", "[]")):
+        with xr.open_dataset(path, engine="h5netcdf", group=name) as ds:
+            report[name] = ds.load()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+def _fmt(value, digits: int = 3) -> str:
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _line(name: str, ds: xr.Dataset) -> str:
+    a = ds.attrs
+    if a.get("status") == "skipped":
+        return f"skipped: {a.get('skipped')}"
+    if a.get("status") == "failed":
+        return f"FAILED: {a.get('error')}"
+    if name == "model_card":
+        return (f"{a.get('format', '?')} {a.get('checkpoint', '')}; {int(ds['n_layers'])} latent "
+                f"layers, {int(ds['latent_dims_total'])} dims, {int(ds['n_parameters']):,} "
+                f"parameters; likelihood {a.get('likelihood_kind')}"
+                + (f" ({a.get('n_bits')} bits)" if a.get("likelihood_kind") != "none" else "")
+                + "; "
+                f"prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}")
+    if name == "bits":
+        collapsed = json.loads(a.get("collapsed_layers", "[]"))
+        return (f"total rate {_fmt(ds['total_rate'], 4)} nats/image "
+                f"({_fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
+                f"{int(ds['active_units'])}/{int(ds['channels'].sum())}; collapsed layers "
+                f"(< {a.get('collapse_threshold')} nats): {len(collapsed)}"
+                + (f" ({', '.join(collapsed[:6])}{' ...' if len(collapsed) > 6 else ''})"
+                   if collapsed else ""))
+    if name == "reconstructions":
+        parts = []
+        for kind in ds["kind"].values:
+            cell = ds.sel(kind=kind)
+            parts.append(f"{str(kind).replace('posterior_', '')}: PSNR "
+                         f"{_fmt(cell['psnr_mean'], 4)} dB, SSIM {_fmt(cell['ssim_mean'])}, "
+                         f"LPIPS {_fmt(cell['lpips_mean'])}, rFID {_fmt(cell['rfid'], 4)}")
+        notes = [f"{m} skipped ({a.get(m + '_skipped')[:60]}...)"
+                 for m in ("lpips", "rfid") if a.get(m + "_skipped")]
+        if int(a.get("stand_in_network", 0)):
+            notes.append("STAND-IN networks")
+        return "; ".join(parts) + (f" [{'; '.join(notes)}]" if notes else "")
+    if name == "latents":
+        scale, shift = ds["recommended_scaling_factor"].values, \
+            ds["recommended_shift_factor"].values
+        own, own_shift = (float(ds["checkpoint_scaling_factor"]),
+                          float(ds["checkpoint_shift_factor"]))
+        text = (f"scale 1/std {_fmt(scale[0], 5)}, shift {_fmt(shift[0], 4)}" if len(scale) == 1
+                else f"scale 1/std per layer {_fmt(np.nanmin(scale))} .. "
+                f"{_fmt(np.nanmax(scale))}")
+        if np.isfinite(own):
+            text += f" (checkpoint: scaling_factor {_fmt(own, 5)}" + (
+                f", shift_factor {_fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
+        return text
+    if name == "progressive":
+        mean = ds["distortion"].sel(kind="mean").values
+        return (f"distortion (means) from {_fmt(mean[0], 4)} at k=0 to {_fmt(mean[-1], 4)} at "
+                f"k={int(ds['k'].values[-1])}; half of the drop by k="
+                f"{int(np.argmax(mean <= (mean[0] + mean[-1]) / 2))}")
+    if name == "spectra":
+        return (f"high-frequency fraction {_fmt(ds['high_frequency_fraction'].values.ravel()[0])}"
+                f" (data {_fmt(ds['high_frequency_fraction_data'])}); relative power at Nyquist "
+                f"{_fmt(np.ravel(ds['relative_power'].values)[-1])}")
+    if name == "likelihood":
+        return (f"IWAE K={int(ds['k'].values[-1])}: {_fmt(ds['bpd_mean'], 5)} ± "
+                f"{_fmt(ds['bpd_se'], 2)} bits/dim (ELBO {_fmt(ds['elbo_bpd_mean'], 5)}); "
+                f"ESS/K {_fmt(ds['ess_fraction'])}")
+    if name == "samples":
+        fid = ds["fid"]
+        text = f"{ds.sizes['temperature']} temperatures x {', '.join(map(str, ds['kind'].values))}"
+        if np.isfinite(fid.values).any():
+            text += "; FID " + ", ".join(f"T={float(t):g} {_fmt(fid.sel(temperature=t).min(), 4)}"
+                                         for t in ds["temperature"].values)
+        elif a.get("fid_skipped"):
+            text += f"; FID skipped ({a.get('fid_skipped')[:60]}...)"
+        return text
+    if name == "precision":
+        parts = []
+        for dtype in ds["dtype"].values[1:]:
+            cell = ds.sel(dtype=dtype)
+            if int(cell["nan_count"].min()) < 0:
+                parts.append(f"{dtype}: skipped")
+                continue
+            bad = int(cell["nan_count"].sum() + cell["inf_count"].sum())
+            parts.append(f"{dtype}: {bad} NaN/inf, max deviation of reconstruction "
+                         f"{_fmt(cell['max_abs_deviation'].sel(stage='roundtrip'))}")
+        return "; ".join(parts) + (f"; {int(ds['n_modules_exceeding_float16'])} module(s) beyond "
+                                   f"float16 range")
+    return a.get("status", "")
+
+
+def summary(report: AuditReport) -> str:
+    """A short text summary: one line per section (its headline numbers or why it is absent)."""
+    lines = []
+    for name, ds in report.items():
+        try:
+            line = _line(name, ds)
+        except (KeyError, ValueError, IndexError, TypeError) as error:
+            line = f"(no summary: {error})"
+        lines.append(f"{TITLES.get(name, name)}: {line}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures and HTML
+
+
+def _png(figure) -> bytes:
+    """PNG bytes of a laid-out figure (no bbox_inches="tight": it draws the figure twice)."""
+    buffer = _io.BytesIO()
+    figure.savefig(buffer, dpi=100, format="png")
+    return buffer.getvalue()
+
+
+def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
+    from vaeprobe.plot import audit_section, axes
+
+    if ds.attrs.get("status") != "ok" or name == "model_card":  # the card is its tables
+        return None
+    ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
+    try:
+        audit_section(name, ds, ax=ax)
+        ax.figure.tight_layout()
+        return _png(ax.figure)
+    except (KeyError, ValueError, IndexError):
+        return None
+    finally:
+        _close(ax.figure)
+
+
+def _previews_png(name: str, ds: xr.Dataset) -> bytes | None:
+    """Progressive coding's images: the decoder mean for every k, per image."""
+    from vaeprobe.plot import audit_progressive_previews, axes
+
+    if name != "progressive" or ds.attrs.get("status") != "ok":
+        return None
+    ax = axes(None, figsize=(1.5 + 0.7 * ds.sizes["k"], 3.2))
+    try:
+        audit_progressive_previews(ds, ax=ax)
+        ax.figure.tight_layout()
+        return _png(ax.figure)
+    finally:
+        _close(ax.figure)
+
+
+def _close(figure) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def _value(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return _fmt(value, 5)
+    return str(value)
+
+
+def _tables(ds: xr.Dataset) -> str:
+    """Scalars in one table; variables over one small dim (<= 64) grouped by that dim."""
+    scalars = [(n, v) for n, v in ds.data_vars.items() if v.ndim == 0]
+    out = []
+    if scalars:
+        rows = "".join(f"<tr><th>{html.escape(str(n))}</th><td>{html.escape(_value(v.item()))}"
+                       f"</td><td class=u>{html.escape(str(v.attrs.get('units', '')))}</td></tr>"
+                       for n, v in scalars)
+        out.append(f"<table>{rows}</table>")
+    groups: dict[str, list[str]] = {}
+    for name, variable in ds.data_vars.items():
+        if variable.ndim == 1 and variable.sizes[variable.dims[0]] <= 64 \
+                and variable.dims[0] not in ("frequency", "latent_frequency", "image"):
+            groups.setdefault(variable.dims[0], []).append(name)
+        elif variable.ndim == 2 and set(variable.dims) <= {"kind", "dtype", "stage", "k",
+                                                           "temperature"} and variable.size <= 64:
+            groups.setdefault(" x ".join(variable.dims), []).append(name)
+    for dims, names in groups.items():
+        frame = ds[names].to_dataframe()  # coordinates (layer names ...) come as columns
+        out.append(f"<p class=dim>by {html.escape(dims)}</p><div class=wide>"
+                   + frame.to_html(float_format=lambda v: _fmt(v, 5), border=0) + "</div>")
+    return "\n".join(out)
+
+
+def _attrs_table(attrs: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in attrs.items())
+    return f"<details><summary>protocol and provenance</summary><table>{rows}</table></details>"
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-top:.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
+th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+td.u{color:#777}.skipped{color:#666;background:#f4f4f4;padding:.5em}
+.failed{color:#a00;background:#fee;padding:.5em;white-space:pre-wrap}
+.protocol{font-size:.85em;color:#444}.dim{font-size:.8em;color:#777;margin:.6em 0 0}
+img{max-width:100%}.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}"""
+
+
+def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
+    """The whole report as one HTML document (no external resources)."""
+    title = f"vaeprobe audit: {report.attrs.get('checkpoint', 'model')}"
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+             f"{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<pre>{html.escape(summary(report))}</pre>"]
+    if page_png:
+        parts.append("<details><summary>all sections on one page</summary><img alt='audit page' "
+                     f"src='data:image/png;base64,{base64.b64encode(page_png).decode()}'>"
+                     "</details>")
+    for name, ds in report.items():
+        status = ds.attrs.get("status", "?")
+        parts.append(f"<section id='{html.escape(name)}'><h2>{html.escape(TITLES.get(name, name))}"
+                     f" <small>({html.escape(status)})</small></h2>")
+        if status == "skipped":
+            parts.append(f"<p class=skipped>skipped: {html.escape(str(ds.attrs.get('skipped')))}"
+                         "</p>")
+        elif status == "failed":
+            parts.append(f"<p class=failed>failed: {html.escape(str(ds.attrs.get('error')))}\n"
+                         f"{html.escape(str(ds.attrs.get('traceback', '')))}</p>")
+        else:
+            if ds.attrs.get("protocol"):
+                parts.append(f"<p class=protocol><b>protocol:</b> "
+                             f"{html.escape(str(ds.attrs['protocol']))}</p>")
+            for key in ("warning", "lpips_skipped", "rfid_skipped", "fid_skipped",
+                        "kinds_skipped", "dtype_skipped"):
+                value = ds.attrs.get(key)
+                if value and value not in ("{}", "[]"):
+                    parts.append(f"<p class=skipped>{html.escape(key)}: {html.escape(str(value))}"
+                                 "</p>")
+            for png in (_section_png(name, ds), _previews_png(name, ds)):
+                if png:
+                    parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,"
+                                 f"{base64.b64encode(png).decode()}'>")
+            parts.append(_tables(ds))
+        parts.append(_attrs_table(ds.attrs) + "</section>")
+    parts.append(f"<footer><p class=dim>{html.escape(json.dumps(report.attrs, default=str))}"
+                 "</p></footer></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: AuditReport, out: str | os.PathLike) -> dict[str, Path]:
+    """Write ``out/audit.nc``, ``out/audit.png`` and ``out/audit.html`` (each atomically)."""
+    from vaeprobe.plot import audit_page
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"nc": save_netcdf(report, out / "audit.nc")}
+    figure = audit_page(report, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}")
+    try:
+        page = _png(figure)
+    finally:
+        _close(figure)
+    for suffix, content in (("png", page), ("html", render_html(report, page).encode())):
+        path = out / f"audit.{suffix}"
+        with atomic_path(path, f".{suffix}.tmp") as tmp:
+            tmp.write_bytes(content)
+        paths[suffix] = path
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths.values():  # temporary files are private (0600); reports are to be shared
+        path.chmod(0o666 & ~umask)
+    return paths

@@ -1,0 +1,263 @@
+"""Figures of ``vp.audit``: one panel per section (each takes that section's Dataset and an
+optional Axes) and the one-page summary of every section (:func:`audit_page`)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import xarray as xr
+
+from vaeprobe.plot._common import axes
+from vaeprobe.plot._images import _tile
+
+
+def _mosaic(ax, rows: list[np.ndarray], labels: list[str], columns: int = 8):
+    """Rows of uint8 images (N, C, H, W), one mosaic, a label left of each row."""
+    rows = [np.asarray(r)[:columns] for r in rows]
+    tiles = [_tile(r.astype(np.uint8), columns) for r in rows]
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
+             for t in tiles]
+    mosaic = np.concatenate(tiles, 0)
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0,
+              vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([(i + 0.5) * tiles[0].shape[0] for i in range(len(tiles))])
+    ax.set_yticklabels(labels, fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax
+
+
+def audit_status(ds: xr.Dataset, ax=None, title: str = ""):
+    """A text panel: why a section was skipped or how it failed."""
+    ax = axes(ax)
+    status = ds.attrs.get("status", "?")
+    reason = ds.attrs.get("skipped") or ds.attrs.get("error") or ""
+    ax.text(0.02, 0.95, f"{status}: " + "\n".join(textwrap.wrap(str(reason), 60)),
+            va="top", ha="left", fontsize=8, transform=ax.transAxes, family="monospace",
+            color="firebrick" if status == "failed" else "dimgray")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return ax
+
+
+def audit_card(ds: xr.Dataset, ax=None):
+    """The model card as text: source, layers, likelihood and prior."""
+    ax = axes(ax)
+    a = ds.attrs
+    layers = [f"{name}: {res} x {int(c)}" for name, res, c in zip(
+        ds["name"].values, ds["layer_resolution"].values, ds["channels"].values, strict=True)]
+    if len(layers) > 8:
+        layers = layers[:4] + [f"... ({len(layers) - 8} more)"] + layers[-4:]
+    lines = [f"format: {a.get('format', '?')}", f"checkpoint: {a.get('checkpoint', '?')}",
+             f"sha256: {str(a.get('checkpoint_sha256', '-'))[:16]}",
+             f"parameters: {int(ds['n_parameters']):,}",
+             f"image: {a.get('image_shape')}, likelihood: {a.get('likelihood_kind')} "
+             f"({a.get('n_bits')} bits)",
+             f"prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}",
+             f"latent layers ({int(ds['n_layers'])}, {int(ds['latent_dims_total'])} dims):",
+             *[f"  {line}" for line in layers]]
+    text = "\n".join(textwrap.shorten(line, 64) if len(line) > 64 else line for line in lines)
+    ax.text(0.02, 0.98, text, va="top", ha="left", fontsize=7, family="monospace",
+            transform=ax.transAxes)
+    ax.set_axis_off()
+    ax.set_title("model card")
+    return ax
+
+
+def audit_reconstructions(ds: xr.Dataset, ax=None, columns: int = 8):
+    """Inputs above their reconstructions from the posterior mean and a posterior sample."""
+    ax = axes(ax)
+    kinds = [str(k) for k in ds["kind"].values]
+    _mosaic(ax, [ds["preview_input"].values] + [ds["preview"].sel(kind=k).values for k in kinds],
+            ["input"] + [k.replace("posterior_", "") for k in kinds], columns)
+    mean = ds.sel(kind=kinds[0])
+    ax.set_title(f"PSNR {float(mean['psnr_mean']):.1f} dB, SSIM {float(mean['ssim_mean']):.3f}"
+                 f" (posterior mean)", fontsize=9)
+    return ax
+
+
+def audit_latents(ds: xr.Dataset, ax=None):
+    """Per layer: spread of the posterior means and samples, and the posterior's own std."""
+    ax = axes(ax)
+    layers = ds["layer"].values
+    width = 0.4
+    ax.bar(layers - width / 2, ds["layer_sample_std"].values, width, label="std of samples")
+    ax.bar(layers + width / 2, ds["posterior_std_mean"].values, width,
+           label="mean posterior std")
+    ax.set_xlabel("latent layer")
+    ax.set_ylabel("latent units")
+    scale = ds["recommended_scaling_factor"].values
+    own = float(ds["checkpoint_scaling_factor"])
+    title = f"scale 1/std: {scale[0]:.4g}" if len(scale) == 1 else \
+        f"scale 1/std: {np.nanmin(scale):.3g} .. {np.nanmax(scale):.3g}"
+    if np.isfinite(own):
+        title += f" (checkpoint: {own:.5g})"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def audit_progressive(ds: xr.Dataset, ax=None):
+    """Distortion against the cumulative rate of the first k layers (mean and sample)."""
+    ax = axes(ax)
+    rate = ds["cumulative_rate"].values
+    for kind, style in zip(ds["kind"].values, ("o-", "s--"), strict=False):
+        ax.plot(rate, ds["distortion"].sel(kind=kind).values, style, ms=3, label=str(kind))
+    for k, r in zip(ds["k"].values, rate, strict=True):
+        ax.annotate(str(int(k)), (r, float(ds["distortion"].sel(kind="mean", k=k))),
+                    fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("cumulative rate of layers 1..k [nats]")
+    ax.set_ylabel("distortion [sum sq., 0-1]")
+    ax.set_title("first k layers posterior, rest prior", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def audit_progressive_previews(ds: xr.Dataset, ax=None, kind: str = "mean",
+                               n_images: int = 4):
+    """Per image (rows): the input, then the decoder mean for k = 0 .. L layers from the
+    posterior (columns)."""
+    ax = axes(ax, figsize=(1 + 0.6 * ds.sizes["k"], 0.7 * n_images))
+    previews = ds["preview"].sel(kind=kind).values  # (k, image, C, H, W)
+    n_images = min(n_images, previews.shape[1])
+    rows = [np.concatenate([ds["preview_input"].values[i:i + 1], previews[:, i]])
+            for i in range(n_images)]
+    _mosaic(ax, rows, [f"image {i}" for i in range(n_images)], columns=len(rows[0]))
+    ax.set_title(f"input, then k = 0 .. {ds.sizes['k'] - 1} layers from the posterior "
+                 f"({kind})", fontsize=9)
+    return ax
+
+
+def audit_spectra(ds: xr.Dataset, ax=None):
+    """Reconstruction power relative to the data against frequency; latent spectra inset."""
+    ax = axes(ax)
+    relative = ds["relative_power"]
+    values = relative.values[0] if "step" in relative.dims else relative.values
+    ax.plot(ds["frequency"].values, values, "k-", label="reconstruction / data")
+    ax.axhline(1.0, color="grey", lw=0.7, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("frequency [cycles / pixel]")
+    ax.set_ylabel("relative power")
+    hff = ds["high_frequency_fraction"].values.ravel()[0]
+    ax.set_title(f"high-freq. fraction {hff:.3f} (data "
+                 f"{float(ds['high_frequency_fraction_data']):.3f})", fontsize=9)
+    if "latent_power_normalised" in ds and int(ds["spatial"].sum()):
+        inset = ax.inset_axes([0.55, 0.55, 0.42, 0.4])
+        for layer in ds["layer"].values[ds["spatial"].values == 1]:
+            curve = ds["latent_power_normalised"].sel(layer=layer)
+            keep = np.isfinite(curve.values)
+            inset.plot(ds["latent_frequency"].values[keep], curve.values[keep], lw=0.8)
+        inset.set_yscale("log")
+        inset.set_title("latent spectra", fontsize=6)
+        inset.tick_params(labelsize=5)
+    return ax
+
+
+def audit_samples(ds: xr.Dataset, ax=None, columns: int = 8):
+    """Prior samples, one row per temperature and kind."""
+    ax = axes(ax)
+    rows, labels = [], []
+    for temperature in ds["temperature"].values:
+        for kind in ds["kind"].values:
+            rows.append(ds["images"].sel(temperature=temperature, kind=kind).values)
+            fid = float(ds["fid"].sel(temperature=temperature, kind=kind))
+            labels.append(f"T={temperature:g} {kind}" + (f"\nFID {fid:.1f}"
+                                                         if np.isfinite(fid) else ""))
+    _mosaic(ax, rows, labels, columns)
+    ax.set_title("prior samples", fontsize=9)
+    return ax
+
+
+def audit_precision(ds: xr.Dataset, ax=None):
+    """Largest deviation from float32 per dtype and stage, NaN/inf counts above the bars."""
+    ax = axes(ax)
+    dtypes = [str(d) for d in ds["dtype"].values if str(d) != "float32"]
+    stages = [str(s) for s in ds["stage"].values]
+    width = 0.8 / max(len(dtypes), 1)
+    for index, dtype in enumerate(dtypes):
+        cell = ds.sel(dtype=dtype)
+        deviation = np.nan_to_num(cell["max_abs_deviation"].values, nan=0.0)
+        positions = np.arange(len(stages)) + index * width
+        ax.bar(positions, np.maximum(deviation, 1e-12), width, label=dtype)
+        for x, nan, inf in zip(positions, cell["nan_count"].values, cell["inf_count"].values,
+                               strict=True):
+            if nan or inf:
+                label = "skipped" if nan < 0 else f"NaN {int(nan)}\ninf {int(inf)}"
+                ax.text(x, 1e-12, label, fontsize=6, color="firebrick", ha="center",
+                        va="bottom", rotation=90)
+    ax.set_xticks(np.arange(len(stages)) + width * (len(dtypes) - 1) / 2, stages)
+    ax.set_yscale("log")
+    ax.set_ylabel("max |deviation| from float32")
+    exceeding = json.loads(ds.attrs.get("modules_exceeding_float16", "[]"))
+    ax.set_title(f"{len(exceeding)} module(s) beyond float16 range", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def _draw_section(name: str, ds: xr.Dataset, ax):
+    from vaeprobe.plot._rate import iwae_convergence, rate
+
+    if ds.attrs.get("status") != "ok":
+        return audit_status(ds, ax, title=name)
+    draw = {"model_card": audit_card, "bits": rate, "reconstructions": audit_reconstructions,
+            "latents": audit_latents, "progressive": audit_progressive,
+            "spectra": audit_spectra, "likelihood": iwae_convergence,
+            "samples": audit_samples, "precision": audit_precision}.get(name)
+    if draw is None:
+        return audit_status(ds, ax, title=name)
+    draw(ds, ax=ax)
+    if name == "bits" and ax.get_legend() is not None:
+        ax.get_legend().set_visible(len(ds["resolution"]) <= 6)
+    return ax
+
+
+def audit_section(name: str, ds: xr.Dataset, ax=None):
+    """The panel of one audit section (by its name), or its skip / failure text."""
+    ax = axes(ax, figsize=(6.5, 4.2))
+    return _draw_section(name, ds, ax)
+
+
+def audit_page(sections: dict, title: str = ""):
+    """One multi-panel page: every section of an audit (name -> Dataset), in order.
+
+    Returns the matplotlib Figure.
+    """
+    plt = _pyplot()
+    names = list(sections)
+    columns = 3
+    rows = -(-len(names) // columns)
+    figure = plt.figure(figsize=(6 * columns, 4.4 * rows))
+    for index, name in enumerate(names):
+        ax = figure.add_subplot(rows, columns, index + 1)
+        try:
+            _draw_section(name, sections[name], ax)
+        except (KeyError, ValueError, IndexError) as error:  # a Dataset the panel cannot read
+            ax.clear()
+            ax.text(0.02, 0.9, f"cannot draw: {error}", fontsize=8, transform=ax.transAxes)
+            ax.set_axis_off()
+        heading = ax.get_title()
+        ax.set_title("")
+        ax.set_title(f"{name}: {heading}", fontsize=9, loc="left")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
+    return figure
+
+
+def _pyplot():
+    """matplotlib.pyplot, on the Agg backend when there is no display (as ``axes`` does)."""
+    import os
+
+    import matplotlib
+
+    inline = ("agg", "module://matplotlib_inline.backend_inline")
+    if not os.environ.get("DISPLAY") and matplotlib.get_backend().lower() not in inline:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
