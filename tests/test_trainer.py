@@ -196,7 +196,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
                     str(tmp_path / "two")], check=True, cwd=ROOT, timeout=300)
     one, two = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
     for key in one[0]:  # equal up to the order of floating-point reductions
+        if key.endswith("head.log_sigma"):
+            # the optimal head's running sigma estimate sees each rank's half batch; the loss
+            # never reads it, and saved EMA weights are recalibrated (compared below)
+            continue
         assert torch.allclose(one[0][key], two[0][key], rtol=1e-4, atol=1e-6), key
+    for key in one[1]:  # the EMA weights, calibrated sigma included
+        assert torch.allclose(one[1][key], two[1][key], rtol=1e-4, atol=1e-6), key
     assert torch.allclose(one[2], two[2])
 
 
