@@ -18,6 +18,7 @@ import torch
 import vaeprobe as vp
 from trainers.config import make
 from trainers.train import train
+from vaeprobe.random import image_generators
 
 
 def parse_args(argv=None):
@@ -49,7 +50,7 @@ def sample_distance(two_stage, n: int, seed: int) -> dict:
     """Prior samples z ~ p(z) -> x_hat -> z' ~ p(z' | x_hat): the secondary's mean decoding
     against the x_hat it refines (per-image sum of squares on [0, 1], like the distortion),
     beside the distance between two different primary samples for scale."""
-    generators = vp.probe.image_generators(seed, range(n))
+    generators = image_generators(seed, range(n))
     latents = two_stage.sample_prior(n, generator=generators)
     x_hat, refined = latents.context["x_hat"], two_stage.decode(latents).mean
     change = ((refined - x_hat) ** 2).flatten(1).sum(1).double()
