@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
 from vaeprobe import io
+from vaeprobe.adapters._common import read_tensors
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
 from vaeprobe.probe import (
@@ -85,16 +85,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A file whose unpickling would build other objects (and could run code) is refused without
     running it; the error names the file.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise io.CheckpointError(
-            f"refused to load {path}: it asks to unpickle objects other than tensors and plain "
-            f"containers, which could run code; vaeprobe reads weights only "
-            f"({str(error).splitlines()[0]})") from None
-    except (EOFError, RuntimeError, OSError) as error:
-        raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
-                                 f"({error})") from None
+    state = read_tensors(path)  # weights_only=True; a code-running pickle is refused
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise io.CheckpointError(f"{path} is not a VDVAE state dict (a dict of named tensors)")
