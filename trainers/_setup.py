@@ -9,6 +9,7 @@ import torch
 
 from trainers._runtime import TrainingError
 from trainers.config import TrainConfig
+from trainers.objectives import objectives
 from vaeprobe import io
 from vaeprobe.adapters import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
@@ -44,7 +45,7 @@ def decoder_likelihood(config: TrainConfig) -> str:
     """
     if config.likelihood:
         return config.likelihood
-    if config.objective != "elbo" and config.sigma == 1.0:
+    if objectives.get(config.objective).lagrangian and config.sigma == 1.0:
         return "optimal"
     return ""
 
@@ -55,7 +56,7 @@ def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
         overrides["likelihood"] = decoder_likelihood(config)
     if config.likelihood == "fixed" or (not config.likelihood and config.sigma != 1.0):
         overrides["sigma"] = config.sigma
-    if config.objective == "two-stage":
+    if objectives.get(config.objective).needs_primary:
         primary, payload = _load_primary(config.primary)
         primary_gamma = Run.of(payload["path"]).gamma
         if primary_gamma is not None and not config.gamma < primary_gamma:

@@ -4,11 +4,12 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from trainers.objectives import objectives
 from vaeprobe.models import PRESETS as MODEL_PRESETS
 from vaeprobe.models.hvae import training_defaults
 from vaeprobe.models.likelihoods import LIKELIHOODS
 
-OBJECTIVES = ("elbo", "distortion", "two-stage")
+OBJECTIVES = tuple(objectives)  # registration order: the CLI's choices
 
 
 def _help(text: str, default=None):
@@ -18,7 +19,8 @@ def _help(text: str, default=None):
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = _help("model preset: " + ", ".join(MODEL_PRESETS), "demo-cpu")
-    objective: str = _help("elbo | distortion (Lagrangian, Appendix B.2) | two-stage", "distortion")
+    objective: str = _help("; ".join(f"{name}: {objectives.get(name).help}"
+                                     for name in OBJECTIVES), "distortion")
     likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol (empty: "
                             "optimal for distortion and two-stage, whose loss never uses sigma; "
                             "the preset's for elbo)", "")
@@ -70,8 +72,9 @@ class TrainConfig:
             raise ValueError("steps, batch_size, ckpt_every and log_every must be >= 1")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
-        if self.objective == "two-stage" and not self.primary:
-            raise ValueError("objective two-stage needs --primary RUN_DIR (a trained primary run)")
+        if objectives.get(self.objective).needs_primary and not self.primary:
+            raise ValueError(f"objective {self.objective} needs --primary RUN_DIR (a trained "
+                             f"primary run)")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         if self.likelihood and self.likelihood not in LIKELIHOODS:

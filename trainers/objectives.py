@@ -9,8 +9,12 @@ network sees the clean image).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from vaeprobe.registry import Registry
 
 
 def rate_and_distortion(likelihood, draws, x: torch.Tensor, generator=None) -> dict:
@@ -58,3 +62,39 @@ def lambda_step(lam: torch.Tensor, optimizer: torch.optim.Optimizer, distortion:
     optimizer.step()
     with torch.no_grad():
         lam.clamp_(low, high)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective: ``loss(parts, dims, lam=, beta=)`` and how it is driven.
+
+    ``lagrangian``: lambda follows Eq. 10 towards ``--gamma`` (and the decoder sigma, which its
+    loss never uses, defaults to the analytic optimum); ``needs_primary``: trains a secondary
+    on a frozen primary run (``--primary``).
+    """
+
+    loss: Callable[..., dict]
+    lagrangian: bool
+    needs_primary: bool
+    help: str
+
+
+def _check_objective(name: str, objective) -> None:
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective {name!r} must be registered as an Objective, got "
+                        f"{type(objective).__name__}")
+    if objective.needs_primary and not objective.lagrangian:
+        raise ValueError(f"objective {name!r}: a secondary is trained towards a distortion "
+                         f"target (lagrangian=True)")
+
+
+objectives = Registry("objective", check=_check_objective)
+objectives.register("elbo", Objective(
+    lambda parts, dims, lam, beta: elbo_loss(parts, dims, beta), lagrangian=False,
+    needs_primary=False, help="the ELBO (beta-weighted KL with --beta)"))
+objectives.register("distortion", Objective(
+    lambda parts, dims, lam, beta: lagrangian_loss(parts, dims, lam), lagrangian=True,
+    needs_primary=False, help="Lagrangian towards --gamma (Appendix B.2)"))
+objectives.register("two-stage", Objective(
+    lambda parts, dims, lam, beta: lagrangian_loss(parts, dims, lam), lagrangian=True,
+    needs_primary=True, help="a secondary on a frozen --primary run, towards --gamma"))

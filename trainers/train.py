@@ -160,10 +160,8 @@ class Trainer:
             else:
                 likelihood, draws = self.network(x, noise=noise)
         parts = objectives.rate_and_distortion(likelihood, draws, x, generators)
-        if self.config.objective == "elbo":
-            result = objectives.elbo_loss(parts, self.dims, self.config.beta)
-        else:
-            result = objectives.lagrangian_loss(parts, self.dims, self.lam)
+        objective = objectives.objectives.get(self.config.objective)
+        result = objective.loss(parts, self.dims, lam=self.lam, beta=self.config.beta)
         result["sigma"] = likelihood.log_sigma.float().mean().exp().detach() \
             if hasattr(likelihood, "log_sigma") else torch.tensor(float("nan"))
         if isinstance(self.model, TwoStageVAE):  # the loss's rate is the secondary's alone
@@ -183,7 +181,7 @@ class Trainer:
         else:
             self.optimizer.step()
             self.update_ema()
-        if self.config.objective != "elbo":
+        if objectives.objectives.get(self.config.objective).lagrangian:
             distortion = all_mean(result["distortion"], self.world)
             objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
                                    self.config.gamma)

@@ -35,6 +35,7 @@ from vaeprobe._patches import (  # noqa: F401
     cache_dir,
     load_patches,
 )
+from vaeprobe.registry import Registry
 
 SPLITS = ("train", "test")
 
@@ -249,10 +250,43 @@ def _npz(path: Path) -> ImageTensorDataset:
     return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
 
 
+def _check_loader(name: str, loader) -> None:
+    if not callable(loader):
+        raise TypeError(f"dataset {name!r}: a loader must be callable as loader(split, root, "
+                        f"download, size) -> Dataset, got {type(loader).__name__}")
+
+
+# name -> loader(split, root, download, size) -> Dataset of uint8 (C, H, W)
+datasets = Registry("dataset", check=_check_loader)
+# "scheme:PATH" names: scheme -> loader(path, size) -> Dataset
+path_datasets = Registry("dataset scheme", check=_check_loader)
+
+
+def _patches_loader(side: int):
+    def load_side(split, root, download, size):
+        images = load_patches(side, split)
+        return ImageTensorDataset(torch.from_numpy(images), name=f"patches{side}:{split}")
+    return load_side
+
+
+for _side in PATCH_STRIDES:
+    datasets.register(f"patches{_side}", _patches_loader(_side))
+datasets.register("digits8", lambda split, root, download, size: ImageTensorDataset(
+    torch.from_numpy(_digits8(split)), name=f"digits8:{split}"))
+for _name in ("svhn", "cifar10", "mnist", "celeba64"):
+    datasets.register(_name, lambda split, root, download, size, _name=_name:
+                      _torchvision(_name, split, root, download))
+path_datasets.register("folder", lambda path, size: _image_folder(path, size))
+path_datasets.register("npz", lambda path, size: _npz(path))
+
+
 def names() -> list[str]:
-    """Names :func:`load` understands (``folder:`` and ``npz:`` take a path)."""
-    return ["patches16", "patches32", "patches64", "digits8", "svhn", "cifar10", "mnist",
-            "celeba64", "folder:PATH", "npz:PATH"]
+    """Names :func:`load` understands: the ``datasets`` registry, then ``scheme:PATH`` ones.
+
+    Register your own with ``vaeprobe.data.datasets.register(name, loader)``, where
+    ``loader(split, root, download, size)`` returns a Dataset of uint8 ``(C, H, W)`` tensors.
+    """
+    return list(datasets) + [f"{scheme}:PATH" for scheme in path_datasets]
 
 
 def load(name: str, split: str = "train", root=None, *, download: bool = False,
@@ -262,8 +296,9 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     Parameters
     ----------
     name : str
-        ``patches16|32|64``, ``digits8``, ``svhn``, ``cifar10``, ``mnist``, ``celeba64``,
-        ``folder:PATH`` or ``npz:PATH``. ``"name:split"`` sets the split.
+        ``patches16|32|64``, ``digits8``, ``svhn``, ``cifar10``, ``mnist``, ``celeba64`` (or
+        any name in the ``datasets`` registry), ``folder:PATH`` or ``npz:PATH``.
+        ``"name:split"`` sets the split.
     split : {"train", "test"}
     root : path, optional
         Directory of a torchvision dataset.
@@ -279,22 +314,16 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     >>> len(ds), tuple(ds[0].shape), ds[0].dtype
     (297, (1, 8, 8), torch.uint8)
     """
-    if name.startswith("folder:"):
-        return _image_folder(Path(name[len("folder:"):]).expanduser(), size)
-    if name.startswith("npz:"):
-        return _npz(Path(name[len("npz:"):]).expanduser())
+    scheme, _, rest = name.partition(":")
+    if ":" in name and scheme in path_datasets:
+        return path_datasets.get(scheme)(Path(rest).expanduser(), size)
     if ":" in name:
         name, split = name.split(":", 1)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if name.startswith("patches") and name[len("patches"):].isdigit():
-        images = load_patches(int(name[len("patches"):]), split)
-        return ImageTensorDataset(torch.from_numpy(images), name=f"{name}:{split}")
-    if name == "digits8":
-        return ImageTensorDataset(torch.from_numpy(_digits8(split)), name=f"digits8:{split}")
-    if name in ("svhn", "cifar10", "mnist", "celeba64"):
-        return _torchvision(name, split, root, download)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}")
+    if name not in datasets:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}")
+    return datasets.get(name)(split, root, download, size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ class Registry:
     ...     return config
     >>> families.get("toy")({"a": 1})
     {'a': 1}
+    >>> families.get("toys")
+    Traceback (most recent call last):
+    ...
+    KeyError: "unknown model family 'toys'; registered: toy"
     >>> callables = Registry("builder", check=lambda name, obj: callable(obj) or
     ...                      (_ for _ in ()).throw(TypeError(f"{name} is not callable")))
     >>> callables.register("number", 3)
@@ -56,6 +60,10 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+    def __iter__(self):
+        """Names in the order they were registered (``names()`` sorts them)."""
+        return iter(list(self._entries))
 
     def names(self) -> list[str]:
         return sorted(self._entries)

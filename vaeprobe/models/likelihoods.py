@@ -17,14 +17,55 @@ sigma. ``dmol``: a discretized mixture of logistics (PixelCNN++ / VDVAE) on the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.random import per_row_random
+from vaeprobe.registry import Registry
 
-LIKELIHOODS = ("fixed", "learned", "optimal", "per_pixel", "dmol")
+
+@dataclass(frozen=True)
+class HeadKind:
+    """What a likelihood head needs from its kind.
+
+    ``outputs(channels, n_mixtures)``: the 1x1 conv's output channels; ``sigma``: where the
+    Gaussian sigma comes from (``"fixed"`` buffer, ``"parameter"`` learned, ``"running"``
+    analytic optimum, ``"predicted"`` per pixel) or, for ``"mixture"``, the head is a
+    discretized logistic mixture with its own scales.
+    """
+
+    outputs: Callable[[int, int], int]
+    sigma: str
+    help: str
+
+
+SIGMA_SOURCES = ("fixed", "parameter", "running", "predicted", "mixture")
+
+
+def _check_kind(name: str, kind) -> None:
+    if not isinstance(kind, HeadKind):
+        raise TypeError(f"likelihood {name!r} must be registered as a HeadKind, got "
+                        f"{type(kind).__name__}")
+    if kind.sigma not in SIGMA_SOURCES:
+        raise ValueError(f"likelihood {name!r}: sigma must be one of {SIGMA_SOURCES}, got "
+                         f"{kind.sigma!r}")
+
+
+likelihoods = Registry("likelihood", check=_check_kind)
+likelihoods.register("fixed", HeadKind(lambda c, m: c, "fixed", "Gaussian, sigma fixed"))
+likelihoods.register("learned", HeadKind(lambda c, m: c, "parameter",
+                                         "Gaussian, one learned sigma (sigma-VAE)"))
+likelihoods.register("optimal", HeadKind(lambda c, m: c, "running",
+                                         "Gaussian, sigma^2 = MSE (analytic optimum)"))
+likelihoods.register("per_pixel", HeadKind(lambda c, m: 2 * c, "predicted",
+                                           "Gaussian, sigma predicted per pixel"))
+likelihoods.register("dmol", HeadKind(lambda c, m: m * (1 + 2 * c + (3 if c == 3 else 0)),
+                                      "mixture", "discretized mixture of logistics"))
+LIKELIHOODS = tuple(likelihoods)  # in registration order (the CLI's choices)
 LOG_SIGMA_MIN = -6.0  # sigma-VAE's soft lower bound on log sigma
 HALF_BIN = 0.5 / 255.0  # half a quantisation bin on the [0, 1] scale
 
@@ -224,22 +265,19 @@ class LikelihoodHead(nn.Module):
     def __init__(self, kind: str, width: int, channels: int, *, sigma: float = 1.0,
                  n_mixtures: int = 10, zero_init: bool = False):
         super().__init__()
-        if kind not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {kind!r}")
+        if kind not in likelihoods:
+            raise ValueError(f"likelihood must be one of {tuple(likelihoods)}, got {kind!r}")
         if kind == "fixed" and not sigma > 0:
             raise ValueError(f"a fixed decoder sigma must be > 0, got {sigma}")
         self.kind, self.channels, self.n_mixtures = kind, channels, n_mixtures
-        if kind == "dmol":
-            out = n_mixtures * (1 + 2 * channels + (3 if channels == 3 else 0))
-        else:
-            out = channels * (2 if kind == "per_pixel" else 1)
-        self.out_conv = nn.Conv2d(width, out, 1)
+        self.sigma_source = likelihoods.get(kind).sigma
+        self.out_conv = nn.Conv2d(width, likelihoods.get(kind).outputs(channels, n_mixtures), 1)
         if zero_init:
             nn.init.zeros_(self.out_conv.weight)
             nn.init.zeros_(self.out_conv.bias)
         # log sigma: a parameter for "learned", a running estimate for "optimal", fixed otherwise
-        initial = torch.tensor(math.log(sigma) if kind == "fixed" else 0.0)
-        if kind == "learned":
+        initial = torch.tensor(math.log(sigma) if self.sigma_source == "fixed" else 0.0)
+        if self.sigma_source == "parameter":
             self.log_sigma = nn.Parameter(initial)
         else:
             self.register_buffer("log_sigma", initial)
@@ -251,18 +289,18 @@ class LikelihoodHead(nn.Module):
         With ``residual_base``, the mean is ``residual_base + residual_scale * output``.
         """
         params = self.out_conv(features)
-        if self.kind == "dmol":
+        if self.sigma_source == "mixture":
             return DiscretizedLogisticMixture(params, self.channels, self.n_mixtures)
         loc = params[:, :self.channels]
         if residual_base is not None:
             loc = loc * residual_scale + residual_base
-        if self.kind == "per_pixel":
+        if self.sigma_source == "predicted":
             log_sigma = softclip_min(params[:, self.channels:], LOG_SIGMA_MIN)
-        elif self.kind == "optimal" and target is not None:
+        elif self.sigma_source == "running" and target is not None:
             log_sigma = self.optimal_log_sigma(loc, target)
             with torch.no_grad():  # running estimate used when no target is given
                 self.log_sigma.lerp_(log_sigma.detach(), 0.01)
-        elif self.kind == "learned":
+        elif self.sigma_source == "parameter":
             log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN)
         else:
             log_sigma = self.log_sigma
@@ -270,10 +308,11 @@ class LikelihoodHead(nn.Module):
 
     def shared_sigma(self) -> float:
         """The sigma (on [0, 1]) the head evaluates with, NaN when it is not one shared value."""
-        if self.kind in ("per_pixel", "dmol"):
+        if self.sigma_source in ("predicted", "mixture"):
             return float("nan")
-        log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN) if self.kind == "learned" \
-            else self.log_sigma
+        log_sigma = self.log_sigma
+        if self.sigma_source == "parameter":
+            log_sigma = softclip_min(log_sigma, LOG_SIGMA_MIN)
         return float(log_sigma.detach().exp())
 
     @staticmethod
