@@ -380,3 +380,13 @@ def finish_figure(fig, path: Path, title: str) -> None:
     fig.tight_layout()
     vp.plot.save_figure(fig, path)
     plt.close(fig)
+
+
+def publish(ds: xr.Dataset, out: Path, name: str, figure, summary) -> xr.Dataset:
+    """Save ``out/name.nc``, draw ``out/name.png`` with ``figure(ds, path)``, print
+    ``summary(ds)`` and what was written."""
+    vp.save(ds, out / f"{name}.nc")
+    figure(ds, out / f"{name}.png")
+    print(summary(ds))
+    print(f"wrote {out / f'{name}.nc'} and {out / f'{name}.png'}")
+    return ds

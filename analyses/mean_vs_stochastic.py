@@ -30,6 +30,7 @@ from analyses._common import (
     figure_axes,
     finish_figure,
     image_variable,
+    publish,
     setup_from_args,
 )
 from vaeprobe.io import provenance
@@ -158,11 +159,7 @@ def run(setup: Setup, out: Path, gamma: float, n: int | None = None) -> xr.Datas
     print(f"mean_vs_stochastic: runs in {setup.runs}", flush=True)
     paths = ensure_runs(setup, jobs(setup, gamma))
     ds = analyse(setup, gamma, paths[rate_distortion.run_name(gamma)], n or setup.n_images)
-    vp.save(ds, out / "mean_vs_stochastic.nc")
-    figure(ds, out / "mean_vs_stochastic.png")
-    print(summary(ds))
-    print(f"wrote {out / 'mean_vs_stochastic.nc'} and {out / 'mean_vs_stochastic.png'}")
-    return ds
+    return publish(ds, out, "mean_vs_stochastic", figure, summary)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -31,6 +31,7 @@ from analyses._common import (
     finish_figure,
     image_variable,
     jobs_of,
+    publish,
     setup_from_args,
     tail_mean,
     variables_along,
@@ -214,11 +215,7 @@ def run(setup: Setup, out: Path, gammas) -> xr.Dataset:
     print(f"rate_distortion: runs in {setup.runs}", flush=True)
     paths = ensure_runs(setup, run_configs(setup, gammas))
     ds = analyse(setup, gammas, paths)
-    vp.save(ds, out / "rate_distortion.nc")
-    figure(ds, out / "rate_distortion.png")
-    print(summary(ds))
-    print(f"wrote {out / 'rate_distortion.nc'} and {out / 'rate_distortion.png'}")
-    return ds
+    return publish(ds, out, "rate_distortion", figure, summary)
 
 
 def default_gammas(quick: bool) -> tuple[float, ...]:

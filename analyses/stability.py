@@ -29,6 +29,7 @@ from analyses._common import (
     figure_axes,
     finish_figure,
     image_variable,
+    publish,
     setup_from_args,
     tail_mean,
     variables_along,
@@ -211,11 +212,7 @@ def run(setup: Setup, out: Path) -> xr.Dataset:
     """Train or reuse both runs, compare them, write stability.nc and .png."""
     print(f"stability: runs in {setup.runs}", flush=True)
     ds = analyse(setup, ensure_runs(setup, jobs(setup)))
-    vp.save(ds, out / "stability.nc")
-    figure(ds, out / "stability.png")
-    print(summary(ds))
-    print(f"wrote {out / 'stability.nc'} and {out / 'stability.png'}")
-    return ds
+    return publish(ds, out, "stability", figure, summary)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -32,6 +32,7 @@ from analyses._common import (
     finish_figure,
     image_variable,
     jobs_of,
+    publish,
     setup_from_args,
     variables_along,
 )
@@ -191,11 +192,7 @@ def run(setup: Setup, out: Path, primary_gamma: float, gamma: float) -> xr.Datas
     print(f"two_stage: runs in {setup.runs}", flush=True)
     ds = analyse(setup, primary_gamma, gamma, ensure_runs(setup, jobs(setup, primary_gamma,
                                                                           gamma)))
-    vp.save(ds, out / "two_stage.nc")
-    figure(ds, out / "two_stage.png")
-    print(summary(ds))
-    print(f"wrote {out / 'two_stage.nc'} and {out / 'two_stage.png'}")
-    return ds
+    return publish(ds, out, "two_stage", figure, summary)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
