@@ -31,21 +31,14 @@ from vaeprobe.probe import (
 from vaeprobe.registry import Registry
 
 
-class HVAEProbe(Probe):
-    """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
+class _NativeProbe(Probe):
+    """What vaeprobe's own probes share: device placement and chunked encoding, in which the
+    deterministic encoder work (``_shared``) runs once per image and ``_draw`` once per chunk."""
 
-    def __init__(self, model: HVAE, device=None, source: dict | None = None):
+    def __init__(self, model, device=None, source: dict | None = None):
         super().__init__(source)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
-        self.image_shape = model.image_shape
-        self.layers = [LayerInfo(**info) for info in model.layer_info()]
-
-    def rows_per_pass(self) -> int:
-        if self.device.type == "cuda":
-            return super().rows_per_pass()
-        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
-        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
 
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
@@ -57,13 +50,32 @@ class HVAEProbe(Probe):
                       posterior: str = "sample"):
         check_n_samples(n_samples)
         x = self.check_images(x)
-        # the deterministic encoder work, once per image, shared by every draw
-        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        shared = self._shared(x)
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
-            h, draws = self.model.top_down(contexts=contexts.rows(k),
-                                           noise=self.noise(x.shape[0], k, generator, posterior))
-            yield LatentPass(draws, k, {"h": h})
+            yield self._draw(shared, k, self.noise(x.shape[0], k, generator, posterior))
+
+
+class HVAEProbe(_NativeProbe):
+    """Probe over a :class:`~vaeprobe.models.hvae.HVAE`."""
+
+    def __init__(self, model: HVAE, device=None, source: dict | None = None):
+        super().__init__(model, device, source)
+        self.image_shape = model.image_shape
+        self.layers = [LayerInfo(**info) for info in model.layer_info()]
+
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return super().rows_per_pass()
+        config = self.model.config  # about 2^21 activation elements (8 MiB) per tensor
+        return max(1, 2 ** 21 // (config.width * config.image_size ** 2))
+
+    def _shared(self, x):
+        return RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+
+    def _draw(self, contexts, k: int, noise) -> LatentPass:
+        h, draws = self.model.top_down(contexts=contexts.rows(k), noise=noise)
+        return LatentPass(draws, k, {"h": h})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
@@ -91,13 +103,11 @@ class HVAEProbe(Probe):
         return LatentPass(draws, 1, {"h": h})
 
 
-class TwoStageProbe(Probe):
+class TwoStageProbe(_NativeProbe):
     """Probe over a :class:`~vaeprobe.models.two_stage.TwoStageVAE`: joint latents (z, z')."""
 
     def __init__(self, model: TwoStageVAE, device=None, source: dict | None = None):
-        super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        super().__init__(model, device, source)
         self.image_shape = model.primary.image_shape
         self.layers = [LayerInfo(name=f"{stage}.{info['name']}", resolution=info["resolution"],
                                  channels=info["channels"], stage=stage)
@@ -112,27 +122,17 @@ class TwoStageProbe(Probe):
         return secondary.top_down(activations, batch=x_hat.shape[0], temperature=temperature,
                                   condition_features=features, noise=noise)
 
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
-               posterior: str = "sample") -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
-
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
-                      posterior: str = "sample"):
-        check_n_samples(n_samples)
-        x = self.check_images(x)
+    def _shared(self, x):
         primary = self.model.primary
-        # shared by every draw
-        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
-        images = RepeatedRows([x])
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            noise = self.noise(x.shape[0], k, generator, posterior)
-            h1, draws1 = primary.top_down(contexts=contexts.rows(k), noise=noise[:self.n_primary])
-            x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
-            h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
-            yield LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
+        return RepeatedRows(primary.posterior_contexts(primary.bottom_up(x))), RepeatedRows([x])
+
+    def _draw(self, shared, k: int, noise) -> LatentPass:
+        contexts, images = shared
+        primary = self.model.primary
+        h1, draws1 = primary.top_down(contexts=contexts.rows(k), noise=noise[:self.n_primary])
+        x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
+        h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
+        return LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
