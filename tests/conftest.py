@@ -18,3 +18,16 @@ def digits_test():
     import vaeprobe as vp
 
     return vp.data.load("digits8", split="test")
+
+
+# random-init feature networks: FID/PRC/LPIPS run without downloads (and say so in attrs)
+STAND_IN_NETS = dict(feature_extractor="random-convnet-TEST-ONLY",
+                     prc_extractor="random-convnet-TEST-ONLY", lpips_trunk="random-TEST-ONLY")
+
+
+@pytest.fixture
+def offline_weights(monkeypatch, tmp_path):
+    """No pretrained weights reachable: no downloads, an empty torch hub, no weights dir."""
+    monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("VAEPROBE_WEIGHTS_DIR", raising=False)

@@ -14,6 +14,7 @@ from linear_gaussian import images as linear_images
 from torch import nn
 
 import vaeprobe as vp
+from conftest import STAND_IN_NETS
 from vaeprobe import audit as audit_module  # noqa: F401  (the function, with sections attached)
 from vaeprobe.audit import (
     SECTIONS,
@@ -32,20 +33,14 @@ from vaeprobe.audit.reconstruction import _psnr, _ssim
 from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.random import image_generators
 
-STAND_INS = dict(feature_extractor="random-convnet-TEST-ONLY", lpips_trunk="random-TEST-ONLY")
+STAND_INS = {k: v for k, v in STAND_IN_NETS.items() if k != "prc_extractor"}
+pytestmark = pytest.mark.usefixtures("offline_weights")
 N = 16  # images per test
 
 
 @pytest.fixture(scope="module")
 def probe(tiny_run):
     return vp.load(tiny_run, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv("VAEPROBE_WEIGHTS_DIR", raising=False)
 
 
 def assert_section(ds, section, n_images=N):

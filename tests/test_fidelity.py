@@ -6,23 +6,17 @@ import scipy.linalg
 import torch
 
 import vaeprobe as vp
+from conftest import STAND_IN_NETS
 from vaeprobe import fidelity, weights
 from vaeprobe.cli import main
 
-TEST_NETS = dict(feature_extractor="random-convnet-TEST-ONLY",
-                 prc_extractor="random-convnet-TEST-ONLY", lpips_trunk="random-TEST-ONLY")
+TEST_NETS = STAND_IN_NETS
+pytestmark = pytest.mark.usefixtures("offline_weights")
 
 
 @pytest.fixture(scope="module")
 def probe(tiny_run):
     return vp.load(tiny_run, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv("VAEPROBE_WEIGHTS_DIR", raising=False)
 
 
 def test_fid_of_a_set_against_itself_is_zero():
