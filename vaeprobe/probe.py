@@ -292,3 +292,14 @@ def check_n_fixed(n_fixed: int, n_layers: int) -> None:
     if isinstance(n_fixed, bool) or not isinstance(n_fixed, int) or not 0 <= n_fixed <= n_layers:
         raise ValueError(f"n_fixed (layers kept from the given latents) must be an integer in "
                          f"[0, {n_layers}], got {n_fixed!r}")
+
+
+def per_layer_temperatures(temperature, n_layers: int) -> list[float]:
+    """One temperature per latent layer, from one float or a sequence (checked)."""
+    if isinstance(temperature, (int, float)):
+        return [float(temperature)] * n_layers
+    temperature = [float(t) for t in temperature]
+    if len(temperature) != n_layers:
+        raise ValueError(f"expected one temperature or {n_layers} (one per latent layer), "
+                         f"got {len(temperature)}")
+    return temperature

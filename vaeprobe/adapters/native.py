@@ -17,7 +17,7 @@ from torch import nn
 
 from vaeprobe import io
 from vaeprobe.adapters._common import check_state_dict
-from vaeprobe.models.hvae import HVAE, HVAEConfig, per_layer_temperatures
+from vaeprobe.models.hvae import HVAE, HVAEConfig
 from vaeprobe.models.two_stage import TwoStageVAE
 from vaeprobe.probe import (
     Generators,
@@ -27,6 +27,7 @@ from vaeprobe.probe import (
     RepeatedRows,
     check_n_fixed,
     check_n_samples,
+    per_layer_temperatures,
 )
 from vaeprobe.registry import Registry
 

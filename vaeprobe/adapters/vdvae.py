@@ -35,6 +35,7 @@ from vaeprobe.probe import (
     check_n_samples,
     check_posterior,
     gaussian_kl,
+    per_layer_temperatures,
 )
 
 EMA_SUFFIX, MODEL_SUFFIX, LOG_SUFFIX = "-model-ema.th", "-model.th", "-log.jsonl"
@@ -195,7 +196,7 @@ class VDVAEProbe(Probe):
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
-        temperatures = _per_layer(temperature, len(self.layers))
+        temperatures = per_layer_temperatures(temperature, len(self.layers))
         features, draws = self.model.top_down(batch=n, noise=self.noise(n, 1, generator),
                                               temperature=temperatures)
         return LatentPass([_layer_draw(d) for d in draws], 1, {"features": features})
@@ -210,14 +211,6 @@ def _layer_draw(draw: dict) -> LayerDraw:
     return layer
 
 
-def _per_layer(temperature, n_layers: int) -> list[float]:
-    if isinstance(temperature, (int, float)):
-        return [float(temperature)] * n_layers
-    temperature = [float(t) for t in temperature]
-    if len(temperature) != n_layers:
-        raise ValueError(f"expected one temperature or {n_layers} (one per latent layer), "
-                         f"got {len(temperature)}")
-    return temperature
 
 
 # ---- loading -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.models.likelihoods import LIKELIHOODS, LikelihoodHead
-from vaeprobe.probe import LayerDraw, gaussian_kl
+from vaeprobe.probe import LayerDraw, gaussian_kl, per_layer_temperatures
 
 MERGES = ("precision", "concat")
 
@@ -313,17 +313,6 @@ class HVAE(nn.Module):
         h, draws = self.top_down(activations, noise=noise,
                                  condition_features=self.condition_features(condition))
         return self.likelihood(h, condition, target=x), draws
-
-
-def per_layer_temperatures(temperature, n_layers: int) -> list[float]:
-    """One temperature per latent layer, from one float or a sequence (checked)."""
-    if isinstance(temperature, (int, float)):
-        return [float(temperature)] * n_layers
-    temperature = [float(t) for t in temperature]
-    if len(temperature) != n_layers:
-        raise ValueError(f"expected one temperature or {n_layers} (one per latent layer), "
-                         f"got {len(temperature)}")
-    return temperature
 
 
 @dataclass(frozen=True)
