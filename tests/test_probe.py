@@ -110,6 +110,29 @@ def test_two_stage_posterior_mean_runs():
     assert all(torch.equal(d.z, d.q_mean) for d in latents.draws)
 
 
+def test_two_stage_prior_given_fixes_the_primary_then_the_secondary():
+    torch.manual_seed(0)
+    probe = probe_for(TwoStageVAE(preset("tiny-8"), secondary_config(preset("tiny-8"))), "cpu")
+    for p in probe.model.secondary.parameters():  # a non-zero residual, so stages matter
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    latents = probe.encode(x, 1, image_generators(0, range(4)))
+    draw = image_generators(1, range(4))  # a fresh list per call: generators are consumed
+    all_kept = probe.sample_prior_given(latents, len(probe.layers), generator=draw)
+    torch.testing.assert_close(probe.decode(all_kept).mean, probe.decode(latents).mean,
+                               rtol=0, atol=1e-6)
+    primary_kept = probe.sample_prior_given(latents, probe.n_primary,
+                                            generator=image_generators(1, range(4)))
+    torch.testing.assert_close(primary_kept.context["x_hat"], latents.context["x_hat"],
+                               rtol=0, atol=1e-6)
+    assert not torch.allclose(probe.decode(primary_kept).mean, probe.decode(latents).mean)
+    none_kept = probe.sample_prior_given(latents, 0, generator=image_generators(1, range(4)))
+    prior = probe.sample_prior(4, generator=image_generators(1, range(4)))
+    assert torch.equal(probe.decode(none_kept).mean, probe.decode(prior).mean)
+    with pytest.raises(ValueError, match="n_fixed"):
+        probe.sample_prior_given(latents, len(probe.layers) + 1)
+
+
 class _NoLikelihood(LinearGaussianProbe):
     likelihood_kind = "none"
     prior_is_generative = False

@@ -116,12 +116,12 @@ class TwoStageProbe(_NativeProbe):
                        for info in getattr(model, stage).layer_info()]
         self.n_primary = len(model.primary.decoder_layers)
 
-    def _secondary(self, x_hat, noise, x=None, temperature=1.0):
+    def _secondary(self, x_hat, noise, x):
+        """The secondary's posterior pass on images ``x`` given the primary's ``x_hat``."""
         secondary = self.model.secondary
-        features = secondary.condition_features(x_hat)
-        activations = None if x is None else secondary.bottom_up(x, condition=x_hat)
-        return secondary.top_down(activations, batch=x_hat.shape[0], temperature=temperature,
-                                  condition_features=features, noise=noise)
+        return secondary.top_down(secondary.bottom_up(x, condition=x_hat), batch=x_hat.shape[0],
+                                  condition_features=secondary.condition_features(x_hat),
+                                  noise=noise)
 
     def _shared(self, x):
         primary = self.model.primary
@@ -150,13 +150,28 @@ class TwoStageProbe(_NativeProbe):
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        return self._prior(n, [None] * len(self.layers), temperature, generator)
+
+    @torch.no_grad()
+    def sample_prior_given(self, latents: LatentPass, n_fixed: int, temperature=1.0,
+                           generator: Generators = None) -> LatentPass:
+        """Keep the first ``n_fixed`` layers (the primary's, then the secondary's) and draw the
+        rest from the prior; the secondary is conditioned on the resulting x_hat."""
+        check_n_fixed(n_fixed, len(self.layers))
+        zs = [d.z for d in latents.draws[:n_fixed]] + [None] * (len(self.layers) - n_fixed)
+        return self._prior(latents.draws[0].z.shape[0], zs, temperature, generator)
+
+    def _prior(self, n: int, zs: list, temperature, generator: Generators) -> LatentPass:
+        """Both stages top-down; ``None`` entries of ``zs`` are drawn from the prior."""
         temperatures = per_layer_temperatures(temperature, len(self.layers))
-        noise = self.noise(n, 1, generator)
-        h1, draws1 = self.model.primary.top_down(batch=n, temperature=temperatures[
-            :self.n_primary], noise=noise[:self.n_primary])
-        x_hat = self.model.primary.likelihood(h1).mean
-        h2, draws2 = self._secondary(x_hat, noise[self.n_primary:],
-                                     temperature=temperatures[self.n_primary:])
+        noise, cut = self.noise(n, 1, generator), self.n_primary
+        primary, secondary = self.model.primary, self.model.secondary
+        h1, draws1 = primary.top_down(batch=n, zs=zs[:cut], temperature=temperatures[:cut],
+                                      noise=noise[:cut])
+        x_hat = primary.likelihood(h1).mean
+        h2, draws2 = secondary.top_down(batch=n, zs=zs[cut:], temperature=temperatures[cut:],
+                                        condition_features=secondary.condition_features(x_hat),
+                                        noise=noise[cut:])
         return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
 
 
