@@ -118,6 +118,22 @@ def test_encode_shares_work_and_is_batch_free(probe):
     assert mean.context["posterior"] == "mean"
 
 
+def test_prior_given_keeps_the_layers_above_and_draws_the_rest(probe):
+    x = torch.from_numpy(np.load(FIXTURE / "reference.npz")["images"])
+    latents = probe.encode(x, 1, image_generators(0, range(3)))
+    n = len(probe.layers)
+    kept = probe.sample_prior_given(latents, n, generator=image_generators(1, range(3)))
+    torch.testing.assert_close(probe.decode(kept).mean, probe.decode(latents).mean,
+                               rtol=0, atol=1e-6)
+    half = probe.sample_prior_given(latents, n // 2, generator=image_generators(1, range(3)))
+    assert all(torch.equal(a.z, b.z) for a, b in zip(half.draws[:n // 2],
+                                                     latents.draws[:n // 2], strict=True))
+    assert not torch.allclose(half.draws[-1].z, latents.draws[-1].z)
+    none_kept = probe.sample_prior_given(latents, 0, generator=image_generators(1, range(3)))
+    prior = probe.sample_prior(3, generator=image_generators(1, range(3)))
+    assert all(torch.equal(a.z, b.z) for a, b in zip(none_kept.draws, prior.draws, strict=True))
+
+
 def test_likelihood_outputs(probe):
     x = torch.from_numpy(np.load(FIXTURE / "reference.npz")["images"])
     likelihood = probe.decode(probe.sample_prior(3, 0.5, torch.Generator().manual_seed(0)))

@@ -32,6 +32,7 @@ from vaeprobe.probe import (
     LayerInfo,
     Probe,
     RepeatedRows,
+    check_n_fixed,
     check_n_samples,
     check_posterior,
     gaussian_kl,
@@ -199,6 +200,18 @@ class VDVAEProbe(Probe):
         temperatures = per_layer_temperatures(temperature, len(self.layers))
         features, draws = self.model.top_down(batch=n, noise=self.noise(n, 1, generator),
                                               temperature=temperatures)
+        return LatentPass([_layer_draw(d) for d in draws], 1, {"features": features})
+
+    @torch.no_grad()
+    def sample_prior_given(self, latents: LatentPass, n_fixed: int, temperature=1.0,
+                           generator: Generators = None) -> LatentPass:
+        check_n_fixed(n_fixed, len(self.layers))
+        rows = latents.draws[0].z.shape[0]
+        zs = [d.z.to(self.device) for d in latents.draws[:n_fixed]]
+        features, draws = self.model.top_down(
+            batch=rows, zs=zs + [None] * (len(self.layers) - n_fixed),
+            noise=self.noise(rows, 1, generator),
+            temperature=per_layer_temperatures(temperature, len(self.layers)))
         return LatentPass([_layer_draw(d) for d in draws], 1, {"features": features})
 
 

@@ -352,7 +352,8 @@ class VDVAE(nn.Module):
 
         With ``contexts`` (:meth:`posterior_contexts`, one row per draw) z comes from the
         posterior (``q_mean + q_std * noise``, or ``q_mean`` with ``posterior_mean``); else from
-        the prior (``p_mean + temperature * p_std * noise``), unless ``zs`` gives z per layer.
+        the prior (``p_mean + temperature * p_std * noise``), unless ``zs`` gives z per layer
+        (``None`` entries: drawn from the prior given the layers above).
         Each draw is a dict of p_mean, p_logstd, z and, from the posterior, q_mean, q_logstd.
         """
         reference = self.decoder.gain
@@ -368,7 +369,7 @@ class VDVAE(nn.Module):
                 q_mean, q_logstd = block.posterior(h, contexts[index])
                 draw.update(q_mean=q_mean, q_logstd=q_logstd)
                 z = q_mean if posterior_mean else q_mean + torch.exp(q_logstd) * noise[index]
-            elif zs is not None:
+            elif zs is not None and zs[index] is not None:
                 z = zs[index]
             else:
                 z = p_mean + temperature[index] * torch.exp(p_logstd) * noise[index]
