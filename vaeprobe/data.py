@@ -35,7 +35,6 @@ from vaeprobe._patches import (  # noqa: F401
     cache_dir,
     load_patches,
 )
-from vaeprobe.registry import Registry
 
 SPLITS = ("train", "test")
 
@@ -120,164 +119,6 @@ def to_uint8(images: torch.Tensor, *, channels_last: bool = False, clip: bool = 
             raise ValueError(f"to_uint8 expects floats in [0, 1], got values in [{low:g}, "
                              f"{high:g}]; {hint}")
     return (values.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# other sources
-
-
-def _digits8(split: str) -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    pixels = load_digits().images  # (1797, 8, 8) floats 0..16
-    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    return images[:1500] if split == "train" else images[1500:]
-
-
-class _TorchvisionUint8(Dataset):
-    """A torchvision dataset of PIL images as uint8 ``(C, H, W)`` tensors."""
-
-    def __init__(self, base, name: str, size: int | None = None, grey: bool = False):
-        self.base, self.name, self.size, self.grey = base, name, size, grey
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-        image = self.base[index][0]
-        if self.size is not None:
-            image = resize(center_crop(image, min(image.size)), [self.size, self.size],
-                           antialias=True)
-        return pil_to_tensor(image.convert("L" if self.grey else "RGB"))
-
-
-def in_memory(base, name: str) -> ImageTensorDataset:
-    """A torchvision set that holds its pixels in memory (SVHN, CIFAR-10, MNIST) as one uint8
-    tensor, the images its PIL items would give, without a PIL round trip per item."""
-    import torchvision.datasets as tvd
-
-    data = base.data
-    if isinstance(base, tvd.SVHN):  # numpy (N, 3, H, W)
-        images = torch.from_numpy(np.ascontiguousarray(data))
-    elif isinstance(base, tvd.CIFAR10):  # numpy (N, H, W, 3)
-        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
-    elif isinstance(base, tvd.MNIST):  # tensor (N, H, W)
-        images = torch.as_tensor(data)[:, None]
-    else:
-        raise TypeError(f"no in-memory layout known for {type(base).__name__}; wrap it as "
-                        f"_TorchvisionUint8 (decoded per item)")
-    return ImageTensorDataset(images.contiguous(), name=name)
-
-
-def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
-    import torchvision.datasets as tvd
-
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs root= (a directory holding it, or where "
-                         f"to download it with download=True)")
-    train = split == "train"
-    try:
-        if name == "svhn":
-            return in_memory(tvd.SVHN(root, split=split, download=download), name)
-        if name == "cifar10":
-            return in_memory(tvd.CIFAR10(root, train=train, download=download), name)
-        if name == "mnist":
-            return in_memory(tvd.MNIST(root, train=train, download=download), name)
-        celeba_split = {"train": "train", "test": "test"}[split]
-        base = tvd.CelebA(root, split=celeba_split, download=download)
-        return _TorchvisionUint8(base, name, size=64)
-    except RuntimeError as error:
-        raise FileNotFoundError(
-            f"dataset {name!r} ({split}) not found under {root!r}: {error}. Put the files there "
-            f"or pass download=True (needs network)"
-        ) from None
-
-
-class ImageFiles(Dataset):
-    """Image files decoded one at a time: RGB (or grey), centre-cropped square, box-resized to
-    ``size``."""
-
-    SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-
-    def __init__(self, files, size: int, name: str = "files", grey: bool = False):
-        self.files, self.size, self.name, self.grey = list(files), size, name, grey
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.files[index]) as image:
-            image = image.convert("L" if self.grey else "RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side))
-            pixels = np.array(image.resize((self.size, self.size), Image.BOX))
-        pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # grey: (H, W) -> HWC
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-
-
-def materialize(dataset: Dataset, *, workers: int | None = None, batch_size: int = 512,
-                name: str | None = None) -> ImageTensorDataset:
-    """Every image of ``dataset`` in one uint8 tensor, decoded by ``workers`` loader processes
-    (default :func:`default_workers`): later batches are slices, with no per-item Python."""
-    if isinstance(dataset, ImageTensorDataset):
-        return dataset
-    images = torch.cat(list(iterate_batches(dataset, batch_size, workers=workers)))
-    return ImageTensorDataset(images, name=name or dataset_name(dataset))
-
-
-def _image_folder(path: Path, size: int, grey: bool = False) -> ImageTensorDataset:
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFiles.SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(ImageFiles.SUFFIXES)}) under "
-                                f"{path}")
-    return materialize(ImageFiles(files, size, grey=grey), name=f"folder:{path}")
-
-
-def _npz(path: Path) -> ImageTensorDataset:
-    if not path.exists():
-        raise FileNotFoundError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as stored:
-        if "images" not in stored:
-            raise KeyError(f"{path} has no array named 'images' (found {list(stored.keys())})")
-        images = stored["images"]
-    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
-
-
-def _check_loader(name: str, loader) -> None:
-    if not callable(loader):
-        raise TypeError(f"dataset {name!r}: a loader must be callable as loader(split, root, "
-                        f"download, size) -> Dataset, got {type(loader).__name__}")
-
-
-# name -> loader(split, root, download, size) -> Dataset of uint8 (C, H, W)
-datasets = Registry("dataset", check=_check_loader)
-# "scheme:PATH" names: scheme -> loader(path, size) -> Dataset
-path_datasets = Registry("dataset scheme", check=_check_loader)
-
-
-def _patches_loader(side: int):
-    def load_side(split, root, download, size):
-        images = load_patches(side, split)
-        return ImageTensorDataset(torch.from_numpy(images), name=f"patches{side}:{split}")
-    return load_side
-
-
-for _side in PATCH_STRIDES:
-    datasets.register(f"patches{_side}", _patches_loader(_side))
-datasets.register("digits8", lambda split, root, download, size: ImageTensorDataset(
-    torch.from_numpy(_digits8(split)), name=f"digits8:{split}"))
-for _name in ("svhn", "cifar10", "mnist", "celeba64"):
-    datasets.register(_name, lambda split, root, download, size, _name=_name:
-                      _torchvision(_name, split, root, download))
-path_datasets.register("folder", lambda path, size: _image_folder(path, size))
-path_datasets.register("npz", lambda path, size: _npz(path))
 
 
 def names() -> list[str]:
@@ -419,4 +260,18 @@ from vaeprobe.data_path import (  # noqa: E402, F401
     gather,
     iterate_batches,
     load_batches,
+)
+
+# the sources and their registries live in vaeprobe.data_sources; imported back here
+from vaeprobe.data_sources import (  # noqa: E402, F401
+    ImageFiles,
+    _digits8,
+    _image_folder,
+    _npz,
+    _torchvision,
+    _TorchvisionUint8,
+    datasets,
+    in_memory,
+    materialize,
+    path_datasets,
 )
