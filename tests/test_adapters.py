@@ -12,6 +12,7 @@ import vaeprobe as vp
 from vaeprobe import adapters, io
 from vaeprobe.adapters import Format, FormatError
 from vaeprobe.probe import UndefinedAnalysisError
+from vaeprobe.random import image_generators
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DIFFUSERS = FIXTURES / "diffusers" / "tiny_vae"
@@ -194,6 +195,24 @@ def test_module_probe_gaussian_and_bernoulli_likelihoods():
         binary.decode(binary.encode(x, posterior="mean")).log_prob(x)
     ds = vp.iwae(probe, x, k=4, progress=False)  # a likelihood: IWAE is defined
     assert np.isfinite(ds["bpd"].values).all()
+
+
+def test_module_probe_encodes_once_across_chunks_with_the_draws_of_one_pass():
+    model = TinyVAE()
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    probe = vp.Probe.from_module(model, image_shape=(1, 8, 8), device="cpu",
+                                 likelihood="gaussian", sigma=0.1)
+    calls.clear()  # from_module runs the encoder once to learn the latent shape
+    x = _images((1, 8, 8), n=3)
+    chunks = list(probe.encode_chunks(x, 5, 2, image_generators(0, range(3))))
+    assert [c.n_samples for c in chunks] == [2, 2, 1] and len(calls) == 1
+    whole = probe.encode(x, 5, image_generators(0, range(3)))
+    joined = torch.cat([c.draws[0].z.reshape(3, c.n_samples, -1) for c in chunks], 1)
+    torch.testing.assert_close(joined, whole.draws[0].z.reshape(3, 5, -1), rtol=0, atol=0)
+    a = vp.iwae(probe, x, k=5, chunk=2, progress=False)["log_likelihood"]
+    b = vp.iwae(probe, x, k=5, chunk=5, progress=False)["log_likelihood"]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_module_probe_refuses_what_it_cannot_wrap():

@@ -22,7 +22,16 @@ from torch import nn
 
 from vaeprobe.adapters._common import MeanOnly
 from vaeprobe.models.likelihoods import DiscretizedGaussian
-from vaeprobe.probe import Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerDraw,
+    LayerInfo,
+    Probe,
+    RepeatedRows,
+    check_n_samples,
+    gaussian_kl,
+)
 from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
@@ -102,13 +111,23 @@ class ModuleProbe(Probe):
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
                posterior: str = "sample") -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
+        """K draws per image in chunks; the module's encoder runs once per image."""
+        check_n_samples(n_samples)
         x = self.check_images(x)
-        mean, logstd = (t.repeat_interleave(n_samples, 0) for t in self._moments(x))
-        z = mean + logstd.exp() * self.noise(x.shape[0], n_samples, generator, posterior)[0]
-        zeros = torch.zeros_like(mean)
-        return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=z, q_mean=mean,
-                                     q_logstd=logstd, kl=gaussian_kl(mean, logstd, zeros, zeros))],
-                          n_samples)
+        moments = RepeatedRows(list(self._moments(x)))
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            mean, logstd = moments.rows(k)
+            z = mean + logstd.exp() * self.noise(x.shape[0], k, generator, posterior)[0]
+            zeros = torch.zeros_like(mean)
+            yield LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=z, q_mean=mean,
+                                        q_logstd=logstd,
+                                        kl=gaussian_kl(mean, logstd, zeros, zeros))], k)
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
