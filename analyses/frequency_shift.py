@@ -200,9 +200,10 @@ def summary(ds: xr.Dataset) -> str:
 SHIFT_THRESHOLD_SE = 2.0
 
 
-def verdict(ds: xr.Dataset, early: int, late: int) -> str:
+def shift_test(ds: xr.Dataset, early: int, late: int) -> tuple[bool | None, str]:
     """Whether the high-frequency fraction fell between ``early`` and ``late`` by more than
-    SHIFT_THRESHOLD_SE standard errors of the difference.
+    SHIFT_THRESHOLD_SE standard errors of the difference (None: not testable, one checkpoint),
+    and the measured numbers as text.
 
     The standard error of the difference treats the two checkpoints' errors as independent;
     they are measured on the same images and positively correlated, so this overstates it
@@ -214,9 +215,17 @@ def verdict(ds: xr.Dataset, early: int, late: int) -> str:
     threshold = SHIFT_THRESHOLD_SE * se_fall
     measured = (f"the high-frequency fraction fell by {fall:.4f} (standard error {se_fall:.4f}; "
                 f"threshold {SHIFT_THRESHOLD_SE:g} se = {threshold:.4f})")
-    if early == late:
+    if early == late or not np.isfinite([fall, threshold]).all():
+        return None, measured
+    return bool(fall > threshold), measured
+
+
+def verdict(ds: xr.Dataset, early: int, late: int) -> str:
+    """The :func:`shift_test` as a sentence."""
+    seen, measured = shift_test(ds, early, late)
+    if seen is None:
         return "shift NOT tested: no earlier checkpoint reached about the late distortion"
-    if fall > threshold:
+    if seen:
         return f"shift seen: {measured} at about the same distortion"
     return f"shift NOT seen between steps {early} and {late}: {measured}"
 

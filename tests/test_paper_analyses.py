@@ -184,16 +184,22 @@ def test_stability_claims(sigma, holds):
 
 
 # ---- frequency shift claim -------------------------------------------------------------------
-@pytest.mark.parametrize("late_hf, holds", [(0.1, True), (0.3, False)])
-def test_frequency_shift_claim(late_hf, holds):
+@pytest.mark.parametrize("late_hf, se, holds", [
+    (0.1, 0.01, True),    # fell by 0.1, 2 se of the difference = 0.028
+    (0.3, 0.01, False),   # rose
+    (0.17, 0.02, False),  # fell by 0.03, within 2 se = 0.057: the frequency_shift verdict's test
+])
+def test_frequency_shift_claim(late_hf, se, holds):
     ds = xr.Dataset({"distortion": ("step", [20.0, 8.2, 8.0, 7.9]),
                      "rate": ("step", [500.0, 300.0, 200.0, 150.0]),
                      "high_frequency_fraction": ("step", [0.4, 0.2, 0.15, late_hf]),
+                     "high_frequency_fraction_se": ("step", [se] * 4),
                      "high_frequency_fraction_data": ((), 0.3),
                      "high_frequency_fraction_pca": ((), 0.05), "pca_k": ((), 10)},
                     coords={"step": [100, 200, 400, 800]})
     claim = paper.claim_frequency_shift(ds)
     assert claim.holds is holds and "step 200" in claim.evidence  # the earliest close step
+    assert "standard error" in claim.evidence and "2 standard errors" in claim.criterion
 
 
 # ---- the run cache ---------------------------------------------------------------------------
