@@ -141,16 +141,19 @@ def _npz(path: Path) -> ImageTensorDataset:
     return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
 
 
-def _check_loader(name: str, loader) -> None:
-    if not callable(loader):
-        raise TypeError(f"dataset {name!r}: a loader must be callable as loader(split, root, "
-                        f"download, size) -> Dataset, got {type(loader).__name__}")
+def _callable_as(signature: str):
+    """A registry check: the entry must be callable as ``signature``."""
+    def check(name: str, loader) -> None:
+        if not callable(loader):
+            raise TypeError(f"dataset {name!r}: a loader must be callable as {signature} -> "
+                            f"Dataset, got {type(loader).__name__}")
+    return check
 
 
 # name -> loader(split, root, download, size) -> Dataset of uint8 (C, H, W)
-datasets = Registry("dataset", check=_check_loader)
+datasets = Registry("dataset", check=_callable_as("loader(split, root, download, size)"))
 # "scheme:PATH" names: scheme -> loader(path, size) -> Dataset
-path_datasets = Registry("dataset scheme", check=_check_loader)
+path_datasets = Registry("dataset scheme", check=_callable_as("loader(path, size)"))
 
 
 def _patches_loader(side: int):
