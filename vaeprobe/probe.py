@@ -254,6 +254,34 @@ class Probe:
                 f"layers={len(self.layers)}, source={self.source.get('checkpoint', 'memory')})")
 
 
+class SharedEncoderProbe(Probe):
+    """A Probe that encodes in chunks of draws with the deterministic encoder work done once
+    per image: subclasses give ``_shared(x)`` (that work, run once) and
+    ``_draw(shared, k, noise)`` (a LatentPass of ``k`` draws per image from the noise of
+    :meth:`Probe.noise`); ``encode`` is one chunk of all the draws."""
+
+    @torch.no_grad()
+    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
+               posterior: str = "sample") -> LatentPass:
+        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+
+    @torch.no_grad()
+    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
+                      posterior: str = "sample"):
+        check_n_samples(n_samples)
+        x = self.check_images(x)
+        shared = self._shared(x)
+        for start in range(0, n_samples, chunk):
+            k = min(chunk, n_samples - start)
+            yield self._draw(shared, k, self.noise(x.shape[0], k, generator, posterior))
+
+    def _shared(self, x):
+        raise NotImplementedError
+
+    def _draw(self, shared, k: int, noise) -> LatentPass:
+        raise NotImplementedError
+
+
 class RepeatedRows:
     """Per-image tensors repeated k times along rows (image-major), built once per k: every
     chunk of the same size reuses them."""

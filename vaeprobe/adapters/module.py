@@ -27,9 +27,8 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
-    Probe,
     RepeatedRows,
-    check_n_samples,
+    SharedEncoderProbe,
     gaussian_kl,
 )
 from vaeprobe.random import per_row_random
@@ -59,7 +58,7 @@ class Bernoulli:
         return log_p.flatten(1).sum(1)
 
 
-class ModuleProbe(Probe):
+class ModuleProbe(SharedEncoderProbe):
     """Probe over a user's ``nn.Module`` with ``encode(x) -> (mean, logvar)`` and
     ``decode(z) -> mean``; see :meth:`vaeprobe.Probe.from_module`."""
 
@@ -108,26 +107,16 @@ class ModuleProbe(Probe):
             mean, logvar = mean[:, :, None, None], logvar[:, :, None, None]
         return mean.float(), 0.5 * logvar.float()
 
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
-               posterior: str = "sample") -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+    def _shared(self, x):
+        return RepeatedRows(list(self._moments(x)))  # the module's encoder, once per image
 
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
-                      posterior: str = "sample"):
-        """K draws per image in chunks; the module's encoder runs once per image."""
-        check_n_samples(n_samples)
-        x = self.check_images(x)
-        moments = RepeatedRows(list(self._moments(x)))
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            mean, logstd = moments.rows(k)
-            z = mean + logstd.exp() * self.noise(x.shape[0], k, generator, posterior)[0]
-            zeros = torch.zeros_like(mean)
-            yield LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=z, q_mean=mean,
-                                        q_logstd=logstd,
-                                        kl=gaussian_kl(mean, logstd, zeros, zeros))], k)
+    def _draw(self, moments, k: int, noise) -> LatentPass:
+        mean, logstd = moments.rows(k)
+        z = mean + logstd.exp() * noise[0]
+        zeros = torch.zeros_like(mean)
+        return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=z, q_mean=mean,
+                                     q_logstd=logstd, kl=gaussian_kl(mean, logstd, zeros, zeros))],
+                          k)
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):

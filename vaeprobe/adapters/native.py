@@ -25,36 +25,21 @@ from vaeprobe.probe import (
     LayerInfo,
     Probe,
     RepeatedRows,
+    SharedEncoderProbe,
     check_n_fixed,
-    check_n_samples,
     per_layer_temperatures,
 )
 from vaeprobe.registry import Registry
 
 
-class _NativeProbe(Probe):
-    """What vaeprobe's own probes share: device placement and chunked encoding, in which the
+class _NativeProbe(SharedEncoderProbe):
+    """What vaeprobe's own probes share: device placement, and chunked encoding in which the
     deterministic encoder work (``_shared``) runs once per image and ``_draw`` once per chunk."""
 
     def __init__(self, model, device=None, source: dict | None = None):
         super().__init__(source)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
-
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
-               posterior: str = "sample") -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
-
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
-                      posterior: str = "sample"):
-        check_n_samples(n_samples)
-        x = self.check_images(x)
-        shared = self._shared(x)
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            yield self._draw(shared, k, self.noise(x.shape[0], k, generator, posterior))
 
 
 class HVAEProbe(_NativeProbe):
