@@ -10,7 +10,7 @@ attached here (not in :mod:`vaeprobe.probe`) so the contract module never import
 
 from vaeprobe import data, plot
 from vaeprobe._version import __version__
-from vaeprobe.adapters import load
+from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
 from vaeprobe.audit import audit
 from vaeprobe.fidelity import sample_quality
@@ -26,5 +26,5 @@ from vaeprobe.spectrum import spectrum
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "audit", "checkpoints", "data", "iwae", "load", "open_results",
+           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load", "open_results",
            "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]

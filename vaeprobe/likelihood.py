@@ -73,7 +73,8 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
 
     Parameters
     ----------
-    probe : Probe
+    probe : Probe, run directory, checkpoint file or model folder
+        Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
     data : str, Dataset or uint8 tensor
     k : int
         Importance samples per image (K).
@@ -112,6 +113,9 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     >>> ds = iwae(vp.load("runs/demo"), "patches32:test", k=1000, n_images=100)  # doctest: +SKIP
     >>> float(ds["bpd_mean"]), float(ds["bpd_se"])  # doctest: +SKIP
     """
+    from vaeprobe.adapters import as_probe
+
+    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     probe.require("vp.iwae", likelihood=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")

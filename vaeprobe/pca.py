@@ -126,7 +126,12 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
 
     Parameters
     ----------
-    data : str, Dataset or uint8 tensor
+    data : str, Dataset, uint8 tensor, or a model source
+        Images (a dataset name, a Dataset or a uint8 tensor). A model source (a run
+        directory, a checkpoint file, a model folder or a Probe, see :func:`vaeprobe.as_probe`)
+        stands for the training split of the data it was trained on, where its run records
+        one (``"patches32:train"`` for a run trained on patches32); otherwise it is an error
+        that asks for images.
     n_images : int, optional
         A seeded random subset for the covariance.
     ks : sequence of int, optional
@@ -152,7 +157,7 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     ...     ds.components_needed.sel(order="bottom", target=2))
     True
     """
-    dataset = vdata.as_dataset(data)
+    dataset = vdata.as_dataset(_training_data(data))
     indices = vdata.select(dataset, n_images, seed)
     device = torch.device(device or distributed.default_device())
     covariance = _Covariance()
@@ -195,6 +200,28 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
                       n_spectrum_images=n_spectrum_images)
     ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
     return ds
+
+
+def _training_data(source):
+    """``source`` itself when it is data; for a model source, the training split of the data
+    its run was trained on."""
+    from pathlib import Path
+
+    from vaeprobe.probe import Probe
+    from vaeprobe.run import Run
+
+    if isinstance(source, Probe):
+        path = source.source.get("checkpoint")
+    elif isinstance(source, (str, Path)) and Path(source).exists() \
+            and not str(source).startswith(("folder:", "npz:")):
+        path = source
+    else:
+        return source  # a dataset name, a Dataset or a tensor
+    trained_on = Run.of(path).data if path and Path(path).exists() else None
+    if trained_on is None:
+        raise ValueError(f"pca_baseline needs images: {source} is a model whose training data "
+                         f"is not recorded; pass data (e.g. 'patches32:train', 'folder:PATH')")
+    return f"{trained_on}:train"
 
 
 def _top_k_spectrum(dataset, seed, mean, vectors, values, target, n_images, window, cutoff,

@@ -74,7 +74,8 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
 
     Parameters
     ----------
-    probe : Probe
+    probe : Probe, run directory, checkpoint file or model folder
+        Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
     data : str, Dataset or uint8 tensor
         Evaluation images, e.g. ``"patches32:test"``.
     n_images : int, optional
@@ -110,6 +111,9 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     >>> ds = rate(vp.load("runs/demo"), "patches32:test", n_images=256)  # doctest: +SKIP
     >>> ds["rate_by_resolution"].to_series()  # doctest: +SKIP
     """
+    from vaeprobe.adapters import as_probe
+
+    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None

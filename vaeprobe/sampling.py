@@ -37,7 +37,8 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
 
     Parameters
     ----------
-    probe : Probe
+    probe : Probe, run directory, checkpoint file or model folder
+        Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
     n : int
         Number of images.
     kind : {"mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic"}
@@ -74,6 +75,9 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     >>> ds["images"].dtype  # doctest: +SKIP
     dtype('uint8')
     """
+    from vaeprobe.adapters import as_probe
+
+    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     _check_request(kind, n, data)
     require(probe, "vp.samples", [kind])
     dataset = indices = None

@@ -76,15 +76,13 @@ def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run 
     A run directory gives one pair per checkpoint, each Probe loaded when reached; a checkpoint
     file or a Probe gives one pair, at the step its provenance names (0 when none does).
     """
-    from vaeprobe.adapters import load
+    from vaeprobe.adapters import as_probe
 
-    if isinstance(source, Probe):
-        return [(int(source.source.get("step", 0)), source)], 1, None
-    path = Path(source)
-    if path.is_dir() and Run(path).checkpoints():  # a run directory: every checkpoint
-        run = Run(path)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() \
+            and Run(source).checkpoints():  # a run directory: every checkpoint
+        run = Run(source)
         return _run_probes(run, device), len(run.checkpoints()), run
-    probe = load(path, device=device)  # one model of any format, sniffed
+    probe = as_probe(source, device=device)  # a Probe, or one model of any format, sniffed
     return [(int(probe.source.get("step", 0)), probe)], 1, None
 
 

@@ -206,5 +206,50 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
     return probe
 
 
-__all__ = ["Format", "FormatError", "formats", "load", "load_model", "probe_for",
+def as_probe(source, format: str | None = None, *, device=None, **options) -> Probe:
+    """Resolve any model source to a Probe: the twin of :func:`vaeprobe.data.as_dataset`.
+
+    Every public noun (``vp.rate``, ``vp.iwae``, ``vp.sample_quality``, ``vp.samples``,
+    ``vp.audit``, ...) calls this on its first argument, so each takes what :func:`load` takes.
+
+    Parameters
+    ----------
+    source : Probe, str or Path
+        A Probe (returned as it is); a vaeprobe run directory (its latest checkpoint); a
+        checkpoint file; or a third-party file or folder of any registered format (sniffed).
+    format : str, optional
+        The checkpoint format, as for :func:`load`; sniffed when None.
+    device : str or torch.device, optional
+        Where a path is opened (CUDA when available). A Probe stays where it is.
+    **options
+        The format's options, as for :func:`load`.
+
+    Raises
+    ------
+    TypeError
+        ``source`` is neither a Probe nor a path; or it is a Probe and ``format`` / options
+        were given (those open a checkpoint).
+    FileNotFoundError, FormatError
+        As :func:`load`.
+
+    Examples
+    --------
+    >>> as_probe(42)
+    Traceback (most recent call last):
+    ...
+    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a model folder (vp.load's paths); got int
+    """
+    if isinstance(source, Probe):
+        if format is not None or options:
+            raise TypeError(f"format= and options {sorted(options)} open a checkpoint; the "
+                            f"source is already a Probe")
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a model source must be a vp.Probe, a run directory, a checkpoint "
+                        f"file or a model folder (vp.load's paths); got "
+                        f"{type(source).__name__}")
+    return load(source, format=format, device=device, **options)
+
+
+__all__ = ["Format", "FormatError", "as_probe", "formats", "load", "load_model", "probe_for",
            "sniff_format"]

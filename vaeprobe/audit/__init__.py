@@ -39,6 +39,7 @@ from vaeprobe.audit.progressive import progressive_coding
 from vaeprobe.audit.reconstruction import reconstructions
 from vaeprobe.audit.report import AuditReport, open_audit, summary, write_report
 from vaeprobe.audit.spectra import spectra
+from vaeprobe.data import dataset_name
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe, UndefinedAnalysisError
 
@@ -74,19 +75,6 @@ def _check_settings(chosen: list[str], settings: dict | None) -> dict:
             raise ValueError(f"section {name!r} takes no {sorted(unknown)}; it takes "
                              f"{sorted(accepted)}")
     return settings
-
-
-def _open(source, device, format, options) -> Probe:
-    if isinstance(source, Probe):
-        if format is not None or options:
-            raise ValueError("format= and options= open a checkpoint; source is already a Probe")
-        return source
-    from vaeprobe.adapters import load
-
-    kwargs = dict(options or {})
-    if format is not None:
-        kwargs["format"] = format
-    return load(source, device=device, **kwargs)
 
 
 def run_section(name: str, probe: Probe, data, **kwargs) -> xr.Dataset:
@@ -155,7 +143,11 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     if unknown or not chosen:
         raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(SECTIONS)}")
     settings = _check_settings(chosen, settings)
-    probe = _open(source, device, format, options)
+    from vaeprobe.adapters import as_probe
+    from vaeprobe.data import as_dataset
+
+    probe = as_probe(source, format, device=device, **(options or {}))
+    data = as_dataset(data, image_shape=probe.image_shape)  # resolved (and decoded) once
     networks = dict(feature_extractor=feature_extractor, weights=weights,
                     lpips_trunk=lpips_trunk, lpips_weights=lpips_weights)
     report = AuditReport()
@@ -174,20 +166,11 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     report.attrs = provenance(
         "audit", dict(n_images=n_images, seed=seed, sections=chosen, settings=settings,
                       **{k: str(v) if v is not None else None for k, v in networks.items()}),
-        dataset=_dataset_name(data, probe), n_images=n_images, seed=seed, **source_facts,
+        dataset=dataset_name(data), n_images=n_images, seed=seed, **source_facts,
         status={name: ds.attrs.get("status") for name, ds in report.items()})
     if out is not None:
         write_report(report, Path(out))
     return report
-
-
-def _dataset_name(data, probe: Probe) -> str:
-    from vaeprobe import data as vdata
-
-    try:
-        return vdata.dataset_name(vdata.as_dataset(data, image_shape=probe.image_shape))
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as error:
-        return f"unreadable ({error})"
 
 
 # ``vaeprobe.audit`` is this package, but ``vp.audit`` (the function) shadows it as an

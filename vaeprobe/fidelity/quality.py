@@ -128,7 +128,8 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
 
     Parameters
     ----------
-    probe : Probe
+    probe : Probe, run directory, checkpoint file or model folder
+        Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
     reference : str, Dataset or uint8 tensor
         Real images (e.g. ``"patches32:test"``); a seeded subset of ``n`` is the reference set.
     n : int
@@ -159,6 +160,9 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     >>> ds = sample_quality(vp.load("runs/demo"), "patches32:test", n=10000)  # doctest: +SKIP
     >>> ds[["fid", "lpips"]].to_dataframe()  # doctest: +SKIP
     """
+    from vaeprobe.adapters import as_probe
+
+    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     kinds, metrics = list(kinds), list(metrics)
     unknown = (set(kinds) - set(KINDS)) | (set(metrics) - set(METRICS))
     if unknown or not kinds:
