@@ -302,8 +302,10 @@ def test_samples_are_decoded_prior_draws(probe, digits_test):
     assert np.isfinite(ds["fid"]).all() and ds.attrs["stand_in_network"] == 1
 
 
-def test_precision_finds_a_planted_float16_overflow(digits_test):
-    ds = numerical_health(ConvProbe(overflow=True), digits_test, n_images=N, progress=False)
+def test_precision_predicts_and_measures_a_planted_float16_overflow(digits_test):
+    # forced to run float16 on this CPU (the default skips dtypes with slow convolutions)
+    ds = numerical_health(ConvProbe(overflow=True), digits_test, n_images=N, progress=False,
+                          cpu_images=4, cpu_slowdown_limit=math.inf)
     assert_section(ds, "precision")
     assert list(ds["dtype"].values) == ["float32", "bfloat16", "float16"]
     bad = ds["nan_count"] + ds["inf_count"]
@@ -311,9 +313,38 @@ def test_precision_finds_a_planted_float16_overflow(digits_test):
     assert int(bad.sel(dtype="float32").sum()) == 0 and int(bad.sel(dtype="bfloat16").sum()) == 0
     assert json.loads(ds.attrs["modules_exceeding_float16"]) == ["enc1"]
     assert int(ds["exceeds_float16"].sel(module="enc1")) == 1
-    healthy = numerical_health(ConvProbe(), digits_test, n_images=N, progress=False)
+    assert int(ds["n_images_measured"]) == 4 and int(ds["n_modules_monitored"]) == 3
+    prediction = json.loads(ds.attrs["prediction"])
+    assert prediction["float16"].startswith("overflow") and prediction["bfloat16"].startswith(
+        "no overflow")
+    # the planted activation: the largest |enc1 output| over all 16 images, by hand
+    x = vp.data.gather(digits_test, vp.data.select(digits_test, N, 0))
+    with torch.no_grad():
+        planted = ConvProbe(overflow=True).model["enc1"](x.float() / 255).abs().max()
+    assert float(ds["max_activation"].sel(module="enc1")) == pytest.approx(float(planted),
+                                                                          rel=1e-6)
+    healthy = numerical_health(ConvProbe(), digits_test, n_images=N, progress=False,
+                               cpu_slowdown_limit=math.inf)
     assert int((healthy["nan_count"] + healthy["inf_count"]).sum()) == 0
     assert float(healthy["max_abs_deviation"].sel(dtype="float16", stage="roundtrip")) < 1e-2
+
+
+def test_precision_on_cpu_skips_slow_dtypes_and_says_so(digits_test, monkeypatch):
+    from vaeprobe.audit import precision
+
+    monkeypatch.setattr(precision, "cpu_slowdown", lambda name: 100.0 if name == "float16"
+                        else 0.5)
+    ds = numerical_health(ConvProbe(overflow=True), digits_test, n_images=N, progress=False)
+    assert json.loads(ds.attrs["dtypes_run"]) == ["bfloat16"]
+    assert "100x slower" in json.loads(ds.attrs["dtype_skipped"])["float16"]
+    assert int(ds["nan_count"].sel(dtype="float16").min()) == -1  # not run
+    assert int(ds["n_images_measured"]) == 1 and ds.attrs["measured_on"] == "1 image(s) on CPU"
+    # the prediction still covers every image
+    assert json.loads(ds.attrs["modules_exceeding_float16"]) == ["enc1"]
+    assert int(ds.attrs["declared_force_upcast"]) == -1
+    quick = numerical_health(ConvProbe(), digits_test, n_images=N, progress=False,
+                             run_low_precision=False)
+    assert json.loads(quick.attrs["dtypes_run"]) == [] and int(quick["n_images_measured"]) == 0
 
 
 # ---- the whole audit -------------------------------------------------------------------------
@@ -335,10 +366,12 @@ class _Parser(HTMLParser):
 
 def test_audit_reports_failures_in_place_and_writes_every_file(probe, digits_test, tmp_path,
                                                                monkeypatch):
+    from vaeprobe.audit.latents import LatentAccumulator
+
     def broken(*args, **kwargs):
         raise RuntimeError("planted failure")
 
-    monkeypatch.setitem(SECTIONS, "latents", broken)
+    monkeypatch.setattr(LatentAccumulator, "update", broken)
     report = vp.audit(probe, digits_test, n_images=N, progress=False, out=tmp_path,
                       settings={"likelihood": {"k": 4}}, **STAND_INS)
     assert list(report) == list(SECTIONS)
@@ -392,7 +425,9 @@ def test_cli_audit_end_to_end(tiny_run, tmp_path):
     for title in ("1. Model card", "2. Where the bits go", "9. Numerical health"):
         assert title in result.stdout
     assert "STAND-IN" in result.stdout
-    assert {p.name for p in out.iterdir()} == {"audit.nc", "audit.png", "audit.html"}
+    assert {p.name for p in out.iterdir()} == {"audit.nc", "audit.png", "audit.html",
+                                               "audit.json", "sections"}
+    assert {p.name for p in (out / "sections").iterdir()} == {f"{n}.nc" for n in SECTIONS}
     assert open_audit(out / "audit.nc")["reconstructions"].attrs["stand_in_network"] == 1
 
 
@@ -406,8 +441,8 @@ def test_audit_of_the_vdvae_fixture():
                        device="cpu")
     x = torch.randint(0, 256, (8, *probe.image_shape), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))
-    report = vp.audit(probe, x, n_images=8, progress=False, settings={"likelihood": {"k": 2}},
-                      **STAND_INS)
+    report = vp.audit(probe, x, n_images=8, progress=False, settings={
+        "likelihood": {"k": 2}, "progressive": {"n_images": 8}}, **STAND_INS)
     status = {name: ds.attrs["status"] for name, ds in report.items()}
     assert status == {name: "ok" for name in SECTIONS}, status
     # progressive coding runs (VDVAE implements sample_prior_given) and ends at the posterior

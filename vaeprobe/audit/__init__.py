@@ -1,35 +1,51 @@
 """``vp.audit``: one report on any VAE checkpoint, every defined section of it.
 
-Sections (each also callable on its own, e.g. ``vaeprobe.audit.model_card(probe)``; each
-returns an ``xr.Dataset`` whose attrs carry its provenance and protocol, ``status`` "ok",
-"skipped" (with the reason in ``skipped``) or "failed" (``error`` and ``traceback``)):
+Sections are entries of one registry (:mod:`vaeprobe.audit.registry`, whose docstring says how
+to add one); each also has a public function (e.g. ``vaeprobe.audit.model_card(probe)``)
+returning an ``xr.Dataset`` whose attrs carry its provenance and protocol, ``status`` "ok",
+"skipped" (with the reason in ``skipped``) or "failed" (``error`` and ``traceback``). In
+report order:
 
-1. ``model_card``: format, file hashes, parameters, latent layers, likelihood and prior facts
-2. ``bits`` (:func:`where_bits_go`): rate per layer / resolution / channel, active units,
-   collapsed layers
-3. ``reconstructions``: distortion, MSE, PSNR, SSIM, LPIPS, rFID from the posterior mean and a
-   posterior sample
-4. ``latents`` (:func:`latent_statistics`): per-channel statistics, the scale and shift a
-   latent-diffusion model should use
-5. ``progressive`` (:func:`progressive_coding`): first k layers from the posterior, the rest
-   from the prior
-6. ``spectra``: reconstruction spectra relative to the data; latent spectra
-7. ``likelihood``: IWAE bits/dim, convergence in K, effective sample size
-8. ``samples``: prior samples at several temperatures, FID
-9. ``precision`` (:func:`numerical_health`): bfloat16 / float16 against float32
+- ``model_card``: format, file hashes, parameters, latent layers, likelihood and prior facts
+- ``bits`` (:func:`where_bits_go`): rate per layer / resolution / channel (and per dimension
+  for small one-layer models), active units, collapsed layers
+- ``reconstructions``: distortion, MSE, PSNR, SSIM, MS-SSIM, LPIPS, rFID from the posterior
+  mean and a posterior sample
+- ``latents`` (:func:`latent_statistics`): per-channel (and per-dimension) statistics, the
+  scale and shift a latent-diffusion model should use
+- ``progressive`` (:func:`progressive_coding`): first k layers from the posterior, the rest
+  from the prior, at <= 8 values of k
+- ``spectra``: reconstruction spectra relative to the data; latent spectra
+- ``likelihood``: IWAE bits/dim, convergence in K, effective sample size
+- ``samples``: prior samples at several temperatures, FID
+- ``precision`` (:func:`numerical_health`): float16 / bfloat16 failures predicted from
+  activation ranges, measured where the device runs them fast
+
+The audit streams the images once (:mod:`vaeprobe.audit.shared`): every image is encoded once
+and decoded once per reconstruction kind, and bits, reconstructions, latents, spectra and
+precision read that pass; progressive coding, likelihood and samples then do only their own
+extra work, each sized to a stated multiple of the measured floor (one encode + one decode).
+With ``out`` every section is written as soon as it is computed (:mod:`vaeprobe.audit.store`)
+and a rerun into the same directory computes only what is missing.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
-from pathlib import Path
 
 import xarray as xr
 
-from vaeprobe._analysis import progress_bar
-from vaeprobe.audit._common import TITLES, failed, skipped
+# the sections register themselves on import (order in the report: their ``order``)
+from vaeprobe.audit import bits as _bits  # noqa: F401
+from vaeprobe.audit import card as _card  # noqa: F401
+from vaeprobe.audit import generative as _generative  # noqa: F401
+from vaeprobe.audit import latents as _latents  # noqa: F401
+from vaeprobe.audit import precision as _precision  # noqa: F401
+from vaeprobe.audit import progressive as _progressive  # noqa: F401
+from vaeprobe.audit import reconstruction as _reconstruction  # noqa: F401
+from vaeprobe.audit import spectra as _spectra  # noqa: F401
+from vaeprobe.audit._common import failed, skipped
 from vaeprobe.audit.bits import where_bits_go
 from vaeprobe.audit.card import model_card
 from vaeprobe.audit.generative import likelihood, samples
@@ -37,53 +53,34 @@ from vaeprobe.audit.latents import latent_statistics
 from vaeprobe.audit.precision import numerical_health
 from vaeprobe.audit.progressive import progressive_coding
 from vaeprobe.audit.reconstruction import reconstructions
+from vaeprobe.audit.registry import Section, register
+from vaeprobe.audit.registry import sections as registered
 from vaeprobe.audit.report import AuditReport, open_audit, summary, write_report
+from vaeprobe.audit.run import run_audit
 from vaeprobe.audit.spectra import spectra
-from vaeprobe.data import dataset_name
-from vaeprobe.io import provenance
+from vaeprobe.audit.store import AuditMismatchError
 from vaeprobe.probe import Probe, UndefinedAnalysisError
 
-SECTIONS = {
-    "model_card": model_card,
-    "bits": where_bits_go,
-    "reconstructions": reconstructions,
-    "latents": latent_statistics,
-    "progressive": progressive_coding,
-    "spectra": spectra,
-    "likelihood": likelihood,
-    "samples": samples,
-    "precision": numerical_health,
-}
-assert list(SECTIONS) == list(TITLES)
-
-# at most this many images where a section costs many passes per image (the rest use n_images)
-IMAGE_LIMITS = {"likelihood": 32, "progressive": 128, "precision": 32}
-NETWORK_OPTIONS = {"reconstructions": ("feature_extractor", "weights", "lpips_trunk",
-                                       "lpips_weights"),
-                   "samples": ("feature_extractor", "weights")}
-
-
-def _check_settings(chosen: list[str], settings: dict | None) -> dict:
-    settings = dict(settings or {})
-    for name, values in settings.items():
-        if name not in SECTIONS:
-            raise ValueError(f"settings for unknown section {name!r}; sections: "
-                             f"{', '.join(SECTIONS)}")
-        accepted = set(inspect.signature(SECTIONS[name]).parameters) - {"probe", "data"}
-        unknown = set(values) - accepted
-        if unknown:
-            raise ValueError(f"section {name!r} takes no {sorted(unknown)}; it takes "
-                             f"{sorted(accepted)}")
-    return settings
+# section name -> its public function, in report order (a section registered later, e.g. by a
+# module imported after this one, is found by vp.audit through the registry all the same)
+SECTIONS = {"model_card": model_card, "bits": where_bits_go, "reconstructions": reconstructions,
+            "latents": latent_statistics, "progressive": progressive_coding,
+            "spectra": spectra, "likelihood": likelihood, "samples": samples,
+            "precision": numerical_health}
 
 
 def run_section(name: str, probe: Probe, data, **kwargs) -> xr.Dataset:
-    """One section by name; undefined -> a skipped Dataset, an error -> a failed one."""
-    if name not in SECTIONS:
-        raise ValueError(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")
+    """One section by name through its public function; undefined -> a skipped Dataset, an
+    error -> a failed one."""
+    function = SECTIONS.get(name)
+    if function is None:
+        section = registered().get(name)
+        if section is None:
+            raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
+        function = section.compute
     start = time.perf_counter()
     try:
-        ds = SECTIONS[name](probe, data, **kwargs)
+        ds = function(probe, data, **kwargs)
     except UndefinedAnalysisError as error:
         ds = skipped(name, str(error), probe)
     except Exception as error:  # reported in its place; the other sections still run
@@ -96,7 +93,8 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
           progress: bool = True, out: str | os.PathLike | None = None, format: str | None = None,
           options: dict | None = None, feature_extractor: str = "inception-v3-compat",
           weights=None, lpips_trunk: str = "alexnet", lpips_weights=None,
-          settings: dict | None = None) -> AuditReport:
+          settings: dict | None = None, quick: bool = False, batch_size: int = 64,
+          overwrite: bool = False) -> AuditReport:
     """Audit one VAE: every section that is defined for it, one Dataset per section.
 
     Parameters
@@ -105,17 +103,22 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     data : str, Dataset or uint8 tensor
         Evaluation images, e.g. ``"patches32:test"``.
     n_images : int
-        A seeded random subset of this many images for every section (likelihood and
-        precision use at most :data:`IMAGE_LIMITS` of them unless ``settings`` says otherwise).
+        A seeded random subset of this many images: the shared pass reads all of them; the
+        costly sections use a subset sized to their ``budget`` (a multiple of the floor, one
+        encode + one decode of these images) and their ``image_limit``, unless ``settings``
+        gives their ``n_images``.
     seed : int
     sections : sequence of str, optional
-        A subset of :data:`SECTIONS` (default: all, in report order).
+        A subset of the registered sections (default: all, in report order).
     device : str or torch.device, optional
         Where a checkpoint is opened (CUDA when available).
     progress : bool
-        A progress bar over sections, and each section's own.
+        Progress bars, and the estimate of the remaining time before the costly sections.
     out : path, optional
-        A directory: ``audit.nc``, ``audit.png`` and ``audit.html`` are written there.
+        A directory (new or existing): ``sections/<name>.nc`` written as each section is
+        computed, then ``audit.nc``, ``audit.png`` and ``audit.html`` rendered from them. An
+        existing audit there of the same model, data and options is resumed (only missing or
+        failed sections are computed); of another, refused (see ``overwrite``).
     format, options : optional
         How ``source`` is opened (``vp.load(source, format=..., **options)``).
     feature_extractor, weights : optional
@@ -124,53 +127,35 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     lpips_trunk, lpips_weights : optional
         The LPIPS trunk (``"random-TEST-ONLY"``: a flagged stand-in) and its weights file.
     settings : dict, optional
-        Per-section keyword arguments, e.g. ``{"likelihood": {"k": 256, "n_images": 128}}``.
+        Per-section options, e.g. ``{"likelihood": {"k": 256, "n_images": 128}}``; each
+        section's defaults are ``vaeprobe.audit.registry.get(name).options``.
+    quick : bool
+        A small profile: at most 32 images, and each section's ``quick`` options (progressive
+        coding at 4 points within 1x the floor, IWAE K=16 within 2x, one sample temperature,
+        precision predicted from activation ranges only); recorded in attrs.
+    batch_size : int
+        Images per batch of the shared pass.
+    overwrite : bool
+        Replace an audit in ``out`` made for another model, data or options.
 
     Returns
     -------
     AuditReport
         A dict of section name -> ``xr.Dataset`` (``status`` "ok", "skipped" or "failed" in
-        each one's attrs), with ``attrs`` (the audit's provenance), ``summary()`` and
-        ``save(out)``.
+        each one's attrs), with ``attrs`` (the audit's provenance, ``computed_sections`` and
+        ``resumed_sections``), ``timing``, ``summary()`` and ``save(out)``.
 
     Examples
     --------
     >>> report = vp.audit("runs/demo", "patches32:test", out="audit/")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
-    chosen = list(SECTIONS) if sections is None else list(sections)
-    unknown = [name for name in chosen if name not in SECTIONS]
-    if unknown or not chosen:
-        raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(SECTIONS)}")
-    settings = _check_settings(chosen, settings)
-    from vaeprobe.adapters import as_probe
-    from vaeprobe.data import as_dataset
-
-    probe = as_probe(source, format, device=device, **(options or {}))
-    data = as_dataset(data, image_shape=probe.image_shape)  # resolved (and decoded) once
-    networks = dict(feature_extractor=feature_extractor, weights=weights,
-                    lpips_trunk=lpips_trunk, lpips_weights=lpips_weights)
-    report = AuditReport()
-    bar = progress_bar(len(chosen), "audit", progress, unit="section")
-    for name in chosen:
-        bar.set_description(f"audit: {name}")
-        kwargs = dict(n_images=min(n_images, IMAGE_LIMITS.get(name, n_images)), seed=seed,
-                      progress=progress)
-        kwargs.update({key: networks[key] for key in NETWORK_OPTIONS.get(name, ())})
-        kwargs.update(settings.get(name, {}))
-        report[name] = run_section(name, probe, data, **kwargs)
-        bar.update(1)
-    bar.close()
-    source_facts = dict(probe.source)
-    source_facts.setdefault("checkpoint", "in-memory model")
-    report.attrs = provenance(
-        "audit", dict(n_images=n_images, seed=seed, sections=chosen, settings=settings,
-                      **{k: str(v) if v is not None else None for k, v in networks.items()}),
-        dataset=dataset_name(data), n_images=n_images, seed=seed, **source_facts,
-        status={name: ds.attrs.get("status") for name, ds in report.items()})
-    if out is not None:
-        write_report(report, Path(out))
-    return report
+    return run_audit(source, data, n_images=n_images, seed=seed, sections=sections,
+                     device=device, progress=progress, out=out, format=format,
+                     options=options, settings=settings, quick=quick, batch_size=batch_size,
+                     overwrite=overwrite,
+                     networks=dict(feature_extractor=feature_extractor, weights=weights,
+                                   lpips_trunk=lpips_trunk, lpips_weights=lpips_weights))
 
 
 # ``vaeprobe.audit`` is this package, but ``vp.audit`` (the function) shadows it as an
@@ -179,7 +164,9 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
 for _function in (*SECTIONS.values(), open_audit, summary, write_report, run_section):
     setattr(audit, _function.__name__, _function)
 audit.SECTIONS = SECTIONS
+audit.register, audit.Section = register, Section
 
-__all__ = ["SECTIONS", "AuditReport", "audit", "latent_statistics", "likelihood", "model_card",
-           "numerical_health", "open_audit", "progressive_coding", "reconstructions",
-           "run_section", "samples", "spectra", "summary", "where_bits_go", "write_report"]
+__all__ = ["SECTIONS", "AuditMismatchError", "AuditReport", "Section", "audit",
+           "latent_statistics", "likelihood", "model_card", "numerical_health", "open_audit",
+           "progressive_coding", "reconstructions", "register", "run_section", "samples",
+           "spectra", "summary", "where_bits_go", "write_report"]

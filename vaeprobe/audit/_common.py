@@ -14,18 +14,45 @@ from vaeprobe._analysis import evaluation_set, result_attrs
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe
 
-# section name -> title, in report order
-TITLES = {
-    "model_card": "1. Model card",
-    "bits": "2. Where the bits go",
-    "reconstructions": "3. Reconstructions",
-    "latents": "4. Latent statistics",
-    "progressive": "5. Progressive coding",
-    "spectra": "6. Spectra",
-    "likelihood": "7. Likelihood",
-    "samples": "8. Samples",
-    "precision": "9. Numerical health",
-}
+MAX_PER_DIM = 512  # per-dimension views for one-layer models with at most this many dims
+
+
+class ProbeFacts:
+    """What a section's attrs and figures need of a Probe, without its networks: travels
+    between ranks (accumulators hold this, not the Probe)."""
+
+    def __init__(self, probe: Probe):
+        self.source = dict(probe.source)
+        self.layers = list(probe.layers)
+        self.image_shape = tuple(probe.image_shape)
+        self.likelihood_kind = str(probe.likelihood_kind)
+        self.n_bits = int(probe.n_bits)
+        self.name = probe.name
+        self.device = str(getattr(probe, "device", "cpu"))
+        from types import SimpleNamespace
+
+        from vaeprobe._analysis import decoder_head
+
+        likelihood, sigma = decoder_head(probe)  # read by interpretation_warnings
+        self.model = SimpleNamespace(config=SimpleNamespace(likelihood=likelihood, sigma=sigma))
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        return [(info.channels, *info.resolution) for info in self.layers]
+
+
+class NamedData:
+    """Stands for the dataset in provenance (its name only)."""
+
+    def __init__(self, dataset):
+        self.name = vdata.dataset_name(dataset)
+
+
+def per_dimension(probe) -> bool:
+    """Per-dimension views apply: one latent layer of at most :data:`MAX_PER_DIM` dims."""
+    if len(probe.layers) != 1:
+        return False
+    channels, height, width = probe.latent_shapes()[0]
+    return channels * height * width <= MAX_PER_DIM
 
 
 def section_attrs(section: str, parameters: dict, probe: Probe, dataset, n_images: int,

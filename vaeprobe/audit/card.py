@@ -11,6 +11,7 @@ import xarray as xr
 from torch import nn
 
 from vaeprobe.audit._common import layer_coords
+from vaeprobe.audit.registry import Section, register
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe, UndefinedAnalysisError
 
@@ -123,3 +124,17 @@ def model_card(probe: Probe, data=None, *, n_images: int | None = None, seed: in
         parameter_dtypes=json.dumps(dtypes), device=str(getattr(probe, "device", "cpu")),
         defines=json.dumps(defines), torch_version=str(torch.__version__))
     return ds
+
+
+def summary(ds: xr.Dataset) -> str:
+    a = ds.attrs
+    return (f"{a.get('format', '?')} {a.get('checkpoint', '')}; {int(ds['n_layers'])} latent "
+            f"layers, {int(ds['latent_dims_total'])} dims, {int(ds['n_parameters']):,} "
+            f"parameters; likelihood {a.get('likelihood_kind')}"
+            + (f" ({a.get('n_bits')} bits)" if a.get("likelihood_kind") != "none" else "")
+            + f"; prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}")
+
+
+SECTION = register(Section(
+    name="model_card", title="Model card", order=10, summary=summary, figure="audit_card",
+    compute=model_card, needs_images=False))

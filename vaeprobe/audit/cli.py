@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-SECTIONS_HELP = ("a subset of: model_card bits reconstructions latents progressive spectra "
-                 "likelihood samples precision")
+SECTIONS_HELP = "a subset of the registered sections (default all): "
+
+
+def _sections_help() -> str:
+    from vaeprobe.audit.registry import sections
+
+    return SECTIONS_HELP + " ".join(sections())
 
 
 def _cmd_audit(args) -> int:
@@ -13,13 +18,26 @@ def _cmd_audit(args) -> int:
     import vaeprobe as vp
     from vaeprobe._cli_args import _load
 
+    try:
+        settings = json.loads(args.settings) if args.settings else None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--settings must be JSON, e.g. '{{\"likelihood\": {{\"k\": 256}}}}'"
+                         f": {error}") from None
     report = vp.audit(_load(args), args.data, n_images=args.n_images, seed=args.seed,
                       sections=args.sections, progress=not args.quiet, out=args.out,
                       feature_extractor=args.feature_extractor, weights=args.weights,
                       lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
-                      settings=json.loads(args.settings) if args.settings else None)
-    print(report.summary())
-    print(f"wrote {args.out}/audit.nc, audit.png, audit.html")
+                      settings=settings, quick=args.quick, batch_size=args.batch_size,
+                      overwrite=args.overwrite)
+    from vaeprobe import distributed
+
+    if distributed.is_main():
+        print(report.summary())
+        resumed = json.loads(report.attrs.get("resumed_sections", "[]"))
+        if resumed:
+            print(f"resumed from {args.out}: {', '.join(resumed)}")
+        print(f"wrote {args.out}/audit.nc, audit.png, audit.html (sections in "
+              f"{args.out}/sections/)")
     return 0
 
 
@@ -46,7 +64,7 @@ def _add_audit(sub) -> None:
     api.add("--n-images", type=int, help="a seeded random subset of this many images "
             "(the costly sections use fewer; see --settings)")
     api.add("--seed", type=int, help="seeds the subset and every draw")
-    api.add("--sections", nargs="+", help=SECTIONS_HELP)
+    api.add("--sections", nargs="+", help=_sections_help())
     api.add("--feature-extractor", help="rFID / FID network; "
             f"{', '.join(extractors.names())} (TEST-ONLY: a flagged stand-in)")
     api.add("--weights", help="its weights file")
@@ -56,7 +74,17 @@ def _add_audit(sub) -> None:
     parser.add_argument("--settings", default=None, help="per-section options as JSON, e.g. "
                         "'{\"likelihood\": {\"k\": 256}}' (default: none)")
     _load_arguments(parser, api)
-    parser.add_argument("--out", default="audit", help="output directory (default: ./audit)")
+    api.add("--batch-size", type=int, help="images per batch of the shared pass")
+    parser.add_argument("--quick", action="store_true", help="a small profile: at most 32 "
+                        "images, progressive coding at 4 points, IWAE K=16, one sample "
+                        "temperature, precision predicted only (stated in attrs)")
+    parser.add_argument("--out", default="audit", help="output directory, new or existing: "
+                        "an audit of the same model, data and options there is resumed "
+                        "(only missing sections computed) (default: ./audit)")
+    parser.add_argument("--resume", action="store_true", help="resume the audit in --out "
+                        "(the default whenever --out holds one; this flag only says so)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an audit in --out "
+                        "made for another model, data or options")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _common(parser, out=False, plot=False)
     parser.set_defaults(run=_cmd_audit)

@@ -12,6 +12,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe._analysis import progress_bar
 from vaeprobe.audit._common import evaluation_images, feature_network, restamp, section_attrs
+from vaeprobe.audit.registry import Section, register
 from vaeprobe.likelihood import iwae
 from vaeprobe.probe import Probe
 from vaeprobe.sampling import sample_batches
@@ -177,3 +178,48 @@ def samples(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
         warning=("FID with a stand-in (randomly initialised) network: NOT comparable to "
                  "published figures") if extractor is not None and extractor.stand_in else "")
     return ds
+
+
+def likelihood_cost(probe, n_images: int, options: dict) -> float:
+    """Floor multiples of IWAE on ``n_images``: one encode, then K draws (each a top-down
+    pass, a decode and a likelihood) per image."""
+    return n_images * (1 + options.get("k", 64))
+
+
+def samples_cost(probe, n_images: int, options: dict) -> float:
+    """Floor multiples of prior sampling: a prior pass and decode per sample and
+    temperature (both kinds share them)."""
+    return n_images * len(options.get("temperatures", (1.0, 0.8, 0.6)))
+
+
+def likelihood_summary(ds: xr.Dataset) -> str:
+    return (f"IWAE K={int(ds['k'].values[-1])} on {int(ds.attrs.get('n_images', 0))} images: "
+            f"{_fmt(ds['bpd_mean'], 5)} ± {_fmt(ds['bpd_se'], 2)} bits/dim (ELBO "
+            f"{_fmt(ds['elbo_bpd_mean'], 5)}); ESS/K {_fmt(ds['ess_fraction'])}")
+
+
+def samples_summary(ds: xr.Dataset) -> str:
+    a, fid = ds.attrs, ds["fid"]
+    text = f"{ds.sizes['temperature']} temperatures x {', '.join(map(str, ds['kind'].values))}"
+    if np.isfinite(fid.values).any():
+        text += "; FID " + ", ".join(f"T={float(t):g} {_fmt(fid.sel(temperature=t).min(), 4)}"
+                                     for t in ds["temperature"].values)
+    elif a.get("fid_skipped"):
+        text += f"; FID skipped ({a.get('fid_skipped')[:60]}...)"
+    return text
+
+
+def _fmt(value, digits: int = 3) -> str:
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+LIKELIHOOD = register(Section(
+    name="likelihood", title="Likelihood", order=70, summary=likelihood_summary,
+    figure="iwae_convergence", compute=likelihood, cost=likelihood_cost, image_limit=32,
+    options=dict(k=64, budget=8.0), quick=dict(k=16, budget=2.0)))
+SAMPLES = register(Section(
+    name="samples", title="Samples", order=80, summary=samples_summary,
+    figure="audit_samples", compute=samples, cost=samples_cost, image_limit=256,
+    networks=("feature_extractor", "weights"),
+    options=dict(temperatures=(1.0, 0.8, 0.6), n_grid=32), quick=dict(temperatures=(1.0,))))

@@ -8,8 +8,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe._analysis import batches
-from vaeprobe.audit._common import evaluation_images, layer_coords, section_attrs
+from vaeprobe.audit._common import (
+    NamedData,
+    ProbeFacts,
+    layer_coords,
+    per_dimension,
+    section_attrs,
+)
+from vaeprobe.audit.registry import Section, register
+from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
 
 PROTOCOL = ("one posterior pass per image (per-image generators keyed by (seed, index)); "
@@ -31,11 +38,18 @@ class _ChannelMoments:
     def update(self, values: torch.Tensor) -> None:
         """Fold in ``values`` (B, C, h, w): every image and position is one observation."""
         flat = values.detach().double().transpose(0, 1).flatten(1).cpu()  # (C, B*h*w)
-        n = flat.shape[1]
         batch_mean = flat.mean(1)
-        batch_m2 = ((flat - batch_mean[:, None]) ** 2).sum(1)
+        self._fold(flat.shape[1], batch_mean, ((flat - batch_mean[:, None]) ** 2).sum(1))
+
+    def merge(self, other: _ChannelMoments) -> _ChannelMoments:
+        """Fold in another accumulator's moments (a later rank's images); return self."""
+        if other.mean is not None:
+            self._fold(other.count, other.mean, other.m2)
+        return self
+
+    def _fold(self, n: int, batch_mean: torch.Tensor, batch_m2: torch.Tensor) -> None:
         if self.mean is None:
-            self.count, self.mean, self.m2 = n, batch_mean, batch_m2
+            self.count, self.mean, self.m2 = n, batch_mean.clone(), batch_m2.clone()
             return
         total = self.count + n
         delta = batch_mean - self.mean
@@ -65,9 +79,81 @@ def _factor(value) -> float:
         return float("nan")
 
 
+class LatentAccumulator:
+    """Channel moments of posterior draws, posterior means and posterior stds per layer; for
+    one-layer models of few dims, the same per latent dimension."""
+
+    def __init__(self, probe: Probe, context):
+        n_layers = len(probe.layers)
+        self.means = [_ChannelMoments() for _ in range(n_layers)]
+        self.samples = [_ChannelMoments() for _ in range(n_layers)]
+        self.posterior_std = [_ChannelMoments() for _ in range(n_layers)]
+        self.per_dim = per_dimension(probe)
+        self.dim_means, self.dim_var = _ChannelMoments(), _ChannelMoments()
+        self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
+        self.seed, self.n_images = context.seed, context.n_images
+
+    def update(self, batch) -> None:
+        for index, draw in enumerate(batch.sample.draws):
+            self.samples[index].update(draw.z)
+            if draw.q_mean is not None:
+                self.means[index].update(draw.q_mean)
+                self.posterior_std[index].update(draw.q_logstd.exp())
+        draw = batch.sample.draws[0]
+        if self.per_dim and draw.q_mean is not None:  # one observation per image and dim
+            self.dim_means.update(draw.q_mean.flatten(1)[:, :, None, None])
+            self.dim_var.update((2 * draw.q_logstd).exp().flatten(1)[:, :, None, None])
+
+    def merge(self, other: LatentAccumulator) -> LatentAccumulator:
+        for mine, theirs in ((self.means, other.means), (self.samples, other.samples),
+                             (self.posterior_std, other.posterior_std)):
+            for a, b in zip(mine, theirs, strict=True):
+                a.merge(b)
+        self.dim_means.merge(other.dim_means)
+        self.dim_var.merge(other.dim_var)
+        return self
+
+    def compute(self) -> xr.Dataset:
+        probe = self.probe
+        ds = _dataset(probe, self.means, self.samples, self.posterior_std)
+        ds["checkpoint_scaling_factor"] = ((), _factor(probe.source.get("scaling_factor")),
+                                           {"units": "1", "long_name": "the checkpoint's own"})
+        ds["checkpoint_shift_factor"] = ((), _factor(probe.source.get("shift_factor")),
+                                         {"units": "latent units",
+                                          "long_name": "the checkpoint's own"})
+        if self.dim_means.mean is not None:
+            ds = ds.assign(_per_dimension(self.dim_means, self.dim_var))
+        ds.attrs = section_attrs("latents", dict(n_images=self.n_images, seed=self.seed),
+                                 probe, self.data, self.n_images, self.seed, PROTOCOL,
+                                 checkpoint_has_scaling_factor="scaling_factor" in probe.source,
+                                 per_dimension=int(self.dim_means.mean is not None))
+        return ds
+
+
+def _per_dimension(means: _ChannelMoments, variances: _ChannelMoments) -> xr.Dataset:
+    """Per latent dimension: the posterior's own std (root mean posterior variance), the spread
+    of the posterior means over images, and the aggregate posterior's std (both combined:
+    Var q(z_d) = Var_x E[z_d | x] + E_x Var[z_d | x])."""
+    _, mean_spread, _ = means.compute()
+    mean_variance = variances.compute()[0]  # E_x sigma_d^2(x)
+    latent = {"units": "latent units"}
+    return xr.Dataset(
+        {
+            "posterior_std_per_dim": ("dim", np.sqrt(mean_variance), {
+                **latent, "long_name": "root mean posterior variance over images"}),
+            "posterior_mean_std_per_dim": ("dim", mean_spread, {
+                **latent, "long_name": "std over images of the posterior mean"}),
+            "aggregate_std_per_dim": ("dim", np.sqrt(mean_spread ** 2 + mean_variance), {
+                **latent, "long_name": "std of the aggregate posterior q(z)"}),
+        },
+        coords={"dim": np.arange(len(mean_variance))},
+    )
+
+
 def latent_statistics(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
                       batch_size: int = 64, progress: bool = True) -> xr.Dataset:
-    """Section 4: per-channel statistics of posterior means and samples; scale and shift.
+    """Section "latents": per-channel statistics of posterior means and samples; scale and
+    shift; per latent dimension for one-layer models of at most 512 dims.
 
     Parameters
     ----------
@@ -86,7 +172,9 @@ def latent_statistics(probe: Probe, data, *, n_images: int | None = 256, seed: i
         ``recommended_scaling_factor``, ``recommended_shift_factor``,
         ``recommended_scaling_factor_unshifted``, ``posterior_std_mean`` (mean posterior
         standard deviation); scalars ``checkpoint_scaling_factor`` and
-        ``checkpoint_shift_factor`` (NaN where the checkpoint has none).
+        ``checkpoint_shift_factor`` (NaN where the checkpoint has none). One-layer models of
+        at most 512 dims also get, over ``dim``: ``posterior_std_per_dim``,
+        ``posterior_mean_std_per_dim``, ``aggregate_std_per_dim``.
 
     Examples
     --------
@@ -94,29 +182,8 @@ def latent_statistics(probe: Probe, data, *, n_images: int | None = 256, seed: i
     >>> float(ds["recommended_scaling_factor"][0]), float(ds["checkpoint_scaling_factor"])
     ... # doctest: +SKIP
     """
-    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
-    n_layers = len(probe.layers)
-    means = [_ChannelMoments() for _ in range(n_layers)]
-    samples = [_ChannelMoments() for _ in range(n_layers)]
-    posterior_std = [_ChannelMoments() for _ in range(n_layers)]
-    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 "latent statistics"):
-        latents = probe.encode(x, 1, generators)
-        for index, draw in enumerate(latents.draws):
-            samples[index].update(draw.z)
-            if draw.q_mean is not None:
-                means[index].update(draw.q_mean)
-                posterior_std[index].update(draw.q_logstd.exp())
-    ds = _dataset(probe, means, samples, posterior_std)
-    ds["checkpoint_scaling_factor"] = ((), _factor(probe.source.get("scaling_factor")),
-                                       {"units": "1", "long_name": "the checkpoint's own"})
-    ds["checkpoint_shift_factor"] = ((), _factor(probe.source.get("shift_factor")),
-                                     {"units": "latent units", "long_name": "the checkpoint's own"})
-    ds.attrs = section_attrs("latents", dict(n_images=n_images, seed=seed,
-                                             batch_size=batch_size),
-                             probe, dataset, len(indices), seed, PROTOCOL,
-                             checkpoint_has_scaling_factor="scaling_factor" in probe.source)
-    return ds
+    return run_shared("latents", probe, data, n_images=n_images, seed=seed,
+                      batch_size=batch_size, progress=progress)
 
 
 def _dataset(probe, means, samples, posterior_std) -> xr.Dataset:
@@ -157,3 +224,28 @@ def _dataset(probe, means, samples, posterior_std) -> xr.Dataset:
             coords={**layer_coords(probe), "channel": np.arange(width)},
         )
     return ds
+
+
+def summary(ds: xr.Dataset) -> str:
+    scale, shift = ds["recommended_scaling_factor"].values, ds["recommended_shift_factor"].values
+    own, own_shift = float(ds["checkpoint_scaling_factor"]), float(ds["checkpoint_shift_factor"])
+    text = (f"scale 1/std {_fmt(scale[0], 5)}, shift {_fmt(shift[0], 4)}" if len(scale) == 1
+            else f"scale 1/std per layer {_fmt(np.nanmin(scale))} .. {_fmt(np.nanmax(scale))}")
+    if np.isfinite(own):
+        text += f" (checkpoint: scaling_factor {_fmt(own, 5)}" + (
+            f", shift_factor {_fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
+    if "posterior_std_per_dim" in ds:
+        std = ds["posterior_std_per_dim"].values
+        text += (f"; posterior std per dim {_fmt(std.min())} .. {_fmt(std.max())} over "
+                 f"{len(std)} dims")
+    return text
+
+
+def _fmt(value, digits: int = 3) -> str:
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+SECTION = register(Section(
+    name="latents", title="Latent statistics", order=40, summary=summary,
+    figure="audit_latents", accumulator=LatentAccumulator))

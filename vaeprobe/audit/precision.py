@@ -1,38 +1,58 @@
-"""Section 9, numerical health: encode and decode in bfloat16 and float16 against float32.
+"""Section "precision", numerical health: predicted and measured float16 / bfloat16 failures.
 
-Low precision is applied with ``torch.autocast`` (the model and the probe's own preprocessing
-unchanged); where autocast refuses (a device without that dtype), the model's modules are cast
-instead, and a failure there is the recorded skip reason. The float32 pass also records the
-largest activation of every module (forward hooks), so a layer beyond float16's range (65504)
-is named.
+Prediction (every image, no extra pass): during the audit's float32 shared pass, forward hooks
+record every leaf module's largest |activation|, how many values exceed float16's largest
+finite value (65504: they would become inf) and, on the first batch, the share of non-zero
+values below float16's smallest normal (6.1e-5: they lose precision or flush to zero). A
+module beyond a dtype's range predicts a failure in that dtype.
+
+Measurement (a bounded subset): the actual low-precision passes run where the device runs them
+at usable speed: on CUDA every dtype on up to ``image_limit`` images; on CPU only the dtypes
+whose convolutions run within :data:`CPU_SLOWDOWN_LIMIT` x float32 (timed once per process on
+a small convolution: on many CPUs float16 convolutions are ~100x slower, bfloat16 ones fast),
+on the first ``cpu_images`` images. What ran, and why the rest did not, is in attrs.
+Low precision is applied with ``torch.autocast`` (the model unchanged); where autocast
+refuses, the modules are cast. The model's own declaration (diffusers' ``force_upcast``) is
+compared with what was predicted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
+import time
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import nn
 
-from vaeprobe._analysis import batches
-from vaeprobe.audit._common import evaluation_images, section_attrs
+from vaeprobe.audit._common import NamedData, ProbeFacts, section_attrs
+from vaeprobe.audit.registry import Section, register
+from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import LatentPass, Probe, encode
 
 DTYPES = ("float32", "bfloat16", "float16")
 STAGES = ("encode", "decode", "roundtrip")
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)  # 65504
+FLOAT16_TINY = float(torch.finfo(torch.float16).tiny)  # 6.1e-5, smallest normal
+BFLOAT16_MAX = float(torch.finfo(torch.bfloat16).max)
 N_MODULES = 10  # modules with the largest activations kept in the Dataset
+CPU_SLOWDOWN_LIMIT = 4.0  # on CPU, run a dtype only when its convolutions are within this
 
-PROTOCOL = ("posterior means (posterior='mean', no noise) and decoder means; stage 'encode': "
-            "the posterior means of every layer encoded in the dtype; 'decode': the float32 "
-            "posterior means decoded in the dtype (the decoder rerun from z); 'roundtrip': "
-            "both in the dtype; against the same stages in float32: counts of NaN and inf, and "
-            "the largest absolute deviation over entries finite in both; method 'autocast' "
-            "(torch.autocast) or 'cast' (the modules cast) per dtype; max_activation: largest "
-            "|output| of each module in the float32 pass (forward hooks)")
+PROTOCOL = ("prediction: forward hooks on every leaf module during the float32 shared pass "
+            "(all images) record max |output|, the count above float16's largest finite value "
+            "(65504) and, on the first batch, the share of non-zero |values| below float16's "
+            "smallest normal (6.1e-5); a module above a dtype's largest value predicts inf/NaN "
+            "in that dtype. Measurement: posterior means (no noise) and decoder means in the "
+            "dtype (torch.autocast, else modules cast) against the shared pass's float32 "
+            "tensors: stage 'encode' (posterior means), 'decode' (float32 means decoded in the "
+            "dtype), 'roundtrip' (both in the dtype); NaN and inf counts and the largest "
+            "|deviation| over entries finite in both; on CPU only dtypes whose convolutions run "
+            "within {limit:g}x float32, on the first {cpu_images} image(s); on CUDA every dtype "
+            "on up to {limit_images} images")
 
 
 def _modules(probe: Probe) -> list[nn.Module]:
@@ -45,44 +65,67 @@ def _posterior_means(latents: LatentPass) -> torch.Tensor:
                       for d in latents.draws], 1)
 
 
-@torch.no_grad()
-def _stages(probe: Probe, x: torch.Tensor, reference: LatentPass | None = None) -> dict:
-    """The three stages' outputs (float64, CPU) under the current precision context."""
-    latents = encode(probe, x, 1, None, "mean")
-    given = reference if reference is not None else latents
-    rerun = LatentPass(given.draws, given.n_samples)  # no context: the decoder reruns from z
-    return {"encode": _posterior_means(latents).cpu(),
-            "decode": probe.decode(rerun).mean.double().flatten(1).cpu(),
-            "roundtrip": probe.decode(latents).mean.double().flatten(1).cpu(), "_latents": latents}
+class _ActivationRange:
+    """Per leaf module: largest |output|, count above float16's max, and (while ``underflow``
+    is on) non-zero and below-normal counts; folded over every forward call."""
 
+    def __init__(self):
+        self.largest: dict[str, float] = {}
+        self.overflow: dict[str, int] = {}
+        self.small: dict[str, list[int]] = {}  # name -> [below float16 normal, non-zero]
+        self.underflow = True
 
-class _ActivationMonitor:
-    """While active (``with``), the largest |output| of every leaf module, by module name,
-    folded into ``largest`` (forward hooks, removed on exit)."""
-
-    def __init__(self, probe: Probe, largest: dict[str, float]):
-        self.probe, self.largest, self.handles = probe, largest, []
-
-    def __enter__(self):
-        roots = _modules(self.probe)
-        for index, root in enumerate(roots):
-            for name, module in root.named_modules():
-                if not list(module.children()):
-                    label = f"{index}.{name}" if len(roots) > 1 else name
-                    self.handles.append(module.register_forward_hook(self._hook(label)))
-        return self
-
-    def _hook(self, label: str):
+    def hook(self, label: str):
         def record(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.is_floating_point():
-                value = float(output.detach().abs().max())
-                self.largest[label] = max(self.largest.get(label, 0.0), value)
+            if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
+                return
+            low, high = torch.aminmax(output.detach())
+            value = max(-float(low), float(high))
+            self.largest[label] = max(self.largest.get(label, 0.0), value)
+            if value > FLOAT16_MAX:
+                over = int((output.detach().abs() > FLOAT16_MAX).sum())
+                self.overflow[label] = self.overflow.get(label, 0) + over
+            if self.underflow:
+                magnitude = output.detach().abs()
+                nonzero = magnitude > 0
+                counts = self.small.setdefault(label, [0, 0])
+                counts[0] += int((nonzero & (magnitude < FLOAT16_TINY)).sum())
+                counts[1] += int(nonzero.sum())
         return record
 
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+    def merge(self, other: _ActivationRange) -> None:
+        for label, value in other.largest.items():
+            self.largest[label] = max(self.largest.get(label, 0.0), value)
+        for label, value in other.overflow.items():
+            self.overflow[label] = self.overflow.get(label, 0) + value
+        for label, (below, nonzero) in other.small.items():
+            counts = self.small.setdefault(label, [0, 0])
+            counts[0] += below
+            counts[1] += nonzero
+
+
+@functools.cache
+def cpu_slowdown(dtype_name: str) -> float:
+    """How many times slower a 3x3 convolution (32 channels, 64x64) runs under CPU autocast
+    to ``dtype_name`` than in float32 (timed once per process; inf where it fails)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(1, 32, 64, 64)
+
+    def timed(context) -> float:
+        with torch.no_grad(), context:
+            conv(x)  # warm-up
+            start = time.perf_counter()
+            for _ in range(3):
+                conv(x)
+            return (time.perf_counter() - start) / 3
+
+    try:
+        reference = timed(contextlib.nullcontext())
+        low = timed(torch.autocast("cpu", dtype=getattr(torch, dtype_name)))
+    except RuntimeError:
+        return float("inf")
+    return low / max(reference, 1e-9)
 
 
 def _cast(probe: Probe, dtype: torch.dtype) -> Probe:
@@ -92,6 +135,16 @@ def _cast(probe: Probe, dtype: torch.dtype) -> Probe:
         if isinstance(value, nn.Module):
             setattr(clone, name, copy.deepcopy(value).to(dtype))
     return clone
+
+
+@torch.no_grad()
+def _stages(probe: Probe, x: torch.Tensor, reference: LatentPass) -> dict:
+    """The three stages' outputs (float64, CPU) under the current precision context."""
+    latents = encode(probe, x, 1, None, "mean")
+    rerun = LatentPass(reference.draws, reference.n_samples)  # no context: decoder reruns
+    return {"encode": _posterior_means(latents).cpu(),
+            "decode": probe.decode(rerun).mean.double().flatten(1).cpu(),
+            "roundtrip": probe.decode(latents).mean.double().flatten(1).cpu()}
 
 
 def _low_precision(probe: Probe, x, reference: LatentPass, dtype: torch.dtype
@@ -115,90 +168,271 @@ def _compare(low: torch.Tensor, high: torch.Tensor) -> tuple[int, int, float]:
     return int(torch.isnan(low).sum()), int(torch.isinf(low).sum()), deviation
 
 
-def numerical_health(probe: Probe, data, *, n_images: int | None = 64, seed: int = 0,
-                     dtypes=("bfloat16", "float16"), batch_size: int = 64,
-                     progress: bool = True) -> xr.Dataset:
-    """Section 9: NaN/inf counts and deviations of encode and decode in low precision.
+def _rows(latents: LatentPass, keep: torch.Tensor) -> LatentPass:
+    """The rows ``keep`` (bool mask) of a one-draw-per-image pass (no decoder context)."""
+    import dataclasses
 
-    Parameters
-    ----------
-    probe : Probe
-    data : str, Dataset or uint8 tensor
-    n_images : int, optional
-    seed : int
-    dtypes : sequence of {"bfloat16", "float16"}
-    batch_size, progress
+    def take(value):
+        return value[keep.to(value.device)] if isinstance(value, torch.Tensor) else value
 
-    Returns
-    -------
-    xarray.Dataset
-        Dims ``dtype`` (float32 first: the reference's own counts) and ``stage`` (encode,
-        decode, roundtrip): ``nan_count``, ``inf_count``, ``max_abs_deviation``; ``method``
-        and ``skipped`` per dtype in attrs (JSON); dim ``module`` (the largest activations of
-        the float32 pass): ``max_activation``, ``exceeds_float16`` (0/1);
-        ``n_modules_exceeding_float16``.
+    draws = [dataclasses.replace(d, **{f.name: take(getattr(d, f.name))
+                                       for f in dataclasses.fields(d)}) for d in latents.draws]
+    return LatentPass(draws, latents.n_samples)
 
-    Examples
-    --------
-    >>> ds = numerical_health(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
-    >>> ds["nan_count"].sel(stage="roundtrip").to_series()  # doctest: +SKIP
-    """
-    unknown = set(dtypes) - set(DTYPES[1:])
-    if unknown:
-        raise ValueError(f"dtypes must be among {DTYPES[1:]}, got {sorted(unknown)}")
-    names = ["float32", *dtypes]
-    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
-    counts = np.zeros((len(names), len(STAGES), 2), dtype=np.int64)
-    deviation = np.zeros((len(names), len(STAGES)))
-    methods, skips = {"float32": "reference"}, {}
-    largest: dict[str, float] = {}
-    for x, _ in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                        "numerical health"):
-        with _ActivationMonitor(probe, largest):
-            reference = _stages(probe, x)
-        for row, name in enumerate(names):
-            if row == 0:
+
+class PrecisionAccumulator:
+    """Activation ranges over the shared pass; low-precision passes on a bounded subset."""
+
+    def __init__(self, probe: Probe, context, *, dtypes=("bfloat16", "float16"),
+                 cpu_images: int = 1, image_limit: int = 32, run_low_precision: bool = True,
+                 cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT):
+        unknown = set(dtypes) - set(DTYPES[1:])
+        if unknown:
+            raise ValueError(f"dtypes must be among {DTYPES[1:]}, got {sorted(unknown)}")
+        self.names = ["float32", *dtypes]
+        self.runner = probe  # dropped when gathered to another rank (only update needs it)
+        self.ranges = _ActivationRange()
+        self.counts = np.zeros((len(self.names), len(STAGES), 2), dtype=np.int64)
+        self.deviation = np.zeros((len(self.names), len(STAGES)))
+        self.methods, self.skips, self.measured = {"float32": "reference"}, {}, 0
+        cuda = probe.device.type == "cuda"
+        self.limit = image_limit if cuda else cpu_images
+        self.run_dtypes = []
+        for name in dtypes:
+            slowdown = 1.0 if cuda else cpu_slowdown(name)
+            if not run_low_precision:
+                self.skips[name] = "not run (run_low_precision=False): predicted only"
+            elif cuda or slowdown <= cpu_slowdown_limit:
+                self.run_dtypes.append(name)
+            else:
+                self.skips[name] = (f"not run on this CPU: its {name} convolutions are "
+                                    f"{slowdown:.0f}x slower than float32 (limit "
+                                    f"{cpu_slowdown_limit:g}x); predicted from activation "
+                                    f"ranges only")
+        self.slowdown = {name: (1.0 if cuda else round(cpu_slowdown(name), 2))
+                         for name in dtypes}
+        self.settings = dict(dtypes=list(dtypes), cpu_images=cpu_images, image_limit=image_limit,
+                             run_low_precision=int(run_low_precision),
+                             cpu_slowdown_limit=float(cpu_slowdown_limit))
+        self.force_upcast = _declared_force_upcast(probe)
+        self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
+        self.seed, self.n_images, self.cuda = context.seed, context.n_images, cuda
+
+    def monitor(self):
+        """Forward hooks on every leaf module while the float32 pass runs."""
+        return _Hooks(self.runner, self.ranges)
+
+    def update(self, batch) -> None:
+        self.ranges.underflow = False  # the share of tiny values: first batch only
+        keep = batch.first(self.limit)
+        if not self.run_dtypes or not bool(keep.any()):
+            return
+        x = batch.x[keep.to(batch.x.device)]
+        reference_latents = _rows(batch.mean, keep)
+        reference = {"encode": _posterior_means(reference_latents).cpu(),
+                     "decode": batch.decoded["posterior_mean"].mean[keep.to(batch.x.device)]
+                     .double().flatten(1).cpu()}
+        reference["roundtrip"] = reference["decode"]
+        self.measured += len(x)
+        for row, name in enumerate(self.names):
+            if name != "float32" and name not in self.run_dtypes:
+                continue
+            if name == "float32":
                 result = reference
             else:
-                result, methods[name], reason = _low_precision(
-                    probe, x, reference["_latents"], getattr(torch, name))
+                result, self.methods[name], reason = _low_precision(
+                    self.runner, x, reference_latents, getattr(torch, name))
                 if result is None:
-                    skips[name] = reason
-                    deviation[row] = np.nan
-                    counts[row] = -1
+                    self.skips[name] = reason
+                    self.run_dtypes.remove(name)
                     continue
             for column, stage in enumerate(STAGES):
                 nan, inf, worst = _compare(result[stage], reference[stage])
-                counts[row, column] += (nan, inf)
-                deviation[row, column] = np.nanmax([deviation[row, column], worst])
-    return _dataset(probe, names, counts, deviation, largest, methods, skips, dataset,
-                    indices, seed, dict(n_images=n_images, seed=seed, dtypes=list(dtypes),
-                                        batch_size=batch_size))
+                self.counts[row, column] += (nan, inf)
+                self.deviation[row, column] = np.nanmax([self.deviation[row, column], worst])
+
+    def merge(self, other: PrecisionAccumulator) -> PrecisionAccumulator:
+        self.ranges.merge(other.ranges)
+        self.counts += other.counts
+        self.deviation = np.fmax(self.deviation, other.deviation)
+        self.measured += other.measured
+        self.methods.update(other.methods)
+        self.skips.update(other.skips)
+        return self
+
+    def compute(self) -> xr.Dataset:
+        return _dataset(self)
 
 
-def _dataset(probe, names, counts, deviation, largest, methods, skips, dataset, indices, seed,
-             parameters) -> xr.Dataset:
+class _Hooks:
+    def __init__(self, probe, ranges: _ActivationRange):
+        self.probe, self.ranges, self.handles = probe, ranges, []
+
+    def __enter__(self):
+        roots = _modules(self.probe)
+        for index, root in enumerate(roots):
+            for name, module in root.named_modules():
+                if not list(module.children()):
+                    label = f"{index}.{name}" if len(roots) > 1 else name
+                    self.handles.append(module.register_forward_hook(self.ranges.hook(label)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _declared_force_upcast(probe: Probe) -> int:
+    """The model's own force_upcast (diffusers' AutoencoderKL config): 1, 0, or -1 (none)."""
+    if "force_upcast" in probe.source:
+        return int(bool(probe.source["force_upcast"]))
+    for module in _modules(probe):
+        value = getattr(getattr(module, "config", None), "force_upcast", None)
+        if value is not None:
+            return int(bool(value))
+    return -1
+
+
+def _prediction(acc: PrecisionAccumulator) -> dict:
+    """Per dtype: "ok" or what fails, from the activation ranges."""
+    largest = acc.ranges.largest
+    said = {}
+    for name, limit in (("float16", FLOAT16_MAX), ("bfloat16", BFLOAT16_MAX)):
+        over = sorted(label for label, value in largest.items() if value > limit)
+        said[name] = (f"overflow (inf/NaN) predicted: {len(over)} module(s) above {limit:.4g}"
+                      if over else "no overflow predicted")
+    return said
+
+
+def _dataset(acc: PrecisionAccumulator) -> xr.Dataset:
+    largest = acc.ranges.largest
     top = sorted(largest.items(), key=lambda item: -item[1])[:N_MODULES]
     values = np.array([value for _, value in top], dtype=np.float64)
     exceeding = sorted(name for name, value in largest.items() if value > FLOAT16_MAX)
+    small = {label: below / nonzero for label, (below, nonzero) in acc.ranges.small.items()
+             if nonzero}
+    counts, deviation = acc.counts.copy(), acc.deviation.copy()
+    for row, name in enumerate(acc.names):
+        if name in acc.skips:
+            counts[row], deviation[row] = -1, np.nan
+    prediction = _prediction(acc)
+    predicted_fp16_fails = bool(exceeding)
+    agreement = ("no declaration" if acc.force_upcast < 0 else
+                 "agrees" if bool(acc.force_upcast) == predicted_fp16_fails else "differs")
     pair = ("dtype", "stage")
     ds = xr.Dataset(
         {
             "nan_count": (pair, counts[..., 0], {"units": "entries", "long_name":
-                                                 "-1: dtype skipped"}),
+                                                 "-1: dtype not run"}),
             "inf_count": (pair, counts[..., 1], {"units": "entries"}),
             "max_abs_deviation": (pair, deviation, {"units": "latent units (encode) or [0, 1] "
                                                     "pixel scale (decode, roundtrip)"}),
             "max_activation": ("module", values, {"units": "activation units"}),
             "exceeds_float16": ("module", (values > FLOAT16_MAX).astype(np.int8),
                                 {"units": "1", "long_name": f"above {FLOAT16_MAX:g}"}),
+            "below_float16_normal_fraction": (
+                "module", np.array([small.get(name, np.nan) for name, _ in top]),
+                {"units": "1", "long_name": "share of non-zero |values| under 6.1e-5 (first "
+                 "batch)"}),
             "n_modules_exceeding_float16": ((), len(exceeding), {"units": "modules"}),
+            "n_modules_monitored": ((), len(largest), {"units": "modules"}),
+            "largest_activation": ((), max(largest.values(), default=np.nan),
+                                   {"units": "activation units"}),
+            "n_images_measured": ((), int(acc.measured), {"units": "images"}),
         },
-        coords={"dtype": names, "stage": list(STAGES),
-                "module": [name for name, _ in top]},
+        coords={"dtype": acc.names, "stage": list(STAGES), "module": [name for name, _ in top]},
     )
+    ran = [name for name in acc.names[1:] if name not in acc.skips]
+    protocol = PROTOCOL.format(limit=acc.settings["cpu_slowdown_limit"],
+                               cpu_images=acc.settings["cpu_images"],
+                               limit_images=acc.settings["image_limit"])
     ds.attrs = section_attrs(
-        "precision", parameters, probe, dataset, len(indices), seed, PROTOCOL,
-        methods=json.dumps(methods), dtype_skipped=json.dumps(skips),
-        modules_exceeding_float16=json.dumps(exceeding), float16_max=FLOAT16_MAX)
+        "precision", acc.settings, acc.probe, acc.data, acc.n_images, acc.seed, protocol,
+        methods=json.dumps(acc.methods), dtype_skipped=json.dumps(acc.skips),
+        dtypes_run=json.dumps(ran), measured_on=f"{acc.measured} image(s) on "
+        f"{'CUDA' if acc.cuda else 'CPU'}", cpu_slowdown=json.dumps(acc.slowdown),
+        prediction=json.dumps(prediction), modules_exceeding_float16=json.dumps(exceeding),
+        float16_max=FLOAT16_MAX, float16_smallest_normal=FLOAT16_TINY,
+        declared_force_upcast=acc.force_upcast, force_upcast_vs_prediction=agreement)
     return ds
+
+
+def numerical_health(probe: Probe, data, *, n_images: int | None = 64, seed: int = 0,
+                     dtypes=("bfloat16", "float16"), cpu_images: int = 1,
+                     image_limit: int = 32, run_low_precision: bool = True,
+                     cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT, batch_size: int = 64,
+                     progress: bool = True) -> xr.Dataset:
+    """Section "precision": predicted and measured float16 / bfloat16 failures.
+
+    Parameters
+    ----------
+    probe : Probe
+    data : str, Dataset or uint8 tensor
+    n_images : int, optional
+        Images of the float32 pass (activation ranges: the prediction).
+    seed : int
+    dtypes : sequence of {"bfloat16", "float16"}
+    cpu_images : int
+        On CPU, the low-precision passes run on this many images (the first of the subset),
+        and only for dtypes whose convolutions are within 4x float32's speed here.
+    image_limit : int
+        On CUDA, the low-precision passes run on up to this many images.
+    run_low_precision : bool
+        False: prediction only.
+    cpu_slowdown_limit : float
+        On CPU, run a dtype only when a small convolution in it is at most this many times
+        slower than in float32 (``inf``: always).
+    batch_size, progress
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``dtype`` (float32 first) and ``stage`` (encode, decode, roundtrip):
+        ``nan_count``, ``inf_count`` (-1 where the dtype was not run), ``max_abs_deviation``;
+        dim ``module`` (largest activations of the float32 pass): ``max_activation``,
+        ``exceeds_float16`` (0/1), ``below_float16_normal_fraction``; scalars
+        ``n_modules_exceeding_float16``, ``n_modules_monitored``, ``largest_activation``,
+        ``n_images_measured``. Attrs: ``prediction`` (per dtype, JSON), ``dtypes_run``,
+        ``dtype_skipped`` (why not, JSON), ``methods``, ``cpu_slowdown``, ``measured_on``,
+        ``declared_force_upcast`` (1/0/-1: none) and ``force_upcast_vs_prediction``.
+
+    Examples
+    --------
+    >>> ds = numerical_health(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
+    >>> ds["nan_count"].sel(stage="roundtrip").to_series()  # doctest: +SKIP
+    """
+    return run_shared("precision", probe, data, n_images=n_images, seed=seed,
+                      batch_size=batch_size, progress=progress, dtypes=dtypes,
+                      cpu_images=cpu_images, image_limit=image_limit,
+                      run_low_precision=run_low_precision,
+                      cpu_slowdown_limit=cpu_slowdown_limit)
+
+
+def summary(ds: xr.Dataset) -> str:
+    a, parts = ds.attrs, []
+    prediction = json.loads(a.get("prediction", "{}"))
+    for dtype in ds["dtype"].values[1:]:
+        cell = ds.sel(dtype=dtype)
+        said = prediction.get(str(dtype), "")
+        if int(cell["nan_count"].min()) < 0:
+            parts.append(f"{dtype}: {said} (not run)")
+            continue
+        bad = int(cell["nan_count"].sum() + cell["inf_count"].sum())
+        worst = float(cell["max_abs_deviation"].sel(stage="roundtrip"))
+        parts.append(f"{dtype}: {said}; measured {bad} NaN/inf, max deviation of "
+                     f"reconstruction {worst:.3g}")
+    text = "; ".join(parts) + (f"; {int(ds['n_modules_exceeding_float16'])} module(s) beyond "
+                               f"float16 range ({a.get('measured_on', '')} measured)")
+    if int(a.get("declared_force_upcast", -1)) >= 0:
+        text += (f"; force_upcast={a.get('declared_force_upcast')} "
+                 f"{a.get('force_upcast_vs_prediction')} with the prediction")
+    return text
+
+
+SECTION = register(Section(
+    name="precision", title="Numerical health", order=90, summary=summary,
+    figure="audit_precision", accumulator=PrecisionAccumulator,
+    options=dict(dtypes=("bfloat16", "float16"), cpu_images=1, image_limit=32,
+                 run_low_precision=True, cpu_slowdown_limit=CPU_SLOWDOWN_LIMIT),
+    quick=dict(run_low_precision=False)))

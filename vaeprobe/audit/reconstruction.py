@@ -10,16 +10,18 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import batches, image_dims, squared_error
+from vaeprobe._analysis import image_dims, squared_error
 from vaeprobe.audit._common import (
-    evaluation_images,
+    NamedData,
+    ProbeFacts,
     feature_network,
     lpips_network,
     section_attrs,
 )
-from vaeprobe.probe import Probe, encode
+from vaeprobe.audit.registry import Section, register
+from vaeprobe.audit.shared import KINDS, run_shared
+from vaeprobe.probe import Probe
 
-KINDS = ("posterior_mean", "posterior_sample")
 DATA_RANGE = 255  # PSNR and SSIM compare uint8 images
 SSIM_WINDOW = 7  # scikit-image's default side of the uniform window
 
@@ -58,16 +60,135 @@ def protocol_text(height: int, width: int) -> str:
             f"as a saved image; PSNR = 10 log10(255^2 / MSE) per image, averaged over images "
             f"(psnr_dataset: from the mean MSE); SSIM by skimage.metrics.structural_similarity "
             f"(data_range=255, channel_axis=0, win_size={ssim_window(height, width)}, uniform "
-            f"window, channels averaged); LPIPS from the lpips package on inputs in [-1, 1], "
+            f"window, channels averaged); MS-SSIM by pytorch_msssim.ms_ssim (data_range=255, "
+            f"11-px Gaussian window, sigma 1.5, five scales, published weights) where the "
+            f"images have at least {MSSSIM_MIN_SIDE} px a side; LPIPS from the lpips package on "
+            f"inputs in [-1, 1], "
             f"sides under 32 px bilinearly upsampled to 32; rFID: FID between the reconstructions "
             f"and the same input images")
+
+
+MSSSIM_WINDOW = 11  # pytorch-msssim's default Gaussian window (sigma 1.5), five scales
+MSSSIM_MIN_SIDE = (MSSSIM_WINDOW - 1) * 2 ** 4 + 1  # smallest side its four downsamplings allow
+
+
+def msssim_skip_reason(height: int, width: int) -> str:
+    """Why MS-SSIM cannot be computed at this size ("" when it can)."""
+    if min(height, width) >= MSSSIM_MIN_SIDE:
+        return ""
+    return (f"MS-SSIM needs images of at least {MSSSIM_MIN_SIDE}x{MSSSIM_MIN_SIDE} px for its "
+            f"five scales with an {MSSSIM_WINDOW}-px window (pytorch-msssim); these are "
+            f"{height}x{width}")
+
+
+def _msssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
+    """Per-image MS-SSIM (Wang et al. 2003) by pytorch-msssim's ``ms_ssim`` with its defaults
+    (11-px Gaussian window, sigma 1.5, five scales with the published weights)."""
+    from pytorch_msssim import ms_ssim
+
+    return ms_ssim(x.double(), y.double(), data_range=data_range, size_average=False,
+                   win_size=MSSSIM_WINDOW).numpy()
+
+
+class ReconstructionAccumulator:
+    """Per-image metrics of both reconstruction kinds, features for rFID, previews."""
+
+    def __init__(self, probe: Probe, context, *, n_preview: int = 8):
+        net = context.networks
+        self.feature_extractor = net.get("feature_extractor", "inception-v3-compat")
+        self.lpips_trunk = net.get("lpips_trunk", "alexnet")
+        self.extractor, self.rfid_skipped = feature_network(self.feature_extractor,
+                                                            net.get("weights"), probe.device)
+        self.lpips, self.lpips_skipped = lpips_network(self.lpips_trunk,
+                                                       net.get("lpips_weights"), probe.device)
+        if context.n_images < 2 and self.extractor is not None:
+            self.extractor, self.rfid_skipped = None, "FID needs at least 2 images"
+        e, lp = self.extractor, self.lpips
+        self.networks = dict(
+            extractor_name=e.name if e is not None else self.feature_extractor,
+            extractor_sha256=e.weights_sha256 if e is not None else "none",
+            lpips_sha256=lp.weights_sha256 if lp is not None else "none",
+            stand_in=bool((e is not None and e.stand_in) or (lp is not None and lp.stand_in)),
+            has_extractor=e is not None)
+        self.msssim_skipped = msssim_skip_reason(*probe.image_shape[1:])
+        self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
+        self.seed, self.n_images, self.n_preview = context.seed, context.n_images, n_preview
+        self.rows = {kind: {name: [] for name in ROWS} for kind in KINDS}
+        self.reference, self.inputs = [], []
+        self.previews = {kind: [] for kind in KINDS}
+        self.indices = []
+
+    def update(self, batch) -> None:
+        x = batch.x
+        x_cpu = x.cpu()
+        self.indices.append(batch.indices)
+        if self.extractor is not None:
+            self.reference.append(self.extractor(x).cpu())
+        for kind in KINDS:
+            mean = batch.decoded[kind].mean
+            quantised = vdata.to_uint8(mean).cpu()
+            row = self.rows[kind]
+            row["distortion"].append(squared_error(x, mean).cpu())
+            row["psnr"].append(torch.as_tensor(_psnr(x_cpu, quantised)))
+            row["ssim"].append(torch.as_tensor(_ssim(x_cpu, quantised)))
+            if not self.msssim_skipped:
+                row["msssim"].append(torch.as_tensor(_msssim(x_cpu, quantised)))
+            if self.lpips is not None:
+                row["lpips"].append(self.lpips(quantised.to(self.lpips.device),
+                                               x.to(self.lpips.device)).cpu())
+            if self.extractor is not None:
+                row["features"].append(self.extractor(quantised.to(x.device)).cpu())
+            if sum(len(p) for p in self.previews[kind]) < self.n_preview:
+                self.previews[kind].append(quantised[:self.n_preview])
+        if sum(len(p) for p in self.inputs) < self.n_preview:
+            self.inputs.append(x_cpu[:self.n_preview])
+
+    def merge(self, other: ReconstructionAccumulator) -> ReconstructionAccumulator:
+        for kind in KINDS:
+            for name in ROWS:
+                self.rows[kind][name] += other.rows[kind][name]
+            self.previews[kind] += other.previews[kind]
+        self.reference += other.reference
+        self.inputs += other.inputs
+        self.indices += other.indices
+        return self
+
+    def compute(self) -> xr.Dataset:
+        probe, net = self.probe, self.networks
+        indices = torch.cat(self.indices)
+        ds = _dataset(probe, self.rows, indices, self.reference, self.inputs, self.previews,
+                      self.n_preview)
+        parameters = dict(n_images=self.n_images, seed=self.seed,
+                          feature_extractor=self.feature_extractor,
+                          lpips_trunk=self.lpips_trunk, n_preview=self.n_preview)
+        height, width = probe.image_shape[1:]
+        stand_in = net["stand_in"]
+        ds.attrs = section_attrs(
+            "reconstructions", parameters, probe, self.data, len(indices), self.seed,
+            protocol_text(height, width), resolution=f"{height}x{width}", crop="none",
+            psnr_data_range=DATA_RANGE, ssim_data_range=DATA_RANGE,
+            ssim_win_size=ssim_window(height, width), ssim_library=_skimage_version(),
+            msssim_library=_msssim_version(), msssim_win_size=MSSSIM_WINDOW,
+            msssim_skipped=self.msssim_skipped,
+            feature_extractor=net["extractor_name"],
+            feature_extractor_weights_sha256=net["extractor_sha256"],
+            rfid_reference="the same input images", rfid_skipped=self.rfid_skipped,
+            lpips_trunk=self.lpips_trunk, lpips_weights_sha256=net["lpips_sha256"],
+            lpips_input_range="[-1, 1]", lpips_skipped=self.lpips_skipped,
+            stand_in_network=stand_in,
+            warning=("computed with stand-in (randomly initialised) networks: LPIPS and rFID "
+                     "are NOT comparable to published figures") if stand_in else "")
+        return ds
+
+
+ROWS = ("distortion", "psnr", "ssim", "msssim", "lpips", "features")
 
 
 def reconstructions(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
                     feature_extractor: str = "inception-v3-compat", weights=None,
                     lpips_trunk: str = "alexnet", lpips_weights=None, batch_size: int = 64,
                     n_preview: int = 8, progress: bool = True) -> xr.Dataset:
-    """Section 3: reconstruction quality from the posterior mean and a posterior sample.
+    """Section "reconstructions": quality from the posterior mean and a posterior sample.
 
     Parameters
     ----------
@@ -90,63 +211,29 @@ def reconstructions(probe: Probe, data, *, n_images: int | None = 256, seed: int
     -------
     xarray.Dataset
         Dims ``kind`` (posterior_mean, posterior_sample) and ``image``: per image
-        ``distortion``, ``mse``, ``psnr``, ``ssim``, ``lpips``; per kind ``distortion_mean``,
-        ``distortion_se``, ``mse_mean``, ``psnr_mean``, ``psnr_dataset``, ``ssim_mean``,
-        ``lpips_mean``, ``rfid``; ``preview_input`` and ``preview`` (uint8). The protocol
-        (crop, resolution, quantisation, SSIM settings, networks and weights hashes) in attrs.
+        ``distortion``, ``mse``, ``psnr``, ``ssim``, ``msssim`` (NaN, with
+        ``msssim_skipped`` saying why, for images under 161 px a side), ``lpips``; per kind
+        ``distortion_mean``, ``distortion_se``, ``mse_mean``, ``psnr_mean``,
+        ``psnr_dataset``, ``ssim_mean``, ``msssim_mean``, ``lpips_mean``, ``rfid``;
+        ``preview_input`` and ``preview`` (uint8). The protocol (crop, resolution,
+        quantisation, SSIM settings, networks and weights hashes) in attrs.
 
     Examples
     --------
     >>> ds = reconstructions(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
     >>> ds[["psnr_mean", "ssim_mean"]].to_dataframe()  # doctest: +SKIP
     """
-    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
-    extractor, rfid_skipped = feature_network(feature_extractor, weights, probe.device)
-    lpips, lpips_skipped = lpips_network(lpips_trunk, lpips_weights, probe.device)
-    if len(indices) < 2 and extractor is not None:
-        extractor, rfid_skipped = None, "FID needs at least 2 images"
-    rows = {kind: {"distortion": [], "psnr": [], "ssim": [], "lpips": [], "features": []}
-            for kind in KINDS}
-    inputs, previews, reference = [], {kind: [] for kind in KINDS}, []
-    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 "reconstructions"):
-        x_cpu = x.cpu()
-        if extractor is not None:
-            reference.append(extractor(x))
-        for kind in KINDS:
-            latents = encode(probe, x, 1, generators, kind.removeprefix("posterior_"))
-            mean = probe.decode(latents).mean
-            quantised = vdata.to_uint8(mean).cpu()
-            row = rows[kind]
-            row["distortion"].append(squared_error(x, mean).cpu())
-            row["psnr"].append(_psnr(x_cpu, quantised))
-            row["ssim"].append(_ssim(x_cpu, quantised))
-            if lpips is not None:
-                row["lpips"].append(lpips(quantised.to(lpips.device), x.to(lpips.device)))
-            if extractor is not None:
-                row["features"].append(extractor(quantised.to(probe.device)))
-            previews[kind].append(quantised[:n_preview])
-        inputs.append(x_cpu[:n_preview])
-    ds = _dataset(probe, rows, indices, reference, inputs, previews, n_preview)
-    stand_in = bool((extractor is not None and extractor.stand_in)
-                    or (lpips is not None and lpips.stand_in))
-    parameters = dict(n_images=n_images, seed=seed, feature_extractor=feature_extractor,
-                      lpips_trunk=lpips_trunk, batch_size=batch_size, n_preview=n_preview)
-    height, width = probe.image_shape[1:]
-    ds.attrs = section_attrs(
-        "reconstructions", parameters, probe, dataset, len(indices), seed,
-        protocol_text(height, width), resolution=f"{height}x{width}", crop="none",
-        psnr_data_range=DATA_RANGE, ssim_data_range=DATA_RANGE,
-        ssim_win_size=ssim_window(height, width), ssim_library=_skimage_version(),
-        feature_extractor=extractor.name if extractor is not None else feature_extractor,
-        feature_extractor_weights_sha256=extractor.weights_sha256 if extractor else "none",
-        rfid_reference="the same input images", rfid_skipped=rfid_skipped,
-        lpips_trunk=lpips_trunk, lpips_weights_sha256=lpips.weights_sha256 if lpips else "none",
-        lpips_input_range="[-1, 1]", lpips_skipped=lpips_skipped,
-        stand_in_network=stand_in,
-        warning=("computed with stand-in (randomly initialised) networks: LPIPS and rFID are "
-                 "NOT comparable to published figures") if stand_in else "")
-    return ds
+    networks = dict(feature_extractor=feature_extractor, weights=weights,
+                    lpips_trunk=lpips_trunk, lpips_weights=lpips_weights)
+    return run_shared("reconstructions", probe, data, n_images=n_images, seed=seed,
+                      batch_size=batch_size, progress=progress, networks=networks,
+                      n_preview=n_preview)
+
+
+def _msssim_version() -> str:
+    from importlib.metadata import version
+
+    return f"pytorch-msssim {version('pytorch-msssim')}"
 
 
 def _skimage_version() -> str:
@@ -160,7 +247,7 @@ def _dataset(probe, rows, indices, reference, inputs, previews, n_preview) -> xr
     n = len(indices)
     per_image = {name: np.stack([np.concatenate([np.asarray(part) for part in rows[kind][name]])
                                  if rows[kind][name] else np.full(n, np.nan) for kind in KINDS])
-                 for name in ("distortion", "psnr", "ssim", "lpips")}
+                 for name in ("distortion", "psnr", "ssim", "msssim", "lpips")}
     distortion = per_image["distortion"]
     mse = distortion / dims
     rfid = [np.nan] * len(KINDS)
@@ -179,6 +266,7 @@ def _dataset(probe, rows, indices, reference, inputs, previews, n_preview) -> xr
             "mse": (pairs, mse, {"units": "mean square on [0, 1]"}),
             "psnr": (pairs, per_image["psnr"], db),
             "ssim": (pairs, per_image["ssim"], one),
+            "msssim": (pairs, per_image["msssim"], one),
             "lpips": (pairs, per_image["lpips"], one),
             "distortion_mean": ("kind", distortion.mean(1), square),
             "distortion_se": ("kind", distortion.std(1, ddof=1) / math.sqrt(n)
@@ -187,6 +275,7 @@ def _dataset(probe, rows, indices, reference, inputs, previews, n_preview) -> xr
             "psnr_mean": ("kind", per_image["psnr"].mean(1), db),
             "psnr_dataset": ("kind", -10 * np.log10(mean_mse_uint8.mean(1)), db),
             "ssim_mean": ("kind", per_image["ssim"].mean(1), one),
+            "msssim_mean": ("kind", per_image["msssim"].mean(1), one),
             "lpips_mean": ("kind", per_image["lpips"].mean(1), one),
             "rfid": ("kind", np.asarray(rfid, dtype=np.float64), one),
             "preview_input": (("preview_image", "channel", "y", "x"),
@@ -199,3 +288,31 @@ def _dataset(probe, rows, indices, reference, inputs, previews, n_preview) -> xr
         coords={"kind": list(KINDS), "image": indices.numpy()},
     )
     return ds
+
+
+def summary(ds: xr.Dataset) -> str:
+    a, parts = ds.attrs, []
+    for kind in ds["kind"].values:
+        cell = ds.sel(kind=kind)
+        text = (f"{str(kind).replace('posterior_', '')}: PSNR {_fmt(cell['psnr_mean'], 4)} dB, "
+                f"SSIM {_fmt(cell['ssim_mean'])}")
+        if "msssim_mean" in cell and np.isfinite(float(cell["msssim_mean"])):
+            text += f", MS-SSIM {_fmt(cell['msssim_mean'])}"
+        parts.append(text + f", LPIPS {_fmt(cell['lpips_mean'])}, rFID {_fmt(cell['rfid'], 4)}")
+    notes = [f"{m} skipped ({a.get(m + '_skipped')[:60]}...)"
+             for m in ("lpips", "rfid", "msssim") if a.get(m + "_skipped")]
+    if int(a.get("stand_in_network", 0)):
+        notes.append("STAND-IN networks")
+    return "; ".join(parts) + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+SECTION = register(Section(
+    name="reconstructions", title="Reconstructions", order=30, summary=summary,
+    figure="audit_reconstructions", accumulator=ReconstructionAccumulator,
+    networks=("feature_extractor", "weights", "lpips_trunk", "lpips_weights"),
+    options=dict(n_preview=8)))

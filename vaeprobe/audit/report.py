@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vaeprobe.audit._common import TITLES
 from vaeprobe.io import atomic_path, clean_attrs
 
 
@@ -93,85 +92,28 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _line(name: str, ds: xr.Dataset) -> str:
+    from vaeprobe.audit.registry import sections
+
     a = ds.attrs
     if a.get("status") == "skipped":
         return f"skipped: {a.get('skipped')}"
     if a.get("status") == "failed":
         return f"FAILED: {a.get('error')}"
-    if name == "model_card":
-        return (f"{a.get('format', '?')} {a.get('checkpoint', '')}; {int(ds['n_layers'])} latent "
-                f"layers, {int(ds['latent_dims_total'])} dims, {int(ds['n_parameters']):,} "
-                f"parameters; likelihood {a.get('likelihood_kind')}"
-                + (f" ({a.get('n_bits')} bits)" if a.get("likelihood_kind") != "none" else "")
-                + "; "
-                f"prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}")
-    if name == "bits":
-        collapsed = json.loads(a.get("collapsed_layers", "[]"))
-        return (f"total rate {_fmt(ds['total_rate'], 4)} nats/image "
-                f"({_fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
-                f"{int(ds['active_units'])}/{int(ds['channels'].sum())}; collapsed layers "
-                f"(< {a.get('collapse_threshold')} nats): {len(collapsed)}"
-                + (f" ({', '.join(collapsed[:6])}{' ...' if len(collapsed) > 6 else ''})"
-                   if collapsed else ""))
-    if name == "reconstructions":
-        parts = []
-        for kind in ds["kind"].values:
-            cell = ds.sel(kind=kind)
-            parts.append(f"{str(kind).replace('posterior_', '')}: PSNR "
-                         f"{_fmt(cell['psnr_mean'], 4)} dB, SSIM {_fmt(cell['ssim_mean'])}, "
-                         f"LPIPS {_fmt(cell['lpips_mean'])}, rFID {_fmt(cell['rfid'], 4)}")
-        notes = [f"{m} skipped ({a.get(m + '_skipped')[:60]}...)"
-                 for m in ("lpips", "rfid") if a.get(m + "_skipped")]
-        if int(a.get("stand_in_network", 0)):
-            notes.append("STAND-IN networks")
-        return "; ".join(parts) + (f" [{'; '.join(notes)}]" if notes else "")
-    if name == "latents":
-        scale, shift = ds["recommended_scaling_factor"].values, \
-            ds["recommended_shift_factor"].values
-        own, own_shift = (float(ds["checkpoint_scaling_factor"]),
-                          float(ds["checkpoint_shift_factor"]))
-        text = (f"scale 1/std {_fmt(scale[0], 5)}, shift {_fmt(shift[0], 4)}" if len(scale) == 1
-                else f"scale 1/std per layer {_fmt(np.nanmin(scale))} .. "
-                f"{_fmt(np.nanmax(scale))}")
-        if np.isfinite(own):
-            text += f" (checkpoint: scaling_factor {_fmt(own, 5)}" + (
-                f", shift_factor {_fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
-        return text
-    if name == "progressive":
-        mean = ds["distortion"].sel(kind="mean").values
-        return (f"distortion (means) from {_fmt(mean[0], 4)} at k=0 to {_fmt(mean[-1], 4)} at "
-                f"k={int(ds['k'].values[-1])}; half of the drop by k="
-                f"{int(np.argmax(mean <= (mean[0] + mean[-1]) / 2))}")
-    if name == "spectra":
-        return (f"high-frequency fraction {_fmt(ds['high_frequency_fraction'].values.ravel()[0])}"
-                f" (data {_fmt(ds['high_frequency_fraction_data'])}); relative power at Nyquist "
-                f"{_fmt(np.ravel(ds['relative_power'].values)[-1])}")
-    if name == "likelihood":
-        return (f"IWAE K={int(ds['k'].values[-1])}: {_fmt(ds['bpd_mean'], 5)} ± "
-                f"{_fmt(ds['bpd_se'], 2)} bits/dim (ELBO {_fmt(ds['elbo_bpd_mean'], 5)}); "
-                f"ESS/K {_fmt(ds['ess_fraction'])}")
-    if name == "samples":
-        fid = ds["fid"]
-        text = f"{ds.sizes['temperature']} temperatures x {', '.join(map(str, ds['kind'].values))}"
-        if np.isfinite(fid.values).any():
-            text += "; FID " + ", ".join(f"T={float(t):g} {_fmt(fid.sel(temperature=t).min(), 4)}"
-                                         for t in ds["temperature"].values)
-        elif a.get("fid_skipped"):
-            text += f"; FID skipped ({a.get('fid_skipped')[:60]}...)"
-        return text
-    if name == "precision":
-        parts = []
-        for dtype in ds["dtype"].values[1:]:
-            cell = ds.sel(dtype=dtype)
-            if int(cell["nan_count"].min()) < 0:
-                parts.append(f"{dtype}: skipped")
-                continue
-            bad = int(cell["nan_count"].sum() + cell["inf_count"].sum())
-            parts.append(f"{dtype}: {bad} NaN/inf, max deviation of reconstruction "
-                         f"{_fmt(cell['max_abs_deviation'].sel(stage='roundtrip'))}")
-        return "; ".join(parts) + (f"; {int(ds['n_modules_exceeding_float16'])} module(s) beyond "
-                                   f"float16 range")
-    return a.get("status", "")
+    section = sections().get(name)
+    return section.summary(ds) if section is not None else a.get("status", "")
+
+
+def _titles() -> dict[str, str]:
+    from vaeprobe.audit.registry import titles
+
+    return titles()
+
+
+def _panels() -> dict[str, str]:
+    """Section name -> the vaeprobe.plot function that draws its panel."""
+    from vaeprobe.audit.registry import sections
+
+    return {name: section.figure for name, section in sections().items() if section.figure}
 
 
 def summary(report: AuditReport) -> str:
@@ -182,7 +124,7 @@ def summary(report: AuditReport) -> str:
             line = _line(name, ds)
         except (KeyError, ValueError, IndexError, TypeError) as error:
             line = f"(no summary: {error})"
-        lines.append(f"{TITLES.get(name, name)}: {line}")
+        lines.append(f"{_titles().get(name, name)}: {line}")
     return "\n".join(lines)
 
 
@@ -204,7 +146,7 @@ def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
         return None
     ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
     try:
-        audit_section(name, ds, ax=ax)
+        audit_section(name, ds, ax=ax, panels=_panels())
         ax.figure.tight_layout()
         return _png(ax.figure)
     except (KeyError, ValueError, IndexError):
@@ -293,7 +235,8 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
                      "</details>")
     for name, ds in report.items():
         status = ds.attrs.get("status", "?")
-        parts.append(f"<section id='{html.escape(name)}'><h2>{html.escape(TITLES.get(name, name))}"
+        heading = html.escape(_titles().get(name, name))
+        parts.append(f"<section id='{html.escape(name)}'><h2>{heading}"
                      f" <small>({html.escape(status)})</small></h2>")
         if status == "skipped":
             parts.append(f"<p class=skipped>skipped: {html.escape(str(ds.attrs.get('skipped')))}"
@@ -305,8 +248,8 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
             if ds.attrs.get("protocol"):
                 parts.append(f"<p class=protocol><b>protocol:</b> "
                              f"{html.escape(str(ds.attrs['protocol']))}</p>")
-            for key in ("warning", "lpips_skipped", "rfid_skipped", "fid_skipped",
-                        "kinds_skipped", "dtype_skipped"):
+            for key in ("warning", "lpips_skipped", "rfid_skipped", "msssim_skipped",
+                        "fid_skipped", "kinds_skipped", "dtype_skipped"):
                 value = ds.attrs.get(key)
                 if value and value not in ("{}", "[]"):
                     parts.append(f"<p class=skipped>{html.escape(key)}: {html.escape(str(value))}"
@@ -329,7 +272,8 @@ def write_report(report: AuditReport, out: str | os.PathLike) -> dict[str, Path]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"nc": save_netcdf(report, out / "audit.nc")}
-    figure = audit_page(report, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}")
+    figure = audit_page(report, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}",
+                        panels=_panels())
     try:
         page = _png(figure)
     finally:

@@ -5,26 +5,109 @@ channels (posterior means), on each layer's own grid."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 import xarray as xr
 
-from vaeprobe._analysis import batches
-from vaeprobe.audit._common import evaluation_images, restamp
+from vaeprobe import data as vdata
+from vaeprobe._analysis import squared_error
+from vaeprobe._fourier import band_energies, ratio_standard_error, window_2d
+from vaeprobe.audit._common import NamedData, ProbeFacts, section_attrs
+from vaeprobe.audit.registry import Section, register
+from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
-from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction, spectrum
+from vaeprobe.spectrum import _assemble, _SpectrumAccumulator, high_frequency_fraction
 
 MIN_LATENT_SIDE = 8  # smaller latent grids have too few modes (and a Hann window leaves ~2 px)
 
-PROTOCOL = ("vp.spectrum on the probe (one posterior draw per image); latent spectra: posterior "
+PROTOCOL = ("vp.spectrum's estimator on the shared pass (one posterior draw per image, its "
+            "decoder mean); latent spectra: posterior "
             "means of every layer whose grid is at least {side}x{side}, with vp.spectrum's "
             "estimator (per image and channel mean removed, window, |FFT|^2 averaged over images "
             "and channels, radial bins of rounded radius) in cycles per latent pixel; "
             "latent_power_normalised divides by the layer's total non-DC power")
 
 
+class SpectraAccumulator:
+    """vp.spectrum's sums for the posterior draw's reconstructions (shared pass), and the
+    latent spectra of the posterior means of every spatial layer."""
+
+    def __init__(self, probe: Probe, context, *, window: str = "hann", cutoff: float = 0.25,
+                 n_preview: int = 8):
+        if not 0 < cutoff < 0.5:
+            raise ValueError(f"cutoff must be in (0, 0.5) cycles/pixel, got {cutoff}")
+        window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
+        self.window, self.cutoff, self.n_preview = window, cutoff, n_preview
+        self.recon, self.residual, self.data_power = (
+            _SpectrumAccumulator(window, "per_channel") for _ in range(3))
+        self.distortion, self.rate, self.count, self.previews, self.energies = 0.0, 0.0, 0, [], []
+        self.spatial = [min(info.resolution) >= MIN_LATENT_SIDE for info in probe.layers]
+        self.latent = {index: _SpectrumAccumulator(window, "per_channel")
+                       for index, is_spatial in enumerate(self.spatial) if is_spatial}
+        self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
+        self.seed, self.n_images = context.seed, context.n_images
+
+    def update(self, batch) -> None:
+        x = batch.x
+        mean = batch.decoded["posterior_sample"].mean.double()
+        self.recon.update(mean)
+        self.energies.append(band_energies(mean, self.window, "per_channel", self.cutoff).cpu())
+        self.residual.update(x.double() / 255.0 - mean)
+        self.data_power.update(x)
+        self.distortion += float(squared_error(x, mean).sum())
+        self.rate += float(batch.sample.kl_per_layer().double().sum())
+        self.count += x.shape[0]
+        if sum(len(p[0]) for p in self.previews) < self.n_preview:
+            self.previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
+        for index, accumulator in self.latent.items():
+            draw = batch.mean.draws[index]
+            accumulator.update((draw.q_mean if draw.q_mean is not None else draw.z).double())
+
+    def merge(self, other: SpectraAccumulator) -> SpectraAccumulator:
+        for name in ("recon", "residual", "data_power"):
+            getattr(self, name).merge(getattr(other, name))
+        for index, accumulator in self.latent.items():
+            accumulator.merge(other.latent[index])
+        self.distortion += other.distortion
+        self.rate += other.rate
+        self.count += other.count
+        self.previews += other.previews
+        self.energies += other.energies
+        return self
+
+    def compute(self) -> xr.Dataset:
+        probe, n = self.probe, self.count
+        frequency, power_recon, n_modes = self.recon.compute()
+        energies = torch.cat(self.energies).numpy()
+        row = dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
+                   high_frequency_fraction_se=ratio_standard_error(energies[:, 0],
+                                                                   energies[:, 1]),
+                   power_residual=self.residual.compute()[1],
+                   power_data=self.data_power.compute()[1], distortion=self.distortion / n,
+                   rate=self.rate / n, mse=self.distortion / n / int(np.prod(probe.image_shape)),
+                   preview_data=torch.cat([p[0] for p in self.previews])[:self.n_preview].numpy(),
+                   preview_reconstruction=torch.cat([p[1] for p in self.previews]
+                                                    )[:self.n_preview].numpy(),
+                   step=int(probe.source.get("step", 0)), source=dict(probe.source))
+        ds = _assemble([row], self.cutoff)
+        ds = ds.merge(_latent_dataset(probe, self.spatial, self.latent, self.cutoff),
+                      combine_attrs="override")
+        for name in ("preview_data", "preview_reconstruction"):
+            ds[name].attrs.setdefault("units", "uint8 pixel values")
+        parameters = dict(n_images=self.n_images, window=self.window, cutoff=self.cutoff,
+                          n_preview=self.n_preview)
+        ds.attrs = section_attrs("spectra", parameters, probe, self.data, self.n_images,
+                                 self.seed, PROTOCOL.format(side=MIN_LATENT_SIDE),
+                                 computed_by="vp.spectrum's estimator (shared pass)",
+                                 window=self.window, channels="per_channel", cutoff=self.cutoff,
+                                 min_latent_side=MIN_LATENT_SIDE)
+        return ds
+
+
 def spectra(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
             window: str = "hann", cutoff: float = 0.25, batch_size: int = 64,
             progress: bool = True) -> xr.Dataset:
-    """Section 6: image-space spectra of reconstructions and, for spatial latents, of latents.
+    """Section "spectra": image-space spectra of reconstructions and, for spatial latents, of
+    latents.
 
     Parameters
     ----------
@@ -51,33 +134,11 @@ def spectra(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
     >>> ds = spectra(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
     >>> float(ds["high_frequency_fraction"][0])  # doctest: +SKIP
     """
-    ds = spectrum(probe, data, n_images=n_images, window=window, cutoff=cutoff,
-                  batch_size=batch_size, seed=seed, progress=progress)
-    ds = ds.merge(_latent_spectra(probe, data, n_images, seed, window, cutoff, batch_size,
-                                  progress), combine_attrs="override")
-    for name in ("preview_data", "preview_reconstruction"):
-        if name in ds:
-            ds[name].attrs.setdefault("units", "uint8 pixel values")
-    source = dict(probe.source)  # vp.spectrum of several checkpoints records them along step
-    source.setdefault("checkpoint", "in-memory model")
-    return restamp(ds, "spectra", dict(n_images=n_images, window=window, cutoff=cutoff),
-                   PROTOCOL.format(side=MIN_LATENT_SIDE), min_latent_side=MIN_LATENT_SIDE,
-                   **source)
+    return run_shared("spectra", probe, data, n_images=n_images, seed=seed,
+                      batch_size=batch_size, progress=progress, window=window, cutoff=cutoff)
 
 
-def _latent_spectra(probe, data, n_images, seed, window, cutoff, batch_size, progress
-                    ) -> xr.Dataset:
-    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
-    spatial = [min(info.resolution) >= MIN_LATENT_SIDE for info in probe.layers]
-    accumulators = {index: _SpectrumAccumulator(window, "per_channel")
-                    for index, is_spatial in enumerate(spatial) if is_spatial}
-    if accumulators:
-        for x, _ in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                            "latent spectra"):
-            latents = probe.encode(x, 1, None, posterior="mean")
-            for index, accumulator in accumulators.items():
-                draw = latents.draws[index]
-                accumulator.update((draw.q_mean if draw.q_mean is not None else draw.z).double())
+def _latent_dataset(probe, spatial, accumulators, cutoff) -> xr.Dataset:
     profiles = {index: acc.compute() for index, acc in accumulators.items()}
     grid = sorted({float(f) for frequency, _, _ in profiles.values() for f in frequency[1:]})
     power = np.full((len(probe.layers), len(grid)), np.nan)
@@ -105,3 +166,19 @@ def _latent_spectra(probe, data, n_images, seed, window, cutoff, batch_size, pro
     )
     ds["latent_frequency"].attrs["units"] = "cycles/latent pixel"
     return ds
+
+
+def summary(ds: xr.Dataset) -> str:
+    return (f"high-frequency fraction {_fmt(ds['high_frequency_fraction'].values.ravel()[0])} "
+            f"(data {_fmt(ds['high_frequency_fraction_data'])}); relative power at Nyquist "
+            f"{_fmt(np.ravel(ds['relative_power'].values)[-1])}")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+SECTION = register(Section(
+    name="spectra", title="Spectra", order=60, summary=summary, figure="audit_spectra",
+    accumulator=SpectraAccumulator, options=dict(window="hann", cutoff=0.25, n_preview=8)))

@@ -5,7 +5,19 @@ All plot code lives in this package; callers use these public names (``axes`` gi
 draw on, ``save_figure`` writes a PNG atomically), never the private modules.
 """
 
-from vaeprobe.plot._audit import audit_page, audit_progressive_previews, audit_section
+from vaeprobe.plot._audit import (
+    audit_bits,
+    audit_card,
+    audit_latents,
+    audit_page,
+    audit_precision,
+    audit_progressive,
+    audit_progressive_previews,
+    audit_reconstructions,
+    audit_samples,
+    audit_section,
+    audit_spectra,
+)
 from vaeprobe.plot._common import axes, save_figure
 from vaeprobe.plot._images import image_grid, sample_grid
 from vaeprobe.plot._paper import (
@@ -21,7 +33,9 @@ from vaeprobe.plot._quality import sample_quality
 from vaeprobe.plot._rate import iwae_convergence, rate
 from vaeprobe.plot._spectrum import high_frequency, pca, spectrum, training_curves
 
-__all__ = ["against_distortion", "audit_page", "audit_progressive_previews", "audit_section",
+__all__ = ["against_distortion", "audit_bits", "audit_card", "audit_latents", "audit_page",
+           "audit_precision", "audit_progressive", "audit_progressive_previews",
+           "audit_reconstructions", "audit_samples", "audit_section", "audit_spectra",
            "axes", "bars", "bits_by_stage", "high_frequency", "image_grid", "image_rows",
            "iwae_convergence", "pca", "rate", "rate_by_stage", "rate_distortion", "sample_grid",
            "sample_quality", "save_figure", "spectrum", "training_comparison",

@@ -199,31 +199,63 @@ def audit_precision(ds: xr.Dataset, ax=None):
     return ax
 
 
-def _draw_section(name: str, ds: xr.Dataset, ax):
-    from vaeprobe.plot._rate import iwae_convergence, rate
+DEFAULT_PANELS = {"model_card": "audit_card", "bits": "audit_bits",
+                  "reconstructions": "audit_reconstructions", "latents": "audit_latents",
+                  "progressive": "audit_progressive", "spectra": "audit_spectra",
+                  "likelihood": "iwae_convergence", "samples": "audit_samples",
+                  "precision": "audit_precision"}
+
+
+def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None = None):
+    import vaeprobe.plot as plot
 
     if ds.attrs.get("status") != "ok":
         return audit_status(ds, ax, title=name)
-    draw = {"model_card": audit_card, "bits": rate, "reconstructions": audit_reconstructions,
-            "latents": audit_latents, "progressive": audit_progressive,
-            "spectra": audit_spectra, "likelihood": iwae_convergence,
-            "samples": audit_samples, "precision": audit_precision}.get(name)
+    function = {**DEFAULT_PANELS, **(panels or {})}.get(name)
+    draw = getattr(plot, function, None) if function else None
     if draw is None:
         return audit_status(ds, ax, title=name)
     draw(ds, ax=ax)
-    if name == "bits" and ax.get_legend() is not None:
-        ax.get_legend().set_visible(len(ds["resolution"]) <= 6)
     return ax
 
 
-def audit_section(name: str, ds: xr.Dataset, ax=None):
-    """The panel of one audit section (by its name), or its skip / failure text."""
+def audit_bits(ds: xr.Dataset, ax=None):
+    """Rate per layer; for one-layer models with per-dimension rates, the dimensions sorted by
+    rate with the active threshold and the count of active dimensions."""
+    from vaeprobe.plot._rate import rate
+
     ax = axes(ax, figsize=(6.5, 4.2))
-    return _draw_section(name, ds, ax)
+    if "rate_per_dim_sorted" not in ds:
+        rate(ds, ax=ax)
+        if ax.get_legend() is not None:
+            ax.get_legend().set_visible(len(ds["resolution"]) <= 6)
+        return ax
+    values = ds["rate_per_dim_sorted"].values
+    threshold = float(ds.attrs.get("active_threshold", 0.01))
+    active = values > threshold
+    ax.bar(np.arange(len(values)), values, color=np.where(active, "C0", "0.7"))
+    ax.axhline(threshold, color="C3", lw=1, ls="--", label=f"active threshold {threshold:g} nats")
+    if len(values) <= 32:
+        ax.set_xticks(np.arange(len(values)))
+        ax.set_xticklabels([str(d) for d in ds["dim_by_rank"].values], fontsize=7)
+    ax.set_xlabel("latent dimension (sorted by rate)")
+    ax.set_ylabel("KL per image (nats)")
+    ax.set_title(f"rate per dimension: {int(ds['n_active_dims'])} of {len(values)} active",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
 
 
-def audit_page(sections: dict, title: str = ""):
-    """One multi-panel page: every section of an audit (name -> Dataset), in order.
+def audit_section(name: str, ds: xr.Dataset, ax=None, panels: dict | None = None):
+    """The panel of one audit section (by its name; ``panels`` maps names to vaeprobe.plot
+    function names, default :data:`DEFAULT_PANELS`), or its skip / failure text."""
+    ax = axes(ax, figsize=(6.5, 4.2))
+    return _draw_section(name, ds, ax, panels)
+
+
+def audit_page(sections: dict, title: str = "", panels: dict | None = None):
+    """One multi-panel page: every section of an audit (name -> Dataset), in order; ``panels``
+    as in :func:`audit_section`.
 
     Returns the matplotlib Figure.
     """
@@ -235,7 +267,7 @@ def audit_page(sections: dict, title: str = ""):
     for index, name in enumerate(names):
         ax = figure.add_subplot(rows, columns, index + 1)
         try:
-            _draw_section(name, sections[name], ax)
+            _draw_section(name, sections[name], ax, panels)
         except (KeyError, ValueError, IndexError) as error:  # a Dataset the panel cannot read
             ax.clear()
             ax.text(0.02, 0.9, f"cannot draw: {error}", fontsize=8, transform=ax.transAxes)

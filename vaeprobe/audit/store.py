@@ -1,0 +1,152 @@
+"""The audit's output directory: one netCDF file per section, written atomically as soon as the
+section is computed, beside ``audit.json`` (what the audit is of: model, data, options).
+
+``out/``
+    ``audit.json``   the fingerprint: model sha256, data (name, images, their sha256), options
+    ``sections/<name>.nc``   one finished section each (written to a temporary name, renamed)
+    ``audit.nc``, ``audit.png``, ``audit.html``   rendered from the section files at the end
+
+A killed audit keeps its finished sections. Run again into the same ``out`` it computes only the
+missing (or failed) ones, after checking that the fingerprint is the same; where it differs it
+says what differs and refuses, unless ``overwrite`` (which removes the old sections).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import xarray as xr
+
+from vaeprobe import data as vdata
+from vaeprobe import distributed
+from vaeprobe.io import atomic_path
+
+MANIFEST = "audit.json"
+SECTIONS_DIR = "sections"
+
+
+class AuditMismatchError(ValueError):
+    """An existing audit directory was made for another model, data or options."""
+
+
+def model_fingerprint(probe) -> str:
+    """The checkpoint's sha256, or (a model built in memory) a sha256 of its tensors."""
+    sha = probe.source.get("checkpoint_sha256")
+    if sha:
+        return str(sha)
+    digest = hashlib.sha256()
+    for value in vars(probe).values():
+        if isinstance(value, torch.nn.Module):
+            for name, tensor in value.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()
+                              .tobytes() if tensor.numel() else b"")
+    digest.update(repr(sorted((k, str(v)) for k, v in probe.source.items())).encode())
+    return "tensors:" + digest.hexdigest()
+
+
+def data_fingerprint(dataset, indices: torch.Tensor) -> dict:
+    """Name, size and a sha256 of the evaluation images themselves."""
+    digest = hashlib.sha256()
+    for batch in vdata.iterate_batches(dataset, 256, indices):
+        digest.update(str(tuple(batch.shape)).encode())
+        digest.update(batch.contiguous().numpy().tobytes())
+    return {"name": vdata.dataset_name(dataset), "size": len(dataset),
+            "n_images": len(indices), "images_sha256": digest.hexdigest()}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    said = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            said += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            said.append(f"{prefix}{key}: {a!r} before, {b!r} now")
+    return said
+
+
+class AuditStore:
+    """Section files under ``out`` for one fingerprint (see the module docstring)."""
+
+    def __init__(self, out: str | os.PathLike, fingerprint: dict, overwrite: bool = False):
+        self.out = Path(out)
+        self.fingerprint = _jsonable(fingerprint)
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out} is a file; the audit writes a directory "
+                                  f"(name a new or an existing directory)")
+        manifest = self.out / MANIFEST
+        if manifest.is_file():
+            old = json.loads(manifest.read_text()).get("fingerprint", {})
+            differences = _differences(old, self.fingerprint)
+            if differences and not overwrite:
+                raise AuditMismatchError(
+                    f"{self.out} holds an audit of another model, data or options ("
+                    + "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+                    + "); pass overwrite=True (--overwrite) to replace it, or name another "
+                    "--out")
+            if differences and distributed.is_main():
+                shutil.rmtree(self.out / SECTIONS_DIR, ignore_errors=True)
+        elif overwrite and distributed.is_main():
+            shutil.rmtree(self.out / SECTIONS_DIR, ignore_errors=True)
+        if distributed.is_main():
+            (self.out / SECTIONS_DIR).mkdir(parents=True, exist_ok=True)
+            self.write_manifest()
+
+    def write_manifest(self, **facts) -> None:
+        if not distributed.is_main():
+            return
+        manifest = self.out / MANIFEST
+        previous = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        content = {**previous, **facts, "fingerprint": self.fingerprint}
+        with atomic_path(manifest, ".json.tmp") as tmp:
+            tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
+
+    def facts(self) -> dict:
+        manifest = self.out / MANIFEST
+        return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+    def path(self, name: str) -> Path:
+        return self.out / SECTIONS_DIR / f"{name}.nc"
+
+    def finished(self, names) -> dict[str, xr.Dataset]:
+        """The sections of ``names`` on disk and not failed (unreadable ones count as missing)."""
+        done = {}
+        for name in names:
+            if not self.path(name).is_file():
+                continue
+            try:
+                ds = load_section(self.path(name))
+            except (OSError, ValueError):
+                continue
+            if ds.attrs.get("status") in ("ok", "skipped"):
+                done[name] = ds
+        return done
+
+    def save(self, name: str, ds: xr.Dataset) -> None:
+        """Write one section atomically (rank 0 only)."""
+        if distributed.is_main():
+            save_section(ds, self.path(name))
+
+
+def save_section(ds: xr.Dataset, path: Path) -> Path:
+    from vaeprobe.audit.report import _clean
+
+    clean, encoding = _clean(ds)
+    with atomic_path(path, ".nc.tmp") as tmp:
+        clean.to_netcdf(tmp, engine="h5netcdf", mode="w", encoding=encoding)
+    return path
+
+
+def load_section(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
