@@ -114,6 +114,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe.require("vp.rate", posterior=True)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
