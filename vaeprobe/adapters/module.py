@@ -103,7 +103,8 @@ class ModuleProbe(SharedEncoderProbe):
     def __init__(self, model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0),
                  output_range=None, likelihood: str = "none", sigma: float | None = None,
                  encoder_output: str = "tuple", scale: str = "logvar",
-                 decoder_output: str = "mean", device=None, source: dict | None = None):
+                 decoder_output: str = "mean", device=None, source: dict | None = None,
+                 latent_shape: tuple[int, int, int] | None = None):
         self.image_shape = tuple(int(s) for s in image_shape)
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
@@ -131,10 +132,12 @@ class ModuleProbe(SharedEncoderProbe):
                           "module": type(model).__name__, **(source or {})})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
-        with torch.no_grad():  # one dry run tells the latent shape
-            mean, _ = self._moments(torch.zeros((1, *self.image_shape), dtype=torch.uint8,
-                                                device=self.device))
-        channels, height, width = mean.shape[1:]
+        if latent_shape is None:  # one dry run tells the latent shape (adapters may know it)
+            with torch.no_grad():
+                latent_shape = self._moments(torch.zeros((1, *self.image_shape),
+                                                         dtype=torch.uint8,
+                                                         device=self.device))[0].shape[1:]
+        channels, height, width = (int(v) for v in latent_shape)
         self.layers = [LayerInfo("z", (height, width), channels)]
 
     def _check_conventions(self, output_range) -> None:
