@@ -155,6 +155,11 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     >>> len(ds), tuple(ds[0].shape), ds[0].dtype
     (297, (1, 8, 8), torch.uint8)
     """
+    from vaeprobe.binarize import binarize, split_name
+
+    name, mode = split_name(name)
+    if mode is not None:  # "NAME,binarize=MODE"
+        return binarize(load(name, split, root, download=download, size=size), mode)
     scheme, _, rest = name.partition(":")
     if ":" in name and scheme in path_datasets:
         return path_datasets.get(scheme)(Path(rest).expanduser(), size)
@@ -193,15 +198,23 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Data
 
     ``image_shape`` (C, H, W), when given, is checked against the first item; a
     ``"folder:PATH"`` name is then read at that size and channel count (the model's), not 64 px.
+    A name may end in ``",binarize=threshold"`` or ``",binarize=dynamic"``
+    (:func:`vaeprobe.binarize.binarize`).
     """
-    if isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
+    from vaeprobe.binarize import BinarizedDataset, binarize, split_name
+
+    if isinstance(data, str) and split_name(data)[1] is not None:
+        base, mode = split_name(data)
+        dataset = binarize(as_dataset(base, image_shape=image_shape), mode)
+    elif isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
         dataset = _image_folder(Path(data[len("folder:"):]).expanduser(), int(image_shape[-1]),
                                 grey=int(image_shape[0]) == 1)
     elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
-    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset):
+    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset
+                    | BinarizedDataset):
         dataset = data
     elif isinstance(data, Dataset):
         dataset = _CheckedDataset(data)

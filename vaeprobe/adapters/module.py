@@ -59,6 +59,10 @@ BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (
                  "dynamic; or use likelihood='gaussian' for grey levels")
 
 
+class NotBinaryError(ValueError):
+    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
+
+
 class Bernoulli:
     """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``.
 
@@ -79,7 +83,7 @@ class Bernoulli:
         if kind != "discretized":
             raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
         if ((x != 0) & (x != 255)).any():
-            raise ValueError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
+            raise NotBinaryError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
                              f"only), got grey levels; {BINARIZE_HINT}")
         if self.logits is not None:
             logits = self.logits.double()
