@@ -288,3 +288,6 @@ from vaeprobe.data_sources import (  # noqa: E402, F401
     materialize,
     path_datasets,
 )
+
+# binarized images for Bernoulli decoders (vp.data.binarize); imported back here
+from vaeprobe.binarize import BinarizedDataset, binarize  # noqa: E402, F401
