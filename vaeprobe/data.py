@@ -33,8 +33,8 @@ from vaeprobe.data_sources import (
 from vaeprobe.images import ImageTensorDataset, check_images, dataset_name, to_uint8
 
 # the public names of vaeprobe.data; each lives in the module it is imported from above
-__all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize", "build_patches",
-           "cache_dir", "check_images", "dataset_identity", "dataset_name", "datasets",
+__all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize",
+           "build_patches", "cache_dir", "check_images", "dataset_identity", "dataset_name", "datasets",
            "default_workers", "gather", "in_memory", "iterate_batches", "load", "load_batches",
            "load_patches", "materialize", "names", "path_datasets", "select", "to_uint8"]
 
