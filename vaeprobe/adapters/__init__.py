@@ -265,10 +265,10 @@ def as_probe(source, format: str | None = None, *, device=None, **options) -> Pr
 
     Examples
     --------
-    >>> as_probe(42)
+    >>> as_probe(42)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a model folder (vp.load's paths); got int
+    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a ...
     """
     if isinstance(source, Probe):
         if format is not None or options:
