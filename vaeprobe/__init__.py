@@ -27,4 +27,5 @@ Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, ima
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
            "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
-           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]
+           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
+           "spectrum"]

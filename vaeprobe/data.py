@@ -35,8 +35,9 @@ from vaeprobe.images import ImageTensorDataset, check_images, dataset_name, to_u
 # the public names of vaeprobe.data; each lives in the module it is imported from above
 __all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize",
            "build_patches", "cache_dir", "check_images", "dataset_identity", "dataset_name",
-           "datasets", "default_workers", "gather", "in_memory", "iterate_batches", "load", "load_batches",
-           "load_patches", "materialize", "names", "path_datasets", "select", "to_uint8"]
+           "datasets", "default_workers", "gather", "in_memory", "iterate_batches", "load",
+           "load_batches", "load_patches", "materialize", "names", "path_datasets", "select",
+           "to_uint8"]
 
 SPLITS = ("train", "test")
 
