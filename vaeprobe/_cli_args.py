@@ -185,8 +185,20 @@ def _check_outputs(args) -> None:
     from vaeprobe import io
 
     for flag in ("out", "plot", "preview"):
-        if getattr(args, flag, None):
+        if flag == "out" and getattr(args, "out_is_directory", False):
+            _check_directory(args.out)
+        elif getattr(args, flag, None):
             io.check_writable(getattr(args, flag), f"--{flag}")
+
+
+def _check_directory(path) -> None:
+    """An output directory: new or existing, not a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; the command writes a directory (name a new "
+                         f"or an existing directory)")
 
 
 def _say_threads(args) -> None:

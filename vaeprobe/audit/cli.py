@@ -87,4 +87,4 @@ def _add_audit(sub) -> None:
                         "made for another model, data or options")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _common(parser, out=False, plot=False)
-    parser.set_defaults(run=_cmd_audit)
+    parser.set_defaults(run=_cmd_audit, out_is_directory=True)

@@ -156,7 +156,8 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
     if out is not None:
         fingerprint = dict(model=model_fingerprint(probe), data=data_fingerprint(dataset, indices),
                            options=dict(seed=seed, quick=int(quick), networks=networks,
-                                        sections=resolved))
+                                        sections=resolve_settings(registry, list(registry),
+                                                                  settings, quick)))
         store = AuditStore(out, fingerprint, overwrite)
         on_disk = distributed.gather(sorted(store.finished(chosen)))[0]  # rank 0 decides
         results = {name: load_section(store.path(name)) for name in on_disk}
