@@ -475,3 +475,98 @@ def test_audit_of_the_diffusers_fixture(tmp_path):
     assert "checkpoint: scaling_factor 0.5, shift_factor 0.1" in report.summary()
     page = (tmp_path / "audit.html").read_text()
     assert page.count("class=skipped>skipped:") == 3
+
+
+# ---- one pass, per-dimension views, MS-SSIM, quick -------------------------------------------
+
+
+class CountingProbe(ConvProbe):
+    """ConvProbe counting its encoder and decoder passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {"encode": 0, "decode": 0}
+
+    def encode(self, x, n_samples=1, generator=None, *, posterior="sample"):
+        self.calls["encode"] += 1
+        return super().encode(x, n_samples, generator, posterior=posterior)
+
+    def decode(self, latents):
+        self.calls["decode"] += 1
+        return super().decode(latents)
+
+
+def test_the_shared_sections_encode_each_image_once_and_decode_it_once_per_kind(digits_test):
+    probe = CountingProbe()
+    shared = ["bits", "reconstructions", "latents", "spectra", "precision"]
+    report = vp.audit(probe, digits_test, n_images=N, batch_size=5, sections=shared,
+                      progress=False, settings={"precision": {"run_low_precision": False}},
+                      feature_extractor=STAND_INS["feature_extractor"])
+    assert all(ds.attrs["status"] == "ok" for ds in report.values())
+    batches = math.ceil(N / 5)
+    assert probe.calls == {"encode": batches, "decode": 2 * batches}
+    assert report.timing["mean_path"].startswith("read off the draw")
+    # and each section equals its own public function (which runs the pass for itself)
+    alone = numerical_health(ConvProbe(), digits_test, n_images=N, progress=False,
+                             run_low_precision=False)
+    np.testing.assert_allclose(report["precision"]["max_activation"], alone["max_activation"])
+    latents = latent_statistics(ConvProbe(), digits_test, n_images=N, progress=False)
+    np.testing.assert_allclose(report["latents"]["sample_std"], latents["sample_std"])
+
+
+def test_per_dimension_views_of_a_flat_latent_model_match_the_exact_posterior(probe,
+                                                                             digits_test):
+    hierarchical = where_bits_go(probe, digits_test, n_images=4, progress=False)
+    assert "rate_per_dim" not in hierarchical  # per-layer views only
+    assert int(hierarchical.attrs["per_dimension"]) == 0
+    probe = LinearGaussianProbe(scales=(0.3, 0.001))  # the second dimension carries ~nothing
+    x = linear_images(40)
+    report = vp.audit(probe, x, n_images=40, progress=False, sections=["bits", "latents"])
+    bits, latents = report["bits"], report["latents"]
+    q_mean, q_logstd = probe.posterior(x)
+    variance = torch.exp(2 * q_logstd)
+    kl = 0.5 * (variance + q_mean ** 2 - 1 - 2 * q_logstd)  # (images, dims), nats
+    np.testing.assert_allclose(bits["rate_per_dim"], kl.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(bits["rate_per_dim"], bits["rate_per_channel"].sel(layer=0))
+    assert list(bits["dim_by_rank"].values) == [0, 1]
+    assert int(bits["n_active_dims"]) == 1 and list(bits["active_dim"].values) == [1, 0]
+    exact_std = probe.sigma / probe.m_diag.sqrt()
+    np.testing.assert_allclose(latents["posterior_std_per_dim"], exact_std, rtol=1e-9)
+    aggregate = (q_mean.var(0, unbiased=False) + variance.mean(0)).sqrt()
+    np.testing.assert_allclose(latents["aggregate_std_per_dim"], aggregate, rtol=1e-9)
+    assert "active dimensions 1/2" in report.summary()
+    assert "posterior std per dim" in report.summary()
+
+
+def test_msssim_is_pytorch_msssim_and_skipped_with_the_reason_for_small_images():
+    from pytorch_msssim import ms_ssim
+
+    from vaeprobe.audit.reconstruction import _msssim, msssim_skip_reason
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 176, 176), dtype=torch.uint8, generator=generator)
+    y = (x.int() + torch.randint(-20, 20, x.shape, generator=generator)).clamp(0, 255).byte()
+    np.testing.assert_allclose(_msssim(x, x), 1.0, rtol=1e-12)
+    value = _msssim(x, y)
+    np.testing.assert_allclose(value, ms_ssim(x.double(), y.double(), data_range=255,
+                                              size_average=False).numpy(), rtol=1e-12)
+    assert ((0 < value) & (value < 1)).all()
+    assert msssim_skip_reason(176, 200) == ""
+    assert "at least 161x161" in msssim_skip_reason(160, 512)
+
+
+def test_reconstructions_of_small_images_skip_msssim_with_the_reason(probe, digits_test):
+    ds = reconstructions(probe, digits_test, n_images=4, progress=False)
+    assert "at least 161x161" in ds.attrs["msssim_skipped"] and "8x8" in ds.attrs[
+        "msssim_skipped"]
+    assert np.isnan(ds["msssim_mean"]).all()
+
+
+def test_quick_profile_is_small_and_stated(probe, digits_test):
+    report = vp.audit(probe, digits_test, quick=True, progress=False,
+                      sections=["progressive", "likelihood", "precision"])
+    assert int(report.attrs["n_images"]) == 32 and report.attrs["quick"] == 1
+    assert report["progressive"].sizes["k"] <= 4
+    assert int(report["likelihood"]["k"].values[-1]) == 16
+    assert json.loads(report["precision"].attrs["dtypes_run"]) == []
+    assert "predicted only" in report["precision"].attrs["dtype_skipped"]

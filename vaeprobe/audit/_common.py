@@ -142,8 +142,17 @@ def lpips_network(trunk: str, weights, device) -> tuple[object | None, str]:
     """(LPIPS, "") or (None, reason)."""
     from vaeprobe.fidelity import LPIPS
 
-    return _cached(("lpips", trunk, str(weights), str(device)),
-                   lambda: LPIPS(trunk, weights, device))
+    def build():
+        from vaeprobe import weights as vweights
+        from vaeprobe.fidelity.perceptual import lpips_trunks
+
+        key = getattr(lpips_trunks.get(trunk), "weights_key", None) \
+            if trunk in lpips_trunks.names() else None
+        if key is not None:  # a missing file is refused before the trunk is built (seconds)
+            vweights.resolve(key, weights)
+        return LPIPS(trunk, weights, device)
+
+    return _cached(("lpips", trunk, str(weights), str(device)), build)
 
 
 def _cached(key: tuple, build) -> tuple[object | None, str]:
