@@ -17,27 +17,47 @@ from vaeprobe.probe import Probe
 MAX_PER_DIM = 512  # per-dimension views for one-layer models with at most this many dims
 
 
+class _Plain:
+    """Attributes by keyword (a SimpleNamespace whose ``__dict__`` can be copied)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
 class ProbeFacts:
     """What a section's attrs and figures need of a Probe, without its networks: travels
     between ranks (accumulators hold this, not the Probe)."""
 
     def __init__(self, probe: Probe):
         self.source = dict(probe.source)
-        self.layers = list(probe.layers)
+        self.layers = [_Plain(name=info.name, resolution=tuple(info.resolution),
+                                       channels=info.channels, stage=info.stage)
+                       for info in probe.layers]  # plain objects: they travel between ranks
         self.image_shape = tuple(probe.image_shape)
         self.likelihood_kind = str(probe.likelihood_kind)
         self.n_bits = int(probe.n_bits)
         self.name = probe.name
         self.device = str(getattr(probe, "device", "cpu"))
-        from types import SimpleNamespace
-
         from vaeprobe._analysis import decoder_head
 
         likelihood, sigma = decoder_head(probe)  # read by interpretation_warnings
-        self.model = SimpleNamespace(config=SimpleNamespace(likelihood=likelihood, sigma=sigma))
+        self.model = _Plain(config=_Plain(likelihood=likelihood, sigma=sigma))
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         return [(info.channels, *info.resolution) for info in self.layers]
+
+
+class LocalHandle:
+    """Holds an object (a Probe) for this process only: it does not travel to other ranks
+    (pickled as an empty handle), so an accumulator can keep the networks its ``update`` runs."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def __reduce__(self):
+        return (LocalHandle, ())
 
 
 class NamedData:

@@ -2,8 +2,8 @@
 
 Prediction (every image, no extra pass): during the audit's float32 shared pass, forward hooks
 record every leaf module's largest |activation|, how many values exceed float16's largest
-finite value (65504: they would become inf) and, on the first batch, the share of non-zero
-values below float16's smallest normal (6.1e-5: they lose precision or flush to zero). A
+finite value (65504: they would become inf) and the share of non-zero values below float16's
+smallest normal (6.1e-5: they lose precision or flush to zero). A
 module beyond a dtype's range predicts a failure in that dtype.
 
 Measurement (a bounded subset): the actual low-precision passes run where the device runs them
@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from vaeprobe.audit._common import NamedData, ProbeFacts, section_attrs
+from vaeprobe.audit._common import LocalHandle, NamedData, ProbeFacts, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import LatentPass, Probe, encode
@@ -44,7 +44,7 @@ CPU_SLOWDOWN_LIMIT = 4.0  # on CPU, run a dtype only when its convolutions are w
 
 PROTOCOL = ("prediction: forward hooks on every leaf module during the float32 shared pass "
             "(all images) record max |output|, the count above float16's largest finite value "
-            "(65504) and, on the first batch, the share of non-zero |values| below float16's "
+            "(65504) and the share of non-zero |values| below float16's "
             "smallest normal (6.1e-5); a module above a dtype's largest value predicts inf/NaN "
             "in that dtype. Measurement: posterior means (no noise) and decoder means in the "
             "dtype (torch.autocast, else modules cast) against the shared pass's float32 "
@@ -66,14 +66,13 @@ def _posterior_means(latents: LatentPass) -> torch.Tensor:
 
 
 class _ActivationRange:
-    """Per leaf module: largest |output|, count above float16's max, and (while ``underflow``
-    is on) non-zero and below-normal counts; folded over every forward call."""
+    """Per leaf module: largest |output|, count above float16's max, non-zero and
+    below-normal counts; folded over every forward call."""
 
     def __init__(self):
         self.largest: dict[str, float] = {}
         self.overflow: dict[str, int] = {}
         self.small: dict[str, list[int]] = {}  # name -> [below float16 normal, non-zero]
-        self.underflow = True
 
     def hook(self, label: str):
         def record(module, inputs, output):
@@ -85,12 +84,11 @@ class _ActivationRange:
             if value > FLOAT16_MAX:
                 over = int((output.detach().abs() > FLOAT16_MAX).sum())
                 self.overflow[label] = self.overflow.get(label, 0) + over
-            if self.underflow:
-                magnitude = output.detach().abs()
-                nonzero = magnitude > 0
-                counts = self.small.setdefault(label, [0, 0])
-                counts[0] += int((nonzero & (magnitude < FLOAT16_TINY)).sum())
-                counts[1] += int(nonzero.sum())
+            magnitude = output.detach().abs()
+            nonzero = int(torch.count_nonzero(magnitude))
+            counts = self.small.setdefault(label, [0, 0])
+            counts[0] += nonzero - int(torch.count_nonzero(magnitude >= FLOAT16_TINY))
+            counts[1] += nonzero
         return record
 
     def merge(self, other: _ActivationRange) -> None:
@@ -190,7 +188,7 @@ class PrecisionAccumulator:
         if unknown:
             raise ValueError(f"dtypes must be among {DTYPES[1:]}, got {sorted(unknown)}")
         self.names = ["float32", *dtypes]
-        self.runner = probe  # dropped when gathered to another rank (only update needs it)
+        self.runner = LocalHandle(probe)  # stays on this rank (only update runs it)
         self.ranges = _ActivationRange()
         self.counts = np.zeros((len(self.names), len(STAGES), 2), dtype=np.int64)
         self.deviation = np.zeros((len(self.names), len(STAGES)))
@@ -220,10 +218,9 @@ class PrecisionAccumulator:
 
     def monitor(self):
         """Forward hooks on every leaf module while the float32 pass runs."""
-        return _Hooks(self.runner, self.ranges)
+        return _Hooks(self.runner.value, self.ranges)
 
     def update(self, batch) -> None:
-        self.ranges.underflow = False  # the share of tiny values: first batch only
         keep = batch.first(self.limit)
         if not self.run_dtypes or not bool(keep.any()):
             return
@@ -241,7 +238,7 @@ class PrecisionAccumulator:
                 result = reference
             else:
                 result, self.methods[name], reason = _low_precision(
-                    self.runner, x, reference_latents, getattr(torch, name))
+                    self.runner.value, x, reference_latents, getattr(torch, name))
                 if result is None:
                     self.skips[name] = reason
                     self.run_dtypes.remove(name)
@@ -333,8 +330,7 @@ def _dataset(acc: PrecisionAccumulator) -> xr.Dataset:
                                 {"units": "1", "long_name": f"above {FLOAT16_MAX:g}"}),
             "below_float16_normal_fraction": (
                 "module", np.array([small.get(name, np.nan) for name, _ in top]),
-                {"units": "1", "long_name": "share of non-zero |values| under 6.1e-5 (first "
-                 "batch)"}),
+                {"units": "1", "long_name": "share of non-zero |values| under 6.1e-5"}),
             "n_modules_exceeding_float16": ((), len(exceeding), {"units": "modules"}),
             "n_modules_monitored": ((), len(largest), {"units": "modules"}),
             "largest_activation": ((), max(largest.values(), default=np.nan),

@@ -12,6 +12,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe._analysis import image_dims, squared_error
 from vaeprobe.audit._common import (
+    LocalHandle,
     NamedData,
     ProbeFacts,
     feature_network,
@@ -97,13 +98,13 @@ class ReconstructionAccumulator:
         net = context.networks
         self.feature_extractor = net.get("feature_extractor", "inception-v3-compat")
         self.lpips_trunk = net.get("lpips_trunk", "alexnet")
-        self.extractor, self.rfid_skipped = feature_network(self.feature_extractor,
-                                                            net.get("weights"), probe.device)
-        self.lpips, self.lpips_skipped = lpips_network(self.lpips_trunk,
-                                                       net.get("lpips_weights"), probe.device)
-        if context.n_images < 2 and self.extractor is not None:
-            self.extractor, self.rfid_skipped = None, "FID needs at least 2 images"
-        e, lp = self.extractor, self.lpips
+        e, self.rfid_skipped = feature_network(self.feature_extractor, net.get("weights"),
+                                               probe.device)
+        lp, self.lpips_skipped = lpips_network(self.lpips_trunk, net.get("lpips_weights"),
+                                               probe.device)
+        if context.n_images < 2 and e is not None:
+            e, self.rfid_skipped = None, "FID needs at least 2 images"
+        self.nets = LocalHandle((e, lp))  # the networks stay on this rank
         self.networks = dict(
             extractor_name=e.name if e is not None else self.feature_extractor,
             extractor_sha256=e.weights_sha256 if e is not None else "none",
@@ -121,9 +122,10 @@ class ReconstructionAccumulator:
     def update(self, batch) -> None:
         x = batch.x
         x_cpu = x.cpu()
+        extractor, lpips = self.nets.value
         self.indices.append(batch.indices)
-        if self.extractor is not None:
-            self.reference.append(self.extractor(x).cpu())
+        if extractor is not None:
+            self.reference.append(extractor(x).cpu())
         for kind in KINDS:
             mean = batch.decoded[kind].mean
             quantised = vdata.to_uint8(mean).cpu()
@@ -133,11 +135,11 @@ class ReconstructionAccumulator:
             row["ssim"].append(torch.as_tensor(_ssim(x_cpu, quantised)))
             if not self.msssim_skipped:
                 row["msssim"].append(torch.as_tensor(_msssim(x_cpu, quantised)))
-            if self.lpips is not None:
-                row["lpips"].append(self.lpips(quantised.to(self.lpips.device),
-                                               x.to(self.lpips.device)).cpu())
-            if self.extractor is not None:
-                row["features"].append(self.extractor(quantised.to(x.device)).cpu())
+            if lpips is not None:
+                row["lpips"].append(lpips(quantised.to(lpips.device),
+                                          x.to(lpips.device)).cpu())
+            if extractor is not None:
+                row["features"].append(extractor(quantised.to(x.device)).cpu())
             if sum(len(p) for p in self.previews[kind]) < self.n_preview:
                 self.previews[kind].append(quantised[:self.n_preview])
         if sum(len(p) for p in self.inputs) < self.n_preview:
