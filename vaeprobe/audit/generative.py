@@ -217,9 +217,11 @@ def _fmt(value, digits: int = 3) -> str:
 LIKELIHOOD = register(Section(
     name="likelihood", title="Likelihood", order=70, summary=likelihood_summary,
     figure="iwae_convergence", compute=likelihood, cost=likelihood_cost, image_limit=32,
+    check=lambda probe: probe.require("vp.iwae", likelihood=True),
     options=dict(k=64, budget=8.0), quick=dict(k=16, budget=2.0)))
 SAMPLES = register(Section(
     name="samples", title="Samples", order=80, summary=samples_summary,
     figure="audit_samples", compute=samples, cost=samples_cost, image_limit=256,
+    check=lambda probe: probe.require("prior samples", prior=True),
     networks=("feature_extractor", "weights"),
     options=dict(temperatures=(1.0, 0.8, 0.6), n_grid=32), quick=dict(temperatures=(1.0,))))

@@ -80,6 +80,18 @@ def progressive_pass(probe: Probe, x: torch.Tensor, generators, prior_generators
     return torch.stack(distortion, 1), latents.kl_per_layer().double().cpu(), means
 
 
+def check(probe: Probe) -> None:
+    """UndefinedAnalysisError unless the probe is a hierarchy with a generative prior that
+    implements sample_prior_given."""
+    if len(probe.layers) < 2:
+        raise UndefinedAnalysisError(
+            f"progressive coding is undefined for {probe.name}: it needs a hierarchy of >= 2 "
+            f"latent layers, this model has {len(probe.layers)}")
+    probe.require("progressive coding", prior=True)
+    if type(probe).sample_prior_given is Probe.sample_prior_given:
+        probe.sample_prior_given(None, 0)  # the base class's refusal, with its reason
+
+
 def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
                        max_points: int = 8, batch_size: int = 64, n_preview: int = 6,
                        progress: bool = True) -> xr.Dataset:
@@ -117,11 +129,7 @@ def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: 
     >>> ds = progressive_coding(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
     >>> ds["distortion"].sel(kind="mean").to_series()  # doctest: +SKIP
     """
-    if len(probe.layers) < 2:
-        raise UndefinedAnalysisError(
-            f"progressive coding is undefined for {probe.name}: it needs a hierarchy of >= 2 "
-            f"latent layers, this model has {len(probe.layers)}")
-    probe.require("progressive coding", prior=True)
+    check(probe)
     points = progressive_points(probe.layers, max_points)
     dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
     distortion = {kind: [] for kind in KINDS}
@@ -209,6 +217,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 SECTION = register(Section(
     name="progressive", title="Progressive coding", order=50, summary=summary,
-    figure="audit_progressive", compute=progressive_coding, cost=cost, image_limit=128,
+    figure="audit_progressive", compute=progressive_coding, cost=cost, check=check,
+    image_limit=128,
     options=dict(max_points=8, n_preview=6, budget=4.0),
     quick=dict(max_points=4, budget=1.0)))

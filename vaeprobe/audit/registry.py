@@ -20,7 +20,9 @@ Write one module ``vaeprobe/audit/<name>.py`` (and its test) that
    - **by its own extra work** (IWAE, progressive coding, prior samples): give ``compute``,
      the public function ``compute(probe, data, *, n_images, seed, progress, **options)``.
      Give ``cost`` too, ``cost(probe, n_images, options) -> floor multiples`` (the work in
-     units of one encode + decode of one image), so the audit can print its estimate first;
+     units of one encode + decode of one image), so the audit can print its estimate first,
+     and ``check(probe)``, which raises UndefinedAnalysisError at once where the section is
+     undefined (so that no estimate counts it);
 
 2. calls :func:`register` with a :class:`Section`: ``name`` (the key in ``audit.nc`` and in
    ``settings``; the same as the module's public function where possible), ``title``,
@@ -60,6 +62,7 @@ class Section:
     accumulator: Callable | None = None  # shared pass: (probe, context, **options) -> acc
     compute: Callable | None = None  # own work: (probe, data, *, n_images, seed, ...) -> ds
     cost: Callable | None = None  # (probe, n_images, options) -> floor multiples (own work)
+    check: Callable | None = None  # (probe) -> None, or raise UndefinedAnalysisError (fast)
     image_limit: int | None = None  # at most this many of the audit's images
     networks: tuple[str, ...] = ()  # audit options passed to it (feature_extractor ...)
     options: dict = field(default_factory=dict)  # its own options and their defaults

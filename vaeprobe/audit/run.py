@@ -162,6 +162,7 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
         on_disk = distributed.gather(sorted(store.finished(chosen)))[0]  # rank 0 decides
         results = {name: load_section(store.path(name)) for name in on_disk}
     resumed = [name for name in chosen if name in results]
+    todo_skipped = []
     todo = [name for name in chosen if name not in results]
     if resumed:
         _say(progress, f"resuming {out}: {len(resumed)} section(s) on disk ({', '.join(resumed)})"
@@ -169,6 +170,16 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
     timing = dict(store.facts().get("timing", {})) if store else {}
     context = SectionContext(dataset, indices, seed, networks, quick)
     costly = [name for name in todo if not registry[name].shared and registry[name].needs_images]
+    for name in list(costly):  # undefined for this model: skipped now, not estimated
+        check = registry[name].check
+        try:
+            if check is not None:
+                check(probe)
+        except UndefinedAnalysisError as error:
+            results[name] = skipped(name, str(error), probe)
+            results[name].attrs["elapsed_seconds"] = 0.0
+            costly.remove(name)
+            todo_skipped.append(name)
     sizes = {name: _sized(registry[name], probe, len(indices), resolved[name])
              for name in costly}
 
@@ -187,6 +198,8 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
              f"decode); estimated remaining for the costly sections ~{total:.0f} s on this "
              f"device ({'; '.join(parts)})")
 
+    for name in todo_skipped:
+        save(name)
     for name in [n for n in todo if not registry[n].needs_images]:
         results[name] = _own_section(name, registry[name], probe, dataset, resolved[name],
                                      None, seed, progress, networks)
