@@ -218,7 +218,7 @@ LIKELIHOOD = register(Section(
     name="likelihood", title="Likelihood", order=70, summary=likelihood_summary,
     figure="iwae_convergence", compute=likelihood, cost=likelihood_cost, image_limit=32,
     check=lambda probe: probe.require("vp.iwae", likelihood=True),
-    options=dict(k=64, budget=8.0), quick=dict(k=16, budget=2.0)))
+    options=dict(k=64, budget=16.0), quick=dict(k=16, budget=2.0)))
 SAMPLES = register(Section(
     name="samples", title="Samples", order=80, summary=samples_summary,
     figure="audit_samples", compute=samples, cost=samples_cost, image_limit=256,

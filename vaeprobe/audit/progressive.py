@@ -219,5 +219,5 @@ SECTION = register(Section(
     name="progressive", title="Progressive coding", order=50, summary=summary,
     figure="audit_progressive", compute=progressive_coding, cost=cost, check=check,
     image_limit=128,
-    options=dict(max_points=8, n_preview=6, budget=4.0),
+    options=dict(max_points=8, n_preview=6, budget=8.0),
     quick=dict(max_points=4, budget=1.0)))
