@@ -338,10 +338,18 @@ def test_precision_on_cpu_skips_slow_dtypes_and_says_so(digits_test, monkeypatch
     assert json.loads(ds.attrs["dtypes_run"]) == ["bfloat16"]
     assert "100x slower" in json.loads(ds.attrs["dtype_skipped"])["float16"]
     assert int(ds["nan_count"].sel(dtype="float16").min()) == -1  # not run
-    assert int(ds["n_images_measured"]) == 1 and ds.attrs["measured_on"] == "1 image(s) on CPU"
+    assert int(ds["n_images_measured"]) == 1
+    assert ds.attrs["measured_on"] == "1 image(s) on CPU, the whole image"  # 8 px < the crop
     # the prediction still covers every image
     assert json.loads(ds.attrs["modules_exceeding_float16"]) == ["enc1"]
     assert int(ds.attrs["declared_force_upcast"]) == -1
+    # a convolutional one-layer model is measured on a centre crop, against float32 on it
+    crop = numerical_health(ConvProbe(overflow=True), digits_test, n_images=N, progress=False,
+                            cpu_crop=4, cpu_slowdown_limit=math.inf)
+    assert crop.attrs["measured_on"] == "1 image(s) on CPU, a 4x4 centre crop"
+    bad = crop["nan_count"] + crop["inf_count"]
+    assert int(bad.sel(dtype="float16", stage="encode")) > 0 and int(bad.sel(
+        dtype="bfloat16").sum()) == 0
     quick = numerical_health(ConvProbe(), digits_test, n_images=N, progress=False,
                              run_low_precision=False)
     assert json.loads(quick.attrs["dtypes_run"]) == [] and int(quick["n_images_measured"]) == 0

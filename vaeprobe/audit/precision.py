@@ -41,18 +41,22 @@ FLOAT16_TINY = float(torch.finfo(torch.float16).tiny)  # 6.1e-5, smallest normal
 BFLOAT16_MAX = float(torch.finfo(torch.bfloat16).max)
 N_MODULES = 10  # modules with the largest activations kept in the Dataset
 CPU_SLOWDOWN_LIMIT = 4.0  # on CPU, run a dtype only when its convolutions are within this
+UNDERFLOW_SAMPLE = 65536  # values per module call behind the below-normal share
+CPU_CROP = 128  # on CPU, low precision runs on a centre crop of this side where the model allows
 
 PROTOCOL = ("prediction: forward hooks on every leaf module during the float32 shared pass "
             "(all images) record max |output|, the count above float16's largest finite value "
-            "(65504) and the share of non-zero |values| below float16's "
+            "(65504) and, in a systematic sample of <= 65536 values per call, the share of "
+            "non-zero |values| below float16's "
             "smallest normal (6.1e-5); a module above a dtype's largest value predicts inf/NaN "
             "in that dtype. Measurement: posterior means (no noise) and decoder means in the "
             "dtype (torch.autocast, else modules cast) against the shared pass's float32 "
             "tensors: stage 'encode' (posterior means), 'decode' (float32 means decoded in the "
             "dtype), 'roundtrip' (both in the dtype); NaN and inf counts and the largest "
             "|deviation| over entries finite in both; on CPU only dtypes whose convolutions run "
-            "within {limit:g}x float32, on the first {cpu_images} image(s); on CUDA every dtype "
-            "on up to {limit_images} images")
+            "within {limit:g}x float32, on the first {cpu_images} image(s) (a centre crop of "
+            "cpu_crop px for one-layer convolutional models, its float32 reference rerun on "
+            "it); on CUDA every dtype on up to {limit_images} whole images")
 
 
 def _modules(probe: Probe) -> list[nn.Module]:
@@ -78,13 +82,15 @@ class _ActivationRange:
         def record(module, inputs, output):
             if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
                 return
-            low, high = torch.aminmax(output.detach())
+            flat = output.detach().reshape(-1)
+            low, high = torch.aminmax(flat)  # one pass over every value
             value = max(-float(low), float(high))
             self.largest[label] = max(self.largest.get(label, 0.0), value)
             if value > FLOAT16_MAX:
-                over = int((output.detach().abs() > FLOAT16_MAX).sum())
+                over = int((flat.abs() > FLOAT16_MAX).sum())
                 self.overflow[label] = self.overflow.get(label, 0) + over
-            magnitude = output.detach().abs()
+            # the share of tiny values: a systematic sample of at most UNDERFLOW_SAMPLE values
+            magnitude = flat[::max(1, flat.numel() // UNDERFLOW_SAMPLE)].abs()
             nonzero = int(torch.count_nonzero(magnitude))
             counts = self.small.setdefault(label, [0, 0])
             counts[0] += nonzero - int(torch.count_nonzero(magnitude >= FLOAT16_TINY))
@@ -181,12 +187,42 @@ def _rows(latents: LatentPass, keep: torch.Tensor) -> LatentPass:
     return LatentPass(draws, latents.n_samples)
 
 
+def _crop_probe(probe: Probe, side: int) -> Probe | None:
+    """A shallow copy of a one-layer probe for ``side`` x ``side`` images (its latent grid
+    scaled alike), or None where the images are no bigger or the grid does not divide."""
+    import dataclasses
+
+    channels, height, width = probe.image_shape
+    if len(probe.layers) != 1 or side >= min(height, width):
+        return None
+    info = probe.layers[0]
+    factor = height // info.resolution[0]
+    if factor * info.resolution[0] != height or width // factor != info.resolution[1] \
+            or side % factor:
+        return None
+    clone = copy.copy(probe)
+    clone.image_shape = (channels, side, side)
+    clone.layers = [dataclasses.replace(info, resolution=(side // factor, side // factor))]
+    return clone
+
+
+@torch.no_grad()
+def _crop_reference(probe: Probe, x: torch.Tensor, side: int):
+    """(centre-cropped images, their float32 posterior means, the float32 reference)."""
+    top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+    x = x[..., top:top + side, left:left + side].contiguous()
+    latents = encode(probe, x, 1, None, "mean")
+    decoded = probe.decode(LatentPass(latents.draws, latents.n_samples)).mean
+    return x, latents, {"encode": _posterior_means(latents).cpu(),
+                        "decode": decoded.double().flatten(1).cpu()}
+
+
 class PrecisionAccumulator:
     """Activation ranges over the shared pass; low-precision passes on a bounded subset."""
 
     def __init__(self, probe: Probe, context, *, dtypes=("bfloat16", "float16"),
                  cpu_images: int = 1, image_limit: int = 32, run_low_precision: bool = True,
-                 cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT):
+                 cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT, cpu_crop: int | None = CPU_CROP):
         unknown = set(dtypes) - set(DTYPES[1:])
         if unknown:
             raise ValueError(f"dtypes must be among {DTYPES[1:]}, got {sorted(unknown)}")
@@ -198,6 +234,8 @@ class PrecisionAccumulator:
         self.methods, self.skips, self.measured = {"float32": "reference"}, {}, 0
         cuda = probe.device.type == "cuda"
         self.limit = image_limit if cuda else cpu_images
+        self.crop = None if cuda or cpu_crop is None else int(cpu_crop)
+        self.crop_used = "the whole image"
         self.run_dtypes = []
         for name in dtypes:
             slowdown = 1.0 if cuda else cpu_slowdown(name)
@@ -214,7 +252,8 @@ class PrecisionAccumulator:
                          for name in dtypes}
         self.settings = dict(dtypes=list(dtypes), cpu_images=cpu_images, image_limit=image_limit,
                              run_low_precision=int(run_low_precision),
-                             cpu_slowdown_limit=float(cpu_slowdown_limit))
+                             cpu_slowdown_limit=float(cpu_slowdown_limit),
+                             cpu_crop=-1 if cpu_crop is None else int(cpu_crop))
         self.force_upcast = _declared_force_upcast(probe)
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
         self.seed, self.n_images, self.cuda = context.seed, context.n_images, cuda
@@ -228,10 +267,19 @@ class PrecisionAccumulator:
         if not self.run_dtypes or not bool(keep.any()):
             return
         x = batch.x[keep.to(batch.x.device)]
+        runner = self.runner.value
         reference_latents = _rows(batch.mean, keep)
         reference = {"encode": _posterior_means(reference_latents).cpu(),
                      "decode": batch.decoded["posterior_mean"].mean[keep.to(batch.x.device)]
                      .double().flatten(1).cpu()}
+        if self.crop:  # a smaller problem for the slow device: the reference reruns on it
+            cropped = _crop_probe(runner, self.crop)
+            if cropped is not None:
+                try:
+                    x, reference_latents, reference = _crop_reference(cropped, x, self.crop)
+                    runner, self.crop_used = cropped, f"a {self.crop}x{self.crop} centre crop"
+                except (RuntimeError, ValueError):  # not fully convolutional: full size
+                    pass
         reference["roundtrip"] = reference["decode"]
         self.measured += len(x)
         for row, name in enumerate(self.names):
@@ -241,7 +289,7 @@ class PrecisionAccumulator:
                 result = reference
             else:
                 result, self.methods[name], reason = _low_precision(
-                    self.runner.value, x, reference_latents, getattr(torch, name))
+                    runner, x, reference_latents, getattr(torch, name))
                 if result is None:
                     self.skips[name] = reason
                     self.run_dtypes.remove(name)
@@ -352,7 +400,8 @@ def _dataset(acc: PrecisionAccumulator) -> xr.Dataset:
         "precision", acc.settings, acc.probe, acc.data, acc.n_images, acc.seed, protocol,
         methods=json.dumps(acc.methods), dtype_skipped=json.dumps(acc.skips),
         dtypes_run=json.dumps(ran), measured_on=f"{acc.measured} image(s) on "
-        f"{'CUDA' if acc.cuda else 'CPU'}", cpu_slowdown=json.dumps(acc.slowdown),
+        f"{'CUDA' if acc.cuda else 'CPU'}" + (f", {acc.crop_used}" if acc.measured else ""),
+        cpu_slowdown=json.dumps(acc.slowdown),
         prediction=json.dumps(prediction), modules_exceeding_float16=json.dumps(exceeding),
         float16_max=FLOAT16_MAX, float16_smallest_normal=FLOAT16_TINY,
         declared_force_upcast=acc.force_upcast, force_upcast_vs_prediction=agreement)
@@ -362,7 +411,8 @@ def _dataset(acc: PrecisionAccumulator) -> xr.Dataset:
 def numerical_health(probe: Probe, data, *, n_images: int | None = 64, seed: int = 0,
                      dtypes=("bfloat16", "float16"), cpu_images: int = 1,
                      image_limit: int = 32, run_low_precision: bool = True,
-                     cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT, batch_size: int = 64,
+                     cpu_slowdown_limit: float = CPU_SLOWDOWN_LIMIT,
+                     cpu_crop: int | None = CPU_CROP, batch_size: int = 64,
                      progress: bool = True) -> xr.Dataset:
     """Section "precision": predicted and measured float16 / bfloat16 failures.
 
@@ -384,6 +434,9 @@ def numerical_health(probe: Probe, data, *, n_images: int | None = 64, seed: int
     cpu_slowdown_limit : float
         On CPU, run a dtype only when a small convolution in it is at most this many times
         slower than in float32 (``inf``: always).
+    cpu_crop : int, optional
+        On CPU, a one-layer convolutional model runs its low-precision passes (and a float32
+        reference) on a centre crop of this side (None: the whole image).
     batch_size, progress
 
     Returns
@@ -407,7 +460,7 @@ def numerical_health(probe: Probe, data, *, n_images: int | None = 64, seed: int
                       batch_size=batch_size, progress=progress, dtypes=dtypes,
                       cpu_images=cpu_images, image_limit=image_limit,
                       run_low_precision=run_low_precision,
-                      cpu_slowdown_limit=cpu_slowdown_limit)
+                      cpu_slowdown_limit=cpu_slowdown_limit, cpu_crop=cpu_crop)
 
 
 def summary(ds: xr.Dataset) -> str:
@@ -435,5 +488,6 @@ SECTION = register(Section(
     name="precision", title="Numerical health", order=90, summary=summary,
     figure="audit_precision", accumulator=PrecisionAccumulator,
     options=dict(dtypes=("bfloat16", "float16"), cpu_images=1, image_limit=32,
-                 run_low_precision=True, cpu_slowdown_limit=CPU_SLOWDOWN_LIMIT),
+                 run_low_precision=True, cpu_slowdown_limit=CPU_SLOWDOWN_LIMIT,
+                 cpu_crop=CPU_CROP),
     quick=dict(run_low_precision=False)))
