@@ -2,9 +2,11 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -578,3 +580,33 @@ def test_quick_profile_is_small_and_stated(probe, digits_test):
     assert int(report["likelihood"]["k"].values[-1]) == 16
     assert json.loads(report["precision"].attrs["dtypes_run"]) == []
     assert "predicted only" in report["precision"].attrs["dtype_skipped"]
+
+
+REALWORLD = Path(os.environ.get("VAEPROBE_REALWORLD", Path(__file__).resolve().parents[1]
+                                / ".." / "shared" / "realworld"))
+if not REALWORLD.is_dir():  # a clone beside a shared/ one level up (the engineers' layout)
+    REALWORLD = Path(__file__).resolve().parents[2] / ".." / "shared" / "realworld"
+DISVAE = REALWORLD / "models" / "disentangling-vae"
+
+
+@pytest.mark.skipif(not DISVAE.is_dir(), reason="needs ../shared/realworld (the "
+                    "disentangling-vae MNIST models); absent in a user's clone")
+def test_disentangling_vae_mnist_models_show_ten_dimensions_and_their_active_count():
+    from vaeprobe.adapters import formats
+
+    if "disvae" not in formats.names():
+        pytest.skip("the disvae format is not registered in this tree")
+    data = f"npz:{REALWORLD / 'mnist' / 'mnist_test_32.npz'}"
+    found = {}
+    for name in ("VAE_mnist", "btcvae_mnist"):
+        report = vp.audit(DISVAE / name, data, n_images=200, progress=False,
+                          sections=["bits", "latents"], device="cpu")
+        bits = report["bits"]
+        assert bits.sizes["dim"] == 10 and report["latents"].sizes["dim"] == 10
+        assert "Bernoulli" in bits.attrs["log_px_skipped"]  # grey levels: no ELBO, said why
+        found[name] = (float(bits["total_rate"]), int(bits["n_active_dims"]))
+        assert f"active dimensions {found[name][1]}/10" in report.summary()
+    # the README of shared/realworld: VAE about 19 nats; beta-TCVAE about 9 with 8 of 10 active
+    assert found["VAE_mnist"][0] == pytest.approx(19, abs=2) and found["VAE_mnist"][1] == 10
+    assert found["btcvae_mnist"][0] == pytest.approx(9, abs=1.5)
+    assert found["btcvae_mnist"][1] == 8

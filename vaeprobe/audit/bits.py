@@ -39,6 +39,7 @@ class BitsAccumulator:
         self.moments = {name: _Moments() for name in ("layer", "channel", "distortion", "total",
                                                       "log_px", "elbo", "dim")}
         self.kl_analytic, self.per_dim = None, per_dimension(probe)
+        self.log_px_skipped = ""
 
     def update(self, batch) -> None:
         latents, x = batch.sample, batch.x
@@ -54,6 +55,7 @@ class BitsAccumulator:
         m["channel"].update(per_channel)
         m["distortion"].update(squared_error(x, batch.decoded["posterior_sample"].mean))
         m["total"].update(layer.sum(1))
+        self.log_px_skipped = self.log_px_skipped or batch.log_px_error
         if batch.log_px is not None:
             m["log_px"].update(batch.log_px)
             m["elbo"].update(batch.log_px - layer.sum(1))
@@ -70,6 +72,7 @@ class BitsAccumulator:
                 else:
                     self.moments[name] = other.moments[name]
         self.kl_analytic = self.kl_analytic or other.kl_analytic
+        self.log_px_skipped = self.log_px_skipped or other.log_px_skipped
         return self
 
     def compute(self) -> xr.Dataset:
@@ -100,7 +103,8 @@ class BitsAccumulator:
                                  active_threshold=self.active_threshold,
                                  collapsed_layers=json.dumps(names), posterior="sample",
                                  likelihood_kind=probe.likelihood_kind,
-                                 per_dimension=int(bool(m["dim"].n)))
+                                 per_dimension=int(bool(m["dim"].n)),
+                                 log_px_skipped=self.log_px_skipped)
         bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None
         ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd))
         return ds

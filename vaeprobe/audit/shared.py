@@ -39,6 +39,7 @@ class SharedBatch:
     mean: LatentPass  # the posterior means
     decoded: dict  # kind ("posterior_mean" / "posterior_sample") -> the decoder's output
     log_px: torch.Tensor | None = None  # (B,) log p(x|z) of the draw, nats; None: no likelihood
+    log_px_error: str = ""  # why log p(x|z) could not be evaluated (e.g. grey levels, Bernoulli)
 
     def first(self, limit: int | None) -> torch.Tensor:
         """Boolean mask (B,) of the images among the subset's first ``limit`` (all: None)."""
@@ -124,16 +125,20 @@ def _batch(probe: Probe, x, positions, indices, seed, timing: PassTiming, monito
         _sync(probe.device)
         floor = time.perf_counter() - start
         decoded = {"posterior_mean": probe.decode(mean), "posterior_sample": decoded_sample}
-    log_px = None
+    log_px, log_px_error = None, ""
     if probe.likelihood_kind != "none":  # E_q log p(x|z) at the draw, as vp.rate takes it
-        log_px = decoded_sample.log_prob(x, kind=probe.likelihood_kind,
-                                         generator=generators).double().cpu()
+        try:
+            log_px = decoded_sample.log_prob(x, kind=probe.likelihood_kind,
+                                             generator=generators).double().cpu()
+        except ValueError as error:  # e.g. a Bernoulli decoder given grey levels
+            log_px_error = str(error)
     if timing.images == 0:
         timing.floor_per_image_first_batch = floor / len(x)
     timing.floor += floor
     timing.images += len(x)
     timing.mean_path = how
-    return SharedBatch(x, positions, indices, generators, sample, mean, decoded, log_px)
+    return SharedBatch(x, positions, indices, generators, sample, mean, decoded, log_px,
+                       log_px_error)
 
 
 def run_pass(probe: Probe, dataset, indices: torch.Tensor, accumulators: dict, *,
