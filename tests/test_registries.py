@@ -56,7 +56,9 @@ def test_likelihood_heads_come_from_the_registry_and_are_checked():
 
 def test_objectives_come_from_the_registry_and_are_checked():
     assert train_config.OBJECTIVES == ("elbo", "distortion", "two-stage")
-    assert [objectives.get(n).lagrangian for n in train_config.OBJECTIVES] == [False, True, True]
+    assert [objectives.get(n).target for n in train_config.OBJECTIVES] == [None, "gamma", "gamma"]
+    assert [objectives.get(n).decoder for n in train_config.OBJECTIVES] == ["", "optimal",
+                                                                           "optimal"]
     with pytest.raises(ValueError, match="needs --primary"):
         train_config.TrainConfig(objective="two-stage")
     with pytest.raises(ValueError, match="objective must be one of"):
@@ -64,6 +66,7 @@ def test_objectives_come_from_the_registry_and_are_checked():
     with pytest.raises(TypeError, match="Objective"):
         objectives.register("bad", lambda parts, dims: {})
     with pytest.raises(ValueError, match="distortion target"):
-        objectives.register("bad", Objective(lambda *a, **k: {}, lagrangian=False,
-                                             needs_primary=True, help=""))
+        objectives.register("bad", Objective(lambda terms: 0, "", needs_primary=True))
+    with pytest.raises(TypeError, match=r"must take \['beta'\] by name"):
+        objectives.register("bad", Objective(lambda terms: 0, "", fields=("beta",)))
     assert "bad" not in objectives

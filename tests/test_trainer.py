@@ -218,9 +218,10 @@ def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
     noise, _ = trainer.example_noise(0, indices)  # the same per-example noise again
     n_primary = len(trainer.model.primary.latent_shapes())
     with torch.no_grad():  # the oracle: the frozen primary's own pass on the same batch
-        _, draws = trainer.model.primary(x, noise=noise[:n_primary])
+        _, draws = trainer.model.primary.posterior_pass(x, noise=noise[:n_primary])
     primary_rate = sum(d.kl.flatten(1).sum(1) for d in draws).mean()
-    assert float(result["rate_primary"]) == pytest.approx(float(primary_rate), rel=1e-6)
+    assert float(result["stage_rates"]["primary"].mean()) == pytest.approx(float(primary_rate),
+                                                                         rel=1e-6)
     row = trainer.metrics_row(result, 1.0)
     assert row["rate_secondary"] == pytest.approx(float(result["rate"].detach()), rel=1e-6)
     assert row["rate"] == row["rate_primary"] + row["rate_secondary"]
@@ -356,3 +357,27 @@ def test_lagrangian_default_head_is_optimal_and_changes_no_weight(tmp_path):
     # other posterior draws than the trainer's: equal within sampling error, not exactly
     assert probe.source["decoder_sigma"] ** 2 == pytest.approx(mse, rel=0.05)
     assert vp.load(fixed, device="cpu").source["decoder_sigma"] == 1.0
+
+
+def test_a_new_objective_is_one_registered_entry(tmp_path, tiny_run):
+    """A toy objective (beta R + D, no target) registered in one line trains through the whole
+    trainer; its logged loss is its formula on the logged terms, lambda never moves, and the
+    run records no distortion target (Run.gamma None), as an objective with a target does."""
+    from trainers.objectives import Objective, objectives
+
+    def toy(terms, beta):
+        return (beta * terms.rate + terms.distortion).mean()
+
+    objectives.register("toy-rd", Objective(toy, "beta R + D (a test)", fields=("beta",)))
+    try:
+        run = train(tiny_config(tmp_path / "toy", objective="toy-rd", beta=0.25, steps=3,
+                                ckpt_every=3, log_every=1))
+    finally:
+        objectives._entries.pop("toy-rd")
+    dims = 1 * 8 * 8
+    for row in rows(run):
+        assert row["loss"] == pytest.approx((0.25 * row["rate"] + row["distortion"]) / dims,
+                                            rel=1e-5)
+        assert row["lambda"] == pytest.approx(make().lambda_init)
+    assert vp.Run(run).stored()["distortion_target"] is None and vp.Run(run).gamma is None
+    assert vp.Run(tiny_run).stored()["distortion_target"] == 2.0 == vp.Run(tiny_run).gamma
