@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
+from vaeprobe.binarize import BinarizedDataset, binarize, split_name
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
@@ -32,10 +33,11 @@ from vaeprobe.data_sources import (
 from vaeprobe.images import ImageTensorDataset, check_images, dataset_name, to_uint8
 
 # the public names of vaeprobe.data; each lives in the module it is imported from above
-__all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "build_patches",
-           "cache_dir", "check_images", "dataset_identity", "dataset_name", "datasets",
-           "default_workers", "gather", "in_memory", "iterate_batches", "load", "load_batches",
-           "load_patches", "materialize", "names", "path_datasets", "select", "to_uint8"]
+__all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize",
+           "build_patches", "cache_dir", "check_images", "dataset_identity", "dataset_name",
+           "datasets", "default_workers", "gather", "in_memory", "iterate_batches", "load",
+           "load_batches", "load_patches", "materialize", "names", "path_datasets", "select",
+           "to_uint8"]
 
 SPLITS = ("train", "test")
 
@@ -74,6 +76,11 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     >>> len(ds), tuple(ds[0].shape), ds[0].dtype
     (297, (1, 8, 8), torch.uint8)
     """
+    from vaeprobe.binarize import binarize, split_name
+
+    name, mode = split_name(name)
+    if mode is not None:  # "NAME,binarize=MODE"
+        return binarize(load(name, split, root, download=download, size=size), mode)
     scheme, _, rest = name.partition(":")
     if ":" in name and scheme in path_datasets:
         return path_datasets.get(scheme)(Path(rest).expanduser(), size)
@@ -112,15 +119,21 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Data
 
     ``image_shape`` (C, H, W), when given, is checked against the first item; a
     ``"folder:PATH"`` name is then read at that size and channel count (the model's), not 64 px.
+    A name may end in ``",binarize=threshold"`` or ``",binarize=dynamic"``
+    (:func:`vaeprobe.binarize.binarize`).
     """
-    if isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
+    if isinstance(data, str) and split_name(data)[1] is not None:
+        base, mode = split_name(data)
+        dataset = binarize(as_dataset(base, image_shape=image_shape), mode)
+    elif isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
         dataset = _image_folder(Path(data[len("folder:"):]).expanduser(), int(image_shape[-1]),
                                 grey=int(image_shape[0]) == 1)
     elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
-    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset):
+    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset
+                    | BinarizedDataset):
         dataset = data
     elif isinstance(data, Dataset):
         dataset = _CheckedDataset(data)
