@@ -42,6 +42,7 @@ from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one r
 from vaeprobe.models.families import config_of, family_of
 from vaeprobe.models.likelihoods import LOG_SIGMA_MIN
 from vaeprobe.random import image_generators, per_image_noise
+from vaeprobe.units import nll_bpd
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def summary(terms, loss: torch.Tensor, dims: int) -> dict:
     bits/dim of 8-bit data), rate, distortion, mse (D per dimension), the decoder sigma, and
     each stage's rate (``stage_rates``, per image)."""
     elbo = (terms.log_px - terms.rate).mean()
-    return dict(loss=loss, elbo=elbo, elbo_bpd=-elbo / (dims * math.log(2)) + 8.0,
+    return dict(loss=loss, elbo=elbo, elbo_bpd=nll_bpd(elbo, dims, "dequantized", n_bits=8),
                 rate=terms.rate.mean(), distortion=terms.distortion.mean(),
                 mse=terms.distortion.mean() / dims, sigma=terms.sigma,
                 stage_rates=terms.stage_rates)

@@ -8,7 +8,7 @@
 attached here (not in :mod:`vaeprobe.probe`) so the contract module never imports an adapter.
 """
 
-from vaeprobe import data, plot
+from vaeprobe import arrays, data, plot, units
 from vaeprobe._version import __version__
 from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
@@ -26,6 +26,6 @@ from vaeprobe.spectrum import spectrum
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
+           "__version__", "arrays", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
            "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
-           "spectrum"]
+           "spectrum", "units"]

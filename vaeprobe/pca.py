@@ -15,11 +15,11 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, result_attrs
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe.accumulate import Reducing
 from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
 
 
-class _Covariance:
+class _Covariance(Reducing):
     """Streaming mean and covariance of flattened [0, 1] images: memory D x D, not N x D.
 
     Keeps the count, the mean and the co-moment sum_i (x_i - mean)(x_i - mean)^T in float64;
@@ -27,6 +27,8 @@ class _Covariance:
     up to rounding, and free of the cancellation of E[x x^T] - mean mean^T). An
     :class:`~vaeprobe.accumulate.Accumulator`.
     """
+
+    states = {("n", "mean", "comoment"): "chan"}
 
     def __init__(self):
         self.n, self.mean, self.comoment = 0, None, None
@@ -43,23 +45,6 @@ class _Covariance:
     def update(self, x: torch.Tensor) -> None:  # x: uint8 (N, C, H, W)
         if len(x):
             self.merge(_Covariance.of(x.double().flatten(1) / 255.0))
-
-    def merge(self, other: _Covariance) -> _Covariance:
-        check_mergeable(self, other)
-        if other.n == 0:
-            return self
-        mean, comoment = other.mean, other.comoment
-        if self.n == 0:
-            self.n, self.mean, self.comoment = other.n, mean.clone(), comoment.clone()
-            return self
-        mean, comoment = mean.to(self.mean.device), comoment.to(self.mean.device)
-        n = self.n + other.n
-        delta = mean - self.mean  # (D,)
-        self.comoment = self.comoment + comoment + torch.outer(delta, delta) * (
-            self.n * other.n / n)
-        self.mean = self.mean + delta * (other.n / n)
-        self.n = n
-        return self
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean, self.comoment / self.n  # population covariance

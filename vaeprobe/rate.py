@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import distributed
+from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -18,13 +16,16 @@ from vaeprobe._analysis import (
     squared_error,
     with_warnings,
 )
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe.accumulate import Reducing
+from vaeprobe.arrays import rate_terms
 from vaeprobe.probe import Probe, encode
 
 
-class _Moments:
+class _Moments(Reducing):
     """Running sums for a mean and its standard error over images (float64); an
     :class:`~vaeprobe.accumulate.Accumulator`."""
+
+    states = {"n": "sum", "total": "sum", "total_sq": "sum"}
 
     def __init__(self):
         self.n, self.total, self.total_sq = 0, 0.0, 0.0
@@ -35,13 +36,6 @@ class _Moments:
         self.total = self.total + values.sum(0)
         self.total_sq = self.total_sq + (values ** 2).sum(0)
 
-    def merge(self, other: _Moments) -> _Moments:
-        check_mergeable(self, other)
-        self.n += other.n
-        self.total = self.total + other.total  # totals are on the CPU
-        self.total_sq = self.total_sq + other.total_sq
-        return self
-
     def compute(self) -> tuple[np.ndarray, np.ndarray]:
         mean = self.total / self.n
         variance = (self.total_sq / self.n - mean ** 2).clamp(min=0) * self.n / max(self.n - 1, 1)
@@ -51,12 +45,7 @@ class _Moments:
 def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
     """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
     latents = encode(probe, x, 1, generators, posterior)
-    width = max(info.channels for info in probe.layers)
-    per_channel = torch.full((x.shape[0], len(probe.layers), width), float("nan"),
-                             dtype=torch.float64)
-    for index, draw in enumerate(latents.draws):
-        kl = draw.kl.double().sum((2, 3)).cpu()  # (B, channels)
-        per_channel[:, index, :kl.shape[1]] = kl
+    per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"]
     likelihood = probe.decode(latents)
     distortion = squared_error(x, likelihood.mean)
     terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
@@ -174,18 +163,16 @@ def resolution_label(size: tuple[int, int]) -> str:
 def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str,
                           n_bits: int = 8) -> dict:
     """E log p(x|z) and the ELBO (one posterior draw per image) in nats and bits/dim."""
-    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
-    offset = float(n_bits) if kind == "dequantized" else 0.0
-    to_bpd = -1.0 / (dims * math.log(2))
+    offset = units.bpd_offset(kind, n_bits)  # a density on [0, 1] data: + n_bits bits/dim
     variables = {}
     for name, moments, text in (("log_px", log_px, "E_q log p(x|z): reconstruction term"),
                                 ("elbo", elbo, "E_q log p(x|z) - KL(q || p)")):
         mean, se = (float(v) for v in moments.compute())
         variables[name] = ((), mean, {"units": "nats", "long_name": text})
         variables[f"{name}_se"] = ((), se, {"units": "nats"})
-        variables[f"{name}_bpd"] = ((), mean * to_bpd + offset,
+        variables[f"{name}_bpd"] = ((), units.nll_bpd(mean, dims, kind, n_bits),
                                     {"units": "bits/dim", "bpd_offset": offset})
-        variables[f"{name}_bpd_se"] = ((), se * -to_bpd, {"units": "bits/dim"})
+        variables[f"{name}_bpd_se"] = ((), units.nats_to_bpd(se, dims), {"units": "bits/dim"})
     return variables
 
 
@@ -206,7 +193,7 @@ def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dat
         {
             "rate": ("layer", rate_mean, {**nats, "long_name": "KL(q || p) per image"}),
             "rate_se": ("layer", rate_se, {**nats, "long_name": "standard error of rate"}),
-            "rate_bpd": ("layer", rate_mean / (dims * math.log(2)), {"units": "bits/dim"}),
+            "rate_bpd": ("layer", units.nats_to_bpd(rate_mean, dims), {"units": "bits/dim"}),
             "rate_fraction": ("layer", rate_mean / max(total_mean, 1e-300), {"units": "1"}),
             "rate_by_resolution": ("resolution", by_resolution, nats),
             "rate_per_channel": (("layer", "channel"), channel_mean, nats),

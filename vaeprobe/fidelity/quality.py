@@ -17,7 +17,7 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe.accumulate import Reducing
 from vaeprobe.fidelity.cache import featurise, reference_features
 from vaeprobe.fidelity.extractors import Extractor, build_extractor
 from vaeprobe.fidelity.metrics import (
@@ -33,9 +33,12 @@ from vaeprobe.sampling import KINDS, require, sample_batches
 METRICS = ("fid", "kid", "prc", "lpips")
 
 
-class _KindAccumulator:
+class _KindAccumulator(Reducing):
     """Features, kept images (previews, diversity pairs) and LPIPS to the inputs, of one kind;
     an :class:`~vaeprobe.accumulate.Accumulator` (images of a merged one count as later)."""
+
+    states = {"features": "cat", "kept": "_merge_kept", "lpips": "cat"}
+    must_match = ("settings",)
 
     def __init__(self, nets: list[Extractor], keep: int, lpips: LPIPS | None = None):
         self.nets, self.keep, self.lpips_net = nets, keep, lpips
@@ -53,17 +56,14 @@ class _KindAccumulator:
             self.lpips.append(self.lpips_net(images, real))
 
     def _keep(self, parts: list[torch.Tensor]) -> None:
-        missing = self.keep - sum(len(k) for k in self.kept)
-        if missing > 0 and parts:
-            self.kept.append(torch.cat(parts)[:missing].cpu())
+        self.kept = self._merge_kept(self.kept, parts)
 
-    def merge(self, other: _KindAccumulator) -> _KindAccumulator:
-        check_mergeable(self, other, "settings")
-        for name, parts in other.features.items():
-            self.features[name].extend(parts)
-        self._keep(other.kept)
-        self.lpips.extend(other.lpips)
-        return self
+    def _merge_kept(self, kept: list, parts: list) -> list:
+        """``kept`` topped up to ``keep`` images from ``parts`` (later images)."""
+        missing = self.keep - sum(len(k) for k in kept)
+        if missing > 0 and parts:
+            return kept + [torch.cat(parts)[:missing].cpu()]
+        return kept
 
     def compute(self) -> dict:
         """Features per network (N, F), the kept images (uint8), LPIPS per input (or None)."""
