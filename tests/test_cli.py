@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import numpy as np
+
 from vaeprobe import __version__
 from vaeprobe.cli import main
 
@@ -63,14 +65,16 @@ def test_every_flag_is_described_with_its_default_and_each_command_has_an_exampl
         text = " ".join(parser.format_help().split())
         assert "example: vaeprobe " + name in text, name
         for action in parser._actions:
+            if action.help == "==SUPPRESS==":  # old flags kept to say where they moved
+                continue
             assert action.help, (name, action.dest)
             if action.option_strings and action.dest != "help" and action.nargs != 0 \
                     and not action.required:
                 assert "default:" in action.help, (name, action.dest)
     spectrum = " ".join(_subcommands()["spectrum"].format_help().split())
     assert "(default: 0.25 cycles/pixel)" in spectrum
-    samples = " ".join(_subcommands()["samples"].format_help().split())
-    assert "random-convnet-TEST-ONLY" in samples and "random-TEST-ONLY" in samples
+    quality = " ".join(_subcommands()["quality"].format_help().split())
+    assert "random-convnet-TEST-ONLY" in quality and "random-TEST-ONLY" in quality
 
 
 def test_a_missing_path_and_a_text_checkpoint_say_what_they_are(tmp_path, capsys):
@@ -109,10 +113,30 @@ def test_missing_weights_name_the_cli_flags_and_warnings_are_one_line(tiny_run, 
     monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("VAEPROBE_WEIGHTS_DIR", raising=False)
-    assert main(["samples", str(tiny_run), "--reference", "digits8:test", "-n", "8"]) == 2
+    assert main(["quality", str(tiny_run), "--reference", "digits8:test", "-n", "8"]) == 2
     err = capsys.readouterr().err
     assert "3 pretrained weights file(s) missing" in err
     assert "--weights PATH" in err and "--prc-weights PATH" in err and "weights=PATH" not in err
     assert main(["pca", "digits8:test", "--n-images", "5000"]) == 0
     err = capsys.readouterr().err
     assert "vaeprobe pca: warning: n_images=5000 but 'digits8:test' has only 297" in err
+
+
+def test_samples_draws_a_grid_or_a_dataset_and_points_metrics_to_quality(tiny_run, tmp_path,
+                                                                          capsys):
+    import vaeprobe as vp
+
+    assert main(["samples", str(tiny_run), "-n", "6", "--seed", "3", "--out",
+                 str(tmp_path / "s.nc"), "--plot", str(tmp_path / "s.png")]) == 0
+    saved = vp.open_results(tmp_path / "s.nc")
+    direct = vp.samples(tiny_run, 6, seed=3, progress=False)
+    np.testing.assert_array_equal(saved["images"].values, direct["images"].values)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["samples", str(tiny_run), "-n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"  # a .png --out is the grid
+    capsys.readouterr()
+    assert main(["samples", str(tiny_run), "--reference", "digits8:test", "-n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference: the sample metrics moved to `vaeprobe quality`" in err
+    assert [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]]
+    assert "Traceback" not in err
