@@ -41,7 +41,10 @@ def test_the_embedded_datasets_are_the_registered_loaders():
 
 def test_likelihood_heads_come_from_the_registry_and_are_checked():
     assert LIKELIHOODS == ("fixed", "learned", "optimal", "per_pixel", "dmol")
-    assert train_config.CHOICES["likelihood"] == LIKELIHOODS
+    help_text = " ".join(train_config.parser().format_help().split())
+    assert "--likelihood {fixed,learned,optimal,per_pixel,dmol}" in help_text
+    for kind in LIKELIHOODS:  # each is accepted by the command line and builds its head
+        assert train_config.parser().parse_args(["--likelihood", kind]).likelihood == kind
     # the conv's outputs per kind: mean (+ log sigma per pixel); dmol: 10 * (1 + 6 + 3) for RGB
     widths = {kind: LikelihoodHead(kind, 8, 3).out_conv.out_channels for kind in LIKELIHOODS}
     assert widths == dict(fixed=3, learned=3, optimal=3, per_pixel=6, dmol=100)

@@ -2,7 +2,8 @@
 
 Every flag that mirrors a parameter of a public function takes its default (and its choices)
 from that function's signature and constants, so the two cannot drift: each subcommand records
-its function (``api``) and ``tests/test_cli.py`` checks every default against it. Before any
+its function (``api``); ``tests/test_cli.py`` parses ``--help`` and compares each default with
+the documented value written out. Before any
 work, each command checks that ``--out`` / ``--plot`` can be written, chooses its CPU threads
 (``--threads``, said on stderr), and turns warnings into one line each.
 """
@@ -370,7 +371,7 @@ def _cmd_pca(args) -> int:
 
     ds = vp.pca_baseline(args.data, n_images=args.n_images, targets=args.targets,
                          spectrum_distortion=args.distortion, cutoff=args.cutoff,
-                         seed=args.seed, device=args.device)
+                         batch_size=args.batch_size, seed=args.seed, device=args.device)
     print(ds["components_needed"].to_pandas().to_string())
     print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
     if "pca_k" in ds:
@@ -396,6 +397,7 @@ def _add_pca(sub) -> None:
             "squared error per image on [0, 1])")
     api.add("--cutoff", type=float, units="cycles/pixel", help="high-frequency fraction of "
             "that spectrum: the share of power above this frequency")
+    api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
     api.add("--seed", type=int, help="seeds the subset")
     api.add("--device", help="cpu, cuda or cuda:N")
     _common(parser)
