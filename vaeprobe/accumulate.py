@@ -97,7 +97,18 @@ def chan_merge(mine: tuple, theirs: tuple) -> tuple:
     return n, mean_a + delta * (n_b / n), comoment
 
 
-REDUCTIONS: dict[str, Callable] = {"sum": add_totals, "cat": cat_parts, "chan": chan_merge}
+def first_given(mine, theirs):
+    """The first part's value unless it has none (None or empty): e.g. a per-model fact."""
+    return mine if mine is not None and (not hasattr(mine, "__len__") or len(mine)) else theirs
+
+
+def nested(mine, theirs):
+    """An accumulator held as a state: merged by its own ``merge``."""
+    return mine.merge(theirs)
+
+
+REDUCTIONS: dict[str, Callable] = {"sum": add_totals, "cat": cat_parts, "chan": chan_merge,
+                                   "first": first_given, "merge": nested}
 
 
 class Reducing:
@@ -105,9 +116,11 @@ class Reducing:
 
     Subclasses set ``states``: state name (or a tuple of names reduced together) -> how it
     reduces: ``"sum"`` (running totals, :func:`add_totals`), ``"cat"`` (per-image parts in
-    order, :func:`cat_parts`), ``"chan"`` ((count, mean, co-moment), :func:`chan_merge`), or the
-    name of a method ``(mine, theirs) -> merged``. ``must_match`` names the attributes (window,
-    networks...) that must agree for two accumulators to merge.
+    order, :func:`cat_parts`), ``"chan"`` ((count, mean, co-moment), :func:`chan_merge`),
+    ``"first"`` (the first part that has one, :func:`first_given`), ``"merge"`` (a nested
+    accumulator, :func:`nested`), or the name of a method ``(mine, theirs) -> merged``.
+    ``must_match`` names the attributes (window, networks...) that must agree for two
+    accumulators to merge.
     :func:`vaeprobe.distributed.merge` reduces across ranks with this same ``merge``.
 
     Examples

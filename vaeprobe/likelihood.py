@@ -124,17 +124,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
-    probe.require("vp.iwae", likelihood=True, posterior=True)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-    if chunk is None:
-        chunk = max(1, probe.rows_per_pass() // batch_size)
-    chunk = min(k, chunk)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    kind = kind or probe.likelihood_kind
-    if kind not in ("discretized", "dequantized"):
-        raise ValueError(f"kind must be 'discretized' or 'dequantized', got {kind!r}")
+    chunk, kind = _check_request(probe, k, chunk, batch_size, kind)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
     offset = units.offset_nats(image_dims(probe), kind, probe.n_bits)
@@ -161,6 +151,24 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
                                    ess_mean=float(ds["ess"].mean()), k=k)
     ds.attrs = with_warnings(ds.attrs, said)
     return ds
+
+
+def _check_request(probe: Probe, k, chunk: int | None, batch_size: int,
+                   kind: str | None) -> tuple[int, str]:
+    """(chunk, kind) of a valid request: the probe has a likelihood and a posterior, K >= 1,
+    chunk (default from the probe's rows per pass) in 1..K, kind a likelihood kind."""
+    probe.require("vp.iwae", likelihood=True, posterior=True)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    if chunk is None:
+        chunk = max(1, probe.rows_per_pass() // batch_size)
+    chunk = min(k, chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    kind = kind or probe.likelihood_kind
+    if kind not in ("discretized", "dequantized"):
+        raise ValueError(f"kind must be 'discretized' or 'dequantized', got {kind!r}")
+    return chunk, kind
 
 
 def _iwae_dataset(log_w: torch.Tensor, dims: int, indices: torch.Tensor) -> xr.Dataset:

@@ -160,10 +160,25 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     if ks.min() < 0 or ks.max() > dims:
         raise ValueError(f"ks must lie in 0..{dims} (the data's dimensions), got {ks.min()}.."
                          f"{ks.max()}")
+    ds = _pca_dataset(values, ks, targets)
+    if spectrum_distortion is not None:
+        ds = ds.merge(_top_k_spectrum(dataset, seed, mean, eigenvectors, values,
+                                      spectrum_distortion, n_spectrum_images, window, cutoff,
+                                      batch_size, device))
+    parameters = dict(n_images=n_images, targets=list(targets), seed=seed, window=window,
+                      cutoff=cutoff, spectrum_distortion=spectrum_distortion,
+                      n_spectrum_images=n_spectrum_images)
+    ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
+    return ds
+
+
+def _pca_dataset(values: np.ndarray, ks: np.ndarray, targets) -> xr.Dataset:
+    """Eigenvalues, top/bottom-k distortion, components needed per target, Gaussian R(D)."""
+    dims = len(values)
     distortion = pca_distortion(values, ks)
     total = float(values.sum())
     rd_grid = np.geomspace(max(total * 1e-4, 1e-12), total, 64)
-    ds = xr.Dataset(
+    return xr.Dataset(
         {
             "eigenvalues": ("component", values, {"units": "variance on [0, 1]"}),
             "distortion": (("k", "order"), distortion, {"units": "sum of squares on [0, 1]"}),
@@ -176,15 +191,6 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
         coords={"component": np.arange(dims), "k": ks, "order": ["top", "bottom"],
                 "target": np.asarray(targets, dtype=np.float64), "rd_distortion": rd_grid},
     )
-    if spectrum_distortion is not None:
-        ds = ds.merge(_top_k_spectrum(dataset, seed, mean, eigenvectors, values,
-                                      spectrum_distortion, n_spectrum_images, window, cutoff,
-                                      batch_size, device))
-    parameters = dict(n_images=n_images, targets=list(targets), seed=seed, window=window,
-                      cutoff=cutoff, spectrum_distortion=spectrum_distortion,
-                      n_spectrum_images=n_spectrum_images)
-    ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
-    return ds
 
 
 def _training_data(source):

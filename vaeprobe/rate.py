@@ -42,6 +42,37 @@ class _Moments(Reducing):
         return np.asarray(mean), np.asarray((variance / self.n).sqrt())
 
 
+class _RateTotals(Reducing):
+    """Everything :func:`rate` sums over images: moments per layer, channel, distortion, total
+    rate, log p(x|z) and ELBO; per-image rates when asked; the per-layer ``kl_analytic`` flags
+    and why log p(x|z) is undefined (facts of the model, from the first batch that has them)."""
+
+    states = {"layer": "merge", "channel": "merge", "distortion": "merge", "total": "merge",
+              "log_px": "merge", "elbo": "merge", "images": "cat", "kl_analytic": "first",
+              "said": "first"}
+
+    def __init__(self, n_layers: int, per_image: bool):
+        self.layer, self.channel, self.distortion = _Moments(), _Moments(), _Moments()
+        self.total, self.log_px, self.elbo = _Moments(), _Moments(), _Moments()
+        self.per_image, self.kl_analytic, self.said = per_image, None, []
+        self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
+
+    def update(self, terms: dict) -> None:
+        """Fold in :func:`_rate_terms` of one batch."""
+        self.kl_analytic = terms["kl_analytic"]
+        self.layer.update(terms["layer"])
+        self.channel.update(terms["channel"])
+        self.distortion.update(terms["distortion"])
+        self.total.update(terms["layer"].sum(1))
+        if "log_px_undefined" in terms and not self.said:
+            self.said = [f"log_px and elbo omitted: {terms['log_px_undefined']}"]
+        if "log_px" in terms:
+            self.log_px.update(terms["log_px"])
+            self.elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
+        if self.per_image:
+            self.images.append(terms["layer"].cpu())
+
+
 def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
     """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
     latents = encode(probe, x, 1, generators, posterior)
@@ -110,38 +141,24 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     probe.require("vp.rate", posterior=True)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
-    layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
-    images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
-    said = []  # why log_px / elbo are missing, when they are
-    log_px, elbo = _Moments(), _Moments()
+    totals = _RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):
-        terms = _rate_terms(probe, x, generators, posterior)
-        kl_analytic = terms["kl_analytic"]
-        layer.update(terms["layer"])
-        channel.update(terms["channel"])
-        distortion.update(terms["distortion"])
-        total.update(terms["layer"].sum(1))
-        if "log_px_undefined" in terms and not said:
-            said.append(f"log_px and elbo omitted: {terms['log_px_undefined']}")
-        if "log_px" in terms:
-            log_px.update(terms["log_px"])
-            elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
-        if per_image:
-            images.append(terms["layer"].cpu())
+        totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
+    totals = distributed.merge(totals)
     layer, channel, distortion, total, log_px, elbo = (
-        distributed.merge(moments) for moments in (layer, channel, distortion, total, log_px,
-                                                   elbo))
-    kl_analytic = next((flags for flags in distributed.gather(kl_analytic) if flags is not None),
-                       [True] * len(probe.layers))
+        totals.layer, totals.channel, totals.distortion, totals.total, totals.log_px,
+        totals.elbo)
+    kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
+    said = totals.said
     ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if log_px.n:
         ds = ds.assign(_reconstruction_terms(log_px, elbo, image_dims(probe),
                                              probe.likelihood_kind, probe.n_bits))
     if per_image:
-        ds["rate_per_image"] = (("image", "layer"), distributed.cat(torch.cat(images)).numpy(),
+        ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
         ds = ds.assign_coords(image=indices.numpy())
     parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,

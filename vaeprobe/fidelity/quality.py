@@ -179,17 +179,10 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     for net in nets:
         references[net.name], from_cache[net.name] = reference_features(
             dataset, indices, net, batch_size, probe.device, progress)
-    keep = max(n_preview, 2 * n_diversity_pairs)
-    accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
-    bar = progress_bar(n_images, f"samples ({', '.join(kinds)})", progress, unit="img")
-    for rows, batch, inputs in sample_batches(probe, kinds, n_images, batch_size, temperature,
-                                              seed, dataset, indices, posterior, shard=True):
-        for kind, images in batch.items():
-            accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
-        bar.update(len(rows))
-    bar.close()
-    # under torchrun: every rank's features and kept images, in rank (= row) order
-    states = {kind: distributed.merge(acc).compute() for kind, acc in accumulators.items()}
+    accumulators = {kind: _KindAccumulator(nets, max(n_preview, 2 * n_diversity_pairs), lpips)
+                    for kind in kinds}
+    states = _sample_states(probe, accumulators, n_images, batch_size, temperature, seed,
+                            dataset, indices, posterior, progress)
     settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
                     seed=seed)
     rows = {kind: _kind_row(states[kind], references, fid_net, prc_net, lpips, settings)
@@ -204,6 +197,22 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
                             n=n_images, temperature=json.dumps(temperature),
                             **_network_facts(fid_net, prc_net, lpips, settings, from_cache))
     return ds
+
+
+def _sample_states(probe: Probe, accumulators: dict, n_images: int, batch_size: int,
+                   temperature, seed: int, dataset, indices, posterior: str,
+                   progress: bool) -> dict:
+    """Every kind's accumulated features, kept images and LPIPS (this rank's images, merged
+    in rank order under torchrun)."""
+    kinds = list(accumulators)
+    bar = progress_bar(n_images, f"samples ({', '.join(kinds)})", progress, unit="img")
+    for rows, batch, inputs in sample_batches(probe, kinds, n_images, batch_size, temperature,
+                                              seed, dataset, indices, posterior, shard=True):
+        for kind, images in batch.items():
+            accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
+        bar.update(len(rows))
+    bar.close()
+    return {kind: distributed.merge(acc).compute() for kind, acc in accumulators.items()}
 
 
 def _check_request(probe: Probe, kinds: list, metrics: list, n_images) -> None:
