@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,13 @@ from vaeprobe.adapters.native import probe_for
 from vaeprobe.random import image_generators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A port no one listens on now: fixed ports collide when several test runs share a host."""
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
 
 
 def rows(run):
@@ -92,9 +100,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_torchrun(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=29517", "-m", "trainers.train", "--preset", "tiny-8", "--data",
-               "digits8", "--steps", "30", "--ckpt-every", "10", "--no-progress", "--out",
-               str(tmp_path / "ddp"), "--device", "cpu"]
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m",
+               "trainers.train", "--preset", "tiny-8", "--data", "digits8", "--steps", "30",
+               "--ckpt-every", "10", "--no-progress", "--out", str(tmp_path / "ddp"),
+               "--device", "cpu"]
     subprocess.run(command, check=True, cwd=ROOT, timeout=300)
     assert [s for s, _ in vp.checkpoints(tmp_path / "ddp")] == [10, 20, 30]
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
@@ -192,7 +201,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     subprocess.run([sys.executable, "-m", "trainers.train", *common, "--out",
                     str(tmp_path / "one")], check=True, cwd=ROOT, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29519", "-m", "trainers.train", *common, "--out",
+                    "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m",
+                    "trainers.train", *common, "--out",
                     str(tmp_path / "two")], check=True, cwd=ROOT, timeout=300)
     one, two = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
     for key in one[0]:  # equal up to the order of floating-point reductions
