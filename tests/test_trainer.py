@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import vaeprobe as vp
+from trainers._runtime import TrainingError, checkpoint_steps
 from trainers.config import from_args, make
-from trainers.train import TrainingError, checkpoint_steps, train
+from trainers.train import train
 from vaeprobe import io
 from vaeprobe.adapters.native import probe_for
 from vaeprobe.random import image_generators
@@ -112,7 +113,7 @@ def test_two_process_gloo_torchrun(tmp_path):
 
 
 def test_two_stage_starts_at_primary_distortion_and_improves(tiny_run, tmp_path, digits_test):
-    from trainers.train import build_model
+    from trainers._setup import build_model
 
     x = digits_test.images[:64]
     def distortion(probe):

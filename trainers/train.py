@@ -18,10 +18,7 @@ import torch
 import torch.distributed as dist
 
 from trainers import objectives
-
-# errors, stop requests, the checkpoint schedule and DDP live in trainers._runtime; the run
-# directory and the model in trainers._setup: imported back here (trainers.train.X still works)
-from trainers._runtime import (  # noqa: F401
+from trainers._runtime import (
     TrainingError,
     TrainingInterrupted,
     _StopRequests,
@@ -29,16 +26,11 @@ from trainers._runtime import (  # noqa: F401
     checkpoint_steps,
     setup_distributed,
 )
-from trainers._setup import (  # noqa: F401
-    _load_primary,
-    build_model,
-    decoder_likelihood,
-    prepare_run_dir,
-)
+from trainers._setup import build_model, prepare_run_dir
 from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
-from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one rule, here too)
+from vaeprobe._threads import apply_threads
 from vaeprobe.models.families import config_of, family_of
 from vaeprobe.models.likelihoods import LOG_SIGMA_MIN
 from vaeprobe.random import image_generators, per_image_noise

@@ -25,13 +25,9 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed, io
 from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
-
-# the estimator lives in vaeprobe._fourier, imported back here (vaeprobe.spectrum.power_2d...)
-from vaeprobe._fourier import (  # noqa: F401
-    _LUMA,
+from vaeprobe._fourier import (
     CHANNEL_MODES,
     WINDOWS,
-    _unfold_half_spectrum,
     band_energies,
     high_frequency_fraction,
     power_2d,
@@ -43,6 +39,10 @@ from vaeprobe._fourier import (  # noqa: F401
 from vaeprobe.accumulate import Reducing
 from vaeprobe.probe import Probe
 from vaeprobe.run import Run
+
+# vp.spectrum, and the estimator it is made of (defined in vaeprobe._fourier) for analyses
+__all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "high_frequency_fraction", "power_2d",
+           "radial_bins", "radial_profile", "ratio_standard_error", "spectrum", "window_2d"]
 
 
 class _SpectrumAccumulator(Reducing):
