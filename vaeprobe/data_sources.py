@@ -1,7 +1,7 @@
 """Where :mod:`vaeprobe.data`'s images come from: scikit-learn's digits, torchvision sets,
 image folders, npz files and the embedded patches, and the ``datasets`` / ``path_datasets``
-registries that :func:`vaeprobe.data.load` looks names up in (both imported back into
-:mod:`vaeprobe.data`)."""
+registries that :func:`vaeprobe.data.load` looks names up in (public as
+``vaeprobe.data.datasets`` and ``vaeprobe.data.path_datasets``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PATCH_STRIDES, load_patches
-from vaeprobe.data import ImageTensorDataset, dataset_name
 from vaeprobe.data_path import iterate_batches
+from vaeprobe.images import ImageTensorDataset, dataset_name
 from vaeprobe.registry import Registry
 
 

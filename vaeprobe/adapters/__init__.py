@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaeprobe import io
-from vaeprobe.adapters.native import load_model, probe_for
+from vaeprobe.adapters.native import probe_for
+from vaeprobe.models.families import load_model
 from vaeprobe.probe import Probe
 from vaeprobe.registry import Registry
-from vaeprobe.run import CONFIG_NAME, checkpoint_step
+from vaeprobe.run import CONFIG_NAME, checkpoint_step, checkpoints
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ formats = Registry("checkpoint format", check=_check_format)
 
 def _is_native(path: Path) -> bool:
     if path.is_dir():  # a run directory: checkpoints, or the config a run writes first
-        return bool(io.checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
+        return bool(checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
     return (checkpoint_step(path) is not None
             or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)
                 and not _is_diffusers(path) and not _is_disvae(path)
@@ -265,10 +265,10 @@ def as_probe(source, format: str | None = None, *, device=None, **options) -> Pr
 
     Examples
     --------
-    >>> as_probe(42)
+    >>> as_probe(42)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a model folder (vp.load's paths); got int
+    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a ...
     """
     if isinstance(source, Probe):
         if format is not None or options:
