@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import realworld
 import torch
 
 import vaeprobe as vp
-import realworld
 from vaeprobe.probe import UndefinedAnalysisError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
