@@ -104,3 +104,34 @@ def test_taef2_refuses_what_a_deterministic_autoencoder_lacks():
             analysis()
     spectra = vp.spectrum(probe, data=images, progress=False)
     assert "frequency" in spectra.dims
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vaeprobe.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_rate_on_binarized_mnist_records_the_protocol(tmp_path):
+    model = realworld.path("models", "disentangling-vae", "betaH_mnist")
+    data = f"npz:{realworld.path('mnist', 'mnist_test_32.npz')},binarize=threshold"
+    done = _cli("rate", str(model), "--data", data, "--n-images", "32", "--out",
+                str(tmp_path / "rate.nc"), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    ds = vp.open_results(tmp_path / "rate.nc")
+    assert ds.attrs["format"] == "disvae" and ds.attrs["binarize"] == "threshold (at 128)"
+    assert "elbo_bpd" in ds  # binary images: the Bernoulli likelihood is defined
+
+
+def test_cli_refuses_the_rate_of_taef2_in_one_line():
+    model = realworld.path("models", "taef2")
+    done = _cli("rate", str(model), "--data", f"folder:{realworld.path('kodak')}",
+                "--n-images", "1", "--option", "image_size=64", "--device", "cpu")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "deterministic autoencoder" in errors[0]
+    assert "Traceback" not in done.stderr
