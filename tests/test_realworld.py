@@ -126,12 +126,3 @@ def test_cli_rate_on_binarized_mnist_records_the_protocol(tmp_path):
     assert ds.attrs["format"] == "disvae" and ds.attrs["binarize"] == "threshold (at 128)"
     assert "elbo_bpd" in ds  # binary images: the Bernoulli likelihood is defined
 
-
-def test_cli_refuses_the_rate_of_taef2_in_one_line():
-    model = realworld.path("models", "taef2")
-    done = _cli("rate", str(model), "--data", f"folder:{realworld.path('kodak')}",
-                "--n-images", "1", "--option", "image_size=64", "--device", "cpu")
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and "deterministic autoencoder" in errors[0]
-    assert "Traceback" not in done.stderr
