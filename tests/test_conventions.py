@@ -225,3 +225,38 @@ def test_taesd_name_and_shapes_must_agree(tmp_path):
     torch.save(decoder, tmp_path / "taef2_decoder.pth")
     with pytest.raises(vp.io.CheckpointError, match="named taef2"):
         vp.load(tmp_path, image_size=16)
+
+
+def test_disvae_and_jointvae_folders_at_64x64(tmp_path):
+    from vaeprobe.adapters.disvae import GAUSSIAN_SIGMA, BurgessVAE
+    from vaeprobe.adapters.jointvae import JointVAE
+
+    torch.manual_seed(0)
+    burgess = BurgessVAE((3, 64, 64), 6)
+    disvae = tmp_path / "disvae"
+    disvae.mkdir()
+    torch.save(burgess.state_dict(), disvae / "model.pt")
+    specs = {"model_type": "Burgess", "img_size": [3, 64, 64], "latent_dim": 6,
+             "rec_dist": "gaussian", "loss": "betaH"}
+    (disvae / "specs.json").write_text(json.dumps(specs))
+    joint = JointVAE((3, 64, 64), 4, [3, 2])
+    jointvae = tmp_path / "jointvae"
+    jointvae.mkdir()
+    torch.save(joint.state_dict(), jointvae / "model.pt")
+    (jointvae / "specs.json").write_text(json.dumps(
+        {"dataset": "celeba", "latent_spec": {"cont": 4, "disc": [3, 2]}}))
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    probe = vp.load(disvae, device="cpu")
+    assert probe.source["format"] == "disvae" and probe.sigma == GAUSSIAN_SIGMA
+    packed = burgess.encoder(images.float() / 255).reshape(2, 6, 2)  # interleaved pairs
+    torch.testing.assert_close(probe.encode(images).draws[0].q_mean.flatten(1), packed[..., 0])
+    other = vp.load(jointvae, device="cpu")
+    assert [(layer.name, layer.channels) for layer in other.layers] == [
+        ("cont", 4), ("disc0", 3), ("disc1", 2)]
+    latents = other.encode(images, n_samples=3, generator=torch.Generator().manual_seed(0))
+    assert other.decode(latents).mean.shape == (6, 3, 64, 64)
+    prior = other.sample_prior(5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(prior.draws[2].z.sum(1).flatten(), torch.ones(5))
+    specs["rec_dist"] = "laplace"
+    (disvae / "specs.json").write_text(json.dumps(specs))
+    assert vp.load(disvae, device="cpu").likelihood_kind == "none"
