@@ -260,3 +260,24 @@ def test_disvae_and_jointvae_folders_at_64x64(tmp_path):
     specs["rec_dist"] = "laplace"
     (disvae / "specs.json").write_text(json.dumps(specs))
     assert vp.load(disvae, device="cpu").likelihood_kind == "none"
+
+
+def test_cifar10_test_split_alone(tmp_path, monkeypatch):
+    import pickle
+
+    import torchvision.datasets as tvd
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": pixels.reshape(4, -1), "labels": [0, 1, 2, 3]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    # our stand-in files have other checksums than the real ones
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", None]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": None})
+    test = vp.data.load("cifar10:test", root=tmp_path)
+    assert np.array_equal(test.images.numpy(), pixels)
+    with pytest.raises(FileNotFoundError, match="cifar10"):
+        vp.data.load("cifar10:train", root=tmp_path)
