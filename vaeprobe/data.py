@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
 from vaeprobe.binarize import BinarizedDataset, split_name
+from vaeprobe.binarize import binarize as _binarize
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
@@ -112,6 +113,18 @@ class _CheckedDataset(Dataset):
         return check_images(torch.as_tensor(item)[None], what="dataset items")[0]
 
 
+def binarize(data, mode: str = "threshold", *, seed: int = 0) -> BinarizedDataset:
+    """Binarize any ``data`` (a name, Dataset or uint8 tensor) to levels {0, 255}, for
+    Bernoulli likelihoods; see :func:`vaeprobe.binarize.binarize` for the two modes.
+
+    Examples
+    --------
+    >>> binarize("digits8:test", "dynamic").name
+    'digits8:test,binarize=dynamic(seed=0)'
+    """
+    return _binarize(as_dataset(data), mode, seed=seed)
+
+
 def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Dataset:
     """Normalise ``data`` (name, Dataset or uint8 tensor) to a Dataset of uint8 (C, H, W).
 
@@ -174,28 +187,3 @@ def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tenso
         return torch.arange(total)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:n_images].sort().values
-
-
-def binarize(data, mode: str = "threshold", *, seed: int = 0) -> BinarizedDataset:
-    """Binarize a dataset's images to levels {0, 255}, for Bernoulli likelihoods.
-
-    Parameters
-    ----------
-    data : str, Dataset or uint8 tensor
-        Anything :func:`vaeprobe.data.as_dataset` takes.
-    mode : {"threshold", "dynamic"}
-        ``"threshold"``: level >= 128 -> 255, else 0 (deterministic). ``"dynamic"``: 255 with
-        probability level / 255, drawn from a generator keyed by (seed, image index), so an
-        image is binarized the same way in every batch, run and analysis.
-    seed : int
-        Seeds the dynamic binarization (recorded in the name).
-
-    Examples
-    --------
-    >>> images = torch.tensor([[[[0, 127, 128, 255]]]], dtype=torch.uint8)
-    >>> binarize(images, "threshold")[0].tolist()
-    [[[0, 0, 255, 255]]]
-    >>> binarize(images, "dynamic").name
-    'tensor,binarize=dynamic(seed=0)'
-    """
-    return BinarizedDataset(as_dataset(data), mode, seed)
