@@ -1,7 +1,8 @@
 """The README's Python blocks run as written, on the tiny run fixture: ``runs/demo`` is the tiny
 run (tiny-8 on digits8), so ``patches32`` reads ``digits8`` (the run's image shape) and the
-large counts shrink (K, images). Blocks that start with ``# needs:`` (pretrained weights,
-third-party files) are skipped, and say so in the README."""
+large counts shrink (K, images). Blocks on ``../shared/realworld`` read it where it is (skipped,
+saying why, without it). Blocks that start with ``# needs:`` (pretrained weights, third-party
+files elsewhere) are skipped, and say so in the README."""
 
 import re
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALLER = {"k=1000": "k=4", "n_images=200": "n_images=8", "n_images=10000": "n_images=32",
-           "vp.samples(probe, 64,": "vp.samples(probe, 8,"}
+           "vp.samples(probe, 64,": "vp.samples(probe, 8,", "n_images=500": "n_images=50",
+           "k=100, n_images=100": "k=8, n_images=16"}
 
 
 def python_blocks() -> list[str]:
@@ -33,6 +35,10 @@ def test_readme_block_runs(index, tiny_run, tmp_path, monkeypatch):
     if block.startswith("# needs:"):
         pytest.skip(block.splitlines()[0])
     code = block.replace('"runs/demo"', repr(str(tiny_run))).replace("patches32", "digits8")
+    if "../shared/realworld" in code:
+        import realworld
+
+        code = code.replace("../shared/realworld", str(realworld.path()))
     for large, small in SMALLER.items():
         code = code.replace(large, small)
     monkeypatch.chdir(tmp_path)  # files the block writes (spectra.nc)
