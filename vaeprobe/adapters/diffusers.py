@@ -32,6 +32,7 @@ from vaeprobe.adapters._common import (
     read_tensors,
     refuse_pickles,
 )
+from vaeprobe.distributed import resolve_device
 from vaeprobe.probe import Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -273,7 +274,7 @@ class AutoencoderKLProbe(Probe):
     def __init__(self, model: AutoencoderKL, image_size: tuple[int, int], device=None,
                  source: dict | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         config, factor = model.config, model.downsampling
         if image_size[0] % factor or image_size[1] % factor:

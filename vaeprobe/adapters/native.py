@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vaeprobe import io
+from vaeprobe.distributed import resolve_device
 from vaeprobe.models.families import families, family_of, load_model
 from vaeprobe.models.hvae import HVAE
 from vaeprobe.models.two_stage import TwoStageVAE
@@ -35,7 +36,7 @@ class _NativeProbe(SharedEncoderProbe):
 
     def __init__(self, model, device=None, source: dict | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
 
 

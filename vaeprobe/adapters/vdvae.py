@@ -23,6 +23,7 @@ import torch
 
 from vaeprobe import io
 from vaeprobe.adapters._common import read_tensors
+from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
 from vaeprobe.probe import (
@@ -145,7 +146,7 @@ class VDVAEProbe(Probe):
 
     def __init__(self, model: VDVAE, device=None, source: dict | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         hparams = model.hparams
         self.n_bits = hparams.n_bits

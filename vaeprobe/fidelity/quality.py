@@ -289,7 +289,7 @@ def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat",
     >>> abs(float(ds["fid"])) < 1e-6
     True
     """
-    device = torch.device(device) if device is not None else distributed.default_device()
+    device = distributed.resolve_device(device)
     generated, reference = vdata.as_dataset(generated), vdata.as_dataset(reference)
     net = build_extractor(feature_extractor, weights, device)
     indices = vdata.select(reference, n_reference, seed)
