@@ -16,6 +16,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    fit_probe,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -117,6 +118,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     probe.require("vp.iwae", likelihood=True)
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     if chunk is None:

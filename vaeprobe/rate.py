@@ -12,6 +12,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    fit_probe,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -114,6 +115,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None

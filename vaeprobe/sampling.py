@@ -21,7 +21,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import progress_bar, result_attrs
+from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
 
@@ -82,7 +82,7 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:
-        dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
+        probe, dataset = fit_probe(probe, data)  # a convolutional model takes the data's size
         # n above the dataset's size is no mistake here: row i reconstructs image i % size
         indices = vdata.select(dataset, min(n, len(dataset)), seed)
     parts = [torch.empty(0, dtype=torch.uint8)]

@@ -16,7 +16,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
-from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe._analysis import evaluation_set, fit_probe, progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.fidelity.cache import featurise, reference_features
 from vaeprobe.fidelity.extractors import Extractor, build_extractor
@@ -174,6 +174,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
     device = probe.device
+    probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, reference, n, seed)
     fid_net = build_extractor(feature_extractor, weights, device) \
         if {"fid", "kid"} & set(metrics) else None
