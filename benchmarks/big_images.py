@@ -125,7 +125,7 @@ def kodak(folder: Path, n_images: int, tile: int) -> None:
     if not path.is_dir():
         print(f"skipped Kodak: {path} is absent")
         return
-    data = f"folder:{path}?resize=none&orient=landscape"
+    data = f"folder:{path},resize=none,orient=landscape"
     start = time.perf_counter()
     ds = vp.rate(str(folder), data, n_images=n_images, device="cpu", progress=False,
                  batch_size=1)

@@ -45,13 +45,13 @@ def test_folder_resize_modes(tmp_path):
     _save(tmp_path / "a.png", wide)
     crop = data.load(f"folder:{tmp_path}", size=8)  # default: centre crop
     torch.testing.assert_close(crop[0], _box(wide, (8, 8), (5, 0, 25, 20)))
-    wide_crop = data.load(f"folder:{tmp_path}?resize=crop", size=(8, 16))  # aspect 1:2
+    wide_crop = data.load(f"folder:{tmp_path},resize=crop", size=(8, 16))  # aspect 1:2
     torch.testing.assert_close(wide_crop[0], _box(wide, (8, 16), (0, 2, 30, 17)))
-    squash = data.load(f"folder:{tmp_path}?resize=squash", size=(8, 8))
+    squash = data.load(f"folder:{tmp_path},resize=squash", size=(8, 8))
     torch.testing.assert_close(squash[0], _box(wide, (8, 8)))
-    native = data.load(f"folder:{tmp_path}?resize=none", size=8)
+    native = data.load(f"folder:{tmp_path},resize=none", size=8)
     torch.testing.assert_close(native[0], torch.from_numpy(wide).permute(2, 0, 1))
-    assert data.dataset_name(native) == f"folder:{tmp_path}?resize=none"
+    assert data.dataset_name(native) == f"folder:{tmp_path},resize=none"
     assert data.dataset_name(crop) == f"folder:{tmp_path}"
 
 
@@ -60,26 +60,26 @@ def test_native_size_needs_one_size_or_one_orientation(tmp_path):
     _save(tmp_path / "a.png", wide)
     _save(tmp_path / "b.png", tall)
     with pytest.raises(ValueError, match=r"a\.png is 20x30 and b\.png is 30x20 \(HxW\); add "
-                                         r"&orient=landscape"):
-        data.load(f"folder:{tmp_path}?resize=none")
-    turned = data.load(f"folder:{tmp_path}?resize=none&orient=landscape")
+                                         r",orient=landscape"):
+        data.load(f"folder:{tmp_path},resize=none")
+    turned = data.load(f"folder:{tmp_path},resize=none,orient=landscape")
     assert turned.images.shape == (2, 3, 20, 30)
     # a quarter turn counter-clockwise, as np.rot90
     torch.testing.assert_close(turned[1], torch.from_numpy(
         np.ascontiguousarray(np.rot90(tall))).permute(2, 0, 1))
-    assert data.load(f"folder:{tmp_path}?resize=none&orient=portrait").images.shape[2:] == (30, 20)
+    assert data.load(f"folder:{tmp_path},resize=none,orient=portrait").images.shape[2:] == (30, 20)
 
 
 def test_folder_options_are_checked(tmp_path):
     _save(tmp_path / "a.png", _gradient(8, 8))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['size'\].*options: resize, "
                                          r"orient"):
-        data.load(f"folder:{tmp_path}?size=3")
+        data.load(f"folder:{tmp_path},size=3")
     with pytest.raises(ValueError, match="resize must be one of crop, squash, none, got 'fit'"):
-        data.load(f"folder:{tmp_path}?resize=fit")
+        data.load(f"folder:{tmp_path},resize=fit")
     with pytest.raises(ValueError, match=r"npz:PATH takes no options"):
-        data.load(f"npz:{tmp_path}/x.npz?resize=none")
-    assert data.split_options("dir?x/a.png") == ("dir?x/a.png", {})  # a ? in a path
+        data.load(f"npz:{tmp_path}/x.npz,resize=none")
+    assert data.split_options("dir,x/a.png") == ("dir,x/a.png", {})  # a comma in a path
 
 
 def test_probes_say_which_sizes_they_take(tiny_run):
@@ -146,7 +146,7 @@ def test_kodak_at_native_768x512():
     from PIL import Image
 
     kodak = REALWORLD / "kodak"
-    name = f"folder:{kodak}?resize=none&orient=landscape"
+    name = f"folder:{kodak},resize=none,orient=landscape"
     ds = vp.rate(_f8_vae(), name, n_images=2, seed=0, batch_size=1, posterior="mean",
                  progress=False)
     assert json.loads(ds.attrs["image_size"]) == [512, 768]

@@ -132,16 +132,17 @@ def names() -> list[str]:
 
 
 def split_options(rest: str) -> tuple[str, dict]:
-    """``"PATH?key=value&key=value"`` -> (PATH, {key: value}); a ``?`` not followed by
-    ``key=value`` pairs stays part of the path."""
-    path, mark, query = rest.rpartition("?")
-    if not mark or not re.fullmatch(r"\w+=[^&=]*(&\w+=[^&=]*)*", query):
+    """``"PATH,key=value,key=value"`` -> (PATH, {key: value}); a comma not followed by
+    ``key=value`` pairs to the end stays part of the path."""
+    match = re.fullmatch(r"(.*?)((?:,\w+=[^,=]*)+)", rest)
+    if match is None:
         return rest, {}
-    return path, dict(pair.split("=", 1) for pair in query.split("&"))
+    path, tail = match.groups()
+    return path, dict(pair.split("=", 1) for pair in tail[1:].split(","))
 
 
 def _load_path(scheme: str, rest: str, size, *, grey: bool = False) -> Dataset:
-    """A ``scheme:PATH[?options]`` dataset at ``size`` (int or (H, W))."""
+    """A ``scheme:PATH[,key=value...]`` dataset at ``size`` (int or (H, W))."""
     import inspect
 
     path, options = split_options(rest)
@@ -152,7 +153,7 @@ def _load_path(scheme: str, rest: str, size, *, grey: bool = False) -> Dataset:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"{scheme}: unknown option(s) {unknown} in {scheme}:{rest}; "
-                         + (f"options: {', '.join(known)} (e.g. {scheme}:PATH?{known[0]}=...)"
+                         + (f"options: {', '.join(known)} (e.g. {scheme}:PATH,{known[0]}=...)"
                             if known else f"{scheme}:PATH takes no options"))
     if grey:
         options["grey"] = True
@@ -169,11 +170,11 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     name : str
         ``patches16|32|64``, ``digits8``, ``svhn``, ``cifar10``, ``mnist``, ``celeba64`` (or
         any name in the ``datasets`` registry), ``folder:PATH`` or ``npz:PATH``.
-        ``"name:split"`` sets the split. A folder takes options after ``?``:
+        ``"name:split"`` sets the split. A folder takes options after commas:
         ``resize=crop`` (default: centre crop to the target's aspect ratio, then resize),
         ``resize=squash`` (the whole image resized), ``resize=none`` (native size: every image
         must then have one size) and ``orient=landscape|portrait`` (turn images a quarter to
-        one orientation first), e.g. ``"folder:kodak?resize=none&orient=landscape"``.
+        one orientation first), e.g. ``"folder:kodak,resize=none,orient=landscape"``.
     split : {"train", "test"}
     root : path, optional
         Directory of a torchvision dataset.
@@ -229,7 +230,7 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None,
     ``image_shape`` (C, H, W), when given, is checked against the first item (``check=False``:
     not checked; :func:`vaeprobe._analysis.fit_probe` then fits a convolutional model to the
     data instead); a ``"folder:PATH"`` name is read at that size and channel count (the
-    model's), not 64 px, unless it says ``?resize=none``.
+    model's), not 64 px, unless it says ``,resize=none``.
     """
     if isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
         dataset = _load_path("folder", data[len("folder:"):], tuple(image_shape[1:]),

@@ -86,8 +86,8 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
         ) from None
 
 
-RESIZE_MODES = ("crop", "squash", "none")  # folder:PATH?resize=...
-ORIENTATIONS = ("landscape", "portrait")  # folder:PATH?orient=...
+RESIZE_MODES = ("crop", "squash", "none")  # folder:PATH,resize=...
+ORIENTATIONS = ("landscape", "portrait")  # folder:PATH,orient=...
 
 
 class ImageFiles(Dataset):
@@ -177,9 +177,9 @@ def _image_folder(path: Path, size, grey: bool = False, resize: str = "crop",
     files_dataset = ImageFiles(files, size, grey=grey, resize=resize, orient=orient)
     if resize == "none":
         _check_one_size(files, orient, path)
-    options = "&".join(f"{key}={value}" for key, value in (("resize", resize), ("orient", orient))
+    options = ",".join(f"{key}={value}" for key, value in (("resize", resize), ("orient", orient))
                        if value is not None and (key, value) != ("resize", "crop"))
-    name = f"folder:{path}" + (f"?{options}" if options else "")
+    name = f"folder:{path}" + (f",{options}" if options else "")
     return materialize(files_dataset, name=name)
 
 
@@ -197,10 +197,10 @@ def _check_one_size(files: list[Path], orient: str | None, folder: Path) -> None
             first = (file, height, width)
         elif (height, width) != first[1:]:
             raise ValueError(
-                f"folder:{folder}?resize=none needs images of one size, but "
+                f"folder:{folder},resize=none needs images of one size, but "
                 f"{first[0].name} is {first[1]}x{first[2]} and {file.name} is {height}x{width} "
-                f"(HxW); add &orient=landscape (or portrait) to turn them to one orientation, "
-                f"resize them (?resize=crop or ?resize=squash), or split the folder by size")
+                f"(HxW); add ,orient=landscape (or portrait) to turn them to one orientation, "
+                f"resize them (,resize=crop or ,resize=squash), or split the folder by size")
 
 
 def _npz(path: Path) -> ImageTensorDataset:
@@ -226,8 +226,8 @@ def _callable_as(signature: str):
 
 # name -> loader(split, root, download, size) -> Dataset of uint8 (C, H, W)
 datasets = Registry("dataset", check=_callable_as("loader(split, root, download, size)"))
-# "scheme:PATH" or "scheme:PATH?key=value&..." names: scheme -> loader(path, size, **options)
-# -> Dataset; size is (H, W), the options are the strings after "?"
+# "scheme:PATH" or "scheme:PATH,key=value,..." names: scheme -> loader(path, size, **options)
+# -> Dataset; size is (H, W), the options are the strings after the commas
 path_datasets = Registry("dataset scheme", check=_callable_as("loader(path, size, **options)"))
 
 

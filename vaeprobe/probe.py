@@ -282,8 +282,8 @@ class Probe:
         if self.size_multiple is None:
             raise ValueError(
                 f"{self.name} takes {self.accepted_sizes()}, not {height}x{width}: its "
-                f"parameters fix the image size; resize the data (e.g. folder:PATH?resize=crop "
-                f"or ?resize=squash)")
+                f"parameters fix the image size; resize the data (e.g. folder:PATH,resize=crop "
+                f"or ,resize=squash)")
         check_image_size(height, width, self.size_multiple, self.name)
         return self._resized(height, width)
 

@@ -53,7 +53,7 @@ def tiling_error(probe, data, *, tile_size: int | None = None, n_images: int | N
     Examples
     --------
     >>> probe = vp.load("sd-vae/", tile_size=512)  # doctest: +SKIP
-    >>> err = vp.tiling_error(probe, "folder:kodak?resize=none&orient=landscape")  # doctest: +SKIP
+    >>> err = vp.tiling_error(probe, "folder:kodak,resize=none,orient=landscape")  # doctest: +SKIP
     >>> float(err.psnr_min), float(err.max_abs_difference_max)  # doctest: +SKIP
     """
     from vaeprobe.adapters import as_probe
