@@ -1,11 +1,11 @@
 """Big and non-square images: folder resize modes, the sizes a Probe takes, native-size data."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import realworld
 import torch
 import torch.nn.functional as F
 
@@ -14,8 +14,6 @@ from vaeprobe import data
 from vaeprobe.adapters.diffusers import AutoencoderKL, AutoencoderKLConfig, AutoencoderKLProbe
 
 DIFFUSERS = Path(__file__).parent / "fixtures" / "diffusers" / "tiny_vae"
-REALWORLD = Path(os.environ.get("VAEPROBE_REALWORLD",
-                                Path(__file__).resolve().parents[1] / ".." / "shared" / "realworld"))
 
 
 def _gradient(width, height, seed=0) -> np.ndarray:
@@ -140,12 +138,10 @@ def _f8_vae() -> AutoencoderKLProbe:
     return AutoencoderKLProbe(AutoencoderKL(config), (32, 32), "cpu", {"checkpoint": "f8"})
 
 
-@pytest.mark.skipif(not (REALWORLD / "kodak").is_dir(),
-                    reason="../shared/realworld/kodak is absent (set VAEPROBE_REALWORLD)")
 def test_kodak_at_native_768x512():
     from PIL import Image
 
-    kodak = REALWORLD / "kodak"
+    kodak = realworld.path("kodak")
     name = f"folder:{kodak},resize=none,orient=landscape"
     ds = vp.rate(_f8_vae(), name, n_images=2, seed=0, batch_size=1, posterior="mean",
                  progress=False)

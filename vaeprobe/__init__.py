@@ -27,6 +27,6 @@ from vaeprobe.tiling import tiling_error
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load", "open_results",
-           "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum",
-           "tiling_error"]
+           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
+           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
+           "spectrum", "tiling_error"]

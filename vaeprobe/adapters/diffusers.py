@@ -27,12 +27,12 @@ from torch import nn
 
 from vaeprobe.adapters._common import (
     MeanOnly,
-    check_state_dict,
     file_source,
     read_tensors,
     refuse_pickles,
 )
 from vaeprobe.adapters._tiling import OVERLAP, check_tile_size, tiled
+from vaeprobe.io import check_state_dict
 from vaeprobe.probe import (
     Generators,
     LatentPass,
