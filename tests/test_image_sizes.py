@@ -159,3 +159,15 @@ def test_kodak_at_native_768x512():
                        posterior="mean", progress=False)
     np.testing.assert_allclose(ds.rate.values, expected.rate.values, rtol=1e-6)
     np.testing.assert_allclose(ds.distortion.values, expected.distortion.values, rtol=1e-6)
+
+
+def test_taef2_reconstructs_kodim01_at_native_size_as_measured_independently(tmp_path):
+    """TAEF2 (a tiny autoencoder, f = 8) on kodim01 at its full 768x512: 27.2 dB, the PSNR
+    measured with its own code (../shared/realworld/README.md)."""
+    (tmp_path / "kodim01.png").symlink_to(realworld.path("kodak", "kodim01.png"))
+    probe = vp.load(realworld.path("models", "taef2"), device="cpu")  # image_size 512
+    assert probe.size_multiple == 8 and probe.downsampling == 8
+    ds = vp.spectrum(probe, f"folder:{tmp_path},resize=none", n_images=1, batch_size=1,
+                     n_preview=1, progress=False)
+    assert json.loads(ds.attrs["image_size"]) == [512, 768]
+    assert -10 * np.log10(float(ds.mse.values[0])) == pytest.approx(27.2, abs=0.05)
