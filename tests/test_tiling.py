@@ -134,3 +134,19 @@ class _FlatVAE(torch.nn.Module):
 
     def decode(self, z):
         return torch.sigmoid(self.decoder(z))
+
+
+def test_batches_run_in_chunks_of_rows_per_pass(monkeypatch):
+    """Memory follows the image, not the batch: a probe of big images passes a few at a time."""
+    probe = AutoencoderKLProbe(small_vae(), (32, 32), "cpu", {"checkpoint": "small"})
+    x = _uint8((3, 3, 32, 32))
+    whole = probe.decode(probe.encode(x, posterior="mean")).mean
+    calls = []
+    hook = probe.model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(probe, "rows_per_pass", lambda: 1)
+    chunked = probe.decode(probe.encode(x, posterior="mean")).mean
+    hook.remove()
+    assert len(calls) == 3
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    sd_like = AutoencoderKLProbe(small_vae(widths=(128, 128), groups=32), (512, 768), "cpu")
+    assert sd_like.rows_per_pass() == 1 and sd_like.with_tiling(256).rows_per_pass() == 2

@@ -350,6 +350,12 @@ class AutoencoderKLProbe(Probe):
         width = self.model.config.block_out_channels[0]
         return max(1, min(64, 2 ** 24 // (width * side * side)))
 
+    def _in_chunks(self, rows: torch.Tensor, function) -> list:
+        """``function`` on chunks of at most :meth:`rows_per_pass` rows: memory follows the
+        image (or tile) size, not the batch (every row is computed on its own anyway)."""
+        step = self.rows_per_pass()
+        return [function(rows[start:start + step]) for start in range(0, len(rows), step)]
+
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> [-1, 1], reflect-padded at the bottom and right to ``padded_size``."""
         x11 = x.float() / 127.5 - 1
@@ -361,7 +367,8 @@ class AutoencoderKLProbe(Probe):
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
                posterior: str = "sample") -> LatentPass:
         x = self.check_images(x)
-        mean, logstd = self.model.moments(self._padded(x), self.tile_size)
+        mean, logstd = (torch.cat(parts) for parts in zip(*self._in_chunks(
+            x, lambda rows: self.model.moments(self._padded(rows), self.tile_size)), strict=True))
         mean, logstd = (t.repeat_interleave(n_samples, 0) for t in (mean, logstd))
         noise = self.noise(x.shape[0], n_samples, generator, posterior)[0]
         z = mean + logstd.exp() * noise
@@ -372,7 +379,8 @@ class AutoencoderKLProbe(Probe):
 
     @torch.no_grad()
     def decode(self, latents: LatentPass) -> MeanOnly:
-        x11 = self.model.decode(latents.draws[0].z, self.tile_size)
+        x11 = torch.cat(self._in_chunks(latents.draws[0].z,
+                                        lambda z: self.model.decode(z, self.tile_size)))
         height, width = self.image_shape[1:]
         return MeanOnly(((x11[:, :, :height, :width] + 1) / 2).clamp(0, 1), self.name)
 
