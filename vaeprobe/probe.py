@@ -438,8 +438,8 @@ def check_image_size(height: int, width: int, multiple: int, model: str = "this 
     raise ValueError(
         f"images of {height}x{width} (HxW) do not fit {model}: it takes heights and widths "
         f"divisible by {multiple} (its downsampling factor); nearest valid sizes: {nearest}. "
-        f"Crop or resize the images, or open the model with pad='reflect' (pads them, and "
-        f"crops reconstructions back)")
+        f"Crop or resize the images, or open the model with pad='reflect' (--option "
+        f"pad=reflect: pads them, and crops reconstructions back)")
 
 
 def check_n_samples(n_samples: int) -> None:
