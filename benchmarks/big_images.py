@@ -8,6 +8,10 @@ own reader. Each measured pass runs in a fresh child process, which reports its 
 resident memory (``ru_maxrss``): what torch's allocator took included, unlike tracemalloc.
 
     .venv/bin/python -m benchmarks.big_images [--side 1024] [--tile 512] [--kodak 2]
+        [--device cpu|cuda] [--quick]
+
+``--quick``: 256 px, 128 px tiles, no Kodak (a smoke run). On CUDA the peak is
+``torch.cuda.max_memory_allocated`` (the child's RSS is printed too).
 
 Goal (issue 21): encode + decode of one 1024x1024 image under 8 GB with tiling.
 """
@@ -71,7 +75,7 @@ def test_image(side: int):
     return ((pattern * 0.5 + 0.5) * 255).round().to(torch.uint8)[None]
 
 
-def child_pass(folder: str, side: int, tile: int, out: str) -> None:
+def child_pass(folder: str, side: int, tile: int, out: str, device: str) -> None:
     """In a child: open the model, encode + decode one image, print JSON facts, save the
     reconstruction (uint8 .npy would lose the difference: float32 instead)."""
     import torch
@@ -79,7 +83,7 @@ def child_pass(folder: str, side: int, tile: int, out: str) -> None:
     import vaeprobe as vp
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    probe = vp.load(folder, device="cpu", tile_size=tile or None).at_image_size(side, side)
+    probe = vp.load(folder, device=device, tile_size=tile or None).at_image_size(side, side)
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     x = test_image(side)
     start = time.perf_counter()
@@ -87,12 +91,13 @@ def child_pass(folder: str, side: int, tile: int, out: str) -> None:
     encoded = time.perf_counter() - start
     mean = probe.decode(latents).mean
     total = time.perf_counter() - start
-    np.save(out, mean.numpy().astype(np.float32))
-    print(json.dumps(dict(side=side, tile_size=tile, encode_s=round(encoded, 1),
-                          encode_decode_s=round(total, 1),
-                          rss_after_load_mib=round(after_load),
-                          peak_rss_mib=round(resource.getrusage(
-                              resource.RUSAGE_SELF).ru_maxrss / 1024)), sort_keys=True))
+    np.save(out, mean.cpu().numpy().astype(np.float32))
+    facts = dict(side=side, tile_size=tile, device=device, encode_s=round(encoded, 1),
+                 encode_decode_s=round(total, 1), rss_after_load_mib=round(after_load),
+                 peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    if device == "cuda":
+        facts["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
+    print(json.dumps(facts, sort_keys=True))
 
 
 def run_child(*args: str) -> dict:
@@ -101,11 +106,11 @@ def run_child(*args: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def memory(folder: Path, side: int, tiles: list[int], work: Path) -> None:
+def memory(folder: Path, side: int, tiles: list[int], work: Path, device: str) -> None:
     results = {}
     for tile in tiles:
         out = work / f"recon_{tile}.npy"
-        results[tile] = run_child(str(folder), str(side), str(tile), str(out))
+        results[tile] = run_child(str(folder), str(side), str(tile), str(out), device)
         label = f"tiled {tile} px" if tile else "untiled"
         print(f"{side}x{side} {label}: {json.dumps(results[tile])}", flush=True)
     if 0 in results:
@@ -117,7 +122,7 @@ def memory(folder: Path, side: int, tiles: list[int], work: Path) -> None:
                   f"PSNR {-10 * np.log10(mse):.2f} dB (tiled against untiled, [0, 1] scale)")
 
 
-def kodak(folder: Path, n_images: int, tile: int) -> None:
+def kodak(folder: Path, n_images: int, tile: int, device: str) -> None:
     """Kodak at native 768x512 (portraits turned): rate and the tiling error of a few."""
     import vaeprobe as vp
 
@@ -127,12 +132,11 @@ def kodak(folder: Path, n_images: int, tile: int) -> None:
         return
     data = f"folder:{path},resize=none,orient=landscape"
     start = time.perf_counter()
-    ds = vp.rate(str(folder), data, n_images=n_images, device="cpu", progress=False,
-                 batch_size=1)
+    ds = vp.rate(str(folder), data, n_images=n_images, device=device, progress=False)
     print(f"Kodak native {ds.attrs['image_size']} (HxW), {n_images} images: rate "
           f"{float(ds.total_rate):.0f} nats/image, latent {ds.layer_resolution.values[0]}, "
           f"{time.perf_counter() - start:.0f} s")
-    err = vp.tiling_error(vp.load(folder, device="cpu", tile_size=tile), data,
+    err = vp.tiling_error(vp.load(folder, device=device, tile_size=tile), data,
                           n_images=n_images)
     print(f"Kodak tiling error at {tile} px ({err.attrs['n_tiles']} tiles): max abs "
           f"{float(err.max_abs_difference_max):.4f}, PSNR min {float(err.psnr_min):.2f} dB")
@@ -145,20 +149,24 @@ def main(argv=None) -> int:
     parser.add_argument("--no-untiled", action="store_true", help="skip the untiled pass")
     parser.add_argument("--kodak", type=int, default=2, help="Kodak images (0: skip)")
     parser.add_argument("--model", default=None, help="folder of the SD-size model (cached)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="256 px, 128 px tiles, no Kodak")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        folder, side, tile, out = args.child
-        child_pass(folder, int(side), int(tile), out)
+        folder, side, tile, out, device = args.child
+        child_pass(folder, int(side), int(tile), out, device)
         return 0
+    if args.quick:
+        args.side, args.tile, args.kodak = 256, 128, 0
     with tempfile.TemporaryDirectory() as work:
         folder = write_sd_vae(Path(args.model or Path(work) / "sd_vae"))
         print(f"threads OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load "
               f"{os.getloadavg()[0]:.1f}", flush=True)
         tiles = [args.tile] + ([] if args.no_untiled else [0])
-        memory(folder, args.side, tiles, Path(work))
+        memory(folder, args.side, tiles, Path(work), args.device)
         if args.kodak:
-            kodak(folder, args.kodak, args.tile)
+            kodak(folder, args.kodak, args.tile, args.device)
     return 0
 
 
