@@ -94,6 +94,14 @@ def test_probes_say_which_sizes_they_take(tiny_run):
         hvae.at_image_size(side, 2 * side)
     with pytest.raises(ValueError, match=r"expects \(.*\) \(C, H, W\) \(only"):
         vp.rate(hvae, torch.zeros((2, hvae.image_shape[0], side, 2 * side), dtype=torch.uint8))
+    fixtures = Path(__file__).parent / "fixtures"
+    vdvae = vp.load(fixtures / "vdvae" / "latest-model-ema.th",
+                    hparams=str(fixtures / "vdvae" / "hparams.json"), device="cpu")
+    assert vdvae.size_multiple is None
+    assert vdvae.downsampling == vdvae.image_shape[1] // vdvae.layers[0].resolution[0]
+    pythae = vp.load(fixtures / "pythae" / "vae", device="cpu")  # flat latents
+    assert pythae.size_multiple is None and pythae.downsampling is None
+    assert pythae.accepted_sizes() == "only 8x8 (HxW) images"
 
 
 def test_a_convolutional_probe_takes_the_data_size():
