@@ -132,7 +132,7 @@ def kodak(folder: Path, n_images: int, tile: int, device: str) -> None:
         return
     data = f"folder:{path},resize=none,orient=landscape"
     start = time.perf_counter()
-    ds = vp.rate(str(folder), data, n_images=n_images, device=device, progress=False)
+    ds = vp.rate(vp.load(folder, device=device), data, n_images=n_images, progress=False)
     print(f"Kodak native {ds.attrs['image_size']} (HxW), {n_images} images: rate "
           f"{float(ds.total_rate):.0f} nats/image, latent {ds.layer_resolution.values[0]}, "
           f"{time.perf_counter() - start:.0f} s")
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--no-untiled", action="store_true", help="skip the untiled pass")
+    parser.add_argument("--no-memory", action="store_true", help="only the Kodak part")
     parser.add_argument("--kodak", type=int, default=2, help="Kodak images (0: skip)")
     parser.add_argument("--model", default=None, help="folder of the SD-size model (cached)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
         print(f"threads OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load "
               f"{os.getloadavg()[0]:.1f}", flush=True)
         tiles = [args.tile] + ([] if args.no_untiled else [0])
-        memory(folder, args.side, tiles, Path(work), args.device)
+        if not args.no_memory:
+            memory(folder, args.side, tiles, Path(work), args.device)
         if args.kodak:
             kodak(folder, args.kodak, args.tile, args.device)
     return 0
