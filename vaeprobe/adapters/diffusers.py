@@ -346,9 +346,11 @@ class AutoencoderKLProbe(Probe):
     def rows_per_pass(self) -> int:
         if self.device.type == "cuda":
             return super().rows_per_pass()
-        side = self.tile_size or max(self.padded_size)  # about 2^24 elements per activation
-        width = self.model.config.block_out_channels[0]
-        return max(1, min(64, 2 ** 24 // (width * side * side)))
+        pixels = self.padded_size[0] * self.padded_size[1]  # a pass sees one tile at a time
+        if self.tile_size:
+            pixels = min(pixels, self.tile_size ** 2)
+        width = self.model.config.block_out_channels[0]  # about 2^24 elements per activation
+        return max(1, min(64, 2 ** 24 // (width * pixels)))
 
     def _in_chunks(self, rows: torch.Tensor, function) -> list:
         """``function`` on chunks of at most :meth:`rows_per_pass` rows: memory follows the
