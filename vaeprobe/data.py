@@ -94,8 +94,9 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
         ``"name:split"`` sets the split. A folder takes options after commas:
         ``resize=crop`` (default: centre crop to the target's aspect ratio, then resize),
         ``resize=squash`` (the whole image resized), ``resize=none`` (native size: every image
-        must then have one size) and ``orient=landscape|portrait`` (turn images a quarter to
-        one orientation first), e.g. ``"folder:kodak,resize=none,orient=landscape"``.
+        must then have one size), ``orient=landscape|portrait`` (turn images a quarter to
+        one orientation first) and ``filter=box|bilinear|bicubic|lanczos|nearest`` (PIL's
+        resampling), e.g. ``"folder:kodak,resize=none,orient=landscape"``.
     split : {"train", "test"}
     root : path, optional
         Directory of a torchvision dataset.
