@@ -22,6 +22,12 @@ FFHQ-256) and ``prior_is_generative`` (False where the prior that matters lives 
 checkpoint, as for a latent-diffusion autoencoder). Analyses that are undefined for a Probe
 call :meth:`Probe.require` first and refuse with one :class:`UndefinedAnalysisError`.
 
+Image sizes: ``size_multiple`` is None for a model with fixed-size parameters (it takes
+``image_shape`` only), or its downsampling factor f for a convolutional one (any height and
+width divisible by f); ``downsampling`` (image over coarsest latent side), ``accepted_sizes()``
+(in words) and ``at_image_size(h, w)`` (the same weights at another size, or a refusal naming
+the nearest valid sizes) say it. The analyses fit a convolutional probe to the data's size.
+
 A draw's KL is analytic where posterior and prior are Gaussian (``LayerDraw.kl_analytic``);
 otherwise it is the sampled log q(z|x) - log p(z) of the draw.
 
