@@ -54,7 +54,15 @@ def names() -> list[str]:
 
 def split_options(rest: str) -> tuple[str, dict]:
     """``"PATH,key=value,key=value"`` -> (PATH, {key: value}); a comma not followed by
-    ``key=value`` pairs to the end stays part of the path."""
+    ``key=value`` pairs to the end stays part of the path.
+
+    Examples
+    --------
+    >>> split_options("kodak,resize=none,orient=landscape")
+    ('kodak', {'resize': 'none', 'orient': 'landscape'})
+    >>> split_options("photos, 2024/a")
+    ('photos, 2024/a', {})
+    """
     match = re.fullmatch(r"(.*?)((?:,\w+=[^,=]*)+)", rest)
     if match is None:
         return rest, {}
