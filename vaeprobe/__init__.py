@@ -22,10 +22,11 @@ from vaeprobe.rate import rate
 from vaeprobe.run import Run, checkpoints
 from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
+from vaeprobe.tiling import tiling_error
 
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
            "__version__", "arrays", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
            "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
-           "spectrum", "units"]
+           "spectrum", "tiling_error", "units"]
