@@ -188,6 +188,14 @@ class VDVAEProbe(Probe):
                              {"features": features, "posterior": posterior})
 
     @torch.no_grad()
+    def encode_given(self, x, zs) -> LatentPass:
+        x = self.check_images(x)
+        contexts = self.model.posterior_contexts(self.model.bottom_up(x))
+        features, draws = self.model.top_down(batch=x.shape[0], contexts=contexts,
+                                              zs=list(zs), posterior_mean=True)
+        return LatentPass([_layer_draw(d) for d in draws], 1, {"features": features})
+
+    @torch.no_grad()
     def decode(self, latents: LatentPass) -> DiscretizedLogisticMixture:
         features = latents.context.get("features")
         if features is None:

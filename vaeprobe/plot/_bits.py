@@ -1,0 +1,36 @@
+"""Plots of vp.information, vp.compress and vp.compare results (Datasets in, Axes out)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import xarray as xr
+
+from vaeprobe.plot._common import axes
+
+
+def information(ds: xr.Dataset, ax=None):
+    """Per layer, the rate split into I(x; z_l | z_<l) and the marginal KL, stacked, with the
+    log N ceiling on I(x; z) in the title."""
+    ax = axes(ax, figsize=(max(5, 0.3 * ds.sizes["layer"] + 3), 3.6))
+    layers = ds["layer"].values
+    info = ds["mutual_information"].values
+    mkl = ds["marginal_kl"].values
+    ax.bar(layers, info, yerr=ds["mutual_information_se"].values, capsize=1,
+           color="tab:blue", label="I(x; z_l | z_<l)")
+    ax.bar(layers, mkl, bottom=np.clip(info, 0, None), yerr=ds["marginal_kl_se"].values,
+           capsize=1, color="tab:orange", label="KL(q(z_l | z_<l) || p(z_l | z_<l))")
+    ax.plot(layers, ds["rate"].values, "k_", markersize=14, label="rate (analytic KL)")
+    ax.set_xticks(layers)
+    ax.set_xticklabels([str(name) for name in ds["name"].values], rotation=60, fontsize=7)
+    ax.set_ylabel("nats / image")
+    ceiling = float(ds.attrs.get("log_n_ceiling", math.nan))
+    title = (f"I(x; z) {float(ds['total_mutual_information']):.2f} (log N = {ceiling:.2f}), "
+             f"marginal KL {float(ds['total_marginal_kl']):.2f} nats")
+    if "total_correlation" in ds:
+        title += (f"\nTC {float(ds['total_correlation']):.2f}, dimension-wise KL "
+                  f"{float(ds['dimension_wise_kl']):.2f}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
