@@ -277,7 +277,7 @@ def _check_probe(probe: Probe, latent_bits: int) -> None:
         raise ValueError(f"vp.compress codes on the CPU (the decoder must reproduce every PMF "
                          f"bit for bit); the model is on {probe.device}: load it with "
                          f"device='cpu'")
-    probe.require("vp.compress", likelihood=True)
+    probe.require("vp.compress", likelihood=True, posterior=True)
     if probe.likelihood_kind != "discretized" or probe.n_bits != 8:
         raise UndefinedAnalysisError(
             f"vp.compress is undefined for {probe.name}: it codes 8-bit pixels with the "
@@ -295,7 +295,8 @@ def _check_likelihood(probe: Probe, chain: _Chain) -> None:
             f"vp.compress is undefined for {probe.name}: its decoder ({type(likelihood).__name__}"
             f") is not a PMF vaeprobe can tabulate (a discretized Gaussian or logistic mixture)")
     latents = encode(probe, chain.blank, 1, None, "mean")
-    if any(d.q_mean is None for d in latents.draws) or not all(latents.kl_analytic):
+    if any(d.distribution != "gaussian" or d.q_mean is None for d in latents.draws) or \
+            not all(latents.kl_analytic):
         raise UndefinedAnalysisError(f"vp.compress is undefined for {probe.name}: its "
                                      f"posteriors are not Gaussian")
 

@@ -113,6 +113,7 @@ def information(source, data, *, n_images: int | None = 1000, batch_size: int = 
 
 
 def _check_probe(probe: Probe) -> None:
+    probe.require("vp.information", posterior=True)
     if not probe.layers:
         raise UndefinedAnalysisError(f"vp.information is undefined for {probe.name}: it has no "
                                      f"latent layers (a point posterior has no rate)")
@@ -127,10 +128,12 @@ def _draw(probe: Probe, dataset, indices, batch_size: int, seed: int, progress: 
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "information: draws"):
         latents = encode(probe, x, 1, generators)
-        if not all(latents.kl_analytic) or any(d.q_mean is None for d in latents.draws):
+        if not all(latents.kl_analytic) or any(d.distribution != "gaussian" or d.q_mean is None
+                                               for d in latents.draws):
             raise UndefinedAnalysisError(
                 f"vp.information is undefined for {probe.name}: it needs Gaussian posteriors "
-                f"(q(z|x_n) evaluated at any z); this model's KL is sampled (kl_analytic=0)")
+                f"(q(z|x_n) evaluated at any z); this model has layers of "
+                f"{sorted({d.distribution for d in latents.draws})} or a sampled KL")
         parts["zs"].append([d.z.cpu() for d in latents.draws])
         parts["kl"].append(latents.kl_per_layer().double().cpu())
         parts["log_q"].append(_layer_log_density(latents.draws, "q"))

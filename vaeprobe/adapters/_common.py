@@ -8,7 +8,6 @@ import pickle
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from vaeprobe import io
 from vaeprobe.probe import UndefinedAnalysisError
@@ -51,24 +50,6 @@ def read_tensors(path: Path) -> dict:
     except (EOFError, RuntimeError, OSError) as error:
         raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
                                  f"({error})") from None
-
-
-def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
-    """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
-    unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
-                  if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        lines = [f"state dict of {path} does not fit its config:"]
-        for title, rows in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", mismatched)):
-            if rows:
-                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
-                             + (" ..." if len(rows) > 10 else ""))
-        raise io.CheckpointError("\n".join(lines))
 
 
 def file_source(checkpoint: Path, files: list[Path]) -> dict:
