@@ -13,6 +13,7 @@ from vaeprobe._version import __version__
 from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
 from vaeprobe.audit import audit
+from vaeprobe.compare import compare
 from vaeprobe.compress import compress, decompress
 from vaeprobe.fidelity import sample_quality
 from vaeprobe.information import information
@@ -28,6 +29,6 @@ from vaeprobe.spectrum import spectrum
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "as_probe", "audit", "checkpoints", "compress", "data", "decompress",
-           "information", "iwae", "load", "open_results", "pca_baseline", "plot", "rate",
-           "sample_quality", "samples", "save", "spectrum"]
+           "__version__", "as_probe", "audit", "checkpoints", "compare", "compress", "data",
+           "decompress", "information", "iwae", "load", "open_results", "pca_baseline", "plot",
+           "rate", "sample_quality", "samples", "save", "spectrum"]

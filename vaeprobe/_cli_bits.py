@@ -111,14 +111,63 @@ def _cmd_decompress(args) -> int:
 
 
 def _add_decompress(sub) -> None:
-    from vaeprobe._cli_args import _subparser
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _ApiArguments, _subparser
 
     parser = _subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
                         "compress` (bit-exact images)",
                         "vaeprobe decompress test.vpbb --model runs/demo --images test.npz")
     parser.add_argument("file", help="a .vpbb file")
-    parser.add_argument("--model", default=None, help="the model it was coded with (default: "
-                        "the checkpoint path the file names); another model is refused")
+    api = _ApiArguments(parser, vp.decompress)
+    api.add("--model", param="source", help="the model it was coded with (a run directory or "
+            "checkpoint); another model is refused")
     parser.add_argument("--images", default=None, help="write the images here as .npz "
                         "(array 'images', uint8 N x C x H x W; default: not written)")
     parser.set_defaults(run=_cmd_decompress)
+
+
+def _cmd_compare(args) -> int:
+    import vaeprobe as vp
+
+    ds = vp.compare(args.sources, args.data, n_images=args.n_images, seed=args.seed,
+                    information=not args.no_information,
+                    information_images=args.information_images, out=args.out_dir,
+                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk)
+    from vaeprobe.compare import COLUMNS
+
+    table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
+    print(table.dropna(axis=1, how="all").to_string(float_format="%.4g"))
+    reused = [str(m) for m in ds["model"].values[ds["audit_reused"].values == 1]]
+    print(f"audits reused: {', '.join(reused) or 'none'}")
+    if args.out_dir:
+        print(f"wrote {args.out_dir}/compare.nc, compare.png, compare.html")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _ApiArguments, _subparser
+
+    parser = _subparser(
+        sub, "compare", "several models (or saved audits) side by side: one table and one "
+        "page (rate, distortion, PSNR/SSIM/LPIPS, bits/dim, information split, latent scale, "
+        "rate-distortion figure with gamma)",
+        "vaeprobe compare runs/gamma1 runs/gamma2 runs/gamma4 --data digits8:test --out cmp")
+    api = _ApiArguments(parser, vp.compare)
+    parser.add_argument("sources", nargs="+", help="run directories, checkpoints, model "
+                        "folders or saved audits (a folder with audit.nc)")
+    parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
+    api.add("--n-images", type=int, units="images", help="a seeded subset for the audits run")
+    api.add("--seed", type=int, help="seeds the subset and every draw")
+    api.add("--information-images", type=int, units="images", help="images of the "
+            "information split (its cost grows as their square)")
+    parser.add_argument("--no-information", action="store_true", help="skip the information "
+                        "split (default: computed where the model's latents are Gaussian)")
+    api.add("--feature-extractor", help="rFID network of the audits run")
+    api.add("--lpips-trunk", help="LPIPS network of the audits run (alexnet, or "
+            "random-TEST-ONLY: a flagged stand-in)")
+    parser.add_argument("--out", dest="out_dir", default=None, help="a folder for compare.nc, "
+                        "compare.png, compare.html and the audits run (default: not written)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 "
+                        "= OMP_NUM_THREADS when set, else the usable cores; said on stderr)")
+    parser.set_defaults(run=_cmd_compare)

@@ -56,3 +56,63 @@ def compress(ds: xr.Dataset, ax=None):
                  f"{int(ds.attrs.get('n_images', ds.sizes['image']))} images", fontsize=9)
     ax.legend(fontsize=7)
     return ax
+
+
+def rate_distortion_models(ds: xr.Dataset, ax=None):
+    """The models of a vp.compare table on the rate-distortion plane; a vaeprobe run's gamma
+    (its distortion target) as a tick on the distortion axis joined to its point."""
+    ax = axes(ax, figsize=(5, 4))
+    for index, label in enumerate(ds["model"].values):
+        row = ds.sel(model=label)
+        rate, distortion = float(row["rate"]), float(row["distortion"])
+        colour = f"C{index % 10}"
+        ax.plot(distortion, rate, "o", color=colour, label=str(label))
+        ax.annotate(str(label), (distortion, rate), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+        gamma = float(row["gamma"])
+        if math.isfinite(gamma):
+            ax.plot([gamma, distortion], [rate, rate], ":", color=colour)
+            ax.plot(gamma, rate, "|", color=colour, markersize=12)
+            ax.annotate(f"γ={gamma:g}", (gamma, rate), fontsize=7, xytext=(0, -10),
+                        textcoords="offset points", ha="center")
+    ax.set_xlabel("distortion D [sum of squares on [0, 1] per image]")
+    ax.set_ylabel("rate R [nats / image]")
+    ax.set_title("models on the rate-distortion plane (| = gamma target)", fontsize=9)
+    return ax
+
+
+def compare_page(ds: xr.Dataset):
+    """One page for vp.compare: the rate-distortion plane, the information split per model,
+    and the quality columns (PSNR, SSIM, LPIPS, bits/dim) that are defined."""
+    import matplotlib.pyplot as plt
+
+    extras = [name for name in ("psnr", "ssim", "lpips", "bpd", "elbo_bpd",
+                                "latent_scaling_factor")
+              if np.isfinite(ds[name].values).any()]
+    panels = 2 + len(extras)
+    columns = min(4, panels)
+    rows = math.ceil(panels / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.8 * rows),
+                             layout="constrained", squeeze=False)
+    grid = grid.flatten()
+    for ax in grid[panels:]:
+        ax.set_visible(False)
+    grid = grid[:panels]
+    rate_distortion_models(ds, ax=grid[0])
+    labels = [str(label) for label in ds["model"].values]
+    positions = np.arange(len(labels))
+    info = np.nan_to_num(ds["mutual_information"].values)
+    grid[1].bar(positions, info, color="tab:blue", label="I(x; z)")
+    grid[1].bar(positions, np.nan_to_num(ds["marginal_kl"].values), bottom=info,
+                color="tab:orange", label="KL(q(z) || p(z))")
+    grid[1].plot(positions, ds["rate"].values, "k_", markersize=14, label="rate")
+    grid[1].set_ylabel("nats / image")
+    grid[1].set_title("rate = information + marginal KL", fontsize=9)
+    grid[1].legend(fontsize=7)
+    for ax, name in zip(grid[2:], extras, strict=True):
+        ax.bar(positions, ds[name].values, color="tab:grey")
+        ax.set_title(f"{name} [{ds[name].attrs.get('units', '')}]", fontsize=9)
+    for ax in grid[1:]:
+        ax.set_xticks(positions)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    return fig
