@@ -11,10 +11,11 @@ def _cmd_information(args) -> int:
 
     ds = vp.information(_load(args), args.data, n_images=args.n_images,
                         batch_size=args.batch_size, seed=args.seed)
-    table = ds[["rate", "mutual_information", "marginal_kl"]].to_dataframe()
-    print(table.drop(columns=[c for c in table.columns if c not in
-                              ("name", "rate", "mutual_information", "marginal_kl")])
-          .to_string(float_format="%.3f"))
+    print(f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]")
+    for index in range(ds.sizes["layer"]):
+        row = ds.isel(layer=index)
+        print(f"{str(row['name'].values):<24} {float(row.rate):>10.3f} "
+              f"{float(row.mutual_information):>13.3f} {float(row.marginal_kl):>12.3f}")
     print(f"rate {float(ds.total_rate):.3f} = I(x; z) {float(ds.total_mutual_information):.3f}"
           f" ± {float(ds.total_mutual_information_se):.3f} + marginal KL "
           f"{float(ds.total_marginal_kl):.3f} ± {float(ds.total_marginal_kl_se):.3f} nats "

@@ -83,7 +83,8 @@ def information(source, data, *, n_images: int | None = 1000, batch_size: int = 
         attrs: ``log_n_ceiling`` (log N), ``identity_residual`` (rate - I - marginal KL,
         the analytic rate against the sampled split, nats), ``identity_residual_se``,
         ``identity_holds`` (1 when every layer's residual is within 5 se + 1e-6 nats: checked
-        on every result), ``warning`` (when I(x; z) is above 90% of log N: a lower bound).
+        on every result), ``warning`` (when I(x; z) is above 90% of log N, where the
+        estimate is a lower bound).
 
     Examples
     --------
@@ -337,12 +338,12 @@ def _warnings(ds: xr.Dataset) -> list[str]:
     ceiling = float(ds.attrs["log_n_ceiling"])
     total = float(ds["total_mutual_information"])
     if total > NEAR_CEILING * ceiling:
-        said.append(f"I(x; z) = {total:.3f} nats is near its ceiling log N = {ceiling:.3f} "
-                    f"(N = {round(math.exp(ceiling))} images): the estimate is a lower bound "
-                    f"(the encoder tells the images apart); use more images for a larger "
-                    f"ceiling")
+        said.append(f"the mutual information {total:.3f} nats is near its ceiling log N = "
+                    f"{ceiling:.3f} (N = {round(math.exp(ceiling))} images): the encoder tells "
+                    f"the images apart, so the estimate is a lower bound (more images raise "
+                    f"the ceiling)")
     if not int(ds.attrs["identity_holds"]):
-        said.append(f"rate != I + marginal KL beyond 5 standard errors (residual "
+        said.append(f"rate != information + marginal KL beyond 5 standard errors (residual "
                     f"{np.round(ds.attrs['identity_residual'], 4).tolist()} nats): the "
                     f"model's analytic KL disagrees with its own sampled densities")
     return said
