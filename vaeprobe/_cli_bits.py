@@ -42,6 +42,7 @@ def _cmd_compress(args) -> int:
     import vaeprobe as vp
     from vaeprobe._cli_args import _finish, _load
 
+    args.device = args.device or "cpu"  # the coder runs on the CPU (bit-identical PMFs)
     ds = vp.compress(_load(args), args.data, n_images=args.n_images, latent_bits=args.latent_bits,
                      seed=args.seed, out=args.file, verify=not args.no_verify)
     n = int(ds.attrs["n_images"])
