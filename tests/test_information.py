@@ -125,3 +125,15 @@ def test_command_line(tiny_run, tmp_path, capsys):
     assert "I(x; z)" in printed and "identity holds: yes" in printed
     assert vp.open_results(out).attrs["n_images"] == 24
     assert main(["information", str(tmp_path / "missing"), "--data", "digits8:test"]) == 2
+
+
+def test_encode_given_shares_the_encoder_across_latents_per_image(tiny_run, digits_test):
+    probe = vp.load(tiny_run, device="cpu")
+    x = torch.stack([digits_test[i] for i in range(3)])
+    latents = probe.encode(x, 2, torch.Generator().manual_seed(1))  # image-major, K = 2
+    zs = [d.z for d in latents.draws]
+    shared = probe.encode_given(x, zs, n_samples=2)
+    repeated = probe.encode_given(x.repeat_interleave(2, 0), zs)
+    for a, b in zip(shared.draws, repeated.draws, strict=True):
+        torch.testing.assert_close(a.q_mean, b.q_mean)
+        torch.testing.assert_close(a.q_logstd, b.q_logstd)

@@ -237,12 +237,12 @@ def _pairs_hierarchical(probe: Probe, images: torch.Tensor, draws: dict, progres
 def _pair_log_q(probe: Probe, x: torch.Tensor, zs: list[torch.Tensor]) -> torch.Tensor:
     """log q(z_l^(i) | z_<l^(i), x_n) per layer for every draw i and image n: (bi, bn, L)."""
     bi, bn = zs[0].shape[0], x.shape[0]
-    x_rows = x.repeat(bi, 1, 1, 1)  # row i * bn + n: draw i, image n
-    z_rows = [z.repeat_interleave(bn, 0).to(probe.device) for z in zs]
-    latents = probe.encode_given(x_rows.to(probe.device), z_rows)
+    # image-major rows: row n * bi + i is draw i under image n (the encoder work once per image)
+    z_rows = [z.repeat(bn, *([1] * (z.ndim - 1))).to(probe.device) for z in zs]
+    latents = probe.encode_given(x.to(probe.device), z_rows, n_samples=bi)
     columns = [gaussian_log_density(z.double(), d.q_mean.double(), d.q_logstd.double())
                .flatten(1).sum(1) for z, d in zip(z_rows, latents.draws, strict=True)]
-    return torch.stack(columns, 1).reshape(bi, bn, -1).cpu()
+    return torch.stack(columns, 1).reshape(bn, bi, -1).transpose(0, 1).cpu()
 
 
 # ---- the Dataset ------------------------------------------------------------------------------

@@ -61,11 +61,11 @@ class HVAEProbe(_NativeProbe):
         return LatentPass(draws, k, {"h": h})
 
     @torch.no_grad()
-    def encode_given(self, x, zs) -> LatentPass:
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
         x = self.check_images(x)
-        contexts = self.model.posterior_contexts(self.model.bottom_up(x))
-        h, draws = self.model.top_down(contexts=contexts, zs=list(zs))
-        return LatentPass(draws, 1, {"h": h})
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        h, draws = self.model.top_down(contexts=contexts.rows(n_samples), zs=list(zs))
+        return LatentPass(draws, n_samples, {"h": h})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
@@ -125,16 +125,17 @@ class TwoStageProbe(_NativeProbe):
         return LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
-    def encode_given(self, x, zs) -> LatentPass:
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
         x = self.check_images(x)
         primary, secondary, cut = self.model.primary, self.model.secondary, self.n_primary
-        contexts = primary.posterior_contexts(primary.bottom_up(x))
-        h1, draws1 = primary.top_down(contexts=contexts, zs=list(zs[:cut]))
-        x_hat = primary.likelihood(h1).mean
-        h2, draws2 = secondary.top_down(secondary.bottom_up(x, condition=x_hat),
-                                        batch=x.shape[0], zs=list(zs[cut:]),
+        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
+        h1, draws1 = primary.top_down(contexts=contexts.rows(n_samples), zs=list(zs[:cut]))
+        x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per row
+        x_rows = x.repeat_interleave(n_samples, 0)
+        h2, draws2 = secondary.top_down(secondary.bottom_up(x_rows, condition=x_hat),
+                                        batch=x_rows.shape[0], zs=list(zs[cut:]),
                                         condition_features=secondary.condition_features(x_hat))
-        return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
+        return LatentPass(draws1 + draws2, n_samples, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
