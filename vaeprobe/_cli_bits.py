@@ -139,6 +139,8 @@ def _cmd_compare(args) -> int:
 
     table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
     print(table.dropna(axis=1, how="all").to_string(float_format="%.4g"))
+    for sentence in filter(None, str(ds.attrs.get("warning", "")).split("; ")):
+        print(f"WARNING: {sentence}")
     reused = [str(m) for m in ds["model"].values[ds["audit_reused"].values == 1]]
     print(f"audits reused: {', '.join(reused) or 'none'}")
     if args.out_dir:

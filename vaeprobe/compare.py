@@ -75,7 +75,8 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
         ``audit_reused`` 0/1, ``audit_n_images``): ``rate``, ``rate_bpd``, ``distortion``,
         ``mse``, ``psnr``, ``ssim``, ``lpips``, ``bpd``, ``elbo_bpd``,
         ``mutual_information``, ``marginal_kl``, ``latent_scaling_factor``, ``gamma`` (NaN
-        where undefined for a model, with the reason in ``attrs["undefined"]``).
+        where undefined for a model, with the reason in ``attrs["undefined"]``);
+        ``attrs["warning"]``: a model's information near its log N ceiling, and the like.
 
     Examples
     --------
@@ -102,7 +103,10 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
                                              information=information,
                                              information_images=information_images),
                              dataset=dataset_name(dataset), n_images=n_images, seed=seed,
-                             reconstruction_kind=KIND, undefined=json.dumps(undefined))
+                             reconstruction_kind=KIND, undefined=json.dumps(undefined),
+                             warning="; ".join(f"{label}: {row['warning']}" for label, row
+                                               in zip(labels, rows, strict=True)
+                                               if row.get("warning")))
     if out is not None:
         write_page(ds, Path(out))
     return ds
@@ -243,8 +247,11 @@ def _information(probe: Probe, dataset, options: dict, said: list[str]) -> dict:
     except UndefinedAnalysisError as error:
         said.append(f"information: {error}")
         return {}
-    return dict(mutual_information=float(ds["total_mutual_information"]),
-                marginal_kl=float(ds["total_marginal_kl"]))
+    row = dict(mutual_information=float(ds["total_mutual_information"]),
+               marginal_kl=float(ds["total_marginal_kl"]))
+    if ds.attrs.get("warning"):
+        row["warning"] = f"information: {ds.attrs['warning']}"
+    return row
 
 
 def _table(labels: list[str], rows: list[dict]) -> xr.Dataset:
