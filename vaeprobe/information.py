@@ -174,32 +174,71 @@ class _RunningLogSumExp:
         self.value[rows] = torch.logaddexp(self.value[rows], torch.logsumexp(block, dim=dim))
 
 
+class _DimensionMoments:
+    """Running sum and sum of squares over draws of per-dimension terms (float64)."""
+
+    def __init__(self, dims: int):
+        self.n, self.total, self.total_sq = 0, torch.zeros(dims, dtype=torch.float64), \
+            torch.zeros(dims, dtype=torch.float64)
+
+    def update(self, values: torch.Tensor) -> None:  # (draws, D)
+        self.n += values.shape[0]
+        self.total += values.sum(0)
+        self.total_sq += (values ** 2).sum(0)
+
+    def mean_se(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.n
+        variance = (self.total_sq / self.n - mean ** 2).clamp(min=0) * self.n / max(self.n - 1, 1)
+        return mean.numpy(), (variance / self.n).sqrt().numpy()
+
+
 def _pairs_one_layer(draws: dict, progress: bool) -> dict:
     """log q(z_i) (joint) and log q(z_id) (per dimension) by logsumexp over all images, and
-    log q(z_i | x_i) per dimension from the same arithmetic."""
+    log q(z_i | x_i) from the same arithmetic. Draws go block by block, each against every
+    image: a block's per-dimension terms are finished and folded into running moments, so
+    memory holds the N posteriors and one block, never an (N, D) array of results."""
     z = draws["zs"][0].flatten(1).double()  # (N, D)
     mean, logstd = draws["q_mean"], draws["q_logstd"]
+    p_mean, p_logstd = draws["p_mean"], draws["p_logstd"]
     n, dims = z.shape
     block = max(1, int(math.sqrt(BLOCK_ELEMENTS / dims)))
-    joint, per_dim = _RunningLogSumExp((n,)), _RunningLogSumExp((n, dims))
-    own = torch.empty(n, dims, dtype=torch.float64)
+    log_n = math.log(n)
+    out = {name: torch.empty(n, dtype=torch.float64) for name in
+           ("log_qz", "log_qzx", "log_qz_dims", "dimension_wise")}
+    moments = dict(info=_DimensionMoments(dims), mkl=_DimensionMoments(dims),
+                   rate=_DimensionMoments(dims))
     from vaeprobe._analysis import progress_bar
+    from vaeprobe.probe import gaussian_kl
 
     bar = progress_bar(n, "information: pairs", progress, unit="draw")
     for i in range(0, n, block):
         rows = slice(i, min(n, i + block))
+        joint = _RunningLogSumExp((rows.stop - rows.start,))
+        per_dim = _RunningLogSumExp((rows.stop - rows.start, dims))
+        own = torch.empty(rows.stop - rows.start, dims, dtype=torch.float64)
         for j in range(0, n, block):
             columns = slice(j, min(n, j + block))
             terms = gaussian_log_density(z[rows, None], mean[None, columns],
                                          logstd[None, columns])  # (bi, bn, D)
-            per_dim.update(rows, terms)
-            joint.update(rows, terms.sum(2))
-            _take_diagonal(own, terms, rows, columns)
+            every = slice(None)
+            per_dim.update(every, terms)
+            joint.update(every, terms.sum(2))
+            _take_diagonal(own, terms, slice(0, rows.stop - rows.start),
+                           slice(columns.start - rows.start, columns.stop - rows.start))
+        log_qz_dim = per_dim.value - log_n
+        mkl_dim = log_qz_dim - gaussian_log_density(z[rows], p_mean, p_logstd)
+        moments["info"].update(own - log_qz_dim)
+        moments["mkl"].update(mkl_dim)
+        moments["rate"].update(gaussian_kl(mean[rows], logstd[rows], p_mean, p_logstd))
+        out["log_qz"][rows] = joint.value - log_n
+        out["log_qzx"][rows] = own.sum(1)
+        out["log_qz_dims"][rows] = log_qz_dim.sum(1)
+        out["dimension_wise"][rows] = mkl_dim.sum(1)
         bar.update(rows.stop - rows.start)
     bar.close()
-    log_n = math.log(n)
-    return dict(log_qz=(joint.value - log_n)[:, None], log_qz_dim=per_dim.value - log_n,
-                log_qzx_dim=own, log_qzx=own.sum(1, keepdim=True))
+    return dict(log_qz=out["log_qz"][:, None], log_qzx=out["log_qzx"][:, None],
+                log_qz_dims=out["log_qz_dims"], dimension_wise=out["dimension_wise"],
+                moments=moments)
 
 
 def _take_diagonal(own: torch.Tensor, terms: torch.Tensor, rows: slice, columns: slice) -> None:
@@ -292,37 +331,26 @@ def _dataset(probe: Probe, draws: dict, pairs: dict, n: int) -> xr.Dataset:
 
 def _per_dimension(probe: Probe, draws: dict, pairs: dict) -> xr.Dataset:
     """One-layer models: the split per latent dimension, total correlation, dimension-wise KL."""
-    z = draws["zs"][0].flatten(1).double()
-    log_p_dim = gaussian_log_density(z, draws["p_mean"], draws["p_logstd"])  # (N, D)
-    kl_dim = _kl_per_dimension(draws)
-    info_dim = pairs["log_qzx_dim"] - pairs["log_qz_dim"]
-    mkl_dim = pairs["log_qz_dim"] - log_p_dim
-    total_correlation = pairs["log_qz"][:, 0] - pairs["log_qz_dim"].sum(1)
+    total_correlation = pairs["log_qz"][:, 0] - pairs["log_qz_dims"]
     channels, height, width = probe.latent_shapes()[0]
     grid = np.indices((channels, height, width)).reshape(3, -1)
     nats = {"units": "nats"}
     variables = {}
-    for name, values, text in (("rate_per_dimension", kl_dim, "E_x KL(q(z_d|x) || p(z_d))"),
-                               ("mutual_information_per_dimension", info_dim, "I(x; z_d)"),
-                               ("marginal_kl_per_dimension", mkl_dim, "KL(q(z_d) || p(z_d))")):
-        mean, se = _mean_se(values)
+    for name, key, text in (("rate_per_dimension", "rate", "E_x KL(q(z_d|x) || p(z_d))"),
+                            ("mutual_information_per_dimension", "info", "I(x; z_d)"),
+                            ("marginal_kl_per_dimension", "mkl", "KL(q(z_d) || p(z_d))")):
+        mean, se = pairs["moments"][key].mean_se()
         variables[name] = ("dimension", mean, {**nats, "long_name": text})
         variables[f"{name}_se"] = ("dimension", se, nats)
     for name, values, text in (
             ("total_correlation", total_correlation, "KL(q(z) || prod_d q(z_d))"),
-            ("dimension_wise_kl", mkl_dim.sum(1), "sum_d KL(q(z_d) || p(z_d))")):
+            ("dimension_wise_kl", pairs["dimension_wise"], "sum_d KL(q(z_d) || p(z_d))")):
         mean, se = _mean_se(values)
         variables[name] = ((), float(mean), {**nats, "long_name": text})
         variables[f"{name}_se"] = ((), float(se), nats)
     return xr.Dataset(variables, coords={
-        "dimension": np.arange(z.shape[1]), "dimension_channel": ("dimension", grid[0]),
+        "dimension": np.arange(grid.shape[1]), "dimension_channel": ("dimension", grid[0]),
         "dimension_y": ("dimension", grid[1]), "dimension_x": ("dimension", grid[2])})
-
-
-def _kl_per_dimension(draws: dict) -> torch.Tensor:
-    from vaeprobe.probe import gaussian_kl
-
-    return gaussian_kl(draws["q_mean"], draws["q_logstd"], draws["p_mean"], draws["p_logstd"])
 
 
 def _identity(residual: torch.Tensor, n: int) -> dict:
