@@ -21,8 +21,10 @@ PMF over the bins is its mass in each. Both sides compute the bins from the laye
 **Determinism.** The decoder must compute bit-identical PMFs. Coding runs on the CPU, on one
 thread, one image at a time (the same batch composition on both sides); every PMF is quantised
 to integer counts (float64 probabilities times 2^24, floored, at least 1) before it reaches the
-coder. The first image's posterior pops need bits on the stack: the chain starts from
-``initial_bits`` seeded random bits (reported separately; they come back at the end).
+coder. The file records torch's version and CPU kernel set; decoding elsewhere is warned about
+(other kernels may round differently). The first image's posterior pops need bits on the
+stack: the chain starts from ``initial_bits`` seeded random bits (reported separately; they come
+back at the end).
 
 File format (``.vpbb``): the magic line, a little-endian uint32 header length, a JSON header
 (format version, the model's sha256, image shape, number of images, latent bits, initial words)
@@ -316,6 +318,11 @@ def _constriction_version() -> str:
         return "unknown"
 
 
+def _platform() -> dict:
+    """What the PMFs' floating point depends on beyond the model: torch and the CPU kernels."""
+    return dict(torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability())
+
+
 def model_identity(probe: Probe) -> dict:
     """What a compressed file must be decoded with: the checkpoint's sha256 (or, for a model
     held in memory, the sha256 of its parameters), and which weights of it (EMA or raw)."""
@@ -417,7 +424,7 @@ def compress(source, data, *, n_images: int | None = 100, latent_bits: int = 8, 
                   checkpoint=str(probe.source.get("checkpoint", "")),
                   n_images=len(images), latent_bits=latent_bits,
                   initial_words=len(initial), precision=PRECISION,
-                  constriction=_constriction_version())
+                  constriction=_constriction_version(), **_platform())
     if out is not None:
         write_compressed(out, header, words)
     parameters = dict(n_images=n_images, latent_bits=latent_bits, seed=seed, verify=verify)
@@ -572,6 +579,16 @@ def decompress(path, source=None, *, progress: bool = True) -> torch.Tensor:
     if list(probe.image_shape) != header["image_shape"]:
         raise CompressedFileError(f"{path} holds images {header['image_shape']}, the model "
                                   f"makes {list(probe.image_shape)}")
+    here = _platform()
+    if any(header.get(key, here[key]) != here[key] for key in here):
+        import warnings
+
+        warnings.warn(f"{path} was coded with torch {header.get('torch')} on "
+                      f"{header.get('cpu_capability')} CPU kernels, this is torch "
+                      f"{here['torch']} on {here['cpu_capability']}: the decoder's PMFs must "
+                      f"equal the encoder's bit for bit, and other kernels may round "
+                      f"differently (a wrong image, not an error); check the result",
+                      stacklevel=2)
     chain = _Chain(probe, int(header["latent_bits"]))
     with _one_thread(), torch.no_grad():
         images, _, _ = _decode_all(chain, words, int(header["n_images"]), progress)
