@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from vaeprobe import io
-from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.diffusers import _image_size
 from vaeprobe.adapters.module import ModuleProbe
+from vaeprobe.io import check_state_dict
 
 # file-name prefix -> (latent channels, FLUX.2 mid-block GroupNorm); longest names first
 VARIANTS = {"taesdxl": (4, False), "taesd3": (16, False), "taesd": (4, False),
@@ -250,7 +251,7 @@ def open_taesd(path: Path, *, image_size=None, device=None) -> ModuleProbe:
                     size[1] // DOWNSAMPLING)
     return ModuleProbe(model, (3, *size), scale="none", decoder_output="mean",
                        pixel_range=(0.0, 1.0), device=device, source=source,
-                       latent_shape=latent_shape)
+                       latent_shape=latent_shape, size_multiple=DOWNSAMPLING)
 
 
 __all__ = ["TinyAutoencoder", "VARIANTS", "open_taesd", "sniff"]

@@ -12,6 +12,7 @@ import xarray as xr
 
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
 from vaeprobe.accumulate import check_mergeable
+from vaeprobe.arrays import rate_terms
 from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
@@ -31,6 +32,7 @@ class BitsAccumulator:
 
     def __init__(self, probe: Probe, context, *, active_threshold: float = 0.01,
                  collapse_threshold: float = 0.1):
+        probe.require("vp.rate", posterior=True)
         if not collapse_threshold >= 0:
             raise ValueError(f"collapse_threshold must be >= 0 nats, got {collapse_threshold}")
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
@@ -43,12 +45,7 @@ class BitsAccumulator:
 
     def update(self, batch) -> None:
         latents, x = batch.sample, batch.x
-        width = max(info.channels for info in self.probe.layers)
-        per_channel = torch.full((x.shape[0], len(self.probe.layers), width), float("nan"),
-                                 dtype=torch.float64)
-        for index, draw in enumerate(latents.draws):
-            kl = draw.kl.double().sum((2, 3)).cpu()  # (B, channels)
-            per_channel[:, index, :kl.shape[1]] = kl
+        per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"].cpu()
         layer = latents.kl_per_layer().double().cpu()
         m = self.moments
         m["layer"].update(layer)

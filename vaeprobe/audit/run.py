@@ -143,11 +143,12 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
         raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(registry)}")
     chosen = [name for name in registry if name in chosen]  # report order
     resolved = resolve_settings(registry, chosen, settings, quick)
+    from vaeprobe._analysis import fit_probe
     from vaeprobe.adapters import as_probe
-    from vaeprobe.data import as_dataset
 
     probe = as_probe(source, format, device=device, **(options or {}))
-    dataset = as_dataset(data, image_shape=probe.image_shape)  # resolved (and decoded) once
+    # resolved (and decoded) once; a convolutional model takes the data's own size
+    probe, dataset = fit_probe(probe, data)
     n_images = min(n_images, QUICK_IMAGES) if quick else n_images
     indices = vdata.select(dataset, n_images, seed)
     networks = {key: str(value) if value is not None else None

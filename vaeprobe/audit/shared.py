@@ -181,12 +181,12 @@ def run_shared(name: str, probe, data, *, n_images: int | None = 256, seed: int 
                batch_size: int = 64, progress: bool = True, networks: dict | None = None,
                **options):
     """One shared section on its own: resolve the model and data, run the pass, compute."""
-    from vaeprobe._analysis import evaluation_set
+    from vaeprobe._analysis import evaluation_set, fit_probe
     from vaeprobe.adapters import as_probe
     from vaeprobe.audit.registry import get
 
     section = get(name)
-    probe = as_probe(probe)
+    probe, data = fit_probe(as_probe(probe), data)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     context = SectionContext(dataset, indices, seed, dict(networks or {}))
     accumulator = section.accumulator(probe, context, **options)

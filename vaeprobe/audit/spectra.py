@@ -54,7 +54,8 @@ class SpectraAccumulator:
         self.residual.update(x.double() / 255.0 - mean)
         self.data_power.update(x)
         self.distortion += float(squared_error(x, mean).sum())
-        self.rate += float(batch.sample.kl_per_layer().double().sum())
+        if batch.sample.from_posterior:  # a deterministic autoencoder has no rate
+            self.rate += float(batch.sample.kl_per_layer().double().sum())
         self.count += x.shape[0]
         if sum(len(p[0]) for p in self.previews) < self.n_preview:
             self.previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))

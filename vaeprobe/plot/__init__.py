@@ -18,6 +18,7 @@ from vaeprobe.plot._audit import (
     audit_section,
     audit_spectra,
 )
+from vaeprobe.plot._bits import compare_page, compress, information, rate_distortion_models
 from vaeprobe.plot._common import axes, save_figure
 from vaeprobe.plot._images import image_grid, sample_grid
 from vaeprobe.plot._paper import (
@@ -35,8 +36,8 @@ from vaeprobe.plot._spectrum import high_frequency, pca, spectrum, training_curv
 
 __all__ = ["against_distortion", "audit_bits", "audit_card", "audit_latents", "audit_page",
            "audit_precision", "audit_progressive", "audit_progressive_previews",
-           "audit_reconstructions", "audit_samples", "audit_section", "audit_spectra",
-           "axes", "bars", "bits_by_stage", "high_frequency", "image_grid", "image_rows",
-           "iwae_convergence", "pca", "rate", "rate_by_stage", "rate_distortion", "sample_grid",
-           "sample_quality", "save_figure", "spectrum", "training_comparison",
-           "training_curves"]
+           "audit_reconstructions", "audit_samples", "audit_section", "audit_spectra", "axes",
+           "bars", "bits_by_stage", "compare_page", "compress", "high_frequency", "image_grid",
+           "image_rows", "information", "iwae_convergence", "pca", "rate", "rate_by_stage",
+           "rate_distortion_models", "rate_distortion", "sample_grid", "sample_quality",
+           "save_figure", "spectrum", "training_comparison", "training_curves"]
