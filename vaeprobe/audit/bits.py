@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import xarray as xr
 
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
