@@ -116,21 +116,23 @@ def cpu_slowdown(dtype_name: str) -> float:
     conv = nn.Conv2d(32, 32, 3, padding=1)
     x = torch.randn(1, 32, 64, 64)
 
-    def timed(context, repeats: int) -> float:
-        """The fastest of ``repeats`` calls after a warm-up, in CPU seconds of this process
-        (all its threads): a busy machine's preemptions do not count."""
-        best = float("inf")
+    def timed(context) -> float:
         with torch.no_grad(), context:
+            start = time.perf_counter()
             conv(x)
-            for _ in range(repeats):
-                start = time.process_time()
-                conv(x)
-                best = min(best, time.process_time() - start)
-        return best
+            return time.perf_counter() - start
 
+    fast = contextlib.nullcontext
     try:
-        reference = timed(contextlib.nullcontext(), 5)
-        low = timed(torch.autocast("cpu", dtype=getattr(torch, dtype_name)), 2)
+        low_context = functools.partial(torch.autocast, "cpu", dtype=getattr(torch, dtype_name))
+        timed(fast()), timed(low_context())  # warm-up
+        reference, low = [], []
+        for _ in range(3):  # interleaved, fastest of each: a busy machine's preemptions drop out
+            reference.append(timed(fast()))
+            low.append(timed(low_context()))
+            if min(low) > 4 * CPU_SLOWDOWN_LIMIT * min(reference):
+                break  # clearly slow: no need to wait for more
+        reference, low = min(reference), min(low)
     except RuntimeError:
         return float("inf")
     return low / max(reference, 1e-6)
