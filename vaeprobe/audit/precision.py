@@ -196,7 +196,12 @@ def _crop_probe(probe: Probe, side: int) -> Probe | None:
     import dataclasses
 
     channels, height, width = probe.image_shape
-    if len(probe.layers) != 1 or side >= min(height, width):
+    if side >= min(height, width):
+        return None
+    multiple = getattr(probe, "size_multiple", None)
+    if multiple:  # a convolutional probe says which sizes it takes
+        return probe.at_image_size(side, side) if side % multiple == 0 else None
+    if len(probe.layers) != 1:
         return None
     info = probe.layers[0]
     factor = height // info.resolution[0]
