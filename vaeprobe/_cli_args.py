@@ -23,6 +23,7 @@ NONE_MEANS = {
     "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
     "spectrum_distortion": "none: no PCA spectrum",
     "root": "none",
+    "max_memory": "$VAEPROBE_MAX_MEMORY, else half the available memory",
 }
 
 
@@ -103,6 +104,15 @@ def _load_arguments(parser, api: _ApiArguments) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
                         "(formats with EMA weights; default: EMA weights)")
     api.add("--device", of="load", help="cpu, cuda or cuda:N")
+    _safety_arguments(parser, api)
+
+
+def _safety_arguments(parser, api: _ApiArguments) -> None:
+    """--max-memory and --allow-nonfinite: what an untrusted model may ask for."""
+    api.add("--max-memory", of="load", help="refuse a model whose weights plus one image's "
+            "activations would need more memory than this (e.g. 16GB), checked before building")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="open weights that "
+                        "hold NaN or inf values, with a warning (default: refuse them)")
 
 
 def _options(pairs: list[str]) -> dict:
@@ -128,7 +138,9 @@ def _load(args, path=None):
     options = _options(args.option)
     if args.no_ema:
         options["ema"] = False
-    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
+    return vp.load(path or args.checkpoint, format=args.format, device=args.device,
+                   max_memory=getattr(args, "max_memory", None),
+                   allow_nonfinite=getattr(args, "allow_nonfinite", False), **options)
 
 
 def _model_command(sub, name: str, function, help: str, example: str) -> tuple:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vaeprobe import validate
 from vaeprobe._version import __version__
 
 CHECKPOINT_FORMAT = "vaeprobe-checkpoint"
@@ -283,18 +284,22 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    validate.check_file_size(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read safetensors checkpoint {path}: {error}") from None
+        format_version, step = int(metadata.get("format_version", 0)), \
+            int(metadata.get("step", 0))
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
+        raise CheckpointError(f"cannot read safetensors checkpoint {path}: corrupt or "
+                              f"truncated ({str(error)[:200]})") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
     return dict(
-        format=metadata.get("format"), format_version=int(metadata.get("format_version", 0)),
+        format=metadata.get("format"), format_version=format_version,
         family=metadata.get("family"), config_json=metadata.get("config_json", "{}"),
-        state_dict=state, ema_state_dict=ema or None, step=int(metadata.get("step", 0)),
+        state_dict=state, ema_state_dict=ema or None, step=step,
         vaeprobe_version=metadata.get("vaeprobe_version"), trainer_state=None,
     )
 
@@ -314,6 +319,33 @@ def _check_torch_file(path: Path) -> None:
                               f"by vaeprobe's trainer, or a run directory")
 
 
+def load_torch_file(path: Path, what: str = "torch file"):
+    """``torch.load(weights_only=True)`` of an untrusted file, with every failure a
+    :class:`CheckpointError` naming the file.
+
+    Refuses first a torch with a known weights-only bypass
+    (:func:`vaeprobe.validate.require_safe_torch`) and a file that is not a torch archive at
+    all. A pickle that asks for other objects is refused without running anything, and the
+    message never suggests turning the protection off.
+    """
+    validate.require_safe_torch()
+    _check_torch_file(path)
+    validate.check_file_size(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it asks to unpickle {validate.refused_pickle_reason(error)}"
+            f", which could run code. vaeprobe reads tensors and plain containers only and "
+            f"never unpickles arbitrary objects; re-save the weights as a state dict of tensors "
+            f"(or as .safetensors) from code you trust") from None
+    except (EOFError, RuntimeError, OSError, KeyError, IndexError, ValueError, TypeError,
+            AttributeError, MemoryError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot read {what} {path}: truncated, corrupt or not a torch "
+                              f"file ({reason[:200]})") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint without executing anything in it; validate its header.
 
@@ -325,29 +357,51 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         payload = _read_safetensors(path)
     else:
-        _check_torch_file(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(
-                f"refused to load {path}: it asks to unpickle objects other than tensors and "
-                f"plain containers, which could run code. vaeprobe never unpickles arbitrary "
-                f"objects; re-save the weights as a state dict. ({str(error).splitlines()[0]})"
-            ) from None
-        except (EOFError, RuntimeError, OSError, KeyError, IndexError, ValueError) as error:
-            raise CheckpointError(
-                f"cannot read {path}: truncated or not a torch checkpoint ({error})"
-            ) from None
+        payload = load_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a vaeprobe checkpoint (no format={CHECKPOINT_FORMAT!r} header); for "
             f"third-party weights use a vaeprobe.adapters loader"
         )
-    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has a corrupt vaeprobe header: format_version is "
+                              f"{version!r}, not an integer")
+    if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload['format_version']}; this "
                               f"vaeprobe reads up to {CHECKPOINT_FORMAT_VERSION}: upgrade vaeprobe")
-    payload["config"] = json.loads(payload.pop("config_json"))
+    payload["config"] = _checkpoint_config(payload, path)
     return payload
+
+
+def _checkpoint_config(payload: dict, path: Path) -> dict:
+    """The header of a vaeprobe checkpoint checked (types, not values: those are the family's),
+    and its config decoded; a hand-edited or corrupt header is a CheckpointError naming the
+    key."""
+    def tensors(value) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+    problems = []
+    if not isinstance(payload.get("family"), str):
+        problems.append(f"family is {type(payload.get('family')).__name__}, not a name")
+    if not tensors(payload.get("state_dict")):
+        problems.append("state_dict is not a dict of named tensors")
+    if payload.get("ema_state_dict") is not None and not tensors(payload["ema_state_dict"]):
+        problems.append("ema_state_dict is not a dict of named tensors")
+    step = payload.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        problems.append(f"step is {step!r}, not an integer >= 0")
+    try:
+        config = json.loads(payload.pop("config_json", None) or "null")
+    except (TypeError, ValueError) as error:
+        config = None
+        problems.append(f"config_json is not JSON ({error})")
+    if not isinstance(config, dict):
+        problems.append("config_json does not hold a JSON object")
+    if problems:
+        raise CheckpointError(f"{path} has a corrupt vaeprobe header: {'; '.join(problems)}")
+    return config
 
 
 def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -4,13 +4,12 @@ files read, and the decoder output of a model without a likelihood."""
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vaeprobe import io
+from vaeprobe import io, validate
 from vaeprobe.probe import UndefinedAnalysisError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -37,25 +36,21 @@ def read_tensors(path: Path) -> dict:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        validate.check_file_size(path)
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise io.CheckpointError(f"cannot read safetensors file {path}: {error}") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise io.CheckpointError(
-            f"refused to load {path}: it asks to unpickle objects other than tensors and plain "
-            f"containers, which could run code; vaeprobe reads weights only "
-            f"({str(error).splitlines()[0]})") from None
-    except (EOFError, RuntimeError, OSError) as error:
-        raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
-                                 f"({error})") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
+            raise io.CheckpointError(f"cannot read safetensors file {path}: corrupt or "
+                                     f"truncated ({str(error)[:200]})") from None
+    return io.load_torch_file(path, "weights file")
 
 
 def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
     """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
     expected = model.state_dict()
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise io.CheckpointError(f"{path} does not hold a state dict (a dict of named tensors)")
     missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
     unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
                   if k not in expected]
@@ -69,6 +64,7 @@ def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
                 lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
                              + (" ..." if len(rows) > 10 else ""))
         raise io.CheckpointError("\n".join(lines))
+    validate.check_weights(state, expected, path)
 
 
 def file_source(checkpoint: Path, files: list[Path]) -> dict:
