@@ -181,6 +181,7 @@ class Trainer:
         else:
             self.optimizer.step()
             self.update_ema()
+            self.check_finite(result["loss"])
         if objectives.objectives.get(self.config.objective).lagrangian:
             distortion = all_mean(result["distortion"], self.world)
             objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
@@ -195,6 +196,22 @@ class Trainer:
                 f"raise --skip-threshold")
         result["grad_norm"] = grad_norm
         return result
+
+    @torch.no_grad()
+    def check_finite(self, loss: torch.Tensor | None = None) -> None:
+        """Stop with a TrainingError when the weights or their EMA hold NaN or inf (an update
+        that overflowed: nothing later can recover, and no checkpoint may keep them)."""
+        for name, module in (("weights", self.model), ("EMA weights", self.ema)):
+            params = [p for p in module.parameters() if p.is_floating_point()]
+            if params and not bool(torch.isfinite(torch.stack(
+                    torch._foreach_norm(params, float("inf")))).all()):
+                loss_said = "" if loss is None else f" (loss {float(loss):.4g})"
+                raise TrainingError(
+                    f"the {name} became non-finite (NaN or inf) at step {self.step + 1}"
+                    f"{loss_said}: the update overflowed (--lr {self.config.lr:g}, --ema-rate "
+                    f"{self.config.ema_rate:g}). No checkpoint was written with them; the "
+                    f"latest checkpoint in {self.out} is the last good one. Start again with a "
+                    f"lower --lr")
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -237,6 +254,7 @@ class Trainer:
         if self.rank != 0:
             return
         self.calibrate_sigma()
+        self.check_finite()  # never write a non-finite checkpoint
         self.directory.save_checkpoint(self.step, family=family_of(self.model),
                                        config=config_of(self.model),
                                        state_dict=self.model.state_dict(),
@@ -248,7 +266,7 @@ class Trainer:
         if not found:  # killed before its first checkpoint: start afresh, drop its log lines
             self._truncate_metrics()
             return
-        payload = io.read_checkpoint(found[-1][1])
+        payload = self._last_good_checkpoint(found)
         state = payload["trainer_state"]
         self.model.load_state_dict(payload["state_dict"])
         self.ema.load_state_dict(payload["ema_state_dict"])
@@ -259,6 +277,25 @@ class Trainer:
         self.skipped, self.step = state["skipped"], payload["step"]
         self.recent_skips.extend(state["recent_skips"])
         self._truncate_metrics()  # noise is keyed by (seed, step, example): no RNG to restore
+
+    def _last_good_checkpoint(self, found: list) -> dict:
+        """The payload of the latest readable checkpoint; an unreadable later one (truncated by
+        a crash or a full disk) is named and skipped."""
+        for number, (step, path) in enumerate(reversed(found)):
+            try:
+                payload = io.read_checkpoint(path)
+                if not payload.get("trainer_state") or not payload.get("ema_state_dict"):
+                    raise io.CheckpointError(f"{path} has no trainer state to resume from")
+                if number and self.rank == 0:
+                    print(f"trainers.train: resuming from the previous good checkpoint {path} "
+                          f"(step {step})", file=sys.stderr)
+                return payload
+            except io.CheckpointError as error:
+                if self.rank == 0:
+                    print(f"trainers.train: skipping the checkpoint of step {step}: {error}",
+                          file=sys.stderr)
+        raise TrainingError(f"no readable checkpoint to resume in {self.out} (tried "
+                            f"{', '.join(p.name for _, p in found)}); start a new run")
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they will be redone."""
@@ -275,6 +312,20 @@ class Trainer:
 
     # -- main ---------------------------------------------------------------------------------
     def run(self) -> Path:
+        """Train, holding the run directory's lock: a second trainer on the same --out
+        refuses (``vaeprobe.run.RunBusyError``); a dead trainer's stale lock is taken over."""
+        if self.rank != 0:
+            return self._run()
+        said = self.directory.lock()
+        try:
+            if said not in ("taken", "held"):
+                print(f"trainers.train: {self.out}: {said}", file=sys.stderr)
+            prepare_run_dir(self.config)  # again, under the lock: no other run slipped in
+            return self._run()
+        finally:
+            self.directory.unlock()
+
+    def _run(self) -> Path:
         self.write_config()
         if self.config.resume:
             self.restore()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -205,11 +206,69 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
             os.unlink(tmp)
 
 
-def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+# names a run directory or model folder keeps for its inputs: never an output's name there
+_INPUT_NAMES = re.compile(r"^(ckpt_step\d+\.(pt|safetensors)|config\.json|metrics\.jsonl|"
+                          r"model_config\.json|.*\.(pt|pth|th|ckpt|safetensors|bin|pkl))$")
+
+
+def is_result(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file vaeprobe wrote: a netCDF result (``vaeprobe_version`` attr)
+    or a figure (PNG ``Software: vaeprobe``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(b"\x89HDF"):
+            import h5py
+
+            with h5py.File(path, "r") as stored:
+                return "vaeprobe_version" in stored.attrs
+        if head.startswith(b"\x89PNG"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return str(image.info.get("Software", "")).startswith("vaeprobe")
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def check_output(path: str | os.PathLike, what: str = "output", *, inputs=(),
+                 overwrite: bool = False) -> Path:
+    """Check before any work that ``path`` may be written: not one of ``inputs`` (files, or
+    run directories / model folders, whose checkpoints, configs and weights are protected),
+    an existing file replaced only when it is a vaeprobe result or ``overwrite``, and a
+    writable place (:func:`check_writable`). Raises :class:`OutputError` naming the path."""
+    path = Path(path)
+    target = path.resolve()
+    for source in inputs:
+        source = Path(source)
+        if not source.exists():
+            continue
+        resolved = source.resolve()
+        if resolved == target or (resolved.is_dir() and target.is_relative_to(resolved)
+                                  and target.is_dir()):
+            raise OutputError(f"refusing to write {what} {path}: it is an input of this command "
+                              f"({source}); choose another path")
+        folder = resolved if resolved.is_dir() else resolved.parent
+        if target.parent == folder and _INPUT_NAMES.match(target.name):
+            raise OutputError(f"refusing to write {what} {path}: {folder} holds the model being "
+                              f"read and that name is one of its inputs' names (checkpoints, "
+                              f"configs, weights); choose another name")
+    if path.is_file() and not overwrite and not is_result(path):
+        raise OutputError(f"refusing to replace {path} ({what}): it exists and is not a "
+                          f"vaeprobe result; choose another path or pass --overwrite "
+                          f"(overwrite=True)")
+    return check_writable(path, what)
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a results Dataset to netCDF (h5netcdf, gzip), atomically.
 
-    Raises :class:`OutputError` (an ``OSError``) naming ``path`` when it cannot be written;
-    ``ds`` itself is untouched, so it can be saved elsewhere.
+    An existing file is replaced only when it is a vaeprobe result (:func:`is_result`) or
+    with ``overwrite=True``. Raises :class:`OutputError` (an ``OSError``) naming ``path`` when
+    it cannot be written (a full disk included): nothing is left half-written, and ``ds``
+    itself is untouched, so it can be saved elsewhere.
 
     Examples
     --------
@@ -229,9 +288,17 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             encoding[name] = {"compression": "gzip", "compression_opts": 4}
         if variable.dtype == bool:
             ds[name] = variable.astype(np.uint8)
+    if Path(path).is_file() and not overwrite and not is_result(path):
+        raise OutputError(f"refusing to replace {path}: it exists and is not a vaeprobe result; "
+                          f"choose another path or pass overwrite=True")
     try:
         with atomic_path(path, ".nc.tmp") as tmp:
-            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+            try:
+                ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+            except (RuntimeError, ValueError) as error:  # h5py's own write failures
+                if not _disk_error(error):
+                    raise
+                raise OSError(errno.ENOSPC, str(error)) from None
     except OutputError as error:
         raise OutputError(f"{error}; nothing was written, the Dataset is unchanged in memory "
                           f"(save it elsewhere)") from None
@@ -276,8 +343,20 @@ def save_checkpoint(path: str | os.PathLike, *, family: str, config: dict, state
         trainer_state=trainer_state,
     )
     with atomic_path(path, ".pt.tmp") as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:  # torch's C++ writer: a full disk is a RuntimeError
+            raise OSError(errno.ENOSPC if _disk_error(error) else errno.EIO,
+                          str(error).splitlines()[0]) from None
     return Path(path)
+
+
+def _disk_error(error: BaseException) -> bool:
+    """Whether a library's error text says the disk is full or the write failed."""
+    text = str(error).lower()
+    return any(words in text for words in ("no space", "disk full", "quota", "errno = 28",
+                                           "failed writing", "can't write", "unable to write",
+                                           "write failed"))
 
 
 def _read_safetensors(path: Path) -> dict:

@@ -16,6 +16,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    flag_nonfinite,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -154,7 +155,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
                                    ess_mean=float(ds["ess"].mean()), k=k)
     ds.attrs = with_warnings(ds.attrs, said)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def _iwae_dataset(log_w: torch.Tensor, dims: int, indices: torch.Tensor) -> xr.Dataset:

@@ -12,6 +12,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    flag_nonfinite,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -154,7 +155,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                             likelihood_kind=probe.likelihood_kind)
     bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
     ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd))
-    return ds
+    return flag_nonfinite(ds)
 
 
 def resolution_label(size: tuple[int, int]) -> str:

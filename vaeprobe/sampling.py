@@ -24,6 +24,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, result_attrs
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
+from vaeprobe.validate import temperatures
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
 PRIOR_KINDS = ("mean", "stochastic")
@@ -150,6 +151,7 @@ def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, 
     """
     if return_primary and len(kinds) != 1:
         raise ValueError(f"return_primary needs exactly one kind, got {list(kinds)}")
+    temperatures(temperature)  # each finite and > 0: NaN would draw black images
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     positions = torch.arange(n)

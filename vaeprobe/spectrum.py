@@ -24,7 +24,14 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed, io
-from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
+from vaeprobe._analysis import (
+    batches,
+    evaluation_set,
+    flag_nonfinite,
+    progress_bar,
+    result_attrs,
+    squared_error,
+)
 
 # the estimator lives in vaeprobe._fourier, imported back here (vaeprobe.spectrum.power_2d...)
 from vaeprobe._fourier import (  # noqa: F401
@@ -187,7 +194,7 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
                                f"skipped: steps {[item['step'] for item in skipped]}")
     if single is None:
         ds.attrs.pop("checkpoint", None)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_size, seed,

@@ -396,6 +396,78 @@ def check_weights(state: dict, expected: dict, path, *, allow: bool | None = Non
     warnings.warn(f"{message}; opened anyway (allow_nonfinite=True)", UserWarning, stacklevel=3)
 
 
+# ---- image files -------------------------------------------------------------------------------
+
+IMAGE_PIXELS_ENV = "VAEPROBE_MAX_IMAGE_PIXELS"
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (a 0.25 GiB RGB)
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be read as 8-bit pixels (names the file and the reason)."""
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) read: ``$VAEPROBE_MAX_IMAGE_PIXELS`` or 89,478,485."""
+    value = os.environ.get(IMAGE_PIXELS_ENV)
+    if not value:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"${IMAGE_PIXELS_ENV} must be a positive integer, got {value!r}")
+    return limit
+
+
+def read_image(path):
+    """An image file decoded as an 8-bit PIL image (loaded, file closed).
+
+    16-bit greyscale (Pillow's ``I;16`` modes, and ``I`` from PNG) is scaled to 8 bits by
+    ``round(v / 257)`` (65535 -> 255) instead of being clipped at 255; 16-bit colour PNGs are
+    reduced by Pillow itself. Float (``F``) and 32-bit integer images (other than PNG) are
+    refused with the reason, and so is an image of more than :func:`max_image_pixels` pixels
+    (a decompression bomb), before its pixels are decoded. Every error names the file.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    limit = max_image_pixels()
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise ImageFileError(_bomb(path, width, height, limit))
+            image.load()
+            if image.mode in _SIXTEEN_BIT or (image.mode == "I" and image.format == "PNG"):
+                pixels = np.asarray(image).astype(np.float64)
+                return Image.fromarray(np.round(pixels / 257.0).clip(0, 255).astype(np.uint8),
+                                       mode="L")
+            if image.mode in ("I", "F"):
+                kind = "32-bit integer" if image.mode == "I" else "floating-point"
+                raise ImageFileError(f"{path}: {kind} pixels (mode {image.mode}) have no fixed "
+                                     f"range to scale from; convert the file to 8- or 16-bit")
+            return image.copy()
+    except Image.DecompressionBombError:
+        with Image.open(path) as image:  # the header only: Pillow refused before decoding
+            width, height = image.size
+        raise ImageFileError(_bomb(path, width, height, limit)) from None
+    except UnidentifiedImageError:
+        raise ImageFileError(f"{path} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageFileError):
+            raise
+        raise ImageFileError(f"cannot decode image {path}: {error} (truncated or "
+                             f"corrupt?)") from None
+
+
+def _bomb(path, width: int, height: int, limit: int) -> str:
+    return (f"{path}: {width} x {height} = {width * height:,} pixels, above the limit of "
+            f"{limit:,} (a decompression bomb, or a very large image); set "
+            f"${IMAGE_PIXELS_ENV} higher to read it")
+
+
 # ---- numbers in arguments ----------------------------------------------------------------------
 
 def finite(value, name: str, *, low=None, high=None, low_open: bool = False,

@@ -16,7 +16,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
-from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe._analysis import evaluation_set, flag_nonfinite, progress_bar, result_attrs
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.fidelity.cache import featurise, reference_features
 from vaeprobe.fidelity.extractors import Extractor, build_extractor
@@ -234,7 +234,7 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
         warning=("computed with stand-in (randomly initialised) networks: NOT comparable to "
                  "published FID/KID/LPIPS") if stand_in else "",
     )
-    return ds
+    return flag_nonfinite(ds)
 
 
 def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat", weights=None,
