@@ -136,10 +136,13 @@ def test_payload_pickles_never_run_and_never_advise_weights_only_false(tmp_path,
 
 def test_configs_asking_for_terabytes_are_refused_before_allocating(tmp_path, capsys):
     diffusers = _copy(DIFFUSERS, tmp_path / "diffusers")
-    _edit_json(diffusers / "config.json", block_out_channels=[1000000, 1000000],
-               norm_num_groups=2)
+    _edit_json(diffusers / "config.json", block_out_channels=[60000, 60000], norm_num_groups=2)
     refused("allocation", ["rate", str(diffusers), "--data", "digits8:test"], capsys,
-            diffusers / "config.json", "block_out_channels", "TiB", "nothing was allocated")
+            diffusers / "config.json", "block_out_channels", "asks for about", "TiB",
+            "nothing was allocated")
+    _edit_json(diffusers / "config.json", block_out_channels=[1000000, 1000000])
+    refused("allocation", ["rate", str(diffusers), "--data", "digits8:test"], capsys,
+            diffusers / "config.json", "block_out_channels", "[1, 65536]")
     pythae = _copy(PYTHAE, tmp_path / "pythae")
     _edit_json(pythae / "model_config.json", input_dim=[3, 100000, 100000])
     refused("allocation", ["rate", str(pythae), "--data", "digits8:test"], capsys,
@@ -395,7 +398,7 @@ def test_trainer_never_writes_a_nonfinite_checkpoint(tmp_path):
         next(trainer.ema.parameters()).view(-1)[0] = float("inf")
     with pytest.raises(TrainingError, match="EMA weights became non-finite"):
         trainer.save()
-    assert not vp.checkpoints(tmp_path / "run")
+    assert not list((tmp_path / "run").glob("ckpt_step*")) if (tmp_path / "run").exists() else True
     CORPUS.append(("trainer nonfinite", "inf in the EMA weights at a save"))
 
 
@@ -516,5 +519,9 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(tiny_run, tmp_path, ca
 
 
 def test_corpus_size():
-    """The corpus the tests above ran (the release note quotes it)."""
-    assert len(CORPUS) >= 40 or len(CORPUS) == 0, len(CORPUS)  # 0: this test run alone
+    """The corpus the tests above ran (the release note quotes it: pytest -s prints it)."""
+    from collections import Counter
+
+    if CORPUS:  # empty when this test runs alone
+        print(f"\nhostile corpus: {len(CORPUS)} cases; {dict(Counter(k for k, _ in CORPUS))}")
+        assert len(CORPUS) >= 60, len(CORPUS)

@@ -434,7 +434,10 @@ def read_image(path):
     from PIL import Image, UnidentifiedImageError
 
     limit = max_image_pixels()
+    previous = Image.MAX_IMAGE_PIXELS
     try:
+        # our limit replaces Pillow's (checked from the header below, before any decoding)
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
             width, height = image.size
             if width * height > limit:
@@ -449,10 +452,6 @@ def read_image(path):
                 raise ImageFileError(f"{path}: {kind} pixels (mode {image.mode}) have no fixed "
                                      f"range to scale from; convert the file to 8- or 16-bit")
             return image.copy()
-    except Image.DecompressionBombError:
-        with Image.open(path) as image:  # the header only: Pillow refused before decoding
-            width, height = image.size
-        raise ImageFileError(_bomb(path, width, height, limit)) from None
     except UnidentifiedImageError:
         raise ImageFileError(f"{path} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -460,6 +459,8 @@ def read_image(path):
             raise
         raise ImageFileError(f"cannot decode image {path}: {error} (truncated or "
                              f"corrupt?)") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _bomb(path, width: int, height: int, limit: int) -> str:
