@@ -5,8 +5,9 @@ import torch
 
 import vaeprobe as vp
 from vaeprobe import io
-from vaeprobe.adapters.native import config_of, family_of, probe_for
+from vaeprobe.adapters.native import probe_for
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.models.families import config_of, family_of
 
 
 def _save(model, path, **kwargs):

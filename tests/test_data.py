@@ -21,9 +21,9 @@ def test_other_patch_sizes(size):
 
 
 def test_split_is_by_photograph_and_no_test_patch_is_in_train():
-    train_photos = set(data._patch_recipe(32, "train")["photos"])
-    test_photos = set(data._patch_recipe(32, "test")["photos"])
-    assert not train_photos & test_photos and train_photos | test_photos == set(data.PHOTOS)
+    train_photos = set(_patches._patch_recipe(32, "train")["photos"])
+    test_photos = set(_patches._patch_recipe(32, "test")["photos"])
+    assert not train_photos & test_photos and train_photos | test_photos == set(_patches.PHOTOS)
     def rows(name):
         return {hashlib.sha1(p.tobytes()).digest() for p in data.load(name).images.numpy()}
     assert not rows("patches32:train") & rows("patches32:test")

@@ -10,8 +10,9 @@ import torch
 from linear_gaussian import LinearGaussianProbe, images
 
 import vaeprobe as vp
-from vaeprobe.adapters.native import Family, families, probe_for
+from vaeprobe.adapters.native import probe_for
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.models.families import Family, families
 from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
@@ -196,9 +197,15 @@ def test_rate_by_resolution_groups_by_height_and_width():
 def test_family_registry_checks_its_entries():
     with pytest.raises(TypeError, match="must be registered as a Family"):
         families.register("broken", object())
-    with pytest.raises(TypeError, match="probe_class must be a Probe subclass"):
+    with pytest.raises(TypeError, match="probe must name its Probe class"):
         families.register("broken", Family(HVAE, HVAE, dict, dict))
     assert "broken" not in families
+    families.register("not-a-probe", Family(torch.nn.Linear, dict, dict, "builtins:dict"))
+    try:
+        with pytest.raises(TypeError, match="builtins:dict is not a Probe subclass"):
+            probe_for(torch.nn.Linear(2, 2))
+    finally:
+        families._entries.pop("not-a-probe")
     with pytest.raises(TypeError, match="no Probe for Linear"):
         probe_for(torch.nn.Linear(2, 2))
     assert issubclass(families.get("hvae").probe_class, Probe)

@@ -50,10 +50,9 @@ def test_run_round_trip(tmp_path):
         assert path == run.checkpoint_path(step) and path.name == checkpoint_name(step)
     (tmp_path / "r" / "notes.txt").write_text("not a checkpoint")
     assert [s for s, _ in run.checkpoints()] == [20, 300, 1000]
-    assert vp.checkpoints(tmp_path / "r") == run.checkpoints() == io.checkpoints(run.path)
+    assert vp.checkpoints(tmp_path / "r") == run.checkpoints()
     assert run.latest_checkpoint() == run.checkpoint_path(1000)
-    assert resolve_checkpoint(run.path) == io.resolve_checkpoint(run.path) == \
-        run.checkpoint_path(1000)
+    assert resolve_checkpoint(run.path) == run.checkpoint_path(1000)
     payload = io.read_checkpoint(run.checkpoint_path(300))
     assert payload["step"] == 300 and torch.equal(payload["state_dict"]["w"], torch.full(
         (2,), 300.0))

@@ -39,8 +39,8 @@ from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
 from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one rule, here too)
-from vaeprobe.adapters.native import config_of, family_of
 from vaeprobe.models import TwoStageVAE
+from vaeprobe.models.families import config_of, family_of
 from vaeprobe.models.likelihoods import LOG_SIGMA_MIN
 from vaeprobe.random import image_generators, per_image_noise
 

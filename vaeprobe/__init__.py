@@ -26,5 +26,6 @@ from vaeprobe.spectrum import spectrum
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load", "open_results",
-           "pca_baseline", "plot", "rate", "sample_quality", "samples", "save", "spectrum"]
+           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
+           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
+           "spectrum"]

@@ -57,6 +57,8 @@ def result_attrs(analysis: str, parameters: dict, probe: Probe | None, dataset, 
     source = dict(probe.source) if probe is not None else {}
     source.setdefault("checkpoint", "in-memory model")
     name = vdata.dataset_name(dataset) if dataset is not None else "none"
+    if getattr(dataset, "binarize", None):  # binarized images: which protocol
+        facts.setdefault("binarize", dataset.binarize)
     return provenance(analysis, parameters, dataset=name,
                       n_images=int(n_images), seed=int(seed), **source, **facts)
 

@@ -18,107 +18,28 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# the embedded patches live in vaeprobe._patches, imported back here (data.load_patches & co.)
-from vaeprobe._patches import (  # noqa: F401
-    _PATCH_RECIPE_VERSION,
-    PATCH_SCALES,
-    PATCH_STRIDES,
-    PHOTOS,
-    TEST_PHOTOS,
-    _area_downsample,
-    _array_sha256,
-    _cut_patches,
-    _load_photo,
-    _patch_recipe,
-    _recipe_key,
-    build_patches,
-    cache_dir,
-    load_patches,
+from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
+from vaeprobe.binarize import BinarizedDataset, binarize, split_name
+from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
+from vaeprobe.data_sources import (
+    ImageFiles,
+    _image_folder,
+    _TorchvisionUint8,
+    datasets,
+    in_memory,
+    materialize,
+    path_datasets,
 )
+from vaeprobe.images import ImageTensorDataset, check_images, dataset_name, to_uint8
+
+# the public names of vaeprobe.data; each lives in the module it is imported from above
+__all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize",
+           "build_patches", "cache_dir", "check_images", "dataset_identity", "dataset_name",
+           "datasets", "default_workers", "gather", "in_memory", "iterate_batches", "load",
+           "load_batches", "load_patches", "materialize", "names", "path_datasets", "select",
+           "to_uint8"]
 
 SPLITS = ("train", "test")
-
-
-class ImageTensorDataset(Dataset):
-    """A uint8 ``(N, C, H, W)`` tensor as a Dataset, with a name and a content hash."""
-
-    def __init__(self, images: torch.Tensor, name: str = "tensor"):
-        self.images = check_images(images)
-        self.name = name
-        self._identity: str | None = None
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-    @property
-    def identity(self) -> str:
-        """sha256 of the pixels and shape: the same images give the same key."""
-        if self._identity is None:
-            digest = hashlib.sha256(str(tuple(self.images.shape)).encode())
-            digest.update(self.images.contiguous().numpy().tobytes())
-            self._identity = digest.hexdigest()
-        return self._identity
-
-    def __repr__(self) -> str:
-        return f"ImageTensorDataset(name={self.name!r}, images={tuple(self.images.shape)})"
-
-
-# ---------------------------------------------------------------------------------------------
-# validation and conversion
-
-
-def check_images(images, *, what: str = "images") -> torch.Tensor:
-    """Return ``images`` if it is a uint8 ``(N, C, H, W)`` tensor with C in (1, 3); else raise."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"expected {what} as a uint8 torch.Tensor (N, C, H, W), got {type(images)}")
-    shape = tuple(images.shape)
-    if images.dtype != torch.uint8:
-        raise ValueError(
-            f"expected uint8 {what} of shape (N, C, H, W) with values 0..255, got {images.dtype} "
-            f"{shape}; use vaeprobe.data.to_uint8 to convert floats in [0, 1]"
-        )
-    if images.ndim != 4:
-        raise ValueError(f"expected {what} of shape (N, C, H, W), got {images.ndim} dims {shape}")
-    if images.shape[1] not in (1, 3):
-        hint = "; they look NHWC: use images.permute(0, 3, 1, 2)" if shape[3] in (1, 3) else ""
-        raise ValueError(f"expected {what} with 1 or 3 channels at dim 1 (NCHW), got {shape}{hint}")
-    return images
-
-
-def to_uint8(images: torch.Tensor, *, channels_last: bool = False, clip: bool = False
-             ) -> torch.Tensor:
-    """Quantise floats in [0, 1] to uint8 by ``round(x * 255)``.
-
-    Floats outside [0, 1] are refused (floats in 0..255 would otherwise all become 255):
-    divide them by 255 first, or pass ``clip=True`` to clamp values a little outside [0, 1]
-    (e.g. a decoder mean) into range.
-
-    Examples
-    --------
-    >>> to_uint8(torch.tensor([[[[0.0, 0.5, 1.0]]]])).tolist()
-    [[[[0, 128, 255]]]]
-    >>> to_uint8(torch.tensor([[[[-0.1, 1.2]]]]), clip=True).tolist()
-    [[[[0, 255]]]]
-    """
-    images = torch.as_tensor(images)
-    if channels_last:
-        images = images.permute(0, 3, 1, 2)
-    if images.dtype == torch.uint8:
-        return images
-    values = images.float()
-    if not clip and values.numel():
-        low, high = float(values.min()), float(values.max())
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails too
-            hint = ("they look like 0..255 values: divide by 255 first" if high > 1.5 else
-                    "pass clip=True to clamp them into [0, 1]")
-            raise ValueError(f"to_uint8 expects floats in [0, 1], got values in [{low:g}, "
-                             f"{high:g}]; {hint}")
-    return (values.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def names() -> list[str]:
@@ -155,6 +76,11 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     >>> len(ds), tuple(ds[0].shape), ds[0].dtype
     (297, (1, 8, 8), torch.uint8)
     """
+    from vaeprobe.binarize import binarize, split_name
+
+    name, mode = split_name(name)
+    if mode is not None:  # "NAME,binarize=MODE"
+        return binarize(load(name, split, root, download=download, size=size), mode)
     scheme, _, rest = name.partition(":")
     if ":" in name and scheme in path_datasets:
         return path_datasets.get(scheme)(Path(rest).expanduser(), size)
@@ -193,15 +119,21 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Data
 
     ``image_shape`` (C, H, W), when given, is checked against the first item; a
     ``"folder:PATH"`` name is then read at that size and channel count (the model's), not 64 px.
+    A name may end in ``",binarize=threshold"`` or ``",binarize=dynamic"``
+    (:func:`vaeprobe.binarize.binarize`).
     """
-    if isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
+    if isinstance(data, str) and split_name(data)[1] is not None:
+        base, mode = split_name(data)
+        dataset = binarize(as_dataset(base, image_shape=image_shape), mode)
+    elif isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
         dataset = _image_folder(Path(data[len("folder:"):]).expanduser(), int(image_shape[-1]),
                                 grey=int(image_shape[0]) == 1)
     elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
-    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset):
+    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset
+                    | BinarizedDataset):
         dataset = data
     elif isinstance(data, Dataset):
         dataset = _CheckedDataset(data)
@@ -219,10 +151,6 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Data
             f"expects {tuple(image_shape)} (C, H, W); use data of that size and channel count"
         )
     return dataset
-
-
-def dataset_name(dataset: Dataset) -> str:
-    return getattr(dataset, "name", type(dataset).__name__)
 
 
 def dataset_identity(dataset: Dataset) -> str:
@@ -249,30 +177,3 @@ def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tenso
         return torch.arange(total)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=generator)[:n_images].sort().values
-
-
-# the loader (index batches -> image batches) lives in vaeprobe.data_path; imported back here
-# at the end, as it needs ImageTensorDataset defined above
-from vaeprobe.data_path import (  # noqa: E402, F401
-    _BatchList,
-    _collate,
-    _Indexed,
-    default_workers,
-    gather,
-    iterate_batches,
-    load_batches,
-)
-
-# the sources and their registries live in vaeprobe.data_sources; imported back here
-from vaeprobe.data_sources import (  # noqa: E402, F401
-    ImageFiles,
-    _digits8,
-    _image_folder,
-    _npz,
-    _torchvision,
-    _TorchvisionUint8,
-    datasets,
-    in_memory,
-    materialize,
-    path_datasets,
-)

@@ -1,4 +1,4 @@
-"""How :mod:`vaeprobe.data` feeds a model: index batches become uint8 image batches, sliced
+"""How a dataset feeds a model: index batches become uint8 image batches, sliced
 from a tensor dataset or read ahead by loader processes (``benchmarks/data_path.py``)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset
 
-from vaeprobe.data import ImageTensorDataset
+from vaeprobe.images import ImageTensorDataset
 
 
 def gather(dataset: Dataset, indices: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Where :mod:`vaeprobe.data`'s images come from: scikit-learn's digits, torchvision sets,
 image folders, npz files and the embedded patches, and the ``datasets`` / ``path_datasets``
-registries that :func:`vaeprobe.data.load` looks names up in (both imported back into
-:mod:`vaeprobe.data`)."""
+registries that :func:`vaeprobe.data.load` looks names up in (public as
+``vaeprobe.data.datasets`` and ``vaeprobe.data.path_datasets``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PATCH_STRIDES, load_patches
-from vaeprobe.data import ImageTensorDataset, dataset_name
 from vaeprobe.data_path import iterate_batches
+from vaeprobe.images import ImageTensorDataset, dataset_name
 from vaeprobe.registry import Registry
 
 
@@ -62,9 +62,41 @@ def in_memory(base, name: str) -> ImageTensorDataset:
     return ImageTensorDataset(images.contiguous(), name=name)
 
 
+MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+
+
+def _read_idx_images(path: Path) -> torch.Tensor:
+    """uint8 (N, 1, H, W) from an IDX image file (gzip or not): magic 0x00000803, sizes."""
+    import gzip
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    magic, count, height, width = np.frombuffer(raw[:16], dtype=">u4")
+    if magic != 0x803 or len(raw) != 16 + int(count) * int(height) * int(width):
+        raise ValueError(f"{path} is not an IDX file of uint8 images (magic {magic:#x}, "
+                         f"{len(raw)} bytes)")
+    pixels = np.frombuffer(raw, dtype=np.uint8, offset=16)
+    return torch.from_numpy(pixels.reshape(int(count), 1, int(height), int(width)).copy())
+
+
+def _mnist_split(root, split: str) -> ImageTensorDataset | None:
+    """MNIST's ``split`` from its own IDX file, when it is present (in ``root``,
+    ``root/MNIST/raw`` or ``root/raw``, gzipped or not): the other split's files need not be
+    (torchvision checks all four)."""
+    name = MNIST_FILES[split]
+    for folder in (Path(root), Path(root) / "MNIST" / "raw", Path(root) / "raw"):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return ImageTensorDataset(_read_idx_images(candidate), name=f"mnist:{split}")
+    return None
+
+
 def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     import torchvision.datasets as tvd
 
+    if name == "mnist" and root is not None and not download:
+        found = _mnist_split(root, split)
+        if found is not None:
+            return found
     if root is None:
         raise ValueError(f"dataset {name!r} needs root= (a directory holding it, or where "
                          f"to download it with download=True)")

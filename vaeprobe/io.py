@@ -483,15 +483,23 @@ def _checkpoint_config(payload: dict, path: Path) -> dict:
     return config
 
 
-def checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(step, path)]`` of a run directory's checkpoints (``vaeprobe.run`` owns the names)."""
-    from vaeprobe.run import checkpoints as run_checkpoints
-
-    return run_checkpoints(run_dir)
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file itself, or the latest checkpoint of a run directory."""
-    from vaeprobe.run import resolve_checkpoint as resolve
-
-    return resolve(path)
+def check_state_dict(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (a dict of named tensors)")
+    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
+                  if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        lines = [f"state dict of {path} does not fit its config:"]
+        for title, rows in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", mismatched)):
+            if rows:
+                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
+                             + (" ..." if len(rows) > 10 else ""))
+        raise CheckpointError("\n".join(lines))
+    validate.check_weights(state, expected, path)  # floating, finite (unless allowed)

@@ -117,7 +117,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
-    probe.require("vp.iwae", likelihood=True)
+    probe.require("vp.iwae", likelihood=True, posterior=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     if chunk is None:

@@ -25,6 +25,20 @@ call :meth:`Probe.require` first and refuse with one :class:`UndefinedAnalysisEr
 A draw's KL is analytic where posterior and prior are Gaussian (``LayerDraw.kl_analytic``);
 otherwise it is the sampled log q(z|x) - log p(z) of the draw.
 
+Each layer draw has a ``distribution`` (:data:`DISTRIBUTIONS`):
+
+- ``"gaussian"``: diagonal Gaussian posterior and prior (``q_mean``, ``q_logstd``, ...);
+- ``"categorical"``: a one-hot ``z`` over the layer's channels (the categories), with
+  ``q_log_probs`` / ``p_log_probs`` (B, K, 1, 1); its KL to the prior is analytic and, per
+  element, q_k (log q_k - log p_k), so that it sums to the KL over categories. ``q_mean`` /
+  ``p_mean`` are the probabilities (the mean of the one-hot) and ``q_logstd`` / ``p_logstd`` the
+  log standard deviations of its components, so latent statistics read it like any layer;
+- ``"point"``: a deterministic encoder's latent (a point posterior: ``z = q_mean``, ``q_logstd``
+  is -inf, ``kl`` is None). A Probe whose layers are points declares ``point_posterior = True``:
+  the rate, IWAE and prior samples are undefined and refuse (:meth:`Probe.require` with
+  ``posterior=True`` or ``prior=True``); reconstructions, spectra, latent statistics and
+  numerics run.
+
 ``generator`` is None, a ``torch.Generator`` or a list of them, one per image; with a list, each
 image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`), so results
 do not depend on how images are batched or draws chunked.
@@ -42,6 +56,7 @@ from vaeprobe.random import per_image_noise
 
 LIKELIHOOD_KINDS = ("discretized", "dequantized", "none")
 POSTERIORS = ("sample", "mean")
+DISTRIBUTIONS = ("gaussian", "categorical", "point")
 
 
 class UndefinedAnalysisError(ValueError):
@@ -60,6 +75,35 @@ def gaussian_log_density(z, mean, logstd) -> torch.Tensor:
     return -0.5 * ((z - mean) * torch.exp(-logstd)) ** 2 - logstd - 0.5 * math.log(2 * math.pi)
 
 
+def categorical_kl(q_log_probs, p_log_probs) -> torch.Tensor:
+    """KL(q || p) of categoricals over dim 1, per category: q_k (log q_k - log p_k), nats.
+
+    Sums over dim 1 to the KL; a category with q_k = 0 adds 0.
+    """
+    q = q_log_probs.exp()
+    return torch.where(q > 0, q * (q_log_probs - p_log_probs), torch.zeros_like(q))
+
+
+def categorical_draw(log_probs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """A one-hot draw from categoricals over dim 1 (B, K, ...), by Gumbel-max.
+
+    ``noise`` is standard normal (the layout of :meth:`Probe.noise`, so draws are per image and
+    batch-size free), mapped to uniforms by the normal CDF and to Gumbel noise; None: the mode.
+    """
+    scores = log_probs
+    if noise is not None:
+        uniform = (0.5 * (1 + torch.erf(noise.double() / math.sqrt(2)))).clamp(1e-300, 1 - 1e-16)
+        scores = log_probs.double() - torch.log(-torch.log(uniform))
+    index = scores.argmax(dim=1, keepdim=True)
+    return torch.zeros_like(log_probs).scatter_(1, index, 1.0)
+
+
+def categorical_moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, log std) of a one-hot categorical's components: p and 0.5 log(p (1 - p))."""
+    probs = log_probs.exp()
+    return probs, 0.5 * (log_probs + torch.log1p(-probs.clamp(max=1 - 1e-12)))
+
+
 @dataclass
 class LayerDraw:
     """One latent layer of one pass: parameters (B, c, h, w) and the draw.
@@ -75,6 +119,9 @@ class LayerDraw:
     q_logstd: torch.Tensor | None = None
     kl: torch.Tensor | None = field(default=None)
     kl_analytic: bool = True
+    distribution: str = "gaussian"  # one of DISTRIBUTIONS
+    q_log_probs: torch.Tensor | None = None  # categorical only: (B, K, 1, 1)
+    p_log_probs: torch.Tensor | None = None
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -100,7 +147,15 @@ class LatentPass:
 
     @property
     def from_posterior(self) -> bool:
-        return self.draws[0].kl is not None
+        first = self.draws[0]  # a point posterior has a q_mean and no KL; a flow the reverse
+        return first.kl is not None or first.q_mean is not None
+
+    def _require_distribution(self, what: str) -> None:
+        points = [index for index, d in enumerate(self.draws) if d.distribution == "point"]
+        if points:
+            raise UndefinedAnalysisError(
+                f"{what} is undefined for a point posterior (a deterministic encoder: layers "
+                f"{points} have no posterior distribution and no prior to measure it against)")
 
     @property
     def kl_analytic(self) -> list[bool]:
@@ -111,21 +166,31 @@ class LatentPass:
         """KL per row and layer, nats: (rows, layers). See :attr:`kl_analytic`."""
         if not self.from_posterior:
             raise ValueError("latents drawn from the prior have no KL; use probe.encode(x)")
+        self._require_distribution("the KL (rate)")
         return torch.stack([d.kl.flatten(1).sum(1) for d in self.draws], dim=1)
 
     def log_q(self) -> torch.Tensor:
         """log q(z | x) of the draw, summed over layers: (rows,)."""
         if not self.from_posterior:
             raise ValueError("latents drawn from the prior have no posterior")
+        self._require_distribution("log q(z|x)")
         return sum(_layer_log_q(d) for d in self.draws)
 
     def log_p(self) -> torch.Tensor:
         """log p(z) of the draw under the (conditional) priors, summed over layers: (rows,)."""
-        return sum(gaussian_log_density(d.z, d.p_mean, d.p_logstd).flatten(1).sum(1)
-                   for d in self.draws)
+        self._require_distribution("log p(z)")
+        return sum(_layer_log_p(d) for d in self.draws)
+
+
+def _layer_log_p(draw: LayerDraw) -> torch.Tensor:
+    if draw.distribution == "categorical":
+        return (draw.z * draw.p_log_probs).flatten(1).sum(1)
+    return gaussian_log_density(draw.z, draw.p_mean, draw.p_logstd).flatten(1).sum(1)
 
 
 def _layer_log_q(draw: LayerDraw) -> torch.Tensor:
+    if draw.distribution == "categorical":
+        return (draw.z * draw.q_log_probs).flatten(1).sum(1)
     if draw.kl_analytic:
         return gaussian_log_density(draw.z, draw.q_mean, draw.q_logstd).flatten(1).sum(1)
     # a sampled KL is log q - log p of this very draw
@@ -138,13 +203,14 @@ class Probe:
     and ``device``.
 
     Class attributes declare what the model defines: ``likelihood_kind`` (``"discretized"``,
-    ``"dequantized"`` or ``"none"``), ``n_bits`` (levels are 2^n_bits) and
-    ``prior_is_generative``.
+    ``"dequantized"`` or ``"none"``), ``n_bits`` (levels are 2^n_bits),
+    ``prior_is_generative`` and ``point_posterior`` (a deterministic autoencoder: no rate).
     """
 
     likelihood_kind = "discretized"
     n_bits = 8
     prior_is_generative = True
+    point_posterior = False
     image_shape: tuple[int, int, int]
     layers: list[LayerInfo]
     device: torch.device
@@ -232,12 +298,22 @@ class Probe:
         """How errors and reports name this model: its checkpoint, or its class."""
         return str(self.source.get("checkpoint") or type(self).__name__)
 
-    def require(self, analysis: str, *, likelihood: bool = False, prior: bool = False) -> None:
+    def require(self, analysis: str, *, likelihood: bool = False, prior: bool = False,
+                posterior: bool = False) -> None:
         """Refuse ``analysis`` with one :class:`UndefinedAnalysisError` where it is undefined.
 
         ``likelihood``: the analysis needs a decoder likelihood (IWAE, stochastic samples);
-        ``prior``: it needs the checkpoint's prior to be the generative model (prior samples).
+        ``prior``: it needs the checkpoint's prior to be the generative model (prior samples);
+        ``posterior``: it needs a posterior distribution (rate, IWAE), which a deterministic
+        autoencoder (``point_posterior``) lacks.
         """
+        if (posterior or prior) and self.point_posterior:
+            raise UndefinedAnalysisError(
+                f"{analysis} is undefined for {self.name}: it is a deterministic autoencoder "
+                f"(point_posterior=True: its encoder gives one latent per image, with no "
+                f"posterior variance and no prior), so it has no rate, no likelihood bound and "
+                f"no prior to sample; reconstructions, spectra, latent statistics and numerics "
+                f"still run")
         if likelihood and self.likelihood_kind == "none":
             raise UndefinedAnalysisError(
                 f"{analysis} is undefined for {self.name}: its decoder has no likelihood "

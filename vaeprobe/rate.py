@@ -63,8 +63,13 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sam
     terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
                  distortion=distortion, kl_analytic=latents.kl_analytic)
     if probe.likelihood_kind != "none":  # E_q log p(x|z), one posterior draw per image
-        terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
-                                              generator=generators).double().cpu()
+        from vaeprobe.adapters.module import NotBinaryError
+
+        try:
+            terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
+                                                  generator=generators).double().cpu()
+        except NotBinaryError as error:  # the rate is defined; log p(x|z) is not
+            terms["log_px_undefined"] = str(error)
     return terms
 
 
@@ -115,9 +120,11 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe.require("vp.rate", posterior=True)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
     images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
+    said = []  # why log_px / elbo are missing, when they are
     log_px, elbo = _Moments(), _Moments()
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):
@@ -127,6 +134,8 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         channel.update(terms["channel"])
         distortion.update(terms["distortion"])
         total.update(terms["layer"].sum(1))
+        if "log_px_undefined" in terms and not said:
+            said.append(f"log_px and elbo omitted: {terms['log_px_undefined']}")
         if "log_px" in terms:
             log_px.update(terms["log_px"])
             elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
@@ -154,7 +163,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                             active_threshold=active_threshold, posterior=posterior,
                             likelihood_kind=probe.likelihood_kind)
     bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
-    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd))
+    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + said)
     return flag_nonfinite(ds)
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,16 +132,6 @@ class Run:
     def save_checkpoint(self, step: int, **payload) -> Path:
         """Write the checkpoint of ``step`` (``io.save_checkpoint``'s keywords), atomically."""
         return io.save_checkpoint(self.checkpoint_path(step), step=step, **payload)
-
-    def probes(self, device=None, **options) -> Iterator[tuple[int, object]]:
-        """``(step, Probe)`` for every checkpoint, each loaded (``vaeprobe.load``) when reached.
-
-        ``options`` go to ``vaeprobe.load`` (e.g. ``ema=False``).
-        """
-        from vaeprobe.adapters import load
-
-        for step, path in self.checkpoints():
-            yield step, load(path, device=device, **options)
 
     # -- the writer's lock ----------------------------------------------------------------------
     @property

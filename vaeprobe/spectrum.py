@@ -275,7 +275,9 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
         if with_data:
             data_power.update(x)
         distortion += float(squared_error(x, mean).sum())
-        rate += float(latents.kl_per_layer().double().sum())
+        # a deterministic autoencoder (point posterior) has no rate: NaN
+        rate += (float("nan") if probe.point_posterior
+                 else float(latents.kl_per_layer().double().sum()))
         count += x.shape[0]
         if sum(len(p[0]) for p in previews) < n_preview:
             previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))

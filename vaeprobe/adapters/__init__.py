@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaeprobe import io, validate
-from vaeprobe.adapters.native import load_model, probe_for
+from vaeprobe import validate
+from vaeprobe.adapters.native import probe_for
+from vaeprobe.models.families import load_model
 from vaeprobe.probe import Probe
 from vaeprobe.registry import Registry
-from vaeprobe.run import CONFIG_NAME, checkpoint_step
+from vaeprobe.run import CONFIG_NAME, checkpoint_step, checkpoints
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,11 @@ formats = Registry("checkpoint format", check=_check_format)
 
 def _is_native(path: Path) -> bool:
     if path.is_dir():  # a run directory: checkpoints, or the config a run writes first
-        return bool(io.checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
+        return bool(checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
     return (checkpoint_step(path) is not None
             or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)
-                and not _is_diffusers(path)))
+                and not _is_diffusers(path) and not _is_disvae(path)
+                and not _is_jointvae(path) and not _is_taesd(path)))
 
 
 def _is_pythae(path: Path) -> bool:
@@ -92,6 +94,24 @@ def _is_diffusers(path: Path) -> bool:
     return sniff(path)
 
 
+def _is_disvae(path: Path) -> bool:
+    from vaeprobe.adapters.disvae import sniff
+
+    return sniff(path)
+
+
+def _is_jointvae(path: Path) -> bool:
+    from vaeprobe.adapters.jointvae import sniff
+
+    return sniff(path)
+
+
+def _is_taesd(path: Path) -> bool:
+    from vaeprobe.adapters.taesd import sniff
+
+    return sniff(path)
+
+
 def _json_has(path: Path, key: str) -> bool:
     try:
         return key in json.loads(path.read_text())
@@ -108,6 +128,16 @@ formats.register("diffusers", Format(
 formats.register("pythae", Format(
     "vaeprobe.adapters.pythae:open_pythae", _is_pythae,
     "a pythae model.save folder: model_config.json + model.pt"))
+formats.register("disvae", Format(
+    "vaeprobe.adapters.disvae:open_disvae", _is_disvae,
+    "a disentangling-vae results folder: specs.json (model_type, rec_dist) + model.pt"))
+formats.register("jointvae", Format(
+    "vaeprobe.adapters.jointvae:open_jointvae", _is_jointvae,
+    "a JointVAE trained_models folder: specs.json (latent_spec) + model.pt"))
+formats.register("taesd", Format(
+    "vaeprobe.adapters.taesd:open_taesd", _is_taesd,
+    "a tiny autoencoder: <taesd|taesdxl|taesd3|taef1|taef2>_encoder.pth + _decoder.pth, or a "
+    "diffusers AutoencoderTiny folder (config.json + .safetensors)"))
 formats.register("vdvae", Format(
     "vaeprobe.adapters.vdvae:open_vdvae", _is_vdvae,
     "an openai/vdvae *-model-ema.th or *-model.th file, or a folder with one"))
@@ -167,7 +197,9 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     ----------
     path : str or Path
         A file or folder of the format: a vaeprobe run directory or ``ckpt_step*.pt``; a
-        diffusers AutoencoderKL folder; a pythae model folder; an openai/vdvae ``*.th`` file.
+        diffusers AutoencoderKL folder; a pythae model folder; an openai/vdvae ``*.th`` file;
+        a disentangling-vae results folder; a JointVAE model folder; a TAESD-family
+        encoder/decoder pair or a diffusers AutoencoderTiny folder.
     format : str, optional
         One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
@@ -255,10 +287,10 @@ def as_probe(source, format: str | None = None, *, device=None, max_memory=None,
 
     Examples
     --------
-    >>> as_probe(42)
+    >>> as_probe(42)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a model folder (vp.load's paths); got int
+    TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a ...
     """
     if isinstance(source, Probe):
         if format is not None or options or max_memory is not None or allow_nonfinite:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from vaeprobe import io, validate
 from vaeprobe.probe import UndefinedAnalysisError
@@ -43,28 +42,6 @@ def read_tensors(path: Path) -> dict:
             raise io.CheckpointError(f"cannot read safetensors file {path}: corrupt or "
                                      f"truncated ({str(error)[:200]})") from None
     return io.load_torch_file(path, "weights file")
-
-
-def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
-    """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise io.CheckpointError(f"{path} does not hold a state dict (a dict of named tensors)")
-    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
-    unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
-                  if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        lines = [f"state dict of {path} does not fit its config:"]
-        for title, rows in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", mismatched)):
-            if rows:
-                lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
-                             + (" ..." if len(rows) > 10 else ""))
-        raise io.CheckpointError("\n".join(lines))
-    validate.check_weights(state, expected, path)
 
 
 def file_source(checkpoint: Path, files: list[Path]) -> dict:

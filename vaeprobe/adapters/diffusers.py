@@ -28,11 +28,11 @@ from torch import nn
 from vaeprobe import validate
 from vaeprobe.adapters._common import (
     MeanOnly,
-    check_state_dict,
     file_source,
     read_tensors,
     refuse_pickles,
 )
+from vaeprobe.io import check_state_dict
 from vaeprobe.probe import Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -2,15 +2,30 @@
 
 The common single-latent VAE written in twenty lines becomes a Probe through
 ``vp.Probe.from_module(model, image_shape=...)``: one latent layer (a flat latent of D units is
-the layer (D, 1, 1)), a diagonal Gaussian posterior, the prior N(0, I). The pixel scale the
-model expects is an option (uint8 0 -> low, 255 -> high), and so is its decoder likelihood:
+the layer (D, 1, 1)), a diagonal Gaussian posterior, the prior N(0, I). The conventions real
+code uses are options, each checked against the shapes the model gives:
+
+- ``encoder_output``: ``"tuple"`` (``encode`` returns (mean, scale)), ``"halves"`` (one tensor,
+  mean in the first half of dim 1 and scale in the second, as ``chunk(2, dim=1)``) or
+  ``"interleaved"`` (one tensor whose dim 1 alternates mean and scale, as disentangling-vae's
+  ``view(-1, D, 2).unbind(-1)``);
+- ``scale``: ``"logvar"``, ``"logstd"`` or ``"std"``; or ``"none"``: a deterministic encoder
+  whose ``encode`` returns the latent itself, declared a point posterior
+  (``point_posterior=True``: rate, IWAE and prior samples refuse, reconstructions run);
+- ``decoder_output``: ``"mean"`` (on ``output_range``, e.g. (0, 1) or (-1, 1)),
+  ``"probabilities"`` (Bernoulli probabilities of level 255, on [0, 1]) or ``"logits"``
+  (Bernoulli logits: the mean is their sigmoid).
+
+The pixel scale the model expects is an option (uint8 0 -> low, 255 -> high), and so is its
+decoder likelihood:
 
 - ``"none"`` (default): the decoder gives a mean image only; IWAE and stochastic samples are
   undefined and refuse;
 - ``"gaussian"``: a Gaussian of standard deviation ``sigma`` (on the model's output scale)
   around the mean, discretized over the 256 levels (a proper PMF; ``sigma=1`` on a [0, 1]
   scale is the usual "MSE VAE");
-- ``"bernoulli"``: for binary images (levels 0 and 255 only): the mean is the probability of 255.
+- ``"bernoulli"``: for binary images (levels 0 and 255 only): the mean is the probability of
+  255. Grey-level data must be binarized first (``vp.data.binarize``, or ``NAME,binarize=...``).
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import MeanOnly
@@ -34,13 +50,29 @@ from vaeprobe.probe import (
 from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
+ENCODER_OUTPUTS = ("tuple", "halves", "interleaved")
+SCALES = ("logvar", "logstd", "std", "none")
+DECODER_OUTPUTS = ("mean", "probabilities", "logits")
+BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
+                 "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
+                 "grey / 255, seeded per image), on the command line --data NAME,binarize="
+                 "dynamic; or use likelihood='gaussian' for grey levels")
+
+
+class NotBinaryError(ValueError):
+    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
 
 
 class Bernoulli:
-    """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``."""
+    """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``.
 
-    def __init__(self, mean: torch.Tensor):
-        self.mean = mean.clamp(0, 1)  # (B, C, H, W)
+    Built from probabilities, or from ``logits`` (then log-probabilities are exact in the
+    tails: log sigmoid, not the log of a rounded probability).
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None):
+        self.logits = logits
+        self.mean = (torch.sigmoid(logits) if logits is not None else mean).clamp(0, 1)
 
     def sample(self, generator=None) -> torch.Tensor:
         uniform = per_row_random(torch.rand, self.mean.shape, generator, self.mean.device)
@@ -51,20 +83,32 @@ class Bernoulli:
         if kind != "discretized":
             raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
         if ((x != 0) & (x != 255)).any():
-            raise ValueError("a Bernoulli likelihood needs binary images (levels 0 and 255 "
-                             "only); use likelihood='gaussian' for grey levels")
-        p = self.mean.double().clamp(1e-12, 1 - 1e-12)
-        log_p = torch.where(x == 255, torch.log(p), torch.log1p(-p))
+            raise NotBinaryError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
+                             f"only), got grey levels; {BINARIZE_HINT}")
+        if self.logits is not None:
+            logits = self.logits.double()
+            log_p = torch.where(x == 255, F.logsigmoid(logits), F.logsigmoid(-logits))
+        else:
+            p = self.mean.double().clamp(1e-12, 1 - 1e-12)
+            log_p = torch.where(x == 255, torch.log(p), torch.log1p(-p))
         return log_p.flatten(1).sum(1)
 
 
+def _choose(value, choices, name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 class ModuleProbe(SharedEncoderProbe):
-    """Probe over a user's ``nn.Module`` with ``encode(x) -> (mean, logvar)`` and
-    ``decode(z) -> mean``; see :meth:`vaeprobe.Probe.from_module`."""
+    """Probe over a user's ``nn.Module`` with ``encode`` and ``decode``; see
+    :meth:`vaeprobe.Probe.from_module` for the conventions."""
 
     def __init__(self, model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0),
                  output_range=None, likelihood: str = "none", sigma: float | None = None,
-                 device=None, source: dict | None = None):
+                 encoder_output: str = "tuple", scale: str = "logvar",
+                 decoder_output: str = "mean", device=None, source: dict | None = None,
+                 latent_shape: tuple[int, int, int] | None = None):
         self.image_shape = tuple(int(s) for s in image_shape)
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
@@ -72,49 +116,113 @@ class ModuleProbe(SharedEncoderProbe):
             if not callable(getattr(model, name, None)):
                 raise TypeError(f"{type(model).__name__} has no {name}() method; expected "
                                 f"encode(x) -> (mean, logvar) and decode(z) -> mean")
+        self.encoder_output = _choose(encoder_output, ENCODER_OUTPUTS, "encoder_output")
+        self.scale = _choose(scale, SCALES, "scale")
+        self.decoder_output = _choose(decoder_output, DECODER_OUTPUTS, "decoder_output")
         self.pixel_range = _check_range(pixel_range, "pixel_range")
-        self.output_range = _check_range(output_range or pixel_range, "output_range")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self._check_conventions(output_range)
+        self.output_range = _check_range(output_range or (
+            pixel_range if decoder_output == "mean" else (0.0, 1.0)), "output_range")
+        self.likelihood = _choose(likelihood, LIKELIHOODS, "likelihood")
         if (sigma is not None) != (likelihood == "gaussian") or (sigma is not None and not (
                 isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0)):
             raise ValueError("likelihood='gaussian' needs sigma > 0 and finite (the decoder's "
                              "standard deviation on its output scale); other likelihoods take "
                              "no sigma")
-        self.likelihood, self.sigma = likelihood, sigma
+        self.sigma = sigma
         self.likelihood_kind = "none" if likelihood == "none" else "discretized"
+        self.point_posterior = scale == "none"
+        self.prior_is_generative = not self.point_posterior
         super().__init__({"checkpoint": "in-memory model", "format": "module",
                           "module": type(model).__name__, **(source or {})})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
-        with torch.no_grad():  # one dry run tells the latent shape
-            mean, _ = self._moments(torch.zeros((1, *self.image_shape), dtype=torch.uint8,
-                                                device=self.device))
-        channels, height, width = mean.shape[1:]
+        if latent_shape is None:  # one dry run tells the latent shape (adapters may know it)
+            with torch.no_grad():
+                latent_shape = self._moments(torch.zeros((1, *self.image_shape),
+                                                         dtype=torch.uint8,
+                                                         device=self.device))[0].shape[1:]
+        channels, height, width = (int(v) for v in latent_shape)
         self.layers = [LayerInfo("z", (height, width), channels)]
 
+    def _check_conventions(self, output_range) -> None:
+        if self.scale == "none" and self.encoder_output != "tuple":
+            raise ValueError(f"scale='none' (a deterministic encoder) returns the latent "
+                             f"itself; encoder_output={self.encoder_output!r} splits a mean "
+                             f"and a scale: leave encoder_output='tuple'")
+        if self.decoder_output != "mean" and output_range is not None and \
+                tuple(float(v) for v in output_range) != (0.0, 1.0):
+            raise ValueError(f"decoder_output={self.decoder_output!r} gives Bernoulli "
+                             f"probabilities on [0, 1]; output_range={output_range!r} is for "
+                             f"decoder_output='mean'")
+
+    def _split(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder output as (mean, scale) by ``encoder_output``."""
+        model = type(self.model).__name__
+        if self.encoder_output == "tuple":
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError(f"{model}.encode(x) must return (mean, {self.scale}) with "
+                                f"encoder_output='tuple', got {type(out).__name__}; for one "
+                                f"tensor use encoder_output='halves' or 'interleaved'")
+            return out[0], out[1]
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"encoder_output={self.encoder_output!r} expects {model}.encode(x) "
+                            f"to return one tensor, got {type(out).__name__}; use "
+                            f"encoder_output='tuple' for (mean, scale)")
+        if out.ndim not in (2, 4) or out.shape[1] % 2:
+            raise ValueError(f"encoder_output={self.encoder_output!r} needs (B, 2D) or "
+                             f"(B, 2C, h, w) with an even dim 1, got {tuple(out.shape)}")
+        if self.encoder_output == "halves":
+            mean, scale = out.chunk(2, dim=1)
+            return mean, scale
+        pairs = out.reshape(out.shape[0], out.shape[1] // 2, 2, *out.shape[2:])
+        return pairs[:, :, 0], pairs[:, :, 1]
+
+    def _logstd(self, scale: torch.Tensor) -> torch.Tensor:
+        if self.scale == "logvar":
+            return 0.5 * scale
+        if self.scale == "logstd":
+            return scale
+        if (scale <= 0).any():
+            raise ValueError(f"scale='std' but {type(self.model).__name__}.encode gave "
+                             f"values <= 0 (min {float(scale.min()):.3g}): is it a log-variance "
+                             f"or a log-std? use scale='logvar' or scale='logstd'")
+        return torch.log(scale)
+
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (mean, logstd) as (B, c, h, w): a flat (B, D) latent becomes (B, D, 1, 1)."""
+        """Posterior (mean, logstd) as (B, c, h, w): a flat (B, D) latent becomes (B, D, 1, 1).
+
+        A point posterior (``scale="none"``) has logstd -inf."""
         low, high = self.pixel_range
         out = self.model.encode(x.float() * ((high - low) / 255.0) + low)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError(f"{type(self.model).__name__}.encode(x) must return (mean, logvar), "
-                            f"got {type(out).__name__}")
-        mean, logvar = out
-        if mean.shape != logvar.shape or mean.ndim not in (2, 4):
-            raise ValueError(f"encode(x) must return mean and logvar of one shape, (B, D) or "
-                             f"(B, C, H, W); got {tuple(mean.shape)} and {tuple(logvar.shape)}")
+        if self.scale == "none":
+            if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
+                raise TypeError(f"scale='none': {type(self.model).__name__}.encode(x) must "
+                                f"return the latent, one tensor (B, D) or (B, C, h, w); got "
+                                f"{getattr(out, 'shape', type(out).__name__)}")
+            mean = out.float()
+            mean = mean[:, :, None, None] if mean.ndim == 2 else mean
+            return mean, torch.full_like(mean, -math.inf)
+        mean, scale = self._split(out)
+        if mean.shape != scale.shape or mean.ndim not in (2, 4):
+            raise ValueError(f"encode(x) must give a mean and a {self.scale} of one shape, "
+                             f"(B, D) or (B, C, H, W); got {tuple(mean.shape)} and "
+                             f"{tuple(scale.shape)}")
+        logstd = self._logstd(scale.float())
         if mean.ndim == 2:
-            mean, logvar = mean[:, :, None, None], logvar[:, :, None, None]
-        return mean.float(), 0.5 * logvar.float()
+            mean, logstd = mean[:, :, None, None], logstd[:, :, None, None]
+        return mean.float(), logstd
 
     def _shared(self, x):
         return RepeatedRows(list(self._moments(x)))  # the module's encoder, once per image
 
     def _draw(self, moments, k: int, noise) -> LatentPass:
         mean, logstd = moments.rows(k)
-        z = mean + logstd.exp() * noise[0]
         zeros = torch.zeros_like(mean)
+        if self.point_posterior:  # z is the encoder's latent; no noise, no KL
+            return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=mean, q_mean=mean,
+                                         q_logstd=logstd, kl=None, distribution="point")], k)
+        z = mean + logstd.exp() * noise[0]
         return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=z, q_mean=mean,
                                      q_logstd=logstd, kl=gaussian_kl(mean, logstd, zeros, zeros))],
                           k)
@@ -124,17 +232,28 @@ class ModuleProbe(SharedEncoderProbe):
         z = latents.draws[0].z
         flat = self.layers[0].resolution == (1, 1)
         out = self.model.decode(z.flatten(1) if flat else z).float()
+        if out.numel() != z.shape[0] * math.prod(self.image_shape):
+            raise ValueError(f"{type(self.model).__name__}.decode(z) gave {tuple(out.shape)}; "
+                             f"expected (B, {', '.join(map(str, self.image_shape))}) "
+                             f"(image_shape)")
+        out = out.reshape(z.shape[0], *self.image_shape)
+        if self.decoder_output == "logits":
+            return self._likelihood(torch.sigmoid(out), logits=out)
         low, high = self.output_range
-        mean = ((out.reshape(z.shape[0], *self.image_shape) - low) / (high - low))
+        return self._likelihood((out - low) / (high - low))
+
+    def _likelihood(self, mean: torch.Tensor, logits: torch.Tensor | None = None):
         if self.likelihood == "gaussian":
+            low, high = self.output_range
             log_sigma = torch.tensor(math.log(self.sigma / (high - low)), device=mean.device)
             return DiscretizedGaussian(mean, log_sigma, "fixed")
         if self.likelihood == "bernoulli":
-            return Bernoulli(mean)
+            return Bernoulli(mean, logits=logits)
         return MeanOnly(mean.clamp(0, 1), self.name)
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        self.require("prior samples", prior=True)
         noise = self.noise(n, 1, generator)[0] * float(temperature)
         zeros = torch.zeros_like(noise)
         return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=noise)], 1)
@@ -152,24 +271,35 @@ def _check_range(value, name: str) -> tuple[float, float]:
 
 
 def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output_range=None,
-                likelihood: str = "none", sigma: float | None = None, device=None
-                ) -> ModuleProbe:
-    """A Probe over a plain single-latent VAE module.
+                likelihood: str = "none", sigma: float | None = None,
+                encoder_output: str = "tuple", scale: str = "logvar",
+                decoder_output: str = "mean", device=None) -> ModuleProbe:
+    """A Probe over a plain single-latent VAE (or deterministic autoencoder) module.
 
     Parameters
     ----------
     model : nn.Module
-        With ``encode(x) -> (mean, logvar)`` (each (B, D) or (B, C, h, w)) and
-        ``decode(z) -> mean`` (reshapeable to (B, *image_shape)).
+        With ``encode(x)`` (see ``encoder_output`` and ``scale``; each part (B, D) or
+        (B, C, h, w)) and ``decode(z)`` (reshapeable to (B, *image_shape)).
     image_shape : (C, H, W)
     pixel_range : (low, high)
         The scale the model's input is on: uint8 0 maps to ``low``, 255 to ``high``.
     output_range : (low, high), optional
-        The scale of ``decode``'s output; default ``pixel_range``.
+        The scale of ``decode``'s mean output; default ``pixel_range`` (``decoder_output=
+        "mean"``) or (0, 1) (probabilities, logits).
     likelihood : {"none", "gaussian", "bernoulli"}
         The decoder likelihood; ``"none"`` makes IWAE and stochastic samples refuse.
     sigma : float, optional
         The Gaussian's standard deviation on the output scale (``likelihood="gaussian"``).
+    encoder_output : {"tuple", "halves", "interleaved"}
+        How ``encode`` gives the mean and the scale: a pair; one tensor split in halves along
+        dim 1 (mean first); or one tensor whose dim 1 alternates mean, scale, mean, ...
+    scale : {"logvar", "logstd", "std", "none"}
+        What the scale is; ``"none"``: a deterministic encoder returning the latent (a point
+        posterior: rate, IWAE and prior samples are undefined and refuse).
+    decoder_output : {"mean", "probabilities", "logits"}
+        What ``decode`` returns: a mean on ``output_range``, Bernoulli probabilities, or
+        Bernoulli logits (sigmoid gives the mean; log-likelihoods use the logits).
     device : str or torch.device, optional
 
     Examples
@@ -186,6 +316,12 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     >>> probe = vp.Probe.from_module(TinyVAE(), image_shape=(1, 8, 8), device="cpu")
     >>> probe.layers[0].channels, probe.layers[0].resolution, probe.likelihood_kind
     (3, (1, 1), 'none')
+    >>> packed = vp.Probe.from_module(TinyVAE(), image_shape=(1, 8, 8), device="cpu",
+    ...                               encoder_output="halves", scale="logvar")
+    Traceback (most recent call last):
+    ...
+    TypeError: encoder_output='halves' expects TinyVAE.encode(x) to return one tensor, got tuple; use encoder_output='tuple' for (mean, scale)
     """
     return ModuleProbe(model, image_shape, pixel_range=pixel_range, output_range=output_range,
-                       likelihood=likelihood, sigma=sigma, device=device)
+                       likelihood=likelihood, sigma=sigma, encoder_output=encoder_output,
+                       scale=scale, decoder_output=decoder_output, device=device)

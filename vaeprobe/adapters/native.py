@@ -1,23 +1,21 @@
-"""vaeprobe's own checkpoint format: the model families we train, their Probes, and loading.
+"""vaeprobe's own checkpoint format: the Probes of the model families we train, and opening.
 
 A vaeprobe checkpoint (``ckpt_step*.pt`` / ``.safetensors`` in a run directory) is a dict of
-tensors plus a JSON config naming its model ``family``. Each family is one registry entry
-(:data:`families`) that carries its model class, its builder from the stored config, the
-config it stores, and its Probe class.
+tensors plus a JSON config naming its model ``family``. The families are registered in
+:mod:`vaeprobe.models.families` (model class, builder, stored config, and the Probe class
+defined here).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vaeprobe import io, validate
-from vaeprobe.adapters._common import check_state_dict
-from vaeprobe.models.hvae import HVAE, HVAEConfig
+from vaeprobe import io
+from vaeprobe.models.families import families, family_of, load_model
+from vaeprobe.models.hvae import HVAE
 from vaeprobe.models.two_stage import TwoStageVAE
 from vaeprobe.probe import (
     Generators,
@@ -29,7 +27,6 @@ from vaeprobe.probe import (
     check_n_fixed,
     per_layer_temperatures,
 )
-from vaeprobe.registry import Registry
 
 
 class _NativeProbe(SharedEncoderProbe):
@@ -160,63 +157,6 @@ class TwoStageProbe(_NativeProbe):
         return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
 
 
-@dataclass(frozen=True)
-class Family:
-    """One model family: how to build it from a stored config, what config it stores, and the
-    Probe that wraps it."""
-
-    model_class: type[nn.Module]
-    build: Callable[[dict], nn.Module]
-    config_of: Callable[[nn.Module], dict]
-    probe_class: type[Probe]
-
-
-def _check_family(name: str, family) -> None:
-    if not isinstance(family, Family):
-        raise TypeError(f"model family {name!r} must be registered as a Family, got "
-                        f"{type(family).__name__}")
-    if not (isinstance(family.model_class, type) and issubclass(family.model_class, nn.Module)):
-        raise TypeError(f"model family {name!r}: model_class must be an nn.Module subclass")
-    if not (isinstance(family.probe_class, type) and issubclass(family.probe_class, Probe)):
-        raise TypeError(f"model family {name!r}: probe_class must be a Probe subclass")
-
-
-families = Registry("model family", check=_check_family)
-
-
-def _build_two_stage(config: dict) -> TwoStageVAE:
-    if set(config) != {"primary", "secondary"}:
-        raise ValueError(f"a two_stage config has keys 'primary' and 'secondary', got "
-                         f"{sorted(config)}")
-    return TwoStageVAE(HVAEConfig.from_dict(config["primary"]),
-                       HVAEConfig.from_dict(config["secondary"]))
-
-
-families.register("hvae", Family(HVAE, lambda config: HVAE(HVAEConfig.from_dict(config)),
-                                 lambda model: model.config.to_dict(), HVAEProbe))
-families.register("two_stage", Family(TwoStageVAE, _build_two_stage,
-                                      lambda model: model.config, TwoStageProbe))
-
-
-def build(family: str, config: dict) -> nn.Module:
-    """Build a registered model family from its JSON-able config."""
-    return families.get(family).build(config)
-
-
-def family_of(model: nn.Module) -> str:
-    """The registered family name of one of vaeprobe's own models."""
-    for name in families.names():
-        if type(model) is families.get(name).model_class:
-            return name
-    raise TypeError(f"not a vaeprobe model: {type(model).__name__}; registered families: "
-                    f"{', '.join(families.names())}")
-
-
-def config_of(model: nn.Module) -> dict:
-    """The JSON-able config a checkpoint stores for ``model``."""
-    return families.get(family_of(model)).config_of(model)
-
-
 def probe_for(model: nn.Module, device=None, source: dict | None = None) -> Probe:
     """Wrap one of vaeprobe's own models in its Probe."""
     try:
@@ -224,77 +164,11 @@ def probe_for(model: nn.Module, device=None, source: dict | None = None) -> Prob
     except TypeError:
         raise TypeError(f"no Probe for {type(model).__name__}; write an adapter in "
                         f"vaeprobe.adapters or use vp.Probe.from_module") from None
-    return family.probe_class(model, device, source)
-
-
-# key -> (kind, low, high): an HVAE config as a checkpoint stores it (bounds far above every
-# preset; the memory estimate guards the combinations)
-HVAE_SPEC = {
-    "image_channels": ("int", 1, 3), "image_size": ("int", 1, 1 << 14),
-    "width": ("int", 1, 1 << 16), "bottleneck": ("int", 1, 1 << 16),
-    "latent_channels": ("int", 1, 1 << 14), "encoder_blocks": ("int", 0, 256),
-    "merge": ("str", None, None), "likelihood": ("str", None, None),
-    "sigma": ("float", 1e-12, None), "n_mixtures": ("int", 1, 1024),
-    "condition_channels": ("int", 0, 64), "residual": ("bool", None, None),
-    "residual_gain": ("float", 0.0, None),
-}
-MAX_LATENT_LAYERS = 4096
-
-
-def _check_hvae_config(config, where: str) -> int:
-    """Types and ranges of a stored HVAE config; returns its latent values per image."""
-    validate.check_fields(config, HVAE_SPEC, where)
-    layers = config.get("layers", ())
-    if not isinstance(layers, (list, tuple)) or not layers or not all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in layers):
-        raise validate.ConfigError(f"{where}: layers must be a non-empty list of [resolution, "
-                                   f"count] pairs, got {layers!r}"[:300])
-    for pair in layers:
-        validate.check_value(list(pair), "ints", where, "layers", 1, 1 << 14)
-    if sum(count for _, count in layers) > MAX_LATENT_LAYERS:
-        raise validate.ConfigError(f"{where}: layers {layers} declare more than "
-                                   f"{MAX_LATENT_LAYERS} latent layers")
-    latent = config.get("latent_channels", 16)
-    return sum(count * latent * resolution ** 2 for resolution, count in layers)
-
-
-def check_stored_config(family: str, config: dict, path) -> None:
-    """A checkpoint's family and config checked (types, ranges) and its memory estimated, all
-    before the network is built; errors name the file and the key."""
-    families.get(family)  # an unknown family: a KeyError listing the registered ones
-    parts = {"": config} if family == "hvae" else config
-    if family == "two_stage" and (not isinstance(config, dict) or
-                                  set(config) != {"primary", "secondary"}):
-        raise validate.ConfigError(f"{path}: a two_stage config has keys 'primary' and "
-                                   f"'secondary'")
-    latents, widest = 0, 0
-    if family in ("hvae", "two_stage"):
-        for name, part in parts.items():
-            where = f"{path} (config{'.' + name if name else ''})"
-            latents += _check_hvae_config(part, where)
-            widest = max(widest, part.get("width", 128) * part.get("image_size", 32) ** 2)
-    try:
-        parameters = validate.count_parameters(lambda: build(family, config))
-    except (TypeError, ValueError) as error:
-        raise validate.ConfigError(f"{path}: its config does not describe a {family} model: "
-                                   f"{error}") from None
-    validate.check_budget(parameters=parameters, activations=6 * widest + 6 * latents,
-                          file=path, key=f"the stored {family} config")
-
-
-def load_model(path: str | os.PathLike, *, ema: bool = True):
-    """(model, payload) from a vaeprobe checkpoint file or run directory (latest checkpoint)."""
-    path = io.resolve_checkpoint(path)
-    payload = io.read_checkpoint(path)
-    check_stored_config(payload["family"], payload["config"], path)
-    model = build(payload["family"], payload["config"])
-    state = payload["ema_state_dict"] if ema and payload.get("ema_state_dict") else \
-        payload["state_dict"]
-    check_state_dict(model, state, path)
-    model.load_state_dict(state)
-    payload["path"] = path
-    payload["used_ema"] = bool(ema and payload.get("ema_state_dict"))
-    return model.eval(), payload
+    probe_class = family.probe_class
+    if not (isinstance(probe_class, type) and issubclass(probe_class, Probe)):
+        raise TypeError(f"model family {family_of(model)!r}: {family.probe} is not a Probe "
+                        f"subclass")
+    return probe_class(model, device, source)
 
 
 def open_native(path: str | os.PathLike, device=None, ema: bool = True) -> Probe:

@@ -1,5 +1,5 @@
-"""The model family vaeprobe trains and audits. Their registry (builder, stored config, Probe
-class per family) is the checkpoint format's: :mod:`vaeprobe.adapters.native`."""
+"""The model families vaeprobe trains and audits, and their registry
+(:mod:`vaeprobe.models.families`: builder, stored config and Probe class per family)."""
 
 from vaeprobe.models.hvae import HVAE, PRESET_TABLE, PRESETS, HVAEConfig, preset
 from vaeprobe.models.two_stage import TwoStageVAE, secondary_config

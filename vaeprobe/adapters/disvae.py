@@ -1,0 +1,192 @@
+"""A disentangling-vae results folder (YannDubs/disentangling-vae) as a Probe.
+
+The folder holds ``specs.json`` (``model_type``, ``img_size``, ``latent_dim``, ``rec_dist``, the
+loss and its hyperparameters) and ``model.pt`` (a plain state dict, read with
+``torch.load(weights_only=True)``). The network is the Burgess et al. (2018) encoder/decoder,
+written here with the same state-dict keys (``encoder.conv1..3``, ``conv_64`` at 64x64,
+``lin1``, ``lin2``, ``mu_logvar_gen``; ``decoder.lin1..3``, ``convT_64``, ``convT1..3``):
+
+- encoder: 4x4 stride-2 convolutions of 32 channels (three at 32x32, four at 64x64) with ReLU,
+  two 256-unit ReLU layers, and one linear layer giving mean and log-variance **interleaved**
+  (``view(-1, latent_dim, 2).unbind(-1)``);
+- decoder: the mirror image, ending in a sigmoid.
+
+It opens through :class:`~vaeprobe.adapters.module.ModuleProbe` with
+``encoder_output="interleaved"``, ``scale="logvar"``, inputs on [0, 1]. The decoder likelihood
+follows the loss it was trained with (``rec_dist``):
+
+- ``"bernoulli"`` (binary cross-entropy): a Bernoulli likelihood with the sigmoid output as the
+  probability of level 255. These models are usually trained on grey-level images, where BCE is
+  not a likelihood: evaluate IWAE on binarized data (``vp.data.binarize``), and say which
+  protocol (threshold or dynamic);
+- ``"gaussian"`` (its loss is sum((255 (x_hat - x))^2) / 255 = 255 * SSE on [0, 1]): a Gaussian
+  of sigma = sqrt(1 / 510) on [0, 1];
+- ``"laplace"``: no Laplace likelihood here, so ``likelihood_kind="none"`` (IWAE refuses).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaeprobe import io
+from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters.module import ModuleProbe
+
+SPECS, WEIGHTS = "specs.json", "model.pt"
+HIDDEN_CHANNELS, KERNEL, HIDDEN_UNITS = 32, 4, 256  # Burgess et al.'s sizes
+SIZES = ((32, 32), (64, 64))  # the only image sizes the architecture has
+GAUSSIAN_SIGMA = math.sqrt(1 / 510)  # disvae's "gaussian" loss is 255 * SSE on [0, 1]
+
+
+def _conv(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, KERNEL, stride=2, padding=1)
+
+
+def _deconv(c_in: int, c_out: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(c_in, c_out, KERNEL, stride=2, padding=1)
+
+
+class BurgessEncoder(nn.Module):
+    """Image (B, C, H, W) on [0, 1] -> (B, 2 * latent_dim): mean and logvar interleaved."""
+
+    def __init__(self, image_shape: tuple, latent_dim: int):
+        super().__init__()
+        channels, width = image_shape[0], HIDDEN_CHANNELS
+        self.is_64 = tuple(image_shape[1:]) == (64, 64)
+        self.conv1, self.conv2, self.conv3 = (_conv(channels, width), _conv(width, width),
+                                              _conv(width, width))
+        if self.is_64:
+            self.conv_64 = _conv(width, width)
+        self.lin1 = nn.Linear(width * KERNEL * KERNEL, HIDDEN_UNITS)
+        self.lin2 = nn.Linear(HIDDEN_UNITS, HIDDEN_UNITS)
+        self.mu_logvar_gen = nn.Linear(HIDDEN_UNITS, 2 * latent_dim)
+
+    def forward(self, x):
+        convs = [self.conv1, self.conv2, self.conv3] + ([self.conv_64] if self.is_64 else [])
+        for conv in convs:
+            x = torch.relu(conv(x))
+        hidden = torch.relu(self.lin2(torch.relu(self.lin1(x.flatten(1)))))
+        return self.mu_logvar_gen(hidden)  # (B, 2 * latent_dim), pairs (mean, logvar)
+
+
+class BurgessDecoder(nn.Module):
+    """z (B, latent_dim) -> Bernoulli probabilities / means (B, C, H, W) on [0, 1]."""
+
+    def __init__(self, image_shape: tuple, latent_dim: int):
+        super().__init__()
+        channels, width = image_shape[0], HIDDEN_CHANNELS
+        self.is_64 = tuple(image_shape[1:]) == (64, 64)
+        self.lin1 = nn.Linear(latent_dim, HIDDEN_UNITS)
+        self.lin2 = nn.Linear(HIDDEN_UNITS, HIDDEN_UNITS)
+        self.lin3 = nn.Linear(HIDDEN_UNITS, width * KERNEL * KERNEL)
+        if self.is_64:
+            self.convT_64 = _deconv(width, width)
+        self.convT1, self.convT2 = _deconv(width, width), _deconv(width, width)
+        self.convT3 = _deconv(width, channels)
+
+    def forward(self, z):
+        hidden = torch.relu(self.lin3(torch.relu(self.lin2(torch.relu(self.lin1(z))))))
+        x = hidden.reshape(z.shape[0], HIDDEN_CHANNELS, KERNEL, KERNEL)
+        for deconv in ([self.convT_64] if self.is_64 else []) + [self.convT1, self.convT2]:
+            x = torch.relu(deconv(x))
+        return torch.sigmoid(self.convT3(x))
+
+
+class BurgessVAE(nn.Module):
+    """``encode`` / ``decode`` over the Burgess encoder and decoder (disvae's key names)."""
+
+    def __init__(self, image_shape: tuple, latent_dim: int):
+        super().__init__()
+        self.encoder = BurgessEncoder(image_shape, latent_dim)
+        self.decoder = BurgessDecoder(image_shape, latent_dim)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+
+def find_folder(path: Path) -> Path:
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def sniff(path: Path) -> bool:
+    """A folder (or its ``model.pt``) with a disvae ``specs.json``: model_type + rec_dist."""
+    folder = find_folder(path)
+    try:
+        specs = json.loads((folder / SPECS).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(specs, dict) and "model_type" in specs and "rec_dist" in specs
+            and (folder / WEIGHTS).is_file())
+
+
+def _likelihood(rec_dist: str) -> dict:
+    if rec_dist == "bernoulli":
+        return dict(likelihood="bernoulli")
+    if rec_dist == "gaussian":
+        return dict(likelihood="gaussian", sigma=GAUSSIAN_SIGMA)
+    if rec_dist == "laplace":
+        return dict(likelihood="none")
+    raise ValueError(f"specs.json rec_dist must be 'bernoulli', 'gaussian' or 'laplace', got "
+                     f"{rec_dist!r}")
+
+
+def _check_specs(specs: dict, path: Path) -> tuple[tuple[int, int, int], int]:
+    if str(specs.get("model_type", "")).lower() != "burgess":
+        raise ValueError(f"{path}: model_type {specs.get('model_type')!r} is not supported; "
+                         f"disentangling-vae's only architecture is 'Burgess'")
+    image_shape = tuple(int(v) for v in specs.get("img_size", ()))
+    if len(image_shape) != 3 or image_shape[1:] not in SIZES:
+        raise ValueError(f"{path}: img_size must be (C, 32, 32) or (C, 64, 64) (the Burgess "
+                         f"architecture's sizes), got {specs.get('img_size')!r}")
+    return image_shape, int(specs["latent_dim"])
+
+
+def open_disvae(path: Path, *, device=None) -> ModuleProbe:
+    """Open a disentangling-vae results folder (``specs.json`` + ``model.pt``) as a Probe.
+
+    Parameters
+    ----------
+    path : Path
+        The folder (e.g. ``results/btcvae_mnist``) or its ``model.pt``.
+    device : str or torch.device, optional
+
+    Examples
+    --------
+    >>> probe = vp.load("results/btcvae_mnist")  # doctest: +SKIP
+    >>> probe.layers[0].channels, probe.likelihood_kind  # doctest: +SKIP
+    (10, 'discretized')
+    """
+    folder = find_folder(path)
+    specs_path, weights_path = folder / SPECS, folder / WEIGHTS
+    for needed in (specs_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: a disentangling-vae results folder "
+                                    f"holds {SPECS} and {WEIGHTS}")
+    try:
+        specs = json.loads(specs_path.read_text())
+    except ValueError as error:
+        raise io.CheckpointError(f"{specs_path} is not JSON: {error}") from None
+    image_shape, latent_dim = _check_specs(specs, specs_path)
+    model = BurgessVAE(image_shape, latent_dim)
+    state = read_tensors(weights_path)
+    check_state_dict(model, state, weights_path)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    source = file_source(weights_path, [specs_path, weights_path])
+    source.update(rec_dist=str(specs["rec_dist"]), loss=str(specs.get("loss", "")))
+    if specs["rec_dist"] == "gaussian":  # a fixed sigma: interpretation warnings say so
+        source.update(decoder_likelihood="fixed", decoder_sigma=GAUSSIAN_SIGMA)
+    return ModuleProbe(model, image_shape, encoder_output="interleaved", scale="logvar",
+                       decoder_output="probabilities", device=device, source=source,
+                       **_likelihood(specs["rec_dist"]))
+
+
+__all__ = ["BurgessVAE", "open_disvae", "sniff"]

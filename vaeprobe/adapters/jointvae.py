@@ -1,0 +1,232 @@
+"""A JointVAE ``trained_models/<name>`` folder (Schlumberger/joint-vae) as a Probe.
+
+The folder holds ``specs.json`` (``dataset``, ``latent_spec`` = {"cont": D, "disc": [K1, ...]})
+and ``model.pt`` (a plain state dict). The network is JointVAE's, written here with its keys:
+``img_to_features`` (4x4 stride-2 convolutions 32, (32 at 64x64), 64, 64 with ReLU),
+``features_to_hidden`` (256 ReLU units), heads ``fc_mean`` / ``fc_log_var`` (Gaussian) and
+``fc_alphas.i`` (softmax: one categorical per discrete latent), ``latent_to_features`` and
+``features_to_img`` (transposed convolutions ending in a sigmoid). The decoder reads the
+concatenation [continuous z, one-hot of each discrete latent].
+
+As a Probe, layers in that order: ``cont`` (D, 1, 1), a Gaussian layer with prior N(0, I), and
+``disc0``, ``disc1``, ... (K, 1, 1), **categorical** layers whose prior is uniform; the KL of
+each is analytic (``vp.rate`` shows both kinds per layer, as JointVAE's loss computes them).
+The decoder is a Bernoulli likelihood (JointVAE trains with binary cross-entropy); images are
+on [0, 1] (MNIST and Fashion-MNIST at 32x32; dSprites, chairs at 64x64; CelebA (3, 64, 64)).
+
+The discrete latents are **sampled**, not marginalised, and not relaxed: a posterior draw
+takes an exact one-hot sample of q(c|x) (Gumbel-max, the limit of JointVAE's Gumbel-softmax at
+temperature 0), so an importance sample of ``vp.iwae`` is (z, c) ~ q(z|x) q(c|x) and its weight
+includes log p(c) - log q(c|x); ``posterior="mean"`` takes the Gaussian mean and the most likely
+category (as JointVAE reconstructs in eval mode); prior samples draw c uniformly
+(``temperature`` scales the Gaussian layer only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaeprobe import io
+from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters.module import Bernoulli
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerDraw,
+    LayerInfo,
+    RepeatedRows,
+    SharedEncoderProbe,
+    categorical_draw,
+    categorical_kl,
+    categorical_moments,
+    gaussian_kl,
+)
+
+SPECS, WEIGHTS = "specs.json", "model.pt"
+IMAGE_SHAPES = {"mnist": (1, 32, 32), "fashion_mnist": (1, 32, 32), "dsprites": (1, 64, 64),
+                "chairs": (1, 64, 64), "celeba": (3, 64, 64)}  # as JointVAE's load_model
+HIDDEN, FEATURES = 256, (64, 4, 4)
+
+
+def _conv(c_in, c_out):
+    return nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+
+
+def _deconv(c_in, c_out):
+    return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+
+
+class JointVAE(nn.Module):
+    """JointVAE's networks with its state-dict keys; the heads give (mean, logvar, logits)."""
+
+    def __init__(self, image_shape: tuple, continuous: int, discrete: list[int]):
+        super().__init__()
+        channels, is_64 = image_shape[0], tuple(image_shape[1:]) == (64, 64)
+        widths = [channels, 32] + [32] * is_64 + [64, 64]
+        encoder = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            encoder += [_conv(c_in, c_out), nn.ReLU()]
+        self.img_to_features = nn.Sequential(*encoder)
+        self.features_to_hidden = nn.Sequential(nn.Linear(math.prod(FEATURES), HIDDEN), nn.ReLU())
+        self.continuous, self.discrete = continuous, list(discrete)
+        if continuous:
+            self.fc_mean, self.fc_log_var = (nn.Linear(HIDDEN, continuous),
+                                             nn.Linear(HIDDEN, continuous))
+        if self.discrete:
+            self.fc_alphas = nn.ModuleList(nn.Linear(HIDDEN, k) for k in self.discrete)
+        self.latent_to_features = nn.Sequential(
+            nn.Linear(continuous + sum(self.discrete), HIDDEN), nn.ReLU(),
+            nn.Linear(HIDDEN, math.prod(FEATURES)), nn.ReLU())
+        decoder = [_deconv(64, 64), nn.ReLU()] if is_64 else []
+        decoder += [_deconv(64, 32), nn.ReLU(), _deconv(32, 32), nn.ReLU(), _deconv(32, channels)]
+        self.features_to_img = nn.Sequential(*decoder, nn.Sigmoid())
+
+    def encode(self, x):
+        """x on [0, 1] -> (mean, logvar) (B, D) or None, and log-probabilities [(B, K), ...]."""
+        hidden = self.features_to_hidden(self.img_to_features(x).flatten(1))
+        gaussian = (self.fc_mean(hidden), self.fc_log_var(hidden)) if self.continuous else None
+        log_probs = [F.log_softmax(head(hidden), dim=1) for head in getattr(self, "fc_alphas", [])]
+        return gaussian, log_probs
+
+    def decode(self, latent):
+        """latent (B, D + sum K): [z, one-hots] -> Bernoulli probabilities (B, C, H, W)."""
+        return self.features_to_img(self.latent_to_features(latent).reshape(-1, *FEATURES))
+
+
+class JointVAEProbe(SharedEncoderProbe):
+    """A JointVAE: a Gaussian layer ``cont`` and categorical layers ``disc0``, ...; see the
+    module docstring for how the discrete latents are drawn."""
+
+    def __init__(self, model: JointVAE, image_shape: tuple, device=None, source=None):
+        super().__init__(source)
+        self.image_shape = tuple(image_shape)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.layers = ([LayerInfo("cont", (1, 1), model.continuous)] if model.continuous else [])
+        self.layers += [LayerInfo(f"disc{i}", (1, 1), k) for i, k in enumerate(model.discrete)]
+
+    @torch.no_grad()
+    def _shared(self, x):
+        gaussian, log_probs = self.model.encode(x.float() / 255.0)
+        parts = [] if gaussian is None else [gaussian[0], 0.5 * gaussian[1]]  # mean, logstd
+        return RepeatedRows([p[:, :, None, None].float() for p in parts + log_probs])
+
+    def _draw(self, shared, k: int, noise) -> LatentPass:
+        parts, draws = shared.rows(k), []
+        if self.model.continuous:
+            mean, logstd = parts[:2]
+            zeros = torch.zeros_like(mean)
+            draws.append(LayerDraw(p_mean=zeros, p_logstd=zeros, z=mean + logstd.exp() * noise[0],
+                                   q_mean=mean, q_logstd=logstd,
+                                   kl=gaussian_kl(mean, logstd, zeros, zeros)))
+        offset = 2 * bool(self.model.continuous)
+        for index, q_log_probs in enumerate(parts[offset:]):
+            layer_noise = noise[len(draws)]
+            # posterior="mean" gives zero noise: the same Gumbel offset everywhere, so the mode
+            draws.append(self._categorical(q_log_probs, layer_noise))
+        return LatentPass(draws, k)
+
+    @staticmethod
+    def _categorical(q_log_probs, noise, prior_only: bool = False) -> LayerDraw:
+        p_log_probs = torch.full_like(q_log_probs, -math.log(q_log_probs.shape[1]))  # uniform
+        p_mean, p_logstd = categorical_moments(p_log_probs)
+        if prior_only:
+            return LayerDraw(p_mean=p_mean, p_logstd=p_logstd, z=categorical_draw(p_log_probs,
+                                                                                  noise),
+                             distribution="categorical", p_log_probs=p_log_probs)
+        q_mean, q_logstd = categorical_moments(q_log_probs)
+        return LayerDraw(p_mean=p_mean, p_logstd=p_logstd, z=categorical_draw(q_log_probs, noise),
+                         q_mean=q_mean, q_logstd=q_logstd,
+                         kl=categorical_kl(q_log_probs, p_log_probs),
+                         distribution="categorical", q_log_probs=q_log_probs,
+                         p_log_probs=p_log_probs)
+
+    @torch.no_grad()
+    def decode(self, latents: LatentPass) -> Bernoulli:
+        latent = torch.cat([draw.z.flatten(1) for draw in latents.draws], dim=1)
+        return Bernoulli(self.model.decode(latent).float())
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
+        noise, draws = self.noise(n, 1, generator), []
+        if self.model.continuous:
+            z = noise[0] * float(temperature)
+            zeros = torch.zeros_like(z)
+            draws.append(LayerDraw(p_mean=zeros, p_logstd=zeros, z=z))
+        for index, k in enumerate(self.model.discrete):
+            shape = (n, k, 1, 1)
+            uniform = torch.full(shape, -math.log(k), device=self.device)
+            draws.append(self._categorical(uniform, noise[len(draws)], prior_only=True))
+        return LatentPass(draws, 1)
+
+
+def find_folder(path: Path) -> Path:
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def sniff(path: Path) -> bool:
+    """A folder (or its ``model.pt``) whose ``specs.json`` has JointVAE's ``latent_spec``."""
+    folder = find_folder(path)
+    try:
+        specs = json.loads((folder / SPECS).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(specs, dict) and "latent_spec" in specs and (folder / WEIGHTS).is_file()
+
+
+def _spec(specs: dict, path: Path) -> tuple[tuple, int, list[int]]:
+    dataset, latent_spec = specs.get("dataset"), specs.get("latent_spec") or {}
+    if dataset not in IMAGE_SHAPES:
+        raise ValueError(f"{path}: dataset {dataset!r} has no known image size; JointVAE's "
+                         f"datasets are {sorted(IMAGE_SHAPES)}")
+    continuous, discrete = int(latent_spec.get("cont", 0)), [int(k) for k in
+                                                             latent_spec.get("disc", [])]
+    if not continuous and not discrete:
+        raise ValueError(f"{path}: latent_spec needs 'cont' and/or 'disc', got {latent_spec!r}")
+    return IMAGE_SHAPES[dataset], continuous, discrete
+
+
+def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:
+    """Open a JointVAE ``trained_models/<name>`` folder (``specs.json`` + ``model.pt``).
+
+    Parameters
+    ----------
+    path : Path
+        The folder or its ``model.pt``.
+    device : str or torch.device, optional
+
+    Examples
+    --------
+    >>> probe = vp.load("trained_models/mnist")  # doctest: +SKIP
+    >>> [layer.name for layer in probe.layers]  # doctest: +SKIP
+    ['cont', 'disc0']
+    """
+    folder = find_folder(path)
+    specs_path, weights_path = folder / SPECS, folder / WEIGHTS
+    for needed in (specs_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: a JointVAE model folder holds "
+                                    f"{SPECS} and {WEIGHTS}")
+    try:
+        specs = json.loads(specs_path.read_text())
+    except ValueError as error:
+        raise io.CheckpointError(f"{specs_path} is not JSON: {error}") from None
+    image_shape, continuous, discrete = _spec(specs, specs_path)
+    model = JointVAE(image_shape, continuous, discrete)
+    state = read_tensors(weights_path)
+    check_state_dict(model, state, weights_path)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    source = file_source(weights_path, [specs_path, weights_path])
+    source.update(latent_spec=json.dumps(specs["latent_spec"], sort_keys=True),
+                  discrete_latents="sampled (exact one-hot draws of q(c|x); prior uniform)")
+    return JointVAEProbe(model, image_shape, device, source)
+
+
+__all__ = ["JointVAE", "JointVAEProbe", "open_jointvae", "sniff"]
