@@ -181,8 +181,8 @@ def _finish(ds, args, draw) -> int:
         for sentence in str(ds.attrs["warning"]).split("; "):
             print(f"WARNING: {sentence}")
     failed = []
-    overwrite = getattr(args, "overwrite", False)
-    for path, write in ((args.out, lambda: io.save(ds, args.out, overwrite=overwrite)),
+    overwrite = {"overwrite": True} if getattr(args, "overwrite", False) else {}
+    for path, write in ((args.out, lambda: io.save(ds, args.out, **overwrite)),
                         (args.plot, lambda: save_figure(draw(ds), args.plot))):
         if not path:
             continue
