@@ -367,9 +367,9 @@ class AutoencoderKLProbe(Probe):
         self.require("sample_prior", prior=True)
 
 
-def _image_size(value, config: AutoencoderKLConfig) -> tuple[int, int]:
+def _image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
     """(height, width) from the ``image_size`` option (an int, [h, w] or their text), default the
-    config's ``sample_size``; each a positive multiple of the downsampling factor."""
+    config's ``sample_size``; with a config, each a multiple of its downsampling factor."""
     size = config.sample_size if value is None else value
     if isinstance(size, str):
         try:
@@ -377,7 +377,7 @@ def _image_size(value, config: AutoencoderKLConfig) -> tuple[int, int]:
         except ValueError:
             size = None
     size = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
-    factor = 2 ** (len(config.block_out_channels) - 1)
+    factor = 1 if config is None else 2 ** (len(config.block_out_channels) - 1)
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
             isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1 << 16
             for s in size)):
