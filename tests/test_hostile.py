@@ -52,7 +52,8 @@ def _peak_rss() -> int:
 
 
 def refused(kind: str, argv: list[str], capsys, *names: str, code: int = 2, main=cli.main,
-            absent=("Traceback", "weights_only=False", "set `weights_only` to False")) -> str:
+            absent=("Traceback", "weights_only=False", "`weights_only` set to `False`",
+                    "will likely succeed")) -> str:
     """Run a command line in-process; check the exit code, the names in its message, no
     traceback and no advice to unpickle; bounded time and memory. Returns stderr."""
     CORPUS.append((kind, " ".join(argv)))

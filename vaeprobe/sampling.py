@@ -80,6 +80,7 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     _check_request(kind, n, data)
+    temperatures(temperature)  # finite and > 0, before any work
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:

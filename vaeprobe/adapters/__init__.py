@@ -10,6 +10,7 @@ options; those without a default are required.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -249,7 +250,10 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
                               f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
     device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
-    with validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite):
+    # defaults keep a policy set around the call (e.g. the CLI's around vp.spectrum of a run)
+    policy = validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite) if (
+        max_memory is not None or allow_nonfinite) else contextlib.nullcontext()
+    with policy:
         probe = entry.open_function()(path, device=device, **options)
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
                                                           sort_keys=True))

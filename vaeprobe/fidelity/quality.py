@@ -29,6 +29,7 @@ from vaeprobe.fidelity.metrics import (
 from vaeprobe.fidelity.perceptual import LPIPS
 from vaeprobe.probe import Probe
 from vaeprobe.sampling import KINDS, require, sample_batches
+from vaeprobe.validate import temperatures
 
 METRICS = ("fid", "kid", "prc", "lpips")
 
@@ -168,8 +169,9 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     if unknown or not kinds:
         raise ValueError(f"unknown or no kinds/metrics {sorted(unknown)}; kinds: {KINDS}, "
                          f"metrics: {METRICS}")
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    temperatures(temperature)  # finite and > 0: NaN would draw black images
     require(probe, "vp.sample_quality", kinds)
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
