@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from vaeprobe import io
-from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.module import ModuleProbe
+from vaeprobe.io import check_state_dict
 
 SPECS, WEIGHTS = "specs.json", "model.pt"
 HIDDEN_CHANNELS, KERNEL, HIDDEN_UNITS = 32, 4, 256  # Burgess et al.'s sizes

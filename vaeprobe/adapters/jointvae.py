@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe import io
-from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.module import Bernoulli
+from vaeprobe.io import check_state_dict
 from vaeprobe.probe import (
     Generators,
     LatentPass,

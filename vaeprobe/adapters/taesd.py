@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from vaeprobe import io
-from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.diffusers import _image_size
 from vaeprobe.adapters.module import ModuleProbe
+from vaeprobe.io import check_state_dict
 
 # file-name prefix -> (latent channels, FLUX.2 mid-block GroupNorm); longest names first
 VARIANTS = {"taesdxl": (4, False), "taesd3": (16, False), "taesd": (4, False),
