@@ -389,6 +389,15 @@ def test_trainer_float_flags_are_finite_and_in_range(flag, value, tmp_path, caps
     assert not out.exists()  # refused before the run directory was made
 
 
+def test_a_trainer_whose_loss_stays_nonfinite_stops_without_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    refused("trainer nonfinite", ["--preset", "tiny-8", "--data", "digits8", "--steps", "30",
+                                  "--lr", "1e30", "--no-progress", "--out", str(out)], capsys,
+            "non-finite", "10 steps in a row", "--lr", main=_train)
+    assert not list(out.glob("ckpt_step*"))  # before: an all-NaN checkpoint and exit 0
+    assert not (out / ".lock").exists()
+
+
 def test_trainer_never_writes_a_nonfinite_checkpoint(tmp_path):
     from trainers.config import make
     from trainers.train import Trainer, TrainingError

@@ -182,10 +182,12 @@ class Trainer:
             self.optimizer.step()
             self.update_ema()
             self.check_finite(result["loss"])
+        self._count_nonfinite_loss(result["loss"])
         if objectives.objectives.get(self.config.objective).lagrangian:
             distortion = all_mean(result["distortion"], self.world)
-            objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
-                                   self.config.gamma)
+            if bool(torch.isfinite(distortion.detach()).all()):  # NaN would poison lambda
+                objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
+                                       self.config.gamma)
         self.recent_skips.append(skip)
         if len(self.recent_skips) >= 50 and sum(self.recent_skips) > \
                 self.config.max_skip_fraction * len(self.recent_skips):
@@ -197,12 +199,27 @@ class Trainer:
         result["grad_norm"] = grad_norm
         return result
 
+    def _count_nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """A non-finite loss skips its update (its gradient is not finite either); after
+        NONFINITE_LOSS_PATIENCE in a row training stops: the weights give NaN on every batch."""
+        finite = bool(torch.isfinite(loss.detach()))
+        self.nonfinite_losses = 0 if finite else getattr(self, "nonfinite_losses", 0) + 1
+        if self.nonfinite_losses >= NONFINITE_LOSS_PATIENCE:
+            raise TrainingError(
+                f"the loss has been non-finite (NaN or inf) for {self.nonfinite_losses} steps in "
+                f"a row (to step {self.step + 1}): the weights overflowed (--lr "
+                f"{self.config.lr:g}). Those updates were skipped and no checkpoint was written "
+                f"since; start again with a lower --lr")
+
     @torch.no_grad()
     def check_finite(self, loss: torch.Tensor | None = None) -> None:
-        """Stop with a TrainingError when the weights or their EMA hold NaN or inf (an update
-        that overflowed: nothing later can recover, and no checkpoint may keep them)."""
-        for name, module in (("weights", self.model), ("EMA weights", self.ema)):
-            params = [p for p in module.parameters() if p.is_floating_point()]
+        """Stop with a TrainingError when the weights or their EMA (parameters and buffers,
+        e.g. a calibrated decoder sigma) or lambda hold NaN or inf: an update that overflowed,
+        which nothing later can recover and no checkpoint may keep."""
+        for name, module in (("weights", self.model), ("EMA weights", self.ema),
+                             ("Lagrange multiplier", {"lam": self.lam})):
+            state = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            params = [p.detach() for p in state.values() if p.is_floating_point()]
             if params and not bool(torch.isfinite(torch.stack(
                     torch._foreach_norm(params, float("inf")))).all()):
                 loss_said = "" if loss is None else f" (loss {float(loss):.4g})"
@@ -397,6 +414,7 @@ class Trainer:
         return row
 
 
+NONFINITE_LOSS_PATIENCE = 10  # non-finite losses in a row before training stops
 CALIBRATION_IMAGES = 256  # training images that set an optimal head's sigma at each save
 
 
