@@ -225,3 +225,59 @@ def test_taesd_name_and_shapes_must_agree(tmp_path):
     torch.save(decoder, tmp_path / "taef2_decoder.pth")
     with pytest.raises(vp.io.CheckpointError, match="named taef2"):
         vp.load(tmp_path, image_size=16)
+
+
+def test_disvae_and_jointvae_folders_at_64x64(tmp_path):
+    from vaeprobe.adapters.disvae import GAUSSIAN_SIGMA, BurgessVAE
+    from vaeprobe.adapters.jointvae import JointVAE
+
+    torch.manual_seed(0)
+    burgess = BurgessVAE((3, 64, 64), 6)
+    disvae = tmp_path / "disvae"
+    disvae.mkdir()
+    torch.save(burgess.state_dict(), disvae / "model.pt")
+    specs = {"model_type": "Burgess", "img_size": [3, 64, 64], "latent_dim": 6,
+             "rec_dist": "gaussian", "loss": "betaH"}
+    (disvae / "specs.json").write_text(json.dumps(specs))
+    joint = JointVAE((3, 64, 64), 4, [3, 2])
+    jointvae = tmp_path / "jointvae"
+    jointvae.mkdir()
+    torch.save(joint.state_dict(), jointvae / "model.pt")
+    (jointvae / "specs.json").write_text(json.dumps(
+        {"dataset": "celeba", "latent_spec": {"cont": 4, "disc": [3, 2]}}))
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    probe = vp.load(disvae, device="cpu")
+    assert probe.source["format"] == "disvae" and probe.sigma == GAUSSIAN_SIGMA
+    packed = burgess.encoder(images.float() / 255).reshape(2, 6, 2)  # interleaved pairs
+    torch.testing.assert_close(probe.encode(images).draws[0].q_mean.flatten(1), packed[..., 0])
+    other = vp.load(jointvae, device="cpu")
+    assert [(layer.name, layer.channels) for layer in other.layers] == [
+        ("cont", 4), ("disc0", 3), ("disc1", 2)]
+    latents = other.encode(images, n_samples=3, generator=torch.Generator().manual_seed(0))
+    assert other.decode(latents).mean.shape == (6, 3, 64, 64)
+    prior = other.sample_prior(5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(prior.draws[2].z.sum(1).flatten(), torch.ones(5))
+    specs["rec_dist"] = "laplace"
+    (disvae / "specs.json").write_text(json.dumps(specs))
+    assert vp.load(disvae, device="cpu").likelihood_kind == "none"
+
+
+def test_cifar10_test_split_alone(tmp_path, monkeypatch):
+    import pickle
+
+    import torchvision.datasets as tvd
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": pixels.reshape(4, -1), "labels": [0, 1, 2, 3]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    # our stand-in files have other checksums than the real ones
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", None]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": None})
+    test = vp.data.load("cifar10:test", root=tmp_path)
+    assert np.array_equal(test.images.numpy(), pixels)
+    with pytest.raises(FileNotFoundError, match="cifar10"):
+        vp.data.load("cifar10:train", root=tmp_path)

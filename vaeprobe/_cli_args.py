@@ -92,7 +92,9 @@ def _common(parser, *, out: bool = True, plot: bool = True) -> None:
 
 # ---- opening a model ------------------------------------------------------------------------
 CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
-                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th")
+                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th, "
+                   "disentangling-vae or JointVAE folder, TAESD-family .pth pair or "
+                   "AutoencoderTiny folder")
 
 
 def _load_arguments(parser, api: _ApiArguments) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from vaeprobe.images import ImageTensorDataset, check_images, dataset_name
 from vaeprobe.random import seed_of
 
 MODES = ("threshold", "dynamic")
@@ -25,13 +26,13 @@ class BinarizedDataset(Dataset):
     """``base`` with every image binarized to levels {0, 255} (see :func:`binarize`)."""
 
     def __init__(self, base: Dataset, mode: str, seed: int = 0):
-        from vaeprobe.data import as_dataset, dataset_name
-
         if mode not in MODES:
             raise ValueError(f"binarize must be one of {MODES} ('threshold': level >= "
                              f"{THRESHOLD} -> 255; 'dynamic': 255 with probability grey / 255, "
                              f"seeded per image), got {mode!r}")
-        self.base, self.mode, self.seed = as_dataset(base), mode, int(seed)
+        if not isinstance(base, Dataset):  # a uint8 tensor (N, C, H, W)
+            base = ImageTensorDataset(check_images(base))
+        self.base, self.mode, self.seed = base, mode, int(seed)
         detail = f"(seed={self.seed})" if mode == "dynamic" else f"(at {THRESHOLD})"
         self.binarize = f"{mode} {detail}"
         self.name = f"{dataset_name(self.base)}{SUFFIX}{mode}{detail}"
@@ -53,8 +54,9 @@ def binarize(data, mode: str = "threshold", *, seed: int = 0) -> BinarizedDatase
 
     Parameters
     ----------
-    data : str, Dataset or uint8 tensor
-        Anything :func:`vaeprobe.data.as_dataset` takes.
+    data : Dataset or uint8 tensor
+        A Dataset of uint8 (C, H, W) images or a uint8 tensor (N, C, H, W);
+        :func:`vaeprobe.data.binarize` also takes dataset names.
     mode : {"threshold", "dynamic"}
         ``"threshold"``: level >= 128 -> 255, else 0 (deterministic). ``"dynamic"``: 255 with
         probability level / 255, drawn from a generator keyed by (seed, image index), so an

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
-from vaeprobe.binarize import BinarizedDataset, binarize, split_name
+from vaeprobe.binarize import BinarizedDataset, split_name
+from vaeprobe.binarize import binarize as _binarize
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
@@ -76,8 +77,6 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     >>> len(ds), tuple(ds[0].shape), ds[0].dtype
     (297, (1, 8, 8), torch.uint8)
     """
-    from vaeprobe.binarize import binarize, split_name
-
     name, mode = split_name(name)
     if mode is not None:  # "NAME,binarize=MODE"
         return binarize(load(name, split, root, download=download, size=size), mode)
@@ -112,6 +111,18 @@ class _CheckedDataset(Dataset):
         if isinstance(item, (tuple, list)):
             item = item[0]
         return check_images(torch.as_tensor(item)[None], what="dataset items")[0]
+
+
+def binarize(data, mode: str = "threshold", *, seed: int = 0) -> BinarizedDataset:
+    """Binarize any ``data`` (a name, Dataset or uint8 tensor) to levels {0, 255}, for
+    Bernoulli likelihoods; see :func:`vaeprobe.binarize.binarize` for the two modes.
+
+    Examples
+    --------
+    >>> binarize("digits8:test", "dynamic").name
+    'digits8:test,binarize=dynamic(seed=0)'
+    """
+    return _binarize(as_dataset(data), mode, seed=seed)
 
 
 def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Dataset:

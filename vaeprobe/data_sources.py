@@ -90,6 +90,24 @@ def _mnist_split(root, split: str) -> ImageTensorDataset | None:
     return None
 
 
+def _one_split_cifar10(root, train: bool, download: bool):
+    """torchvision's CIFAR-10 that needs only the requested split's batches (and
+    ``batches.meta``): torchvision checks the train and test batches whichever is asked."""
+    import os
+
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_integrity
+
+    class OneSplitCIFAR10(tvd.CIFAR10):
+        def _check_integrity(self) -> bool:
+            files = (self.train_list if self.train else self.test_list) + [
+                [self.meta["filename"], self.meta["md5"]]]
+            return all(check_integrity(os.path.join(self.root, self.base_folder, name), md5)
+                       for name, md5 in files)
+
+    return OneSplitCIFAR10(root, train=train, download=download)
+
+
 def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -105,7 +123,7 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
         if name == "svhn":
             return in_memory(tvd.SVHN(root, split=split, download=download), name)
         if name == "cifar10":
-            return in_memory(tvd.CIFAR10(root, train=train, download=download), name)
+            return in_memory(_one_split_cifar10(root, train, download), name)
         if name == "mnist":
             return in_memory(tvd.MNIST(root, train=train, download=download), name)
         celeba_split = {"train": "train", "test": "test"}[split]

@@ -91,7 +91,9 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         Seeds the subset and the posterior draws (per image: batch size does not matter, nor
         does sharding the images across ranks under torchrun, see :mod:`vaeprobe.distributed`).
     active_threshold : float
-        A channel is an active unit when its mean KL exceeds this (nats).
+        A channel is an active unit when its mean KL exceeds this (nats). The channels of a
+        categorical layer are its categories, each carrying q_k log(q_k / p_k) of the KL
+        (per image it can be negative; its mean over images is the category's share).
     per_image : bool
         Also return ``rate_per_image`` (image, layer).
     posterior : {"sample", "mean"}

@@ -71,7 +71,7 @@ class JointVAE(nn.Module):
         channels, is_64 = image_shape[0], tuple(image_shape[1:]) == (64, 64)
         widths = [channels, 32] + [32] * is_64 + [64, 64]
         encoder = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             encoder += [_conv(c_in, c_out), nn.ReLU()]
         self.img_to_features = nn.Sequential(*encoder)
         self.features_to_hidden = nn.Sequential(nn.Linear(math.prod(FEATURES), HIDDEN), nn.ReLU())
@@ -127,10 +127,9 @@ class JointVAEProbe(SharedEncoderProbe):
                                    q_mean=mean, q_logstd=logstd,
                                    kl=gaussian_kl(mean, logstd, zeros, zeros)))
         offset = 2 * bool(self.model.continuous)
-        for index, q_log_probs in enumerate(parts[offset:]):
-            layer_noise = noise[len(draws)]
+        for q_log_probs in parts[offset:]:
             # posterior="mean" gives zero noise: the same Gumbel offset everywhere, so the mode
-            draws.append(self._categorical(q_log_probs, layer_noise))
+            draws.append(self._categorical(q_log_probs, noise[len(draws)]))
         return LatentPass(draws, k)
 
     @staticmethod
@@ -160,9 +159,8 @@ class JointVAEProbe(SharedEncoderProbe):
             z = noise[0] * float(temperature)
             zeros = torch.zeros_like(z)
             draws.append(LayerDraw(p_mean=zeros, p_logstd=zeros, z=z))
-        for index, k in enumerate(self.model.discrete):
-            shape = (n, k, 1, 1)
-            uniform = torch.full(shape, -math.log(k), device=self.device)
+        for k in self.model.discrete:
+            uniform = torch.full((n, k, 1, 1), -math.log(k), device=self.device)
             draws.append(self._categorical(uniform, noise[len(draws)], prior_only=True))
         return LatentPass(draws, 1)
 

@@ -316,11 +316,11 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     >>> probe = vp.Probe.from_module(TinyVAE(), image_shape=(1, 8, 8), device="cpu")
     >>> probe.layers[0].channels, probe.layers[0].resolution, probe.likelihood_kind
     (3, (1, 1), 'none')
-    >>> packed = vp.Probe.from_module(TinyVAE(), image_shape=(1, 8, 8), device="cpu",
-    ...                               encoder_output="halves", scale="logvar")
-    Traceback (most recent call last):
-    ...
-    TypeError: encoder_output='halves' expects TinyVAE.encode(x) to return one tensor, got tuple; use encoder_output='tuple' for (mean, scale)
+    >>> try:
+    ...     vp.Probe.from_module(TinyVAE(), image_shape=(1, 8, 8), encoder_output="halves")
+    ... except TypeError as error:
+    ...     print(str(error).split(";")[1].strip())
+    use encoder_output='tuple' for (mean, scale)
     """
     return ModuleProbe(model, image_shape, pixel_range=pixel_range, output_range=output_range,
                        likelihood=likelihood, sigma=sigma, encoder_output=encoder_output,
