@@ -24,6 +24,7 @@ NONE_MEANS = {
     "spectrum_distortion": "none: no PCA spectrum",
     "root": "none",
     "max_memory": "$VAEPROBE_MAX_MEMORY, else half the available memory",
+    "source": "the checkpoint path the compressed file names",
 }
 
 
@@ -139,14 +140,15 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _load(args, path=None):
+    """The model of a command through the one resolver, ``vp.as_probe`` (what the API does)."""
     import vaeprobe as vp
 
     options = _options(args.option)
     if args.no_ema:
         options["ema"] = False
-    return vp.load(path or args.checkpoint, format=args.format, device=args.device,
-                   max_memory=getattr(args, "max_memory", None),
-                   allow_nonfinite=getattr(args, "allow_nonfinite", False), **options)
+    return vp.as_probe(path or args.checkpoint, args.format, device=args.device,
+                       max_memory=getattr(args, "max_memory", None),
+                       allow_nonfinite=getattr(args, "allow_nonfinite", False), **options)
 
 
 def _model_command(sub, name: str, function, help: str, example: str) -> tuple:

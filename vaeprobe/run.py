@@ -224,15 +224,29 @@ class Run:
 
     @property
     def gamma(self) -> float | None:
-        """The distortion target (sum of squares on [0, 1]); None when the run has none
-        (an elbo run, or bare checkpoints without ``config.json``)."""
-        config = self.config
-        if config is None or config.get("objective", "elbo") == "elbo":
+        """The distortion target (sum of squares on [0, 1]) the run was trained towards; None
+        when its objective has none (elbo) or without ``config.json``.
+
+        The trainer records the objective's target as ``distortion_target``; runs written
+        before it did were elbo (no target) or Lagrangian towards ``gamma``.
+        """
+        stored = self.stored()
+        if stored is None:
             return None
-        if "gamma" not in config:
-            raise ValueError(f"{self.config_path}: a {config['objective']} run's config has no "
+        if "distortion_target" in stored:
+            target = stored["distortion_target"]
+            if target is not None and (isinstance(target, bool)
+                                       or not isinstance(target, (int, float))):
+                raise ValueError(f"{self.config_path}: distortion_target is {target!r}, not a "
+                                 f"number; the file was edited or is corrupt")
+            return None if target is None else float(target)
+        train = stored["train"]
+        if train.get("objective", "elbo") == "elbo":
+            return None
+        if "gamma" not in train:
+            raise ValueError(f"{self.config_path}: a {train['objective']} run's config has no "
                              f"train.gamma")
-        return float(config["gamma"])
+        return float(train["gamma"])
 
     @property
     def data(self) -> str | None:

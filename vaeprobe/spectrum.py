@@ -27,18 +27,15 @@ from vaeprobe import distributed, io
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    fit_probe,
     flag_nonfinite,
     progress_bar,
     result_attrs,
     squared_error,
 )
-
-# the estimator lives in vaeprobe._fourier, imported back here (vaeprobe.spectrum.power_2d...)
-from vaeprobe._fourier import (  # noqa: F401
-    _LUMA,
+from vaeprobe._fourier import (
     CHANNEL_MODES,
     WINDOWS,
-    _unfold_half_spectrum,
     band_energies,
     high_frequency_fraction,
     power_2d,
@@ -47,12 +44,20 @@ from vaeprobe._fourier import (  # noqa: F401
     ratio_standard_error,
     window_2d,
 )
+from vaeprobe.accumulate import Reducing
 from vaeprobe.probe import Probe
 from vaeprobe.run import Run
 
+# vp.spectrum, and the estimator it is made of (defined in vaeprobe._fourier) for analyses
+__all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "high_frequency_fraction", "power_2d",
+           "radial_bins", "radial_profile", "ratio_standard_error", "spectrum", "window_2d"]
 
-class _SpectrumAccumulator:
+
+class _SpectrumAccumulator(Reducing):
     """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
+
+    states = {"total": "sum", "count": "sum"}
+    must_match = ("window", "channels")
 
     def __init__(self, window: str, channels: str):
         self.window, self.channels = window, channels
@@ -63,15 +68,6 @@ class _SpectrumAccumulator:
         self.total = power if self.total is None else self.total + power
         c = 1 if self.channels == "luminance" else images.shape[1]
         self.count += images.shape[0] * c
-
-    def merge(self, other: _SpectrumAccumulator) -> _SpectrumAccumulator:
-        """Fold in another accumulator's sums (same window and channels); return self."""
-        from vaeprobe.accumulate import add_totals, check_mergeable
-
-        check_mergeable(self, other, "window", "channels")
-        self.total = add_totals(self.total, other.total)
-        self.count += other.count
-        return self
 
     def compute(self):
         return radial_profile(self.total / self.count)
@@ -217,9 +213,11 @@ def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_
             bar.update(1)
             continue
         if dataset is None:  # the first model fixes the evaluation images for all
+            probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
             dataset, indices = evaluation_set(probe, data, n_images, seed)
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
             single = probe if count == 1 else None
+        probe = probe.at_image_size(*dataset[0].shape[1:])  # later checkpoints: the same size
         row = _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff,
                                   batch_size, seed, n_preview, with_data=not rows)
         row.update(step=int(step), source=dict(probe.source))
