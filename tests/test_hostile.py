@@ -360,12 +360,10 @@ def test_truncated_and_wrong_npz(tmp_path, capsys):
 # ---- numbers in arguments ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, names", [
-    (["samples", "{run}", "--reference", "digits8:test", "-n", "4", "--temperature", "nan",
+    (["quality", "{run}", "--reference", "digits8:test", "-n", "4", "--temperature", "nan",
       "--kinds", "mean", "--metrics", "fid", "--feature-extractor",
       "random-convnet-TEST-ONLY"], ["temperature", "nan"]),
-    (["samples", "{run}", "--reference", "digits8:test", "-n", "4", "--temperature", "-1",
-      "--kinds", "mean", "--metrics", "fid", "--feature-extractor",
-      "random-convnet-TEST-ONLY"], ["temperature", "-1"]),
+    (["samples", "{run}", "--n-images", "4", "--temperature", "-1"], ["temperature", "-1"]),
     (["rate", "{run}", "--data", "digits8:test", "--n-images", "0"], ["n_images"]),
     (["pca", "digits8:test", "--targets", "1", "nan"], ["targets", "nan"]),
     (["pca", "digits8:test", "--targets", "-1"], ["targets", "-1"]),
@@ -377,7 +375,7 @@ def test_numeric_arguments(argv, names, tiny_run, capsys):
 
 def test_numeric_arguments_in_python(tiny_run, digits_test):
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        vp.samples(tiny_run, 2, temperature=float("nan"))
+        vp.samples(tiny_run, n_images=2, temperature=float("nan"))
     with pytest.raises(TypeError, match="n_images must be a positive integer"):
         vp.rate(tiny_run, digits_test, n_images=2.5)
     with pytest.raises(ValueError, match="targets"):
