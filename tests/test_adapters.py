@@ -91,7 +91,8 @@ def test_unknown_folder_wrong_format_and_bad_options_are_clear_errors(tmp_path):
     with pytest.raises(FormatError, match=r"unknown format 'onnx'; known formats: 'diffusers'"):
         vp.load(PYTHAE, format="onnx")
     with pytest.raises(FormatError, match=r"unknown option\(s\) \['image_sise'\] for format "
-                                          r"'diffusers'; its options: \['image_size', 'weights'\]"):
+                                          r"'diffusers'; its options: \['image_size', 'weights', "
+                                          r"'tile_size', 'pad'\]"):
         vp.load(DIFFUSERS, image_sise=16)
     with pytest.raises(FormatError, match=r"unknown option\(s\) \['hparams'\].*'pixel_range'"):
         vp.load(PYTHAE, hparams="cifar10")

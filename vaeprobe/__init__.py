@@ -13,7 +13,10 @@ from vaeprobe._version import __version__
 from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
 from vaeprobe.audit import audit
+from vaeprobe.compare import compare
+from vaeprobe.compress import compress, decompress
 from vaeprobe.fidelity import sample_quality
+from vaeprobe.information import information
 from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
@@ -22,10 +25,12 @@ from vaeprobe.rate import rate
 from vaeprobe.run import Run, checkpoints
 from vaeprobe.sampling import samples
 from vaeprobe.spectrum import spectrum
+from vaeprobe.tiling import tiling_error
 
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "arrays", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
-           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
-           "spectrum", "units"]
+           "__version__", "arrays", "as_probe", "audit", "checkpoints", "compare", "compress",
+           "data", "decompress", "information", "iwae", "load", "open_results", "pca_baseline",
+           "plot", "rate", "sample_quality", "samples", "save", "spectrum", "tiling_error",
+           "units"]

@@ -11,6 +11,27 @@ from vaeprobe.probe import Probe
 from vaeprobe.random import image_generators
 
 
+def fit_probe(probe: Probe, data) -> tuple[Probe, object]:
+    """(probe, dataset): ``data`` resolved at the probe's image size, and the probe fitted to it.
+
+    A ``folder:`` name is read at the probe's size and channels unless it says
+    ``,resize=none``; a convolutional probe (``size_multiple`` set: diffusers, TAESD) then
+    takes the data's own height and width (:meth:`Probe.at_image_size`: sizes its
+    downsampling factor does not divide are refused with the nearest valid ones, or padded when
+    the model was opened with ``pad="reflect"``). A fixed-size probe refuses other sizes.
+    """
+    dataset = vdata.as_dataset(data, image_shape=probe.image_shape, check=False)
+    shape = tuple(dataset[0].shape)
+    if shape[0] != probe.image_shape[0] or (probe.size_multiple is None
+                                            and shape != tuple(probe.image_shape)):
+        raise ValueError(
+            f"images of {vdata.dataset_name(dataset)!r} have shape {shape} but the model "
+            f"expects {tuple(probe.image_shape)} (C, H, W) ({probe.accepted_sizes()}); use "
+            f"data of that size and channel count (a folder is resized to it unless "
+            f",resize=none)")
+    return probe.at_image_size(*shape[1:]), dataset
+
+
 def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
     """(dataset, indices): ``data`` checked against the probe's image shape, a seeded subset.
 

@@ -23,6 +23,7 @@ NONE_MEANS = {
     "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
     "spectrum_distortion": "none: no PCA spectrum",
     "root": "none",
+    "source": "the checkpoint path the compressed file names",
 }
 
 

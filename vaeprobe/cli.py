@@ -35,6 +35,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     _show,
     _subparser,
 )
+from vaeprobe._cli_bits import _add_compare, _add_compress, _add_decompress, _add_information
 from vaeprobe._version import __version__
 from vaeprobe.audit.cli import _add_audit
 
@@ -405,7 +406,8 @@ def _add_pca(sub) -> None:
 
 
 COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_quality, _add_spectrum,
-            _add_pca, _add_weights, _add_audit]
+            _add_pca, _add_weights, _add_audit, _add_information, _add_compress, _add_decompress,
+            _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ Every function in vaeprobe that takes ``data`` accepts one of
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from vaeprobe.binarize import binarize as _binarize
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
-    _image_folder,
     _TorchvisionUint8,
     datasets,
     in_memory,
@@ -52,8 +52,46 @@ def names() -> list[str]:
     return list(datasets) + [f"{scheme}:PATH" for scheme in path_datasets]
 
 
+def split_options(rest: str) -> tuple[str, dict]:
+    """``"PATH,key=value,key=value"`` -> (PATH, {key: value}); a comma not followed by
+    ``key=value`` pairs to the end stays part of the path.
+
+    Examples
+    --------
+    >>> split_options("kodak,resize=none,orient=landscape")
+    ('kodak', {'resize': 'none', 'orient': 'landscape'})
+    >>> split_options("photos, 2024/a")
+    ('photos, 2024/a', {})
+    """
+    match = re.fullmatch(r"(.*?)((?:,\w+=[^,=]*)+)", rest)
+    if match is None:
+        return rest, {}
+    path, tail = match.groups()
+    return path, dict(pair.split("=", 1) for pair in tail[1:].split(","))
+
+
+def _load_path(scheme: str, rest: str, size, *, grey: bool = False) -> Dataset:
+    """A ``scheme:PATH[,key=value...]`` dataset at ``size`` (int or (H, W))."""
+    import inspect
+
+    path, options = split_options(rest)
+    loader = path_datasets.get(scheme)
+    parameters = inspect.signature(loader).parameters
+    known = [name for name, p in list(parameters.items())[2:]
+             if name != "grey" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{scheme}: unknown option(s) {unknown} in {scheme}:{rest}; "
+                         + (f"options: {', '.join(known)} (e.g. {scheme}:PATH,{known[0]}=...)"
+                            if known else f"{scheme}:PATH takes no options"))
+    if grey:
+        options["grey"] = True
+    size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    return loader(Path(path).expanduser(), size, **options)
+
+
 def load(name: str, split: str = "train", root=None, *, download: bool = False,
-         size: int = 64) -> Dataset:
+         size: int | tuple[int, int] = 64) -> Dataset:
     """Load a dataset by name as a Dataset of uint8 ``(C, H, W)`` tensors.
 
     Parameters
@@ -61,15 +99,20 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
     name : str
         ``patches16|32|64``, ``digits8``, ``svhn``, ``cifar10``, ``mnist``, ``celeba64`` (or
         any name in the ``datasets`` registry), ``folder:PATH`` or ``npz:PATH``.
-        ``"name:split"`` sets the split.
+        ``"name:split"`` sets the split. A folder takes options after commas:
+        ``resize=crop`` (default: centre crop to the target's aspect ratio, then resize),
+        ``resize=squash`` (the whole image resized), ``resize=none`` (native size: every image
+        must then have one size), ``orient=landscape|portrait`` (turn images a quarter to
+        one orientation first) and ``filter=box|bilinear|bicubic|lanczos|nearest`` (PIL's
+        resampling), e.g. ``"folder:kodak,resize=none,orient=landscape"``.
     split : {"train", "test"}
     root : path, optional
         Directory of a torchvision dataset.
     download : bool
         Let torchvision download a missing dataset (needs network).
-    size : int
-        Side of the centre-cropped square for ``folder:`` (the analyses pass the model's
-        image size instead: see :func:`as_dataset`).
+    size : int or (int, int)
+        Side (or (H, W)) of ``folder:`` images unless ``resize=none`` (the analyses pass the
+        model's image size instead: see :func:`as_dataset`).
 
     Examples
     --------
@@ -82,7 +125,7 @@ def load(name: str, split: str = "train", root=None, *, download: bool = False,
         return binarize(load(name, split, root, download=download, size=size), mode)
     scheme, _, rest = name.partition(":")
     if ":" in name and scheme in path_datasets:
-        return path_datasets.get(scheme)(Path(rest).expanduser(), size)
+        return _load_path(scheme, rest, size)
     if ":" in name:
         name, split = name.split(":", 1)
     if split not in SPLITS:
@@ -125,20 +168,22 @@ def binarize(data, mode: str = "threshold", *, seed: int = 0) -> BinarizedDatase
     return _binarize(as_dataset(data), mode, seed=seed)
 
 
-def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Dataset:
+def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None,
+               check: bool = True) -> Dataset:
     """Normalise ``data`` (name, Dataset or uint8 tensor) to a Dataset of uint8 (C, H, W).
 
-    ``image_shape`` (C, H, W), when given, is checked against the first item; a
-    ``"folder:PATH"`` name is then read at that size and channel count (the model's), not 64 px.
-    A name may end in ``",binarize=threshold"`` or ``",binarize=dynamic"``
-    (:func:`vaeprobe.binarize.binarize`).
+    ``image_shape`` (C, H, W), when given, is checked against the first item (``check=False``:
+    not checked; :func:`vaeprobe._analysis.fit_probe` then fits a convolutional model to the
+    data instead); a ``"folder:PATH"`` name is read at that size and channel count (the
+    model's), not 64 px, unless it says ``,resize=none``. A name may end in
+    ``",binarize=threshold"`` or ``",binarize=dynamic"`` (:func:`vaeprobe.binarize.binarize`).
     """
     if isinstance(data, str) and split_name(data)[1] is not None:
         base, mode = split_name(data)
-        dataset = binarize(as_dataset(base, image_shape=image_shape), mode)
+        dataset = binarize(as_dataset(base, image_shape=image_shape, check=check), mode)
     elif isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
-        dataset = _image_folder(Path(data[len("folder:"):]).expanduser(), int(image_shape[-1]),
-                                grey=int(image_shape[0]) == 1)
+        dataset = _load_path("folder", data[len("folder:"):], tuple(image_shape[1:]),
+                             grey=int(image_shape[0]) == 1)
     elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
@@ -156,7 +201,7 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None) -> Data
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset_name(dataset)!r} is empty")
     first = dataset[0]
-    if image_shape is not None and tuple(first.shape) != tuple(image_shape):
+    if check and image_shape is not None and tuple(first.shape) != tuple(image_shape):
         raise ValueError(
             f"images of {dataset_name(dataset)!r} have shape {tuple(first.shape)} but the model "
             f"expects {tuple(image_shape)} (C, H, W); use data of that size and channel count"

@@ -16,6 +16,7 @@ from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    fit_probe,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -124,6 +125,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     chunk, kind = _check_request(probe, k, chunk, batch_size, kind)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim

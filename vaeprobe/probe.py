@@ -22,6 +22,12 @@ FFHQ-256) and ``prior_is_generative`` (False where the prior that matters lives 
 checkpoint, as for a latent-diffusion autoencoder). Analyses that are undefined for a Probe
 call :meth:`Probe.require` first and refuse with one :class:`UndefinedAnalysisError`.
 
+Image sizes: ``size_multiple`` is None for a model with fixed-size parameters (it takes
+``image_shape`` only), or its downsampling factor f for a convolutional one (any height and
+width divisible by f); ``downsampling`` (image over coarsest latent side), ``accepted_sizes()``
+(in words) and ``at_image_size(h, w)`` (the same weights at another size, or a refusal naming
+the nearest valid sizes) say it. The analyses fit a convolutional probe to the data's size.
+
 A draw's KL is analytic where posterior and prior are Gaussian (``LayerDraw.kl_analytic``);
 otherwise it is the sampled log q(z|x) - log p(z) of the draw.
 
@@ -293,6 +299,31 @@ class Probe:
             f"{self.name}: {type(self).__name__} does not implement sample_prior_given (a prior "
             f"p(z_l | z_<l) conditioned on the layers above)")
 
+    def encode_given(self, x, zs: Sequence[torch.Tensor], n_samples: int = 1) -> LatentPass:
+        """The posterior pass of images ``x`` with every latent fixed to ``zs`` (teacher
+        forcing): per layer, the posterior q(z_l | z_<l, x) and prior p(z_l | z_<l)
+        parameters evaluated at the given z. ``zs[l]`` is ``(rows, c, h, w)`` with
+        ``n_samples`` rows per image, image-major as in :meth:`encode` (row ``i * K + k`` is
+        latent k of image i; the encoder work is done once per image). A layer's parameters
+        depend only on the layers above it, so later entries may be placeholders. Used where a
+        density must be evaluated at a given z (``vp.information``'s aggregate posterior,
+        ``vp.compress``'s bits-back coder).
+
+        The default serves one-layer models (the posterior does not depend on z);
+        hierarchical probes implement it.
+        """
+        if len(self.layers) != 1:
+            raise UndefinedAnalysisError(
+                f"evaluating the posterior at given latents is undefined for {self.name}: "
+                f"{type(self).__name__} has {len(self.layers)} layers and does not implement "
+                f"encode_given (q(z_l | z_<l, x) at a given z_<l)")
+        draw = encode(self, x, 1, None, "mean").draws[0]
+        p_mean, p_logstd, q_mean, q_logstd = (t.repeat_interleave(n_samples, 0) for t in (
+            draw.p_mean, draw.p_logstd, draw.q_mean, draw.q_logstd))
+        z = zs[0].to(q_mean.device, q_mean.dtype)
+        kl = gaussian_kl(q_mean, q_logstd, p_mean, p_logstd)
+        return LatentPass([LayerDraw(p_mean, p_logstd, z, q_mean, q_logstd, kl)], n_samples, {})
+
     @property
     def name(self) -> str:
         """How errors and reports name this model: its checkpoint, or its class."""
@@ -324,6 +355,47 @@ class Probe:
                 f"{analysis} is undefined for {self.name}: its prior is not the generative "
                 f"model (prior_is_generative=False; e.g. a latent-diffusion autoencoder, whose "
                 f"prior is the diffusion model); reconstruction kinds still run")
+
+    # ---- image sizes: which (H, W) the model takes ------------------------------------------
+    # None: only image_shape's (H, W) (a model with fixed-size parameters, or flat latents);
+    # an int k: any H and W divisible by k (a convolutional model: k is its downsampling)
+    size_multiple: int | None = None
+
+    @property
+    def downsampling(self) -> int | None:
+        """Image height over the coarsest latent layer's height (8 for Stable Diffusion's
+        AutoencoderKL); None where that is not a whole number or the latents are flat."""
+        height, coarsest = self.image_shape[1], min(info.resolution[0] for info in self.layers)
+        if coarsest <= 1 and len(self.layers) == 1 or height % coarsest:
+            return None
+        return height // coarsest
+
+    def accepted_sizes(self) -> str:
+        """The image sizes this probe takes, in words (for errors and the model card)."""
+        if self.size_multiple is None:
+            return f"only {self.image_shape[1]}x{self.image_shape[2]} (HxW) images"
+        return f"any height and width divisible by {self.size_multiple}"
+
+    def at_image_size(self, height: int, width: int) -> Probe:
+        """This model as a Probe of (C, ``height``, ``width``) images, sharing its weights.
+
+        Fixed-size probes return themselves for their own size and refuse others; convolutional
+        ones (``size_multiple`` set) check the size (:func:`check_image_size`) and build a new
+        Probe with :meth:`_resized`.
+        """
+        height, width = int(height), int(width)
+        if (height, width) == tuple(self.image_shape[1:]):
+            return self
+        if self.size_multiple is None:
+            raise ValueError(
+                f"{self.name} takes {self.accepted_sizes()}, not {height}x{width}: its "
+                f"parameters fix the image size; resize the data (e.g. folder:PATH,resize=crop "
+                f"or ,resize=squash)")
+        check_image_size(height, width, self.size_multiple, self.name)
+        return self._resized(height, width)
+
+    def _resized(self, height: int, width: int) -> Probe:
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(image_shape={self.image_shape}, "
@@ -378,6 +450,27 @@ def encode(probe: Probe, x, n_samples: int = 1, generator: Generators = None,
     if check_posterior(posterior) == "sample":
         return probe.encode(x, n_samples, generator)
     return probe.encode(x, n_samples, generator, posterior=posterior)
+
+
+def nearest_multiples(size: int, multiple: int) -> tuple[int, ...]:
+    """The multiples of ``multiple`` next to ``size`` (one when ``size`` is one)."""
+    below = (size // multiple) * multiple
+    return tuple(s for s in (below, below + multiple) if s >= multiple) if below != size \
+        else (size,)
+
+
+def check_image_size(height: int, width: int, multiple: int, model: str = "this model") -> None:
+    """Refuse a size whose height or width is not divisible by ``multiple``, naming the nearest
+    valid sizes and the fixes (crop, resize, or pad)."""
+    if height % multiple == 0 and width % multiple == 0:
+        return
+    heights, widths = nearest_multiples(height, multiple), nearest_multiples(width, multiple)
+    nearest = ", ".join(f"{h}x{w}" for h in heights for w in widths)
+    raise ValueError(
+        f"images of {height}x{width} (HxW) do not fit {model}: it takes heights and widths "
+        f"divisible by {multiple} (its downsampling factor); nearest valid sizes: {nearest}. "
+        f"Crop or resize the images, or open the model with pad='reflect' (--option "
+        f"pad=reflect: pads them, and crops reconstructions back)")
 
 
 def check_n_samples(n_samples: int) -> None:

@@ -10,6 +10,7 @@ from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
+    fit_probe,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -142,6 +143,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     probe.require("vp.rate", posterior=True)
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     totals = _RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,

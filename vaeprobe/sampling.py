@@ -21,7 +21,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import progress_bar, result_attrs
+from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
 from vaeprobe._deprecate import renamed
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
@@ -85,7 +85,7 @@ def samples(probe: Probe, n_images: int, *, kind: str = "mean", temperature=1.0,
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:
-        dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
+        probe, dataset = fit_probe(probe, data)  # a convolutional model takes the data's size
         # n_images above the dataset's size is no mistake here: row i reconstructs image i % size
         indices = vdata.select(dataset, min(n_images, len(dataset)), seed)
     parts = [torch.empty(0, dtype=torch.uint8)]

@@ -24,7 +24,14 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed, io
-from vaeprobe._analysis import batches, evaluation_set, progress_bar, result_attrs, squared_error
+from vaeprobe._analysis import (
+    batches,
+    evaluation_set,
+    fit_probe,
+    progress_bar,
+    result_attrs,
+    squared_error,
+)
 from vaeprobe._fourier import (
     CHANNEL_MODES,
     WINDOWS,
@@ -205,9 +212,11 @@ def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_
             bar.update(1)
             continue
         if dataset is None:  # the first model fixes the evaluation images for all
+            probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
             dataset, indices = evaluation_set(probe, data, n_images, seed)
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
             single = probe if count == 1 else None
+        probe = probe.at_image_size(*dataset[0].shape[1:])  # later checkpoints: the same size
         row = _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff,
                                   batch_size, seed, n_preview, with_data=not rows)
         row.update(step=int(step), source=dict(probe.source))

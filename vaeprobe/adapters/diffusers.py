@@ -27,17 +27,27 @@ from torch import nn
 
 from vaeprobe.adapters._common import (
     MeanOnly,
-    check_state_dict,
     file_source,
     read_tensors,
     refuse_pickles,
 )
+from vaeprobe.adapters._tiling import OVERLAP, check_tile_size, tiled
 from vaeprobe.distributed import resolve_device
-from vaeprobe.probe import Generators, LatentPass, LayerDraw, LayerInfo, Probe, gaussian_kl
+from vaeprobe.io import check_state_dict
+from vaeprobe.probe import (
+    Generators,
+    LatentPass,
+    LayerDraw,
+    LayerInfo,
+    Probe,
+    check_image_size,
+    gaussian_kl,
+)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps log variances
 EPS = 1e-6  # every GroupNorm of diffusers' VAE encoder and decoder
+PADS = (None, "reflect")  # how images whose size f does not divide are padded (None: refused)
 
 
 @dataclass(frozen=True)
@@ -237,16 +247,31 @@ class AutoencoderKL(nn.Module):
     def downsampling(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    def moments(self, x11: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (mean, logstd) of images on the [-1, 1] scale, (B, latent, h, w) each."""
-        moments = self.encoder(x11)
-        if self.quant_conv is not None:
-            moments = self.quant_conv(moments)
+    def moments(self, x11: torch.Tensor, tile_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, logstd) of images on the [-1, 1] scale, (B, latent, h, w) each.
+
+        ``tile_size`` > 0: images taller or wider than it are encoded in overlapping tiles of
+        that many pixels, blended in latent space (:mod:`vaeprobe.adapters._tiling`)."""
+        if tile_size and max(x11.shape[-2:]) > tile_size:
+            moments = tiled(x11, self._moments, tile_size, tile_size // self.downsampling)
+        else:
+            moments = self._moments(x11)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, 0.5 * logvar.clamp(*LOGVAR_RANGE)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images on the [-1, 1] scale (not clipped)."""
+    def _moments(self, x11: torch.Tensor) -> torch.Tensor:
+        moments = self.encoder(x11)
+        return moments if self.quant_conv is None else self.quant_conv(moments)
+
+    def decode(self, z: torch.Tensor, tile_size: int = 0) -> torch.Tensor:
+        """Images on the [-1, 1] scale (not clipped); ``tile_size`` > 0: latents larger than
+        ``tile_size / f`` are decoded in overlapping tiles, blended in pixel space."""
+        latent_tile = tile_size // self.downsampling
+        if tile_size and max(z.shape[-2:]) > latent_tile:
+            return tiled(z, self._decode, latent_tile, tile_size)
+        return self._decode(z)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)
@@ -266,29 +291,87 @@ def _rename_deprecated(state: dict) -> dict:
 
 
 class AutoencoderKLProbe(Probe):
-    """Probe over an :class:`AutoencoderKL`: one Gaussian latent layer, prior N(0, I)."""
+    """Probe over an :class:`AutoencoderKL`: one Gaussian latent layer, prior N(0, I).
+
+    Convolutional: it takes any height and width divisible by the downsampling factor f
+    (``size_multiple``); :meth:`at_image_size` gives the same weights at another size. With
+    ``pad="reflect"`` any size is taken: images are reflect-padded at the bottom and right to
+    the next multiple of f, and reconstructions are cropped back, so every metric sees the
+    original pixels (the latent is that of the padded image; ``padded_size`` in provenance).
+    ``tile_size`` > 0: images larger than that are encoded and decoded in tiles, as diffusers'
+    ``enable_tiling`` does (:mod:`vaeprobe.adapters._tiling`).
+    """
 
     likelihood_kind = "none"
     prior_is_generative = False
 
     def __init__(self, model: AutoencoderKL, image_size: tuple[int, int], device=None,
-                 source: dict | None = None):
+                 source: dict | None = None, *, tile_size: int = 0, pad: str | None = None):
         super().__init__(source)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         config, factor = model.config, model.downsampling
-        if image_size[0] % factor or image_size[1] % factor:
-            raise ValueError(f"image_size {image_size} must be divisible by {factor}, this "
-                             f"autoencoder's downsampling factor")
+        self.size_multiple = factor
+        if pad not in PADS:
+            raise ValueError(f"pad must be one of {PADS} (None: refuse sizes not divisible by "
+                             f"{factor}), got {pad!r}")
+        self.pad = pad
+        if pad is None:
+            check_image_size(*image_size, factor, self.name)
+        self.tile_size = check_tile_size(tile_size, factor) if tile_size else 0
         self.image_shape = (config.in_channels, *image_size)
-        resolution = (image_size[0] // factor, image_size[1] // factor)
+        self.padded_size = tuple(-(-side // factor) * factor for side in image_size)
+        resolution = (self.padded_size[0] // factor, self.padded_size[1] // factor)
         self.layers = [LayerInfo("z", resolution, config.latent_channels)]
+        self.source.update(image_size=json.dumps(list(image_size)), pad=pad or "none",
+                           padded_size=json.dumps(list(self.padded_size)),
+                           tile_size=self.tile_size, tile_overlap=OVERLAP)
+
+    def at_image_size(self, height: int, width: int) -> AutoencoderKLProbe:
+        if (height, width) == tuple(self.image_shape[1:]):
+            return self
+        if self.pad is None:
+            check_image_size(height, width, self.size_multiple, self.name)
+        return self._resized(height, width)
+
+    def _resized(self, height: int, width: int) -> AutoencoderKLProbe:
+        return AutoencoderKLProbe(self.model, (int(height), int(width)), self.device,
+                                  self.source, tile_size=self.tile_size, pad=self.pad)
+
+    def with_tiling(self, tile_size: int) -> AutoencoderKLProbe:
+        """The same model and image size, encoding and decoding in tiles of ``tile_size``
+        pixels (0: never tile)."""
+        return AutoencoderKLProbe(self.model, tuple(self.image_shape[1:]), self.device,
+                                  self.source, tile_size=tile_size, pad=self.pad)
+
+    def rows_per_pass(self) -> int:
+        if self.device.type == "cuda":
+            return super().rows_per_pass()
+        pixels = self.padded_size[0] * self.padded_size[1]  # a pass sees one tile at a time
+        if self.tile_size:
+            pixels = min(pixels, self.tile_size ** 2)
+        width = self.model.config.block_out_channels[0]  # about 2^24 elements per activation
+        return max(1, min(64, 2 ** 24 // (width * pixels)))
+
+    def _in_chunks(self, rows: torch.Tensor, function) -> list:
+        """``function`` on chunks of at most :meth:`rows_per_pass` rows: memory follows the
+        image (or tile) size, not the batch (every row is computed on its own anyway)."""
+        step = self.rows_per_pass()
+        return [function(rows[start:start + step]) for start in range(0, len(rows), step)]
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> [-1, 1], reflect-padded at the bottom and right to ``padded_size``."""
+        x11 = x.float() / 127.5 - 1
+        extra_h, extra_w = (p - s for p, s in zip(self.padded_size, x.shape[-2:], strict=True))
+        return F.pad(x11, (0, extra_w, 0, extra_h), mode="reflect") if extra_h or extra_w \
+            else x11
 
     @torch.no_grad()
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
                posterior: str = "sample") -> LatentPass:
         x = self.check_images(x)
-        mean, logstd = self.model.moments(x.float() / 127.5 - 1)
+        mean, logstd = (torch.cat(parts) for parts in zip(*self._in_chunks(
+            x, lambda rows: self.model.moments(self._padded(rows), self.tile_size)), strict=True))
         mean, logstd = (t.repeat_interleave(n_samples, 0) for t in (mean, logstd))
         noise = self.noise(x.shape[0], n_samples, generator, posterior)[0]
         z = mean + logstd.exp() * noise
@@ -299,8 +382,10 @@ class AutoencoderKLProbe(Probe):
 
     @torch.no_grad()
     def decode(self, latents: LatentPass) -> MeanOnly:
-        x11 = self.model.decode(latents.draws[0].z)
-        return MeanOnly(((x11 + 1) / 2).clamp(0, 1), self.name)
+        x11 = torch.cat(self._in_chunks(latents.draws[0].z,
+                                        lambda z: self.model.decode(z, self.tile_size)))
+        height, width = self.image_shape[1:]
+        return MeanOnly(((x11[:, :, :height, :width] + 1) / 2).clamp(0, 1), self.name)
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
@@ -360,8 +445,22 @@ def _weights_file(folder: Path, weights: str | None) -> Path:
     return path
 
 
+def _tile_size(value, config: AutoencoderKLConfig, factor: int) -> int:
+    """0 (no tiling), a tile size in pixels, or "auto": the config's ``sample_size`` (the tile
+    diffusers' ``enable_tiling`` uses), rounded down to a multiple of 4 f."""
+    if value is None or value == 0:
+        return 0
+    if value == "auto":
+        size = config.sample_size if isinstance(config.sample_size, int) \
+            else config.sample_size[0]
+        return max(4 * factor, (int(size) // (4 * factor)) * 4 * factor)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return check_tile_size(value, factor)
+
+
 def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
-                   device=None) -> AutoencoderKLProbe:
+                   tile_size=None, pad: str | None = None, device=None) -> AutoencoderKLProbe:
     """Open a diffusers ``AutoencoderKL`` folder (``config.json`` + safetensors) as a Probe.
 
     Parameters
@@ -374,6 +473,16 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     weights : str, optional
         The safetensors file name in the folder; default
         ``diffusion_pytorch_model.safetensors`` or the only ``.safetensors``.
+    tile_size : int or "auto", optional
+        Encode and decode images taller or wider than this many pixels in overlapping tiles,
+        blended as diffusers' ``enable_tiling`` does (overlap 0.25): memory then follows the
+        tile, not the image. A multiple of 4 f; ``"auto"``: the config's ``sample_size``
+        (diffusers' tile). Default None: never tile. :func:`vaeprobe.tiling_error` measures
+        what tiling changes.
+    pad : {None, "reflect"}
+        Sizes not divisible by the downsampling factor f: None refuses them (naming the nearest
+        valid sizes); ``"reflect"`` pads the images to the next multiple of f and crops the
+        reconstructions back.
     device : str or torch.device, optional
 
     Examples
@@ -396,7 +505,9 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     source.update(scaling_factor=config.scaling_factor,
                   shift_factor=("none" if config.shift_factor is None else config.shift_factor),
                   latent_downsampling=model.downsampling)
-    return AutoencoderKLProbe(model, _image_size(image_size, config), device, source)
+    return AutoencoderKLProbe(model, _image_size(image_size, config), device, source,
+                              tile_size=_tile_size(tile_size, config, model.downsampling),
+                              pad=pad)
 
 
 __all__ = ["AutoencoderKL", "AutoencoderKLConfig", "AutoencoderKLProbe", "open_diffusers",

@@ -30,6 +30,8 @@ decoder likelihood:
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 
 import torch
@@ -46,6 +48,7 @@ from vaeprobe.probe import (
     LayerInfo,
     RepeatedRows,
     SharedEncoderProbe,
+    check_image_size,
     gaussian_kl,
 )
 from vaeprobe.random import per_row_random
@@ -109,8 +112,10 @@ class ModuleProbe(SharedEncoderProbe):
                  output_range=None, likelihood: str = "none", sigma: float | None = None,
                  encoder_output: str = "tuple", scale: str = "logvar",
                  decoder_output: str = "mean", device=None, source: dict | None = None,
-                 latent_shape: tuple[int, int, int] | None = None):
+                 latent_shape: tuple[int, int, int] | None = None,
+                 size_multiple: int | None = None):
         self.image_shape = tuple(int(s) for s in image_shape)
+        self.size_multiple = size_multiple  # a convolutional module takes other sizes
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
         for name in ("encode", "decode"):
@@ -144,6 +149,18 @@ class ModuleProbe(SharedEncoderProbe):
                                                          device=self.device))[0].shape[1:]
         channels, height, width = (int(v) for v in latent_shape)
         self.layers = [LayerInfo("z", (height, width), channels)]
+        if size_multiple is not None:
+            check_image_size(*self.image_shape[1:], size_multiple, self.name)
+
+    def _resized(self, height: int, width: int) -> ModuleProbe:
+        """The same module at (height, width): a convolutional one (``size_multiple``) maps
+        it to a latent of (height, width) / size_multiple."""
+        resized = copy.copy(self)  # shares the module
+        resized.image_shape = (self.image_shape[0], height, width)
+        factor, channels = self.size_multiple, self.layers[0].channels
+        resized.layers = [LayerInfo("z", (height // factor, width // factor), channels)]
+        resized.source = dict(self.source, image_size=json.dumps([height, width]))
+        return resized
 
     def _check_conventions(self, output_range) -> None:
         if self.scale == "none" and self.encoder_output != "tuple":
@@ -273,7 +290,8 @@ def _check_range(value, name: str) -> tuple[float, float]:
 def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output_range=None,
                 likelihood: str = "none", sigma: float | None = None,
                 encoder_output: str = "tuple", scale: str = "logvar",
-                decoder_output: str = "mean", device=None) -> ModuleProbe:
+                decoder_output: str = "mean", size_multiple: int | None = None,
+                device=None) -> ModuleProbe:
     """A Probe over a plain single-latent VAE (or deterministic autoencoder) module.
 
     Parameters
@@ -300,6 +318,10 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     decoder_output : {"mean", "probabilities", "logits"}
         What ``decode`` returns: a mean on ``output_range``, Bernoulli probabilities, or
         Bernoulli logits (sigmoid gives the mean; log-likelihoods use the logits).
+    size_multiple : int, optional
+        For a convolutional module: it takes any height and width divisible by this (its
+        downsampling factor), and the analyses run it at the data's own size. Default None:
+        ``image_shape`` only.
     device : str or torch.device, optional
 
     Examples
@@ -324,4 +346,5 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     """
     return ModuleProbe(model, image_shape, pixel_range=pixel_range, output_range=output_range,
                        likelihood=likelihood, sigma=sigma, encoder_output=encoder_output,
-                       scale=scale, decoder_output=decoder_output, device=device)
+                       scale=scale, decoder_output=decoder_output, device=device,
+                       size_multiple=size_multiple)

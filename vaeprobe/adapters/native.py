@@ -62,6 +62,13 @@ class HVAEProbe(_NativeProbe):
         return LatentPass(draws, k, {"h": h})
 
     @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        h, draws = self.model.top_down(contexts=contexts.rows(n_samples), zs=list(zs))
+        return LatentPass(draws, n_samples, {"h": h})
+
+    @torch.no_grad()
     def decode(self, latents: LatentPass):
         h = latents.context.get("h")
         if h is None:
@@ -117,6 +124,19 @@ class TwoStageProbe(_NativeProbe):
         x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
         h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
         return LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
+
+    @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        primary, secondary, cut = self.model.primary, self.model.secondary, self.n_primary
+        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
+        h1, draws1 = primary.top_down(contexts=contexts.rows(n_samples), zs=list(zs[:cut]))
+        x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per row
+        x_rows = x.repeat_interleave(n_samples, 0)
+        h2, draws2 = secondary.top_down(secondary.bottom_up(x_rows, condition=x_hat),
+                                        batch=x_rows.shape[0], zs=list(zs[cut:]),
+                                        condition_features=secondary.condition_features(x_hat))
+        return LatentPass(draws1 + draws2, n_samples, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):

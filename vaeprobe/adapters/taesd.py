@@ -251,7 +251,7 @@ def open_taesd(path: Path, *, image_size=None, device=None) -> ModuleProbe:
                     size[1] // DOWNSAMPLING)
     return ModuleProbe(model, (3, *size), scale="none", decoder_output="mean",
                        pixel_range=(0.0, 1.0), device=device, source=source,
-                       latent_shape=latent_shape)
+                       latent_shape=latent_shape, size_multiple=DOWNSAMPLING)
 
 
 __all__ = ["TinyAutoencoder", "VARIANTS", "open_taesd", "sniff"]

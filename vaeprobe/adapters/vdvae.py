@@ -189,6 +189,15 @@ class VDVAEProbe(Probe):
                              {"features": features, "posterior": posterior})
 
     @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        features, draws = self.model.top_down(batch=x.shape[0] * n_samples,
+                                              contexts=contexts.rows(n_samples), zs=list(zs),
+                                              posterior_mean=True)
+        return LatentPass([_layer_draw(d) for d in draws], n_samples, {"features": features})
+
+    @torch.no_grad()
     def decode(self, latents: LatentPass) -> DiscretizedLogisticMixture:
         features = latents.context.get("features")
         if features is None:

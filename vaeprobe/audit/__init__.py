@@ -28,7 +28,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from vaeprobe._analysis import progress_bar
+from vaeprobe._analysis import fit_probe, progress_bar
 from vaeprobe.audit._common import TITLES, failed, skipped
 from vaeprobe.audit.bits import where_bits_go
 from vaeprobe.audit.card import model_card
@@ -144,10 +144,10 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
         raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(SECTIONS)}")
     settings = _check_settings(chosen, settings)
     from vaeprobe.adapters import as_probe
-    from vaeprobe.data import as_dataset
 
     probe = as_probe(source, format, device=device, **(options or {}))
-    data = as_dataset(data, image_shape=probe.image_shape)  # resolved (and decoded) once
+    # resolved (and decoded) once; a convolutional model takes the data's own size
+    probe, data = fit_probe(probe, data)
     networks = dict(feature_extractor=feature_extractor, weights=weights,
                     lpips_trunk=lpips_trunk, lpips_weights=lpips_weights)
     report = AuditReport()

@@ -16,7 +16,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
-from vaeprobe._analysis import evaluation_set, progress_bar, result_attrs
+from vaeprobe._analysis import evaluation_set, fit_probe, progress_bar, result_attrs
 from vaeprobe._deprecate import renamed
 from vaeprobe.accumulate import Reducing
 from vaeprobe.fidelity.cache import featurise, reference_features
@@ -171,6 +171,7 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     _check_request(probe, kinds, metrics, n_images)
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
+    probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, reference, n_images, seed)
     fid_net, prc_net, lpips = _networks(metrics, feature_extractor, prc_extractor, lpips_trunk,
                                         weights, prc_weights, lpips_weights, probe.device)
