@@ -19,7 +19,7 @@ def images_per_second(name: str, batch: int, device: str, seconds: float = 10.0)
     x = torch.randint(0, 256, (batch, c, s, s), dtype=torch.uint8, device=device)
 
     def step():
-        likelihood, draws = model(x)
+        likelihood, draws = model.posterior_pass(x)
         loss = sum(d.kl.sum() for d in draws) - likelihood.log_prob(x, "dequantized").sum()
         loss.backward()
 

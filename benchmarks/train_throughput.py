@@ -62,7 +62,7 @@ def flops_per_image(preset: str, batch: int = 4) -> float:
     model = HVAE(model_preset(preset))
     x = torch.randint(0, 256, (batch, *model.image_shape), dtype=torch.uint8)
     with FlopCounterMode(display=False) as counter:
-        likelihood, draws = model(x)
+        likelihood, draws = model.posterior_pass(x)
         loss = sum(d.kl.sum() for d in draws) - likelihood.log_prob(x, "dequantized").sum()
         loss.backward()
     return counter.get_total_flops() / batch

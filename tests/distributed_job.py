@@ -31,7 +31,7 @@ def analyses(run: Path) -> dict:
         "spectrum_data": vp.spectrum(images, n_images=51, progress=False),
         "pca": vp.pca_baseline(DATA, n_images=101, batch_size=16, spectrum_distortion=4.0,
                                n_spectrum_images=31, progress=False),
-        "sample_quality": vp.sample_quality(probe, DATA, n=12, batch_size=5, n_preview=7,
+        "sample_quality": vp.sample_quality(probe, DATA, n_images=12, batch_size=5, n_preview=7,
                                             kid_subset_size=5, kid_subsets=10,
                                             n_diversity_pairs=3, progress=False, **TEST_NETS),
         "samples": vp.samples(probe, 9, kind="reconstruction_stochastic", data=DATA,

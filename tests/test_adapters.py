@@ -238,21 +238,21 @@ def test_rate_spectrum_and_reconstructions_run_iwae_and_priors_refuse(name, requ
     assert rate["kl_analytic"].values.tolist() == [1]
     spectrum = vp.spectrum(probe, x, n_images=12, progress=False)
     assert np.isfinite(spectrum["power_reconstruction"].values).all()
-    quality = vp.sample_quality(probe, x, n=12, kinds=["reconstruction_mean"], progress=False,
-                                kid_subset_size=6, n_diversity_pairs=4, **TEST_NETS)
+    quality = vp.sample_quality(probe, x, n_images=12, kinds=["reconstruction_mean"],
+                                progress=False, kid_subset_size=6, n_diversity_pairs=4, **TEST_NETS)
     assert np.isfinite(float(quality["lpips"].sel(kind="reconstruction_mean")))
     with pytest.raises(UndefinedAnalysisError, match="no likelihood"):
         vp.iwae(probe, x, k=2, progress=False)
     with pytest.raises(UndefinedAnalysisError, match="no likelihood"):
-        vp.sample_quality(probe, x, n=12, kinds=["reconstruction_stochastic"], progress=False,
-                          **TEST_NETS)
+        vp.sample_quality(probe, x, n_images=12, kinds=["reconstruction_stochastic"],
+                          progress=False, **TEST_NETS)
     if probe.prior_is_generative:  # pythae and plain modules: N(0, I) is their prior
-        quality = vp.sample_quality(probe, x, n=12, kinds=["mean"], progress=False,
+        quality = vp.sample_quality(probe, x, n_images=12, kinds=["mean"], progress=False,
                                     kid_subset_size=6, n_diversity_pairs=4, **TEST_NETS)
         assert np.isfinite(float(quality["fid"].sel(kind="mean")))
     else:
         with pytest.raises(UndefinedAnalysisError, match="prior is not the generative"):
-            vp.sample_quality(probe, x, n=12, kinds=["mean"], progress=False, **TEST_NETS)
+            vp.sample_quality(probe, x, n_images=12, kinds=["mean"], progress=False, **TEST_NETS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_cache_key_changes_with_n_and_weights():
 
 def test_sample_quality_structure_cache_and_batch_independence(probe, digits_test):
     def run(batch_size):
-        return vp.sample_quality(probe, digits_test, n=60, batch_size=batch_size,
+        return vp.sample_quality(probe, digits_test, n_images=60, batch_size=batch_size,
                                  kid_subset_size=50, n_diversity_pairs=20, progress=False,
                                  **TEST_NETS)
     first, second = run(25), run(60)
@@ -121,11 +121,11 @@ def test_sample_quality_bad_input(probe, digits_test):
     with pytest.raises(ValueError, match="unknown"):
         vp.sample_quality(probe, digits_test, kinds=["median"], **TEST_NETS)
     with pytest.raises(ValueError, match=r"expects \(1, 8, 8\)"):
-        vp.sample_quality(probe, "patches16:test", n=10, **TEST_NETS)
+        vp.sample_quality(probe, "patches16:test", n_images=10, **TEST_NETS)
 
 
 def test_cli_samples_writes_results_and_figure(tiny_run, tmp_path):
-    assert main(["samples", str(tiny_run), "--reference", "digits8:test", "-n", "40",
+    assert main(["quality", str(tiny_run), "--reference", "digits8:test", "-n", "40",
                  "--feature-extractor", "random-convnet-TEST-ONLY", "--prc-extractor",
                  "random-convnet-TEST-ONLY", "--lpips-trunk", "random-TEST-ONLY",
                  "--out", str(tmp_path / "s.nc"), "--plot", str(tmp_path / "s.png")]) == 0
@@ -144,7 +144,7 @@ def test_lpips_trunks_register_through_the_registry():
 def test_every_missing_weights_file_is_listed_at_once_with_the_flag_in_use(probe, digits_test,
                                                                          tmp_path):
     with pytest.raises(weights.MissingWeightsError) as error:
-        vp.sample_quality(probe, digits_test, n=8, prc_weights=tmp_path / "vgg.pth",
+        vp.sample_quality(probe, digits_test, n_images=8, prc_weights=tmp_path / "vgg.pth",
                           progress=False)
     message = str(error.value)
     for name in ("weights-inception-2015-12-05-6726825d.pth", "vgg16-397923af.pth",
@@ -156,5 +156,5 @@ def test_every_missing_weights_file_is_listed_at_once_with_the_flag_in_use(probe
     assert "--weights PATH" in cli and "--prc-weights PATH" in cli and "--lpips-weights PATH" \
         in cli and "weights=PATH" not in cli
     with pytest.raises(weights.MissingWeightsError) as error:  # only what the metrics need
-        vp.sample_quality(probe, digits_test, n=8, metrics=["lpips"], progress=False)
+        vp.sample_quality(probe, digits_test, n_images=8, metrics=["lpips"], progress=False)
     assert len(error.value.missing) == 1 and error.value.missing[0][1] == "lpips_weights"

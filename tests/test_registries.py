@@ -41,7 +41,10 @@ def test_the_embedded_datasets_are_the_registered_loaders():
 
 def test_likelihood_heads_come_from_the_registry_and_are_checked():
     assert LIKELIHOODS == ("fixed", "learned", "optimal", "per_pixel", "dmol")
-    assert train_config.CHOICES["likelihood"] == LIKELIHOODS
+    help_text = " ".join(train_config.parser().format_help().split())
+    assert "--likelihood {fixed,learned,optimal,per_pixel,dmol}" in help_text
+    for kind in LIKELIHOODS:  # each is accepted by the command line and builds its head
+        assert train_config.parser().parse_args(["--likelihood", kind]).likelihood == kind
     # the conv's outputs per kind: mean (+ log sigma per pixel); dmol: 10 * (1 + 6 + 3) for RGB
     widths = {kind: LikelihoodHead(kind, 8, 3).out_conv.out_channels for kind in LIKELIHOODS}
     assert widths == dict(fixed=3, learned=3, optimal=3, per_pixel=6, dmol=100)
@@ -56,7 +59,9 @@ def test_likelihood_heads_come_from_the_registry_and_are_checked():
 
 def test_objectives_come_from_the_registry_and_are_checked():
     assert train_config.OBJECTIVES == ("elbo", "distortion", "two-stage")
-    assert [objectives.get(n).lagrangian for n in train_config.OBJECTIVES] == [False, True, True]
+    assert [objectives.get(n).target for n in train_config.OBJECTIVES] == [None, "gamma", "gamma"]
+    assert [objectives.get(n).decoder for n in train_config.OBJECTIVES] == ["", "optimal",
+                                                                           "optimal"]
     with pytest.raises(ValueError, match="needs --primary"):
         train_config.TrainConfig(objective="two-stage")
     with pytest.raises(ValueError, match="objective must be one of"):
@@ -64,6 +69,7 @@ def test_objectives_come_from_the_registry_and_are_checked():
     with pytest.raises(TypeError, match="Objective"):
         objectives.register("bad", lambda parts, dims: {})
     with pytest.raises(ValueError, match="distortion target"):
-        objectives.register("bad", Objective(lambda *a, **k: {}, lagrangian=False,
-                                             needs_primary=True, help=""))
+        objectives.register("bad", Objective(lambda terms: 0, "", needs_primary=True))
+    with pytest.raises(TypeError, match=r"must take \['beta'\] by name"):
+        objectives.register("bad", Objective(lambda terms: 0, "", fields=("beta",)))
     assert "bad" not in objectives

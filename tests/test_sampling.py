@@ -76,7 +76,7 @@ def test_reconstructions_of_a_seeded_subset(probe, digits_test):
 
 def test_sample_quality_draws_through_samples(probe, digits_test, monkeypatch, tmp_path):
     monkeypatch.setenv("VAEPROBE_CACHE", str(tmp_path))
-    ds = vp.sample_quality(probe, digits_test, n=8, metrics=["kid"], n_preview=8,
+    ds = vp.sample_quality(probe, digits_test, n_images=8, metrics=["kid"], n_preview=8,
                            feature_extractor="pixels-TEST-ONLY", progress=False)
     for kind in KINDS:
         alone = draw(probe, 8, kind, digits_test)
@@ -90,8 +90,20 @@ def test_samples_refusals_name_the_fix(probe, digits_test):
         vp.samples(probe, 4, kind="reconstruction_mean")
     with pytest.raises(ValueError, match="only by reconstruction kinds"):
         vp.samples(probe, 4, kind="mean", data=digits_test)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n_images must be"):
         vp.samples(probe, 0)
+
+
+def test_the_old_name_n_still_works_and_warns(probe):
+    with pytest.warns(DeprecationWarning, match=r"samples\(n=...\) is now n_images="):
+        old = vp.samples(probe, n=3, seed=1, progress=False)
+    new = vp.samples(probe, n_images=3, seed=1, progress=False)
+    np.testing.assert_array_equal(old["images"].values, new["images"].values)
+    with pytest.raises(TypeError, match="got both n_images= and its old name n="):
+        vp.samples(probe, n=3, n_images=3)
+    with pytest.warns(DeprecationWarning, match=r"sample_quality\(n=...\)"), \
+            pytest.raises(ValueError, match="n_images must be an integer >= 2"):
+        vp.sample_quality(probe, "digits8:test", n=1)
 
 
 @pytest.mark.parametrize("kind, expected", [

@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,13 +11,21 @@ import pytest
 import torch
 
 import vaeprobe as vp
+from trainers._runtime import TrainingError, checkpoint_steps
 from trainers.config import from_args, make
-from trainers.train import TrainingError, checkpoint_steps, train
+from trainers.train import train
 from vaeprobe import io
 from vaeprobe.adapters.native import probe_for
 from vaeprobe.random import image_generators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A port no one listens on now: fixed ports collide when several test runs share a host."""
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
 
 
 def rows(run):
@@ -92,9 +101,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_torchrun(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=29517", "-m", "trainers.train", "--preset", "tiny-8", "--data",
-               "digits8", "--steps", "30", "--ckpt-every", "10", "--no-progress", "--out",
-               str(tmp_path / "ddp"), "--device", "cpu"]
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m",
+               "trainers.train", "--preset", "tiny-8", "--data", "digits8", "--steps", "30",
+               "--ckpt-every", "10", "--no-progress", "--out", str(tmp_path / "ddp"),
+               "--device", "cpu"]
     subprocess.run(command, check=True, cwd=ROOT, timeout=300)
     assert [s for s, _ in vp.checkpoints(tmp_path / "ddp")] == [10, 20, 30]
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
@@ -103,7 +113,7 @@ def test_two_process_gloo_torchrun(tmp_path):
 
 
 def test_two_stage_starts_at_primary_distortion_and_improves(tiny_run, tmp_path, digits_test):
-    from trainers.train import build_model
+    from trainers._setup import build_model
 
     x = digits_test.images[:64]
     def distortion(probe):
@@ -192,7 +202,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     subprocess.run([sys.executable, "-m", "trainers.train", *common, "--out",
                     str(tmp_path / "one")], check=True, cwd=ROOT, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29519", "-m", "trainers.train", *common, "--out",
+                    "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m",
+                    "trainers.train", *common, "--out",
                     str(tmp_path / "two")], check=True, cwd=ROOT, timeout=300)
     one, two = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
     for key in one[0]:  # equal up to the order of floating-point reductions
@@ -218,9 +229,10 @@ def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
     noise, _ = trainer.example_noise(0, indices)  # the same per-example noise again
     n_primary = len(trainer.model.primary.latent_shapes())
     with torch.no_grad():  # the oracle: the frozen primary's own pass on the same batch
-        _, draws = trainer.model.primary(x, noise=noise[:n_primary])
+        _, draws = trainer.model.primary.posterior_pass(x, noise=noise[:n_primary])
     primary_rate = sum(d.kl.flatten(1).sum(1) for d in draws).mean()
-    assert float(result["rate_primary"]) == pytest.approx(float(primary_rate), rel=1e-6)
+    assert float(result["stage_rates"]["primary"].mean()) == pytest.approx(float(primary_rate),
+                                                                         rel=1e-6)
     row = trainer.metrics_row(result, 1.0)
     assert row["rate_secondary"] == pytest.approx(float(result["rate"].detach()), rel=1e-6)
     assert row["rate"] == row["rate_primary"] + row["rate_secondary"]
@@ -356,3 +368,27 @@ def test_lagrangian_default_head_is_optimal_and_changes_no_weight(tmp_path):
     # other posterior draws than the trainer's: equal within sampling error, not exactly
     assert probe.source["decoder_sigma"] ** 2 == pytest.approx(mse, rel=0.05)
     assert vp.load(fixed, device="cpu").source["decoder_sigma"] == 1.0
+
+
+def test_a_new_objective_is_one_registered_entry(tmp_path, tiny_run):
+    """A toy objective (beta R + D, no target) registered in one line trains through the whole
+    trainer; its logged loss is its formula on the logged terms, lambda never moves, and the
+    run records no distortion target (Run.gamma None), as an objective with a target does."""
+    from trainers.objectives import Objective, objectives
+
+    def toy(terms, beta):
+        return (beta * terms.rate + terms.distortion).mean()
+
+    objectives.register("toy-rd", Objective(toy, "beta R + D (a test)", fields=("beta",)))
+    try:
+        run = train(tiny_config(tmp_path / "toy", objective="toy-rd", beta=0.25, steps=3,
+                                ckpt_every=3, log_every=1))
+    finally:
+        objectives._entries.pop("toy-rd")
+    dims = 1 * 8 * 8
+    for row in rows(run):
+        assert row["loss"] == pytest.approx((0.25 * row["rate"] + row["distortion"]) / dims,
+                                            rel=1e-5)
+        assert row["lambda"] == pytest.approx(make().lambda_init)
+    assert vp.Run(run).stored()["distortion_target"] is None and vp.Run(run).gamma is None
+    assert vp.Run(tiny_run).stored()["distortion_target"] == 2.0 == vp.Run(tiny_run).gamma

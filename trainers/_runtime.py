@@ -4,7 +4,6 @@ SIGTERM stop requests, the checkpoint schedule, and the DDP process group."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from trainers.config import TrainConfig
+from vaeprobe import distributed
 
 
 class TrainingError(RuntimeError):
@@ -82,21 +82,15 @@ def checkpoint_steps(total: int, every: int) -> list[int]:
 
 # ---- distributed ---------------------------------------------------------------------------
 def setup_distributed(config: TrainConfig):
-    """(rank, world, device). torchrun sets WORLD_SIZE; gloo on CPU, NCCL on GPUs."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if config.device:
-        device = torch.device(config.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if config.batch_size % world:
-            raise ValueError(f"batch_size {config.batch_size} must divide by the number of "
-                             f"processes {world}")
+    """(rank, world, device): the process group and device of :mod:`vaeprobe.distributed`
+    (torchrun sets WORLD_SIZE; gloo on CPU, NCCL on GPUs with ``cuda:LOCAL_RANK``)."""
+    device = torch.device(config.device) if config.device else distributed.default_device()
+    rank, world = distributed.init(device)
+    if world > 1 and device.type == "cuda":
+        device = distributed.default_device()  # cuda:LOCAL_RANK, whatever --device said
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must divide by the number of "
+                         f"processes {world}")
     return rank, world, device
 
 

@@ -36,8 +36,8 @@ def prepare_run_dir(config: TrainConfig) -> Run:
 
 
 def decoder_likelihood(config: TrainConfig) -> str:
-    """The decoder head: --likelihood; else ``optimal`` for the Lagrangian objectives; else the
-    preset's (empty).
+    """The decoder head: --likelihood; else the objective's (``optimal`` for the Lagrangian
+    objectives) unless --sigma is set; else the preset's (empty).
 
     The Lagrangian's loss never uses the decoder sigma, so the head changes no weight; with
     ``optimal`` the checkpoint evaluates at sigma^2 = MSE (sigma-VAE's optimum, calibrated on
@@ -45,8 +45,9 @@ def decoder_likelihood(config: TrainConfig) -> str:
     """
     if config.likelihood:
         return config.likelihood
-    if objectives.get(config.objective).lagrangian and config.sigma == 1.0:
-        return "optimal"
+    objective = objectives.get(config.objective)
+    if objective.decoder and config.sigma == 1.0:
+        return objective.decoder
     return ""
 
 

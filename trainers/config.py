@@ -62,8 +62,9 @@ class TrainConfig:
     resume: bool = _help("continue the run in --out from its latest checkpoint", False)
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective not in objectives:  # the registry now: one registered after import
+            raise ValueError(f"objective must be one of {tuple(objectives)}, got "
+                             f"{self.objective!r}")
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(MODEL_PRESETS)}")
         if not self.gamma > 0:
@@ -72,6 +73,12 @@ class TrainConfig:
             raise ValueError("steps, batch_size, ckpt_every and log_every must be >= 1")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        declared = objectives.get(self.objective).fields + \
+            tuple(filter(None, [objectives.get(self.objective).target]))
+        unknown = [name for name in declared if not hasattr(self, name)]
+        if unknown:
+            raise ValueError(f"objective {self.objective!r} reads config fields {unknown} that "
+                             f"TrainConfig lacks; add them to TrainConfig (trainers/config.py)")
         if objectives.get(self.objective).needs_primary and not self.primary:
             raise ValueError(f"objective {self.objective} needs --primary RUN_DIR (a trained "
                              f"primary run)")

@@ -1,57 +1,38 @@
-"""Training objectives. Each returns dict(loss=, elbo=, rate=, distortion=, mse=) (batch means).
+"""Training objectives: one registry entry each, its loss written on the model's own terms.
 
-Units: rate R = KL in nats per image; distortion D = per-image sum of squared error on the
-[0, 1] scale (the paper's gamma); mse = D / dimensions; elbo in nats per image on dequantized
-data (Appendix B.1: uniform noise on the pixels for the likelihood term only; the inference
-network sees the clean image).
+A model's forward pass reports per-image terms (:class:`vaeprobe.models.terms.Terms`): ``rate``
+R (KL, nats per image), ``distortion`` D (sum of squared error per image on [0, 1], the paper's
+gamma) and ``log_px`` (log p(x|z), nats per image, on dequantized data). An
+:class:`Objective` turns them into a scalar loss and declares what it needs from the config:
+
+- ``fields``: the :class:`~trainers.config.TrainConfig` fields it reads (its hyperparameters);
+  the trainer passes each by name to ``loss``;
+- ``target``: the config field of a distortion target, or None. With a target the trainer
+  keeps a Lagrange multiplier ``lam`` that follows Eq. 10 towards it (passed to ``loss`` as
+  ``lam``), the run records the target (``Run.gamma`` reads it from ``config.json``), and the
+  decoder head defaults to ``decoder``;
+- ``decoder``: the decoder head when ``--likelihood`` is empty ("" the preset's);
+- ``needs_primary``: it trains a secondary on a frozen primary run (``--primary``).
+
+Adding an objective is one ``objectives.register(name, Objective(...))`` (a new
+hyperparameter is one more TrainConfig field, which the CLI then offers); the trainer, the
+config and the run directory ask the entry. The declarations live here, in trainers/, because
+vaeprobe never imports trainers/: what the library needs from an objective (the target) is
+written into the run's ``config.json`` by the trainer.
+
+The trainer divides the loss by the dimensions of an image: Adam's steps do not change, and
+gradient norms (clipping, skipping) become comparable across image sizes.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from vaeprobe.registry import Registry
-
-
-def rate_and_distortion(likelihood, draws, x: torch.Tensor, generator=None) -> dict:
-    """Per-image rate (nats), distortion (sum of squares on [0, 1]) and log p(x|z) (nats).
-
-    ``generator``: for the dequantization noise; one, or a list with one per image.
-    """
-    rate = sum(d.kl.flatten(1).sum(1) for d in draws)
-    # Gaussian heads: the unclamped loc, so the gradient does not vanish outside [0, 1]
-    prediction = likelihood.loc if hasattr(likelihood, "loc") else likelihood.mean
-    distortion = ((x.float() / 255.0 - prediction) ** 2).flatten(1).sum(1)
-    log_px = likelihood.log_prob(x, kind="dequantized", generator=generator)
-    return dict(rate=rate, distortion=distortion, log_px=log_px)
-
-
-def _summary(parts: dict, loss: torch.Tensor, dims: int) -> dict:
-    elbo = (parts["log_px"] - parts["rate"]).mean()
-    return dict(loss=loss, elbo=elbo, elbo_bpd=-elbo / (dims * math.log(2)) + 8.0,
-                rate=parts["rate"].mean(), distortion=parts["distortion"].mean(),
-                mse=parts["distortion"].mean() / dims)
-
-
-def elbo_loss(parts: dict, dims: int, beta: float = 1.0) -> dict:
-    """Negative ELBO per dimension (beta-weighted KL for comparison runs)."""
-    loss = (beta * parts["rate"] - parts["log_px"]).mean() / dims
-    return _summary(parts, loss, dims)
-
-
-def lagrangian_loss(parts: dict, dims: int, lam: torch.Tensor) -> dict:
-    """Eq. 9: (1 - lambda) R + lambda D, lambda held fixed (it has its own update, Eq. 10).
-
-    Divided by the dimensions: Adam's steps do not change, gradient norms (clipping, skipping)
-    become comparable across image sizes.
-    """
-    lam = lam.detach()
-    loss = ((1 - lam) * parts["rate"] + lam * parts["distortion"]).mean() / dims
-    return _summary(parts, loss, dims)
 
 
 def lambda_step(lam: torch.Tensor, optimizer: torch.optim.Optimizer, distortion: torch.Tensor,
@@ -66,35 +47,53 @@ def lambda_step(lam: torch.Tensor, optimizer: torch.optim.Optimizer, distortion:
 
 @dataclass(frozen=True)
 class Objective:
-    """A training objective: ``loss(parts, dims, lam=, beta=)`` and how it is driven.
+    """A training objective: ``loss(terms, **values)`` -> a scalar (mean over the batch), and
+    what it declares (see the module docstring)."""
 
-    ``lagrangian``: lambda follows Eq. 10 towards ``--gamma`` (and the decoder sigma, which its
-    loss never uses, defaults to the analytic optimum); ``needs_primary``: trains a secondary
-    on a frozen primary run (``--primary``).
-    """
-
-    loss: Callable[..., dict]
-    lagrangian: bool
-    needs_primary: bool
+    loss: Callable[..., torch.Tensor]
     help: str
+    fields: tuple[str, ...] = ()  # TrainConfig fields passed to loss by name
+    target: str | None = None  # the TrainConfig field of a distortion target (lam follows it)
+    decoder: str = ""  # the decoder head when --likelihood is empty ("": the preset's)
+    needs_primary: bool = False  # a secondary on a frozen --primary run
+
+    def arguments(self, config) -> dict:
+        """The keyword arguments of ``loss`` taken from ``config``: its declared fields."""
+        return {name: getattr(config, name) for name in self.fields}
 
 
 def _check_objective(name: str, objective) -> None:
     if not isinstance(objective, Objective):
         raise TypeError(f"objective {name!r} must be registered as an Objective, got "
                         f"{type(objective).__name__}")
-    if objective.needs_primary and not objective.lagrangian:
+    if objective.needs_primary and objective.target is None:
         raise ValueError(f"objective {name!r}: a secondary is trained towards a distortion "
-                         f"target (lagrangian=True)")
+                         f"target (target='gamma')")
+    parameters = inspect.signature(objective.loss).parameters
+    wanted = set(objective.fields) | ({"lam"} if objective.target else set())
+    missing = sorted(wanted - set(parameters))
+    if missing:
+        raise TypeError(f"objective {name!r}: its loss(terms, ...) must take {missing} by "
+                        f"name (its declared fields, and lam when it has a target)")
+
+
+def elbo(terms, beta: float) -> torch.Tensor:
+    """Negative ELBO (beta-weighted KL for comparison runs), nats per image."""
+    return (beta * terms.rate - terms.log_px).mean()
+
+
+def lagrangian(terms, lam: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: (1 - lambda) R + lambda D, lambda held fixed (it has its own update, Eq. 10)."""
+    lam = lam.detach()
+    return ((1 - lam) * terms.rate + lam * terms.distortion).mean()
 
 
 objectives = Registry("objective", check=_check_objective)
 objectives.register("elbo", Objective(
-    lambda parts, dims, lam, beta: elbo_loss(parts, dims, beta), lagrangian=False,
-    needs_primary=False, help="the ELBO (beta-weighted KL with --beta)"))
+    elbo, "the ELBO (beta-weighted KL with --beta)", fields=("beta",)))
 objectives.register("distortion", Objective(
-    lambda parts, dims, lam, beta: lagrangian_loss(parts, dims, lam), lagrangian=True,
-    needs_primary=False, help="Lagrangian towards --gamma (Appendix B.2)"))
+    lagrangian, "Lagrangian towards --gamma (Appendix B.2)", target="gamma",
+    decoder="optimal"))
 objectives.register("two-stage", Objective(
-    lambda parts, dims, lam, beta: lagrangian_loss(parts, dims, lam), lagrangian=True,
-    needs_primary=True, help="a secondary on a frozen --primary run, towards --gamma"))
+    lagrangian, "a secondary on a frozen --primary run, towards --gamma", target="gamma",
+    decoder="optimal", needs_primary=True))

@@ -18,10 +18,7 @@ import torch
 import torch.distributed as dist
 
 from trainers import objectives
-
-# errors, stop requests, the checkpoint schedule and DDP live in trainers._runtime; the run
-# directory and the model in trainers._setup: imported back here (trainers.train.X still works)
-from trainers._runtime import (  # noqa: F401
+from trainers._runtime import (
     TrainingError,
     TrainingInterrupted,
     _StopRequests,
@@ -29,20 +26,15 @@ from trainers._runtime import (  # noqa: F401
     checkpoint_steps,
     setup_distributed,
 )
-from trainers._setup import (  # noqa: F401
-    _load_primary,
-    build_model,
-    decoder_likelihood,
-    prepare_run_dir,
-)
+from trainers._setup import build_model, prepare_run_dir
 from trainers.config import TrainConfig, from_args
 from vaeprobe import data as vdata
 from vaeprobe import io
-from vaeprobe._threads import apply_threads, choose_threads  # noqa: F401 (one rule, here too)
-from vaeprobe.models import TwoStageVAE
+from vaeprobe._threads import apply_threads
 from vaeprobe.models.families import config_of, family_of
 from vaeprobe.models.likelihoods import LOG_SIGMA_MIN
 from vaeprobe.random import image_generators, per_image_noise
+from vaeprobe.units import nll_bpd
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -69,13 +61,16 @@ class Trainer:
         if config.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.primary_rate = None  # two-stage: the frozen primary's KL (B,) of the last batch
-        if isinstance(self.model, TwoStageVAE):  # after the deepcopy: the EMA copy has no hook
-            self.model.primary.register_forward_hook(self._keep_primary_rate)
+        self.objective = objectives.objectives.get(config.objective)
+        self.loss_arguments = self.objective.arguments(config)  # + lam, towards its target
+        if self.objective.target is not None:
+            self.loss_arguments["lam"] = None  # set below, once lam exists
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameter_groups(), lr=config.lr,
                                           betas=(0.9, 0.999))
         self.lam = torch.tensor(config.lambda_init, requires_grad=True)
+        if "lam" in self.loss_arguments:
+            self.loss_arguments["lam"] = self.lam
         self.lambda_optimizer = torch.optim.Adam([self.lam], lr=config.lambda_lr,
                                                  betas=(0.0, 0.999))
         self.network = self.model
@@ -146,45 +141,34 @@ class Trainer:
         noise = per_image_noise(self.model.latent_shapes(), generators, 1, self.device)
         return noise, generators
 
-    def _keep_primary_rate(self, module, inputs, output) -> None:
-        """Forward hook on the frozen primary: its per-image KL (nats) from the pass that
-        TwoStageVAE.forward makes anyway for x_hat, so logging it costs no second pass."""
-        _, draws = output
-        self.primary_rate = sum(d.kl.float().flatten(1).sum(1) for d in draws).detach()
-
-    def losses(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
+    def train_step(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
+        """One update: the model reports its terms, the objective weighs them, Adam steps
+        (unless the gradient is NaN or huge: then skipped and counted), lambda follows the
+        objective's target. Returns the batch's logged values."""
+        self.model.train()
         noise, generators = self.example_noise(self.step, indices)
         with self.autocast():
-            if isinstance(self.model, TwoStageVAE):
-                likelihood, draws, _ = self.network(x, noise=noise)
-            else:
-                likelihood, draws = self.network(x, noise=noise)
-        parts = objectives.rate_and_distortion(likelihood, draws, x, generators)
-        objective = objectives.objectives.get(self.config.objective)
-        result = objective.loss(parts, self.dims, lam=self.lam, beta=self.config.beta)
-        result["sigma"] = likelihood.log_sigma.float().mean().exp().detach() \
-            if hasattr(likelihood, "log_sigma") else torch.tensor(float("nan"))
-        if isinstance(self.model, TwoStageVAE):  # the loss's rate is the secondary's alone
-            result["rate_primary"] = self.primary_rate.mean()
-        return result
-
-    def train_step(self, x: torch.Tensor, indices: torch.Tensor) -> dict:
-        self.model.train()
-        result = self.losses(x, indices)
+            terms = self.network(x, noise=noise, generator=generators)
+        loss = self.objective.loss(terms, **self.loss_arguments) / self.dims
+        result = summary(terms, loss, self.dims)  # before the step: sigma is a parameter
         self.optimizer.zero_grad(set_to_none=True)
-        result["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
-        skip = not math.isfinite(float(grad_norm)) or float(grad_norm) > \
-            self.config.skip_threshold
-        if skip:
-            self.skipped += 1
-        else:
+        loss.backward()
+        result["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        skip = not math.isfinite(float(result["grad_norm"])) or \
+            float(result["grad_norm"]) > self.config.skip_threshold
+        if not skip:
             self.optimizer.step()
             self.update_ema()
-        if objectives.objectives.get(self.config.objective).lagrangian:
-            distortion = all_mean(result["distortion"], self.world)
-            objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
-                                   self.config.gamma)
+        if self.objective.target is not None:
+            objectives.lambda_step(self.lam, self.lambda_optimizer,
+                                   all_mean(result["distortion"], self.world),
+                                   getattr(self.config, self.objective.target))
+        self.count_skip(skip)
+        return result
+
+    def count_skip(self, skip: bool) -> None:
+        """Count a skipped update; stop when most recent updates were skipped."""
+        self.skipped += skip
         self.recent_skips.append(skip)
         if len(self.recent_skips) >= 50 and sum(self.recent_skips) > \
                 self.config.max_skip_fraction * len(self.recent_skips):
@@ -193,8 +177,6 @@ class Trainer:
                 f"skipped (gradient norm NaN or above --skip-threshold "
                 f"{self.config.skip_threshold}); the model is not learning. Lower --lr or "
                 f"raise --skip-threshold")
-        result["grad_norm"] = grad_norm
-        return result
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -228,7 +210,7 @@ class Trainer:
                                           self.device)
             noise = per_image_noise(self.model.latent_shapes(), generators, 1, self.device)
             x = self.fetch(chunk)
-            likelihood = self.ema(x, noise=noise)[0]
+            likelihood, _ = self.ema.posterior_pass(x, noise=noise)
             total += float(((x.float() / 255.0 - likelihood.loc.float()) ** 2).sum())
             count += x.numel()
         head.log_sigma.fill_(max(0.5 * math.log(total / count), LOG_SIGMA_MIN))
@@ -268,7 +250,10 @@ class Trainer:
     def write_config(self) -> None:
         """The run's config.json, once (a resumed run keeps the one it started with)."""
         if self.rank == 0:
+            target = self.objective.target
             self.directory.write_config(train=self.config.to_dict(),
+                                        distortion_target=None if target is None else
+                                        float(getattr(self.config, target)),
                                         family=family_of(self.model),
                                         model=config_of(self.model), world_size=self.world,
                                         threads=self.threads)
@@ -337,13 +322,24 @@ class Trainer:
         for key in ("loss", "elbo", "elbo_bpd", "rate", "distortion", "mse", "sigma",
                     "grad_norm"):
             row[key] = float(all_mean(result[key].detach().float(), self.world))
-        if "rate_primary" in result:  # two-stage: log both stages; ``rate`` is their total
-            row["rate_secondary"] = row["rate"]
-            row["rate_primary"] = float(all_mean(result["rate_primary"].float(), self.world))
-            row["rate"] = row["rate_primary"] + row["rate_secondary"]
+        for stage, rate in result["stage_rates"].items():  # a multi-stage model: each stage's
+            row[f"rate_{stage}"] = float(all_mean(rate.detach().mean().float(), self.world))
+        if result["stage_rates"]:  # ``rate`` is then their total, not the trained stage's
+            row["rate"] = sum(row[f"rate_{stage}"] for stage in result["stage_rates"])
         row.update(**{"lambda": float(self.lam.detach())}, skipped=self.skipped,
                    images_per_s=round(images_per_s, 1), threads=self.threads)
         return row
+
+
+def summary(terms, loss: torch.Tensor, dims: int) -> dict:
+    """The logged values of a batch (batch means): the loss, the ELBO (nats per image, and
+    bits/dim of 8-bit data), rate, distortion, mse (D per dimension), the decoder sigma, and
+    each stage's rate (``stage_rates``, per image)."""
+    elbo = (terms.log_px - terms.rate).mean()
+    return dict(loss=loss, elbo=elbo, elbo_bpd=nll_bpd(elbo, dims, "dequantized", n_bits=8),
+                rate=terms.rate.mean(), distortion=terms.distortion.mean(),
+                mse=terms.distortion.mean() / dims, sigma=terms.sigma,
+                stage_rates=terms.stage_rates)
 
 
 CALIBRATION_IMAGES = 256  # training images that set an optimal head's sigma at each save

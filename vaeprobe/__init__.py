@@ -8,12 +8,15 @@
 attached here (not in :mod:`vaeprobe.probe`) so the contract module never imports an adapter.
 """
 
-from vaeprobe import data, plot
+from vaeprobe import arrays, data, plot, units
 from vaeprobe._version import __version__
 from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
 from vaeprobe.audit import audit
+from vaeprobe.compare import compare
+from vaeprobe.compress import compress, decompress
 from vaeprobe.fidelity import sample_quality
+from vaeprobe.information import information
 from vaeprobe.io import open_results, save
 from vaeprobe.likelihood import iwae
 from vaeprobe.pca import pca_baseline
@@ -27,6 +30,7 @@ from vaeprobe.tiling import tiling_error
 Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, image_shape=...)
 
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
-           "__version__", "as_probe", "audit", "checkpoints", "data", "iwae", "load",
-           "open_results", "pca_baseline", "plot", "rate", "sample_quality", "samples", "save",
-           "spectrum", "tiling_error"]
+           "__version__", "arrays", "as_probe", "audit", "checkpoints", "compare", "compress",
+           "data", "decompress", "information", "iwae", "load", "open_results", "pca_baseline",
+           "plot", "rate", "sample_quality", "samples", "save", "spectrum", "tiling_error",
+           "units"]

@@ -23,6 +23,7 @@ NONE_MEANS = {
     "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
     "spectrum_distortion": "none: no PCA spectrum",
     "root": "none",
+    "source": "the checkpoint path the compressed file names",
 }
 
 
@@ -125,12 +126,13 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _load(args, path=None):
+    """The model of a command through the one resolver, ``vp.as_probe`` (what the API does)."""
     import vaeprobe as vp
 
     options = _options(args.option)
     if args.no_ema:
         options["ema"] = False
-    return vp.load(path or args.checkpoint, format=args.format, device=args.device, **options)
+    return vp.as_probe(path or args.checkpoint, args.format, device=args.device, **options)
 
 
 def _model_command(sub, name: str, function, help: str, example: str) -> tuple:

@@ -2,7 +2,8 @@
 
 Every flag that mirrors a parameter of a public function takes its default (and its choices)
 from that function's signature and constants, so the two cannot drift: each subcommand records
-its function (``api``) and ``tests/test_cli.py`` checks every default against it. Before any
+its function (``api``); ``tests/test_cli.py`` parses ``--help`` and compares each default with
+the documented value written out. Before any
 work, each command checks that ``--out`` / ``--plot`` can be written, chooses its CPU threads
 (``--threads``, said on stderr), and turns warnings into one line each.
 """
@@ -34,6 +35,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     _show,
     _subparser,
 )
+from vaeprobe._cli_bits import _add_compare, _add_compress, _add_decompress, _add_information
 from vaeprobe._version import __version__
 from vaeprobe.audit.cli import _add_audit
 
@@ -137,17 +139,18 @@ def _add_iwae(sub) -> None:
     parser.set_defaults(run=_cmd_iwae)
 
 
-# ---- samples --------------------------------------------------------------------------------
-def _cmd_samples(args) -> int:
+# ---- quality --------------------------------------------------------------------------------
+def _cmd_quality(args) -> int:
     import vaeprobe as vp
 
     probe = _load(args)
     ds = vp.sample_quality(
-        probe, args.reference, n=args.n, kinds=args.kinds, temperature=args.temperature,
-        metrics=args.metrics, feature_extractor=args.feature_extractor,
-        prc_extractor=args.prc_extractor, lpips_trunk=args.lpips_trunk, weights=args.weights,
-        prc_weights=args.prc_weights, lpips_weights=args.lpips_weights, seed=args.seed,
-        posterior=args.posterior, batch_size=args.batch_size)
+        probe, args.reference, n_images=args.n_images, kinds=args.kinds,
+        temperature=args.temperature, metrics=args.metrics,
+        feature_extractor=args.feature_extractor, prc_extractor=args.prc_extractor,
+        lpips_trunk=args.lpips_trunk, weights=args.weights, prc_weights=args.prc_weights,
+        lpips_weights=args.lpips_weights, seed=args.seed, posterior=args.posterior,
+        batch_size=args.batch_size)
     print(ds.drop_vars("preview").to_dataframe().to_string(float_format="%.4f"))
 
     def draw(result):
@@ -165,7 +168,7 @@ def _cmd_samples(args) -> int:
     return _finish(ds, args, draw)
 
 
-def _add_samples(sub) -> None:
+def _add_quality(sub) -> None:
     import vaeprobe as vp
     from vaeprobe.fidelity import KINDS, METRICS
     from vaeprobe.fidelity.extractors import extractors
@@ -175,9 +178,10 @@ def _add_samples(sub) -> None:
     stand_ins = [name for name in extractors.names() + lpips_trunks.names()
                  if name.endswith("TEST-ONLY")]
     parser = _subparser(
-        sub, "samples", "FID/KID/precision-recall/LPIPS of mean vs stochastic samples",
-        "vaeprobe samples runs/demo --reference patches32:test -n 10000 --out samples.nc "
-        "--plot samples.png",
+        sub, "quality", "FID/KID/precision-recall/LPIPS of mean vs stochastic samples "
+        "(vp.sample_quality)",
+        "vaeprobe quality runs/demo --reference patches32:test --n-images 10000 --out "
+        "quality.nc --plot quality.png",
         description="FID/KID/precision-recall/LPIPS of mean vs stochastic samples and "
         "reconstructions. The real networks need pretrained weights (`vaeprobe weights` lists "
         f"them); the stand-ins {', '.join(stand_ins)} need none and are for tests only: "
@@ -186,7 +190,8 @@ def _add_samples(sub) -> None:
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test "
                         "(folder:PATH is read at the model's image size)")
-    api.add("-n", type=int, units="images", help="images per kind (and reference images)")
+    api.add("--n-images", "-n", type=int, units="images", help="images per kind (and "
+            "reference images)")
     api.add("--kinds", nargs="+", choices=KINDS, help="what to generate")
     api.add("--metrics", nargs="+", choices=METRICS, help="what to measure")
     api.add("--temperature", type=float, help="prior temperature of the samples (1: the "
@@ -201,6 +206,64 @@ def _add_samples(sub) -> None:
     api.add("--seed", type=int, help="seeds the reference subset and every sample")
     api.add("--posterior", choices=POSTERIORS, help="reconstruction kinds decode a posterior "
             "sample or its mean")
+    _load_arguments(parser, api)
+    _common(parser)
+    parser.set_defaults(run=_cmd_quality)
+
+
+# ---- samples --------------------------------------------------------------------------------
+# the metric flags of the command before `quality` took them over (it was `samples`)
+MOVED_TO_QUALITY = ("--reference", "--kinds", "--metrics", "--feature-extractor",
+                    "--prc-extractor", "--lpips-trunk", "--weights", "--prc-weights",
+                    "--lpips-weights")
+
+
+def _cmd_samples(args) -> int:
+    import vaeprobe as vp
+
+    moved = [flag for flag in MOVED_TO_QUALITY
+             if getattr(args, "old_" + flag[2:].replace("-", "_")) is not None]
+    if moved:
+        raise ValueError(f"{', '.join(moved)}: the sample metrics moved to `vaeprobe quality` "
+                         f"(e.g. vaeprobe quality CHECKPOINT --reference patches32:test); "
+                         f"`vaeprobe samples` draws vp.samples")
+    if args.out and str(args.out).lower().endswith(".png") and not args.plot:
+        args.out, args.plot = None, args.out  # a .png --out is the grid
+    probe = _load(args)
+    ds = vp.samples(probe, args.n_images, kind=args.kind, temperature=args.temperature,
+                    seed=args.seed, data=args.data, batch_size=args.batch_size)
+    print(f"{ds.sizes['image']} {args.kind} samples of shape "
+          f"{tuple(ds['images'].shape[1:])} (uint8)")
+    return _finish(ds, args, lambda result: vp.plot.image_grid(
+        result["images"].values, columns=8, title=f"{args.kind} samples"))
+
+
+def _add_samples(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe.sampling import KINDS
+
+    parser = _subparser(
+        sub, "samples", "draw samples (vp.samples): a PNG grid (--plot) or a .nc (--out)",
+        "vaeprobe samples runs/demo --n-images 64 --kind mean --temperature 0.8 --plot "
+        "samples.png",
+        description="Draw samples with vp.samples: prior samples (mean or stochastic) or "
+        "reconstructions of --data, as a PNG grid (--plot) and/or a Dataset (--out .nc). The "
+        "FID/KID/precision-recall/LPIPS metrics are `vaeprobe quality`.")
+    api = _ApiArguments(parser, vp.samples, load=vp.load)
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--n-images", "-n", type=int, default=64,
+                        help="number of images (default: 64)")
+    api.add("--kind", choices=KINDS, help="prior samples (mean, stochastic) or reconstructions "
+            "of --data")
+    api.add("--temperature", type=float, help="prior temperature (1: the prior)")
+    parser.add_argument("--data", default=None, help="input images of the reconstruction "
+                        "kinds, e.g. patches32:test (default: none)")
+    api.add("--seed", type=int, help="seeds every draw (results do not depend on "
+            "--batch-size)")
+    api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
+    for flag in MOVED_TO_QUALITY:  # refused with a pointer to `quality`
+        parser.add_argument(flag, dest="old_" + flag[2:].replace("-", "_"), nargs="+",
+                            default=None, help=argparse.SUPPRESS)
     _load_arguments(parser, api)
     _common(parser)
     parser.set_defaults(run=_cmd_samples)
@@ -309,7 +372,7 @@ def _cmd_pca(args) -> int:
 
     ds = vp.pca_baseline(args.data, n_images=args.n_images, targets=args.targets,
                          spectrum_distortion=args.distortion, cutoff=args.cutoff,
-                         seed=args.seed, device=args.device)
+                         batch_size=args.batch_size, seed=args.seed, device=args.device)
     print(ds["components_needed"].to_pandas().to_string())
     print(f"total variance {float(ds.total_variance):.3f} (sum of squares on [0, 1])")
     if "pca_k" in ds:
@@ -335,14 +398,16 @@ def _add_pca(sub) -> None:
             "squared error per image on [0, 1])")
     api.add("--cutoff", type=float, units="cycles/pixel", help="high-frequency fraction of "
             "that spectrum: the share of power above this frequency")
+    api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
     api.add("--seed", type=int, help="seeds the subset")
     api.add("--device", help="cpu, cuda or cuda:N")
     _common(parser)
     parser.set_defaults(run=_cmd_pca)
 
 
-COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_spectrum, _add_pca,
-            _add_weights, _add_audit]
+COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_quality, _add_spectrum,
+            _add_pca, _add_weights, _add_audit, _add_information, _add_compress, _add_decompress,
+            _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

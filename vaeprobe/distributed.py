@@ -57,6 +57,12 @@ def default_device() -> torch.device:
     return torch.device("cuda")
 
 
+def resolve_device(device=None) -> torch.device:
+    """``device`` as a torch.device; None: :func:`default_device` (the one rule every model and
+    analysis follows)."""
+    return torch.device(device) if device is not None else default_device()
+
+
 def init(device=None) -> tuple[int, int]:
     """(rank, world size); initialises the process group when torchrun asked for one.
 

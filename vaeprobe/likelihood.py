@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import distributed
+from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -22,11 +22,30 @@ from vaeprobe._analysis import (
     result_attrs,
     with_warnings,
 )
+from vaeprobe.accumulate import Reducing
+from vaeprobe.arrays import ess, iwae_bound
 from vaeprobe.probe import Probe, RepeatedRows
 from vaeprobe.random import image_generators
 
 DEQUANTIZE_STREAM = 1  # image_generators stream of the dequantisation noise
-BPD_OFFSET_DEQUANTIZED = 8.0  # log2(256): a density on [0, 1] data -> a bound on the PMF
+
+
+class _LogWeights(Reducing):
+    """Per-image log weights (B, K) and E_q log p(x|z) (B,), in image order; an
+    :class:`~vaeprobe.accumulate.Accumulator` (a later rank's images come after)."""
+
+    states = {"log_w": "cat", "log_px": "cat"}
+
+    def __init__(self, k: int):
+        self.log_w = [torch.empty(0, k, dtype=torch.float64)]
+        self.log_px = [torch.empty(0, dtype=torch.float64)]
+
+    def update(self, log_w: torch.Tensor, log_px: torch.Tensor) -> None:
+        self.log_w.append(log_w)
+        self.log_px.append(log_px)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.log_w), torch.cat(self.log_px)
 
 
 def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
@@ -46,17 +65,6 @@ def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
         parts.append(log_w.reshape(x.shape[0], n).cpu())
         reconstruction.append(log_px.double().reshape(x.shape[0], n).cpu())
     return torch.cat(parts, dim=1), torch.cat(reconstruction, dim=1)
-
-
-def _iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
-    """L_K per image from log weights (B, K)."""
-    return torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])
-
-
-def _ess(log_w: torch.Tensor) -> torch.Tensor:
-    """Effective sample size of the normalised weights: 1 / sum(w_norm^2), per image."""
-    normalised = torch.softmax(log_w, dim=1)
-    return 1.0 / (normalised ** 2).sum(1)
 
 
 def _nested_ks(k: int) -> list[int]:
@@ -117,8 +125,41 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
-    probe.require("vp.iwae", likelihood=True, posterior=True)
     probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
+    chunk, kind = _check_request(probe, k, chunk, batch_size, kind)
+    dataset, indices = evaluation_set(probe, data, n_images, seed)
+    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
+    offset = units.offset_nats(image_dims(probe), kind, probe.n_bits)
+    local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank
+    weights, start = _LogWeights(k), 0
+    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
+                                 f"iwae K={k}", shard=True):
+        rows = local[start:start + len(x)].tolist()
+        start += len(x)
+        dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
+        log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
+        weights.update(log_w - offset, log_px.mean(1) - offset)  # E_q log p(x|z) over K
+    # every rank's images, in the subset's order (one process: unchanged)
+    log_w, log_px = distributed.merge(weights).compute()
+    ds = _iwae_dataset(log_w, image_dims(probe), indices)
+    ds = ds.assign(_reconstruction_dataset(log_px, ds["elbo"].values, image_dims(probe)))
+    parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
+                      kind=kind)
+    ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
+                            likelihood_kind=kind,
+                            bpd_offset=units.bpd_offset(kind, probe.n_bits),
+                            n_bits=int(probe.n_bits))
+    said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
+                                   ess_mean=float(ds["ess"].mean()), k=k)
+    ds.attrs = with_warnings(ds.attrs, said)
+    return ds
+
+
+def _check_request(probe: Probe, k, chunk: int | None, batch_size: int,
+                   kind: str | None) -> tuple[int, str]:
+    """(chunk, kind) of a valid request: the probe has a likelihood and a posterior, K >= 1,
+    chunk (default from the probe's rows per pass) in 1..K, kind a likelihood kind."""
+    probe.require("vp.iwae", likelihood=True, posterior=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     if chunk is None:
@@ -129,40 +170,13 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     kind = kind or probe.likelihood_kind
     if kind not in ("discretized", "dequantized"):
         raise ValueError(f"kind must be 'discretized' or 'dequantized', got {kind!r}")
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
-    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
-    bpd_offset = float(probe.n_bits) if kind == "dequantized" else 0.0
-    offset_nats = image_dims(probe) * bpd_offset * math.log(2)
-    local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank
-    all_log_w = [torch.empty(0, k, dtype=torch.float64)]
-    all_log_px, start = [torch.empty(0, dtype=torch.float64)], 0
-    for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
-                                 f"iwae K={k}", shard=True):
-        rows = local[start:start + len(x)].tolist()
-        start += len(x)
-        dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
-        log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
-        all_log_w.append(log_w - offset_nats)
-        all_log_px.append(log_px.mean(1) - offset_nats)  # E_q log p(x|z) over the K draws
-    # every rank's images, in the subset's order (one process: unchanged)
-    log_w, log_px = (distributed.cat(torch.cat(parts)) for parts in (all_log_w, all_log_px))
-    ds = _iwae_dataset(log_w, image_dims(probe), indices)
-    ds = ds.assign(_reconstruction_dataset(log_px, ds["elbo"].values, image_dims(probe)))
-    parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
-                      kind=kind)
-    ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
-                            likelihood_kind=kind,
-                            bpd_offset=bpd_offset, n_bits=int(probe.n_bits))
-    said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
-                                   ess_mean=float(ds["ess"].mean()), k=k)
-    ds.attrs = with_warnings(ds.attrs, said)
-    return ds
+    return chunk, kind
 
 
 def _iwae_dataset(log_w: torch.Tensor, dims: int, indices: torch.Tensor) -> xr.Dataset:
-    to_bpd = -1.0 / (dims * math.log(2))
+    to_bpd = -units.nats_to_bpd(1.0, dims)  # log-likelihoods with the offset applied, in nats
     ks = _nested_ks(log_w.shape[1])
-    by_k = torch.stack([_iwae_bound(log_w[:, :n]) for n in ks], dim=1).numpy()
+    by_k = torch.stack([iwae_bound(log_w[:, :n]) for n in ks], dim=1).numpy()
     log_likelihood = by_k[:, -1]
     elbo = log_w.mean(1).numpy()
     n = len(log_likelihood)
@@ -177,7 +191,7 @@ def _iwae_dataset(log_w: torch.Tensor, dims: int, indices: torch.Tensor) -> xr.D
             "elbo": ("image", elbo, {**nats, "long_name": "mean single-sample bound"}),
             "bpd": ("image", log_likelihood * to_bpd, bpd),
             "elbo_bpd": ("image", elbo * to_bpd, bpd),
-            "ess": ("image", _ess(log_w).numpy(), {"units": "samples"}),
+            "ess": ("image", ess(log_w).numpy(), {"units": "samples"}),
             "log_likelihood_by_k": (("image", "k"), by_k, nats),
             "bpd_by_k": ("k", by_k.mean(0) * to_bpd, bpd),
             "log_likelihood_mean": ((), float(log_likelihood.mean()), nats),
@@ -200,7 +214,7 @@ def _reconstruction_dataset(log_px: torch.Tensor, elbo: np.ndarray, dims: int) -
     def se(values):
         return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
-    to_bpd = -1.0 / (dims * math.log(2))
+    to_bpd = -units.nats_to_bpd(1.0, dims)  # log-likelihoods with the offset applied, in nats
     nats, bpd = {"units": "nats"}, {"units": "bits/dim"}
     return xr.Dataset({
         "log_px": ("image", log_px, {**nats, "long_name": "E_q log p(x|z)"}),

@@ -15,11 +15,11 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, result_attrs
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe.accumulate import Reducing
 from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
 
 
-class _Covariance:
+class _Covariance(Reducing):
     """Streaming mean and covariance of flattened [0, 1] images: memory D x D, not N x D.
 
     Keeps the count, the mean and the co-moment sum_i (x_i - mean)(x_i - mean)^T in float64;
@@ -27,6 +27,8 @@ class _Covariance:
     up to rounding, and free of the cancellation of E[x x^T] - mean mean^T). An
     :class:`~vaeprobe.accumulate.Accumulator`.
     """
+
+    states = {("n", "mean", "comoment"): "chan"}
 
     def __init__(self):
         self.n, self.mean, self.comoment = 0, None, None
@@ -43,23 +45,6 @@ class _Covariance:
     def update(self, x: torch.Tensor) -> None:  # x: uint8 (N, C, H, W)
         if len(x):
             self.merge(_Covariance.of(x.double().flatten(1) / 255.0))
-
-    def merge(self, other: _Covariance) -> _Covariance:
-        check_mergeable(self, other)
-        if other.n == 0:
-            return self
-        mean, comoment = other.mean, other.comoment
-        if self.n == 0:
-            self.n, self.mean, self.comoment = other.n, mean.clone(), comoment.clone()
-            return self
-        mean, comoment = mean.to(self.mean.device), comoment.to(self.mean.device)
-        n = self.n + other.n
-        delta = mean - self.mean  # (D,)
-        self.comoment = self.comoment + comoment + torch.outer(delta, delta) * (
-            self.n * other.n / n)
-        self.mean = self.mean + delta * (other.n / n)
-        self.n = n
-        return self
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean, self.comoment / self.n  # population covariance
@@ -175,10 +160,25 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     if ks.min() < 0 or ks.max() > dims:
         raise ValueError(f"ks must lie in 0..{dims} (the data's dimensions), got {ks.min()}.."
                          f"{ks.max()}")
+    ds = _pca_dataset(values, ks, targets)
+    if spectrum_distortion is not None:
+        ds = ds.merge(_top_k_spectrum(dataset, seed, mean, eigenvectors, values,
+                                      spectrum_distortion, n_spectrum_images, window, cutoff,
+                                      batch_size, device))
+    parameters = dict(n_images=n_images, targets=list(targets), seed=seed, window=window,
+                      cutoff=cutoff, spectrum_distortion=spectrum_distortion,
+                      n_spectrum_images=n_spectrum_images)
+    ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
+    return ds
+
+
+def _pca_dataset(values: np.ndarray, ks: np.ndarray, targets) -> xr.Dataset:
+    """Eigenvalues, top/bottom-k distortion, components needed per target, Gaussian R(D)."""
+    dims = len(values)
     distortion = pca_distortion(values, ks)
     total = float(values.sum())
     rd_grid = np.geomspace(max(total * 1e-4, 1e-12), total, 64)
-    ds = xr.Dataset(
+    return xr.Dataset(
         {
             "eigenvalues": ("component", values, {"units": "variance on [0, 1]"}),
             "distortion": (("k", "order"), distortion, {"units": "sum of squares on [0, 1]"}),
@@ -191,15 +191,6 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
         coords={"component": np.arange(dims), "k": ks, "order": ["top", "bottom"],
                 "target": np.asarray(targets, dtype=np.float64), "rd_distortion": rd_grid},
     )
-    if spectrum_distortion is not None:
-        ds = ds.merge(_top_k_spectrum(dataset, seed, mean, eigenvectors, values,
-                                      spectrum_distortion, n_spectrum_images, window, cutoff,
-                                      batch_size, device))
-    parameters = dict(n_images=n_images, targets=list(targets), seed=seed, window=window,
-                      cutoff=cutoff, spectrum_distortion=spectrum_distortion,
-                      n_spectrum_images=n_spectrum_images)
-    ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
-    return ds
 
 
 def _training_data(source):

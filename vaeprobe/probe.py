@@ -299,6 +299,31 @@ class Probe:
             f"{self.name}: {type(self).__name__} does not implement sample_prior_given (a prior "
             f"p(z_l | z_<l) conditioned on the layers above)")
 
+    def encode_given(self, x, zs: Sequence[torch.Tensor], n_samples: int = 1) -> LatentPass:
+        """The posterior pass of images ``x`` with every latent fixed to ``zs`` (teacher
+        forcing): per layer, the posterior q(z_l | z_<l, x) and prior p(z_l | z_<l)
+        parameters evaluated at the given z. ``zs[l]`` is ``(rows, c, h, w)`` with
+        ``n_samples`` rows per image, image-major as in :meth:`encode` (row ``i * K + k`` is
+        latent k of image i; the encoder work is done once per image). A layer's parameters
+        depend only on the layers above it, so later entries may be placeholders. Used where a
+        density must be evaluated at a given z (``vp.information``'s aggregate posterior,
+        ``vp.compress``'s bits-back coder).
+
+        The default serves one-layer models (the posterior does not depend on z);
+        hierarchical probes implement it.
+        """
+        if len(self.layers) != 1:
+            raise UndefinedAnalysisError(
+                f"evaluating the posterior at given latents is undefined for {self.name}: "
+                f"{type(self).__name__} has {len(self.layers)} layers and does not implement "
+                f"encode_given (q(z_l | z_<l, x) at a given z_<l)")
+        draw = encode(self, x, 1, None, "mean").draws[0]
+        p_mean, p_logstd, q_mean, q_logstd = (t.repeat_interleave(n_samples, 0) for t in (
+            draw.p_mean, draw.p_logstd, draw.q_mean, draw.q_logstd))
+        z = zs[0].to(q_mean.device, q_mean.dtype)
+        kl = gaussian_kl(q_mean, q_logstd, p_mean, p_logstd)
+        return LatentPass([LayerDraw(p_mean, p_logstd, z, q_mean, q_logstd, kl)], n_samples, {})
+
     @property
     def name(self) -> str:
         """How errors and reports name this model: its checkpoint, or its class."""

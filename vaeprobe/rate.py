@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import distributed
+from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -19,13 +17,16 @@ from vaeprobe._analysis import (
     squared_error,
     with_warnings,
 )
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe.accumulate import Reducing
+from vaeprobe.arrays import rate_terms
 from vaeprobe.probe import Probe, encode
 
 
-class _Moments:
+class _Moments(Reducing):
     """Running sums for a mean and its standard error over images (float64); an
     :class:`~vaeprobe.accumulate.Accumulator`."""
+
+    states = {"n": "sum", "total": "sum", "total_sq": "sum"}
 
     def __init__(self):
         self.n, self.total, self.total_sq = 0, 0.0, 0.0
@@ -36,28 +37,47 @@ class _Moments:
         self.total = self.total + values.sum(0)
         self.total_sq = self.total_sq + (values ** 2).sum(0)
 
-    def merge(self, other: _Moments) -> _Moments:
-        check_mergeable(self, other)
-        self.n += other.n
-        self.total = self.total + other.total  # totals are on the CPU
-        self.total_sq = self.total_sq + other.total_sq
-        return self
-
     def compute(self) -> tuple[np.ndarray, np.ndarray]:
         mean = self.total / self.n
         variance = (self.total_sq / self.n - mean ** 2).clamp(min=0) * self.n / max(self.n - 1, 1)
         return np.asarray(mean), np.asarray((variance / self.n).sqrt())
 
 
+class _RateTotals(Reducing):
+    """Everything :func:`rate` sums over images: moments per layer, channel, distortion, total
+    rate, log p(x|z) and ELBO; per-image rates when asked; the per-layer ``kl_analytic`` flags
+    and why log p(x|z) is undefined (facts of the model, from the first batch that has them)."""
+
+    states = {"layer": "merge", "channel": "merge", "distortion": "merge", "total": "merge",
+              "log_px": "merge", "elbo": "merge", "images": "cat", "kl_analytic": "first",
+              "said": "first"}
+
+    def __init__(self, n_layers: int, per_image: bool):
+        self.layer, self.channel, self.distortion = _Moments(), _Moments(), _Moments()
+        self.total, self.log_px, self.elbo = _Moments(), _Moments(), _Moments()
+        self.per_image, self.kl_analytic, self.said = per_image, None, []
+        self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
+
+    def update(self, terms: dict) -> None:
+        """Fold in :func:`_rate_terms` of one batch."""
+        self.kl_analytic = terms["kl_analytic"]
+        self.layer.update(terms["layer"])
+        self.channel.update(terms["channel"])
+        self.distortion.update(terms["distortion"])
+        self.total.update(terms["layer"].sum(1))
+        if "log_px_undefined" in terms and not self.said:
+            self.said = [f"log_px and elbo omitted: {terms['log_px_undefined']}"]
+        if "log_px" in terms:
+            self.log_px.update(terms["log_px"])
+            self.elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
+        if self.per_image:
+            self.images.append(terms["layer"].cpu())
+
+
 def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
     """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
     latents = encode(probe, x, 1, generators, posterior)
-    width = max(info.channels for info in probe.layers)
-    per_channel = torch.full((x.shape[0], len(probe.layers), width), float("nan"),
-                             dtype=torch.float64)
-    for index, draw in enumerate(latents.draws):
-        kl = draw.kl.double().sum((2, 3)).cpu()  # (B, channels)
-        per_channel[:, index, :kl.shape[1]] = kl
+    per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"]
     likelihood = probe.decode(latents)
     distortion = squared_error(x, likelihood.mean)
     terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
@@ -125,38 +145,21 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     probe.require("vp.rate", posterior=True)
     probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, data, n_images, seed)
-    layer, channel, distortion, total = _Moments(), _Moments(), _Moments(), _Moments()
-    images, kl_analytic = [torch.empty(0, len(probe.layers), dtype=torch.float64)], None
-    said = []  # why log_px / elbo are missing, when they are
-    log_px, elbo = _Moments(), _Moments()
+    totals = _RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):
-        terms = _rate_terms(probe, x, generators, posterior)
-        kl_analytic = terms["kl_analytic"]
-        layer.update(terms["layer"])
-        channel.update(terms["channel"])
-        distortion.update(terms["distortion"])
-        total.update(terms["layer"].sum(1))
-        if "log_px_undefined" in terms and not said:
-            said.append(f"log_px and elbo omitted: {terms['log_px_undefined']}")
-        if "log_px" in terms:
-            log_px.update(terms["log_px"])
-            elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
-        if per_image:
-            images.append(terms["layer"].cpu())
+        totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
-    layer, channel, distortion, total, log_px, elbo = (
-        distributed.merge(moments) for moments in (layer, channel, distortion, total, log_px,
-                                                   elbo))
-    kl_analytic = next((flags for flags in distributed.gather(kl_analytic) if flags is not None),
-                       [True] * len(probe.layers))
-    ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
+    totals = distributed.merge(totals)
+    ds = _rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+                       active_threshold)
+    kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
-    if log_px.n:
-        ds = ds.assign(_reconstruction_terms(log_px, elbo, image_dims(probe),
+    if totals.log_px.n:
+        ds = ds.assign(_reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
                                              probe.likelihood_kind, probe.n_bits))
     if per_image:
-        ds["rate_per_image"] = (("image", "layer"), distributed.cat(torch.cat(images)).numpy(),
+        ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
         ds = ds.assign_coords(image=indices.numpy())
     parameters = dict(n_images=n_images, batch_size=batch_size, seed=seed,
@@ -166,7 +169,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                             active_threshold=active_threshold, posterior=posterior,
                             likelihood_kind=probe.likelihood_kind)
     bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
-    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + said)
+    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + totals.said)
     return ds
 
 
@@ -178,18 +181,16 @@ def resolution_label(size: tuple[int, int]) -> str:
 def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str,
                           n_bits: int = 8) -> dict:
     """E log p(x|z) and the ELBO (one posterior draw per image) in nats and bits/dim."""
-    # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
-    offset = float(n_bits) if kind == "dequantized" else 0.0
-    to_bpd = -1.0 / (dims * math.log(2))
+    offset = units.bpd_offset(kind, n_bits)  # a density on [0, 1] data: + n_bits bits/dim
     variables = {}
     for name, moments, text in (("log_px", log_px, "E_q log p(x|z): reconstruction term"),
                                 ("elbo", elbo, "E_q log p(x|z) - KL(q || p)")):
         mean, se = (float(v) for v in moments.compute())
         variables[name] = ((), mean, {"units": "nats", "long_name": text})
         variables[f"{name}_se"] = ((), se, {"units": "nats"})
-        variables[f"{name}_bpd"] = ((), mean * to_bpd + offset,
+        variables[f"{name}_bpd"] = ((), units.nll_bpd(mean, dims, kind, n_bits),
                                     {"units": "bits/dim", "bpd_offset": offset})
-        variables[f"{name}_bpd_se"] = ((), se * -to_bpd, {"units": "bits/dim"})
+        variables[f"{name}_bpd_se"] = ((), units.nats_to_bpd(se, dims), {"units": "bits/dim"})
     return variables
 
 
@@ -210,7 +211,7 @@ def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dat
         {
             "rate": ("layer", rate_mean, {**nats, "long_name": "KL(q || p) per image"}),
             "rate_se": ("layer", rate_se, {**nats, "long_name": "standard error of rate"}),
-            "rate_bpd": ("layer", rate_mean / (dims * math.log(2)), {"units": "bits/dim"}),
+            "rate_bpd": ("layer", units.nats_to_bpd(rate_mean, dims), {"units": "bits/dim"}),
             "rate_fraction": ("layer", rate_mean / max(total_mean, 1e-300), {"units": "1"}),
             "rate_by_resolution": ("resolution", by_resolution, nats),
             "rate_per_channel": (("layer", "channel"), channel_mean, nats),

@@ -149,12 +149,20 @@ class Run:
 
     @property
     def gamma(self) -> float | None:
-        """The distortion target (sum of squares on [0, 1]); None when the run has none
-        (an elbo run, or bare checkpoints without ``config.json``)."""
-        config = self.config
-        if config is None or config.get("objective", "elbo") == "elbo":
+        """The distortion target (sum of squares on [0, 1]) the run was trained towards; None
+        when its objective has none (elbo) or without ``config.json``.
+
+        The trainer records the objective's target as ``distortion_target``; runs written
+        before it did were elbo (no target) or Lagrangian towards ``gamma``.
+        """
+        stored = self.stored()
+        if stored is None:
             return None
-        return float(config["gamma"])
+        if "distortion_target" in stored:
+            target = stored["distortion_target"]
+            return None if target is None else float(target)
+        train = stored["train"]
+        return None if train.get("objective", "elbo") == "elbo" else float(train["gamma"])
 
     @property
     def data(self) -> str | None:

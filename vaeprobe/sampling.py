@@ -22,6 +22,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
+from vaeprobe._deprecate import renamed
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
 
@@ -30,17 +31,18 @@ PRIOR_KINDS = ("mean", "stochastic")
 PRIMARY = "primary_mean"  # two-stage: the primary's x_hat, kept in LatentPass.context["x_hat"]
 
 
-def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: int = 0,
+@renamed(n="n_images")
+def samples(probe: Probe, n_images: int, *, kind: str = "mean", temperature=1.0, seed: int = 0,
             data=None, batch_size: int = 100, return_primary: bool = False,
             progress: bool = True) -> xr.Dataset:
-    """``n`` uint8 samples of one kind: prior samples or reconstructions, means or draws.
+    """``n_images`` uint8 samples of one kind: prior samples or reconstructions, means or draws.
 
     Parameters
     ----------
     probe : Probe, run directory, checkpoint file or model folder
         Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
-    n : int
-        Number of images.
+    n_images : int
+        Number of images (its old name ``n=`` still works, with a DeprecationWarning).
     kind : {"mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic"}
         ``mean``: the decoder mean of prior latents, quantised by round(clamp(x, 0, 1) * 255);
         ``stochastic``: a draw from the decoder likelihood of the same latents; the
@@ -51,10 +53,11 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
         Image i's latents come from the stream (seed, i), its pixel noise from (seed + 1, i):
         the batch size does not matter, and ``mean`` and ``stochastic`` share latents.
     data : str, Dataset or uint8 tensor, optional
-        Input images of the reconstruction kinds (a seeded subset of ``n``, cycled if fewer).
+        Input images of the reconstruction kinds (a seeded subset of ``n_images``, cycled if
+        fewer).
     batch_size : int
         Images per model pass (memory only; results do not depend on it). Under torchrun each
-        rank draws a contiguous block of the ``n`` images; every rank returns all ``n``.
+        rank draws a contiguous block of the images; every rank returns all ``n_images``.
     return_primary : bool
         Two-stage models only: also return ``primary_mean``, the primary's mean decoding
         x_hat = mu(z) of the same latents (the image the secondary refines), quantised like
@@ -71,25 +74,25 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     Examples
     --------
     >>> import vaeprobe as vp
-    >>> ds = vp.samples(vp.load("runs/demo"), 64, kind="mean", temperature=0.8)  # doctest: +SKIP
+    >>> ds = vp.samples("runs/demo", 64, kind="mean", temperature=0.8)  # doctest: +SKIP
     >>> ds["images"].dtype  # doctest: +SKIP
     dtype('uint8')
     """
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
-    _check_request(kind, n, data)
+    _check_request(kind, n_images, data)
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:
         probe, dataset = fit_probe(probe, data)  # a convolutional model takes the data's size
-        # n above the dataset's size is no mistake here: row i reconstructs image i % size
-        indices = vdata.select(dataset, min(n, len(dataset)), seed)
+        # n_images above the dataset's size is no mistake here: row i reconstructs image i % size
+        indices = vdata.select(dataset, min(n_images, len(dataset)), seed)
     parts = [torch.empty(0, dtype=torch.uint8)]
     primary = [torch.empty(0, dtype=torch.uint8)]
-    bar = progress_bar(len(distributed.shard(torch.arange(n), probe.device)),
+    bar = progress_bar(len(distributed.shard(torch.arange(n_images), probe.device)),
                        f"samples ({kind})", progress, unit="img")
-    for rows, images, _ in sample_batches(probe, [kind], n, batch_size, temperature, seed,
+    for rows, images, _ in sample_batches(probe, [kind], n_images, batch_size, temperature, seed,
                                           dataset, indices, return_primary=return_primary,
                                           shard=True):
         parts.append(images[kind].cpu())
@@ -98,9 +101,10 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
         bar.update(len(rows))
     bar.close()
     images = distributed.cat(torch.cat(parts[1:]) if len(parts) > 1 else parts[0])
-    ds = _samples_dataset(probe, images.numpy(), kind, temperature, seed, dataset,
-                          indices, dict(n=n, kind=kind, temperature=temperature, seed=seed,
-                                        batch_size=batch_size, return_primary=return_primary))
+    parameters = dict(n_images=n_images, kind=kind, temperature=temperature, seed=seed,
+                      batch_size=batch_size, return_primary=return_primary)
+    ds = _samples_dataset(probe, images.numpy(), kind, temperature, seed, dataset, indices,
+                          parameters)
     if return_primary:
         primary = distributed.cat(torch.cat(primary[1:]) if len(primary) > 1 else primary[0])
         ds[PRIMARY] = (("image", "channel", "y", "x"), primary.numpy(),
@@ -109,9 +113,9 @@ def samples(probe: Probe, n: int, *, kind: str = "mean", temperature=1.0, seed: 
     return ds
 
 
-def _check_request(kind: str, n, data) -> None:
+def _check_request(kind: str, n_images, data) -> None:
     """Refuse unknown kinds, reconstructions without input images, inputs without
-    reconstructions, and a bad ``n``."""
+    reconstructions, and a bad ``n_images``."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
     if kind not in PRIOR_KINDS and data is None:
@@ -120,8 +124,8 @@ def _check_request(kind: str, n, data) -> None:
     if kind in PRIOR_KINDS and data is not None:
         raise ValueError(f"data= is used only by reconstruction kinds, not by {kind!r}; "
                          f"drop it or ask for kind='reconstruction_{kind}'")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
 
 
 def require(probe: Probe, analysis: str, kinds: Sequence[str]) -> None:

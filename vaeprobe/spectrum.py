@@ -32,13 +32,9 @@ from vaeprobe._analysis import (
     result_attrs,
     squared_error,
 )
-
-# the estimator lives in vaeprobe._fourier, imported back here (vaeprobe.spectrum.power_2d...)
-from vaeprobe._fourier import (  # noqa: F401
-    _LUMA,
+from vaeprobe._fourier import (
     CHANNEL_MODES,
     WINDOWS,
-    _unfold_half_spectrum,
     band_energies,
     high_frequency_fraction,
     power_2d,
@@ -47,12 +43,20 @@ from vaeprobe._fourier import (  # noqa: F401
     ratio_standard_error,
     window_2d,
 )
+from vaeprobe.accumulate import Reducing
 from vaeprobe.probe import Probe
 from vaeprobe.run import Run
 
+# vp.spectrum, and the estimator it is made of (defined in vaeprobe._fourier) for analyses
+__all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "high_frequency_fraction", "power_2d",
+           "radial_bins", "radial_profile", "ratio_standard_error", "spectrum", "window_2d"]
 
-class _SpectrumAccumulator:
+
+class _SpectrumAccumulator(Reducing):
     """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
+
+    states = {"total": "sum", "count": "sum"}
+    must_match = ("window", "channels")
 
     def __init__(self, window: str, channels: str):
         self.window, self.channels = window, channels
@@ -63,15 +67,6 @@ class _SpectrumAccumulator:
         self.total = power if self.total is None else self.total + power
         c = 1 if self.channels == "luminance" else images.shape[1]
         self.count += images.shape[0] * c
-
-    def merge(self, other: _SpectrumAccumulator) -> _SpectrumAccumulator:
-        """Fold in another accumulator's sums (same window and channels); return self."""
-        from vaeprobe.accumulate import add_totals, check_mergeable
-
-        check_mergeable(self, other, "window", "channels")
-        self.total = add_totals(self.total, other.total)
-        self.count += other.count
-        return self
 
     def compute(self):
         return radial_profile(self.total / self.count)

@@ -32,6 +32,7 @@ from vaeprobe.adapters._common import (
     refuse_pickles,
 )
 from vaeprobe.adapters._tiling import OVERLAP, check_tile_size, tiled
+from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
 from vaeprobe.probe import (
     Generators,
@@ -307,7 +308,7 @@ class AutoencoderKLProbe(Probe):
     def __init__(self, model: AutoencoderKL, image_size: tuple[int, int], device=None,
                  source: dict | None = None, *, tile_size: int = 0, pad: str | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         config, factor = model.config, model.downsampling
         self.size_multiple = factor

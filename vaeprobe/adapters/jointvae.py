@@ -35,6 +35,7 @@ from torch import nn
 from vaeprobe import io
 from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.module import Bernoulli
+from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
 from vaeprobe.probe import (
     Generators,
@@ -107,7 +108,7 @@ class JointVAEProbe(SharedEncoderProbe):
     def __init__(self, model: JointVAE, image_shape: tuple, device=None, source=None):
         super().__init__(source)
         self.image_shape = tuple(image_shape)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.layers = ([LayerInfo("cont", (1, 1), model.continuous)] if model.continuous else [])
         self.layers += [LayerInfo(f"disc{i}", (1, 1), k) for i, k in enumerate(model.discrete)]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import MeanOnly
+from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
     Generators,
@@ -139,7 +140,7 @@ class ModuleProbe(SharedEncoderProbe):
         self.prior_is_generative = not self.point_posterior
         super().__init__({"checkpoint": "in-memory model", "format": "module",
                           "module": type(model).__name__, **(source or {})})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if latent_shape is None:  # one dry run tells the latent shape (adapters may know it)
             with torch.no_grad():

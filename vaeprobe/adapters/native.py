@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vaeprobe import io
+from vaeprobe.distributed import resolve_device
 from vaeprobe.models.families import families, family_of, load_model
 from vaeprobe.models.hvae import HVAE
 from vaeprobe.models.two_stage import TwoStageVAE
@@ -35,7 +36,7 @@ class _NativeProbe(SharedEncoderProbe):
 
     def __init__(self, model, device=None, source: dict | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
 
 
@@ -59,6 +60,13 @@ class HVAEProbe(_NativeProbe):
     def _draw(self, contexts, k: int, noise) -> LatentPass:
         h, draws = self.model.top_down(contexts=contexts.rows(k), noise=noise)
         return LatentPass(draws, k, {"h": h})
+
+    @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        h, draws = self.model.top_down(contexts=contexts.rows(n_samples), zs=list(zs))
+        return LatentPass(draws, n_samples, {"h": h})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):
@@ -116,6 +124,19 @@ class TwoStageProbe(_NativeProbe):
         x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per draw
         h2, draws2 = self._secondary(x_hat, noise[self.n_primary:], x=images.rows(k)[0])
         return LatentPass(draws1 + draws2, k, {"h": h2, "x_hat": x_hat})
+
+    @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        primary, secondary, cut = self.model.primary, self.model.secondary, self.n_primary
+        contexts = RepeatedRows(primary.posterior_contexts(primary.bottom_up(x)))
+        h1, draws1 = primary.top_down(contexts=contexts.rows(n_samples), zs=list(zs[:cut]))
+        x_hat = primary.likelihood(h1).mean  # depends on z: the secondary runs per row
+        x_rows = x.repeat_interleave(n_samples, 0)
+        h2, draws2 = secondary.top_down(secondary.bottom_up(x_rows, condition=x_hat),
+                                        batch=x_rows.shape[0], zs=list(zs[cut:]),
+                                        condition_features=secondary.condition_features(x_hat))
+        return LatentPass(draws1 + draws2, n_samples, {"h": h2, "x_hat": x_hat})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass):

@@ -23,6 +23,7 @@ import torch
 
 from vaeprobe import io
 from vaeprobe.adapters._common import read_tensors
+from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
 from vaeprobe.probe import (
@@ -145,7 +146,7 @@ class VDVAEProbe(Probe):
 
     def __init__(self, model: VDVAE, device=None, source: dict | None = None):
         super().__init__(source)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         hparams = model.hparams
         self.n_bits = hparams.n_bits
@@ -186,6 +187,15 @@ class VDVAEProbe(Probe):
                                                   noise=noise, posterior_mean=posterior == "mean")
             yield LatentPass([_layer_draw(d) for d in draws], k,
                              {"features": features, "posterior": posterior})
+
+    @torch.no_grad()
+    def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:
+        x = self.check_images(x)
+        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
+        features, draws = self.model.top_down(batch=x.shape[0] * n_samples,
+                                              contexts=contexts.rows(n_samples), zs=list(zs),
+                                              posterior_mean=True)
+        return LatentPass([_layer_draw(d) for d in draws], n_samples, {"features": features})
 
     @torch.no_grad()
     def decode(self, latents: LatentPass) -> DiscretizedLogisticMixture:

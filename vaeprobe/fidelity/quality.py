@@ -17,7 +17,8 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import evaluation_set, fit_probe, progress_bar, result_attrs
-from vaeprobe.accumulate import check_mergeable
+from vaeprobe._deprecate import renamed
+from vaeprobe.accumulate import Reducing
 from vaeprobe.fidelity.cache import featurise, reference_features
 from vaeprobe.fidelity.extractors import Extractor, build_extractor
 from vaeprobe.fidelity.metrics import (
@@ -33,9 +34,12 @@ from vaeprobe.sampling import KINDS, require, sample_batches
 METRICS = ("fid", "kid", "prc", "lpips")
 
 
-class _KindAccumulator:
+class _KindAccumulator(Reducing):
     """Features, kept images (previews, diversity pairs) and LPIPS to the inputs, of one kind;
     an :class:`~vaeprobe.accumulate.Accumulator` (images of a merged one count as later)."""
+
+    states = {"features": "cat", "kept": "_merge_kept", "lpips": "cat"}
+    must_match = ("settings",)
 
     def __init__(self, nets: list[Extractor], keep: int, lpips: LPIPS | None = None):
         self.nets, self.keep, self.lpips_net = nets, keep, lpips
@@ -53,17 +57,14 @@ class _KindAccumulator:
             self.lpips.append(self.lpips_net(images, real))
 
     def _keep(self, parts: list[torch.Tensor]) -> None:
-        missing = self.keep - sum(len(k) for k in self.kept)
-        if missing > 0 and parts:
-            self.kept.append(torch.cat(parts)[:missing].cpu())
+        self.kept = self._merge_kept(self.kept, parts)
 
-    def merge(self, other: _KindAccumulator) -> _KindAccumulator:
-        check_mergeable(self, other, "settings")
-        for name, parts in other.features.items():
-            self.features[name].extend(parts)
-        self._keep(other.kept)
-        self.lpips.extend(other.lpips)
-        return self
+    def _merge_kept(self, kept: list, parts: list) -> list:
+        """``kept`` topped up to ``keep`` images from ``parts`` (later images)."""
+        missing = self.keep - sum(len(k) for k in kept)
+        if missing > 0 and parts:
+            return kept + [torch.cat(parts)[:missing].cpu()]
+        return kept
 
     def compute(self) -> dict:
         """Features per network (N, F), the kept images (uint8), LPIPS per input (or None)."""
@@ -116,7 +117,8 @@ def _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, wei
     vweights.require(needed)
 
 
-def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
+@renamed(n="n_images")
+def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KINDS,
                    temperature=1.0, metrics=METRICS,
                    feature_extractor: str = "inception-v3-compat",
                    prc_extractor: str = "vgg16-fc2", lpips_trunk: str = "alexnet",
@@ -131,9 +133,11 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
     probe : Probe, run directory, checkpoint file or model folder
         Anything :func:`vaeprobe.load` opens (resolved by :func:`vaeprobe.as_probe`).
     reference : str, Dataset or uint8 tensor
-        Real images (e.g. ``"patches32:test"``); a seeded subset of ``n`` is the reference set.
-    n : int
-        Images per kind (and reference images, fewer if the reference has fewer).
+        Real images (e.g. ``"patches32:test"``); a seeded subset of ``n_images`` is the
+        reference set.
+    n_images : int
+        Images per kind (and reference images, fewer if the reference has fewer). Its old
+        name ``n=`` still works (DeprecationWarning).
     kinds : sequence of {"mean", "stochastic", "reconstruction_mean",
         "reconstruction_stochastic"}
     temperature : float or sequence
@@ -157,71 +161,105 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
 
     Examples
     --------
-    >>> ds = sample_quality(vp.load("runs/demo"), "patches32:test", n=10000)  # doctest: +SKIP
+    >>> ds = sample_quality("runs/demo", "patches32:test", n_images=10000)  # doctest: +SKIP
     >>> ds[["fid", "lpips"]].to_dataframe()  # doctest: +SKIP
     """
     from vaeprobe.adapters import as_probe
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     kinds, metrics = list(kinds), list(metrics)
+    _check_request(probe, kinds, metrics, n_images)
+    _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights)
+    probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
+    dataset, indices = evaluation_set(probe, reference, n_images, seed)
+    fid_net, prc_net, lpips = _networks(metrics, feature_extractor, prc_extractor, lpips_trunk,
+                                        weights, prc_weights, lpips_weights, probe.device)
+    nets = list({net.name: net for net in (fid_net, prc_net) if net is not None}.values())
+    references, from_cache = {}, {}
+    for net in nets:
+        references[net.name], from_cache[net.name] = reference_features(
+            dataset, indices, net, batch_size, probe.device, progress)
+    accumulators = {kind: _KindAccumulator(nets, max(n_preview, 2 * n_diversity_pairs), lpips)
+                    for kind in kinds}
+    states = _sample_states(probe, accumulators, n_images, batch_size, temperature, seed,
+                            dataset, indices, posterior, progress)
+    settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                    seed=seed)
+    rows = {kind: _kind_row(states[kind], references, fid_net, prc_net, lpips, settings)
+            for kind in kinds}
+    ds = _quality_dataset(kinds, rows, states, n_preview)
+    parameters = dict(n_images=n_images, kinds=kinds, temperature=temperature, metrics=metrics,
+                      feature_extractor=feature_extractor, prc_extractor=prc_extractor,
+                      lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
+                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                      posterior=posterior)
+    ds.attrs = result_attrs("sample_quality", parameters, probe, dataset, len(indices), seed,
+                            n=n_images, temperature=json.dumps(temperature),
+                            **_network_facts(fid_net, prc_net, lpips, settings, from_cache))
+    return ds
+
+
+def _sample_states(probe: Probe, accumulators: dict, n_images: int, batch_size: int,
+                   temperature, seed: int, dataset, indices, posterior: str,
+                   progress: bool) -> dict:
+    """Every kind's accumulated features, kept images and LPIPS (this rank's images, merged
+    in rank order under torchrun)."""
+    kinds = list(accumulators)
+    bar = progress_bar(n_images, f"samples ({', '.join(kinds)})", progress, unit="img")
+    for rows, batch, inputs in sample_batches(probe, kinds, n_images, batch_size, temperature,
+                                              seed, dataset, indices, posterior, shard=True):
+        for kind, images in batch.items():
+            accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
+        bar.update(len(rows))
+    bar.close()
+    return {kind: distributed.merge(acc).compute() for kind, acc in accumulators.items()}
+
+
+def _check_request(probe: Probe, kinds: list, metrics: list, n_images) -> None:
+    """Refuse unknown kinds or metrics, fewer than 2 images, and kinds the probe cannot give."""
     unknown = (set(kinds) - set(KINDS)) | (set(metrics) - set(METRICS))
     if unknown or not kinds:
         raise ValueError(f"unknown or no kinds/metrics {sorted(unknown)}; kinds: {KINDS}, "
                          f"metrics: {METRICS}")
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2:
+        raise ValueError(f"n_images must be an integer >= 2, got {n_images!r}")
     require(probe, "vp.sample_quality", kinds)
-    _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
-                     prc_weights, lpips_weights)
-    device = probe.device
-    probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
-    dataset, indices = evaluation_set(probe, reference, n, seed)
+
+
+def _networks(metrics, feature_extractor, prc_extractor, lpips_trunk, weights, prc_weights,
+              lpips_weights, device) -> tuple:
+    """(FID/KID network, precision/recall network, LPIPS), None where no metric needs one; one
+    network serves both when they are the same."""
     fid_net = build_extractor(feature_extractor, weights, device) \
         if {"fid", "kid"} & set(metrics) else None
     prc_net = build_extractor(prc_extractor, prc_weights, device) if "prc" in metrics else None
     if fid_net is not None and prc_net is not None and prc_net.name == fid_net.name:
         prc_net = fid_net  # one network, featurised once
-    nets = list({net.name: net for net in (fid_net, prc_net) if net is not None}.values())
     lpips = LPIPS(lpips_trunk, lpips_weights, device) if "lpips" in metrics else None
-    references, from_cache = {}, {}
-    for net in nets:
-        references[net.name], from_cache[net.name] = reference_features(
-            dataset, indices, net, batch_size, device, progress)
-    keep = max(n_preview, 2 * n_diversity_pairs)
-    accumulators = {kind: _KindAccumulator(nets, keep, lpips) for kind in kinds}
-    bar = progress_bar(n, f"samples ({', '.join(kinds)})", progress, unit="img")
-    for rows, batch, inputs in sample_batches(probe, kinds, n, batch_size, temperature, seed,
-                                              dataset, indices, posterior, shard=True):
-        for kind, images in batch.items():
-            accumulators[kind].update(images, inputs if kind.startswith("recon") else None)
-        bar.update(len(rows))
-    bar.close()
-    # under torchrun: every rank's features and kept images, in rank (= row) order
-    accumulators = {kind: distributed.merge(acc) for kind, acc in accumulators.items()}
-    settings = dict(metrics=metrics, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                    seed=seed)
-    states = {kind: acc.compute() for kind, acc in accumulators.items()}
-    rows = {kind: _kind_row(states[kind], references, fid_net, prc_net, lpips, settings)
-            for kind in kinds}
-    previews = np.stack([states[k]["kept"][:n_preview].numpy() for k in kinds])
+    return fid_net, prc_net, lpips
+
+
+def _quality_dataset(kinds: list, rows: dict, states: dict, n_preview: int) -> xr.Dataset:
+    """The metrics along ``kind`` and the preview images."""
     ds = xr.Dataset(
-        {name: ("kind", [rows[k][name] for k in kinds], {"units": units})
-         for name, units in (("fid", "1"), ("kid_mean", "1"), ("kid_std", "1"),
-                             ("precision", "1"), ("recall", "1"), ("lpips", "1"),
-                             ("lpips_diversity", "1"))},
+        {name: ("kind", [rows[k][name] for k in kinds], {"units": "1"})
+         for name in ("fid", "kid_mean", "kid_std", "precision", "recall", "lpips",
+                      "lpips_diversity")},
         coords={"kind": kinds},
     )
+    previews = np.stack([states[k]["kept"][:n_preview].numpy() for k in kinds])
     ds["preview"] = (("kind", "image", "channel", "y", "x"), previews,
                      {"units": "uint8 pixel values"})
-    stand_in = any(net.stand_in for net in nets) or (lpips is not None and lpips.stand_in)
-    parameters = dict(n=n, kinds=kinds, temperature=temperature, metrics=metrics,
-                      feature_extractor=feature_extractor, prc_extractor=prc_extractor,
-                      lpips_trunk=lpips_trunk, batch_size=batch_size, seed=seed,
-                      kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-                      posterior=posterior)
-    ds.attrs = result_attrs(
-        "sample_quality", parameters, probe, dataset, len(indices), seed, n=n,
-        temperature=json.dumps(temperature), protocol=PROTOCOL,
+    return ds
+
+
+def _network_facts(fid_net, prc_net, lpips, settings: dict, from_cache: dict) -> dict:
+    """Provenance of the networks: names, weights' sha256, stand-ins flagged (with a warning)."""
+    stand_in = any(net.stand_in for net in (fid_net, prc_net) if net is not None) or (
+        lpips is not None and lpips.stand_in)
+    return dict(
+        protocol=PROTOCOL,
         feature_extractor=fid_net.name if fid_net else "none",
         feature_extractor_weights_sha256=fid_net.weights_sha256 if fid_net else "none",
         prc_extractor=prc_net.name if prc_net else "none",
@@ -235,7 +273,6 @@ def sample_quality(probe: Probe, reference, *, n: int = 10000, kinds=KINDS,
         warning=("computed with stand-in (randomly initialised) networks: NOT comparable to "
                  "published FID/KID/LPIPS") if stand_in else "",
     )
-    return ds
 
 
 def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat", weights=None,
@@ -253,7 +290,7 @@ def fid(generated, reference, *, feature_extractor: str = "inception-v3-compat",
     >>> abs(float(ds["fid"])) < 1e-6
     True
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.resolve_device(device)
     generated, reference = vdata.as_dataset(generated), vdata.as_dataset(reference)
     net = build_extractor(feature_extractor, weights, device)
     indices = vdata.select(reference, n_reference, seed)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.models.likelihoods import LIKELIHOODS, LikelihoodHead
+from vaeprobe.models.terms import Terms, terms
 from vaeprobe.probe import LayerDraw, gaussian_kl, per_layer_temperatures
 
 MERGES = ("precision", "concat")
@@ -303,8 +304,9 @@ class HVAE(nn.Module):
         return self.head(h, residual_base=base, target=target,
                          residual_scale=1 / (self.config.residual_gain or 1.0))
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None, noise=None):
-        """Training pass: (likelihood, draws) with z ~ q(z | x).
+    def posterior_pass(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                       noise=None):
+        """(likelihood, draws) with z ~ q(z | x).
 
         ``noise``: standard normal draws per layer (see :meth:`latent_shapes`); None uses
         torch's global RNG.
@@ -313,6 +315,17 @@ class HVAE(nn.Module):
         h, draws = self.top_down(activations, noise=noise,
                                  condition_features=self.condition_features(condition))
         return self.likelihood(h, condition, target=x), draws
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None, noise=None,
+                generator=None) -> Terms:
+        """Training pass: the model's own :class:`~vaeprobe.models.terms.Terms` (rate,
+        distortion, log p(x|z) per image) with z ~ q(z | x).
+
+        ``noise`` as for :meth:`posterior_pass`; ``generator``: for the dequantization noise of
+        log p(x|z) (one, or one per image).
+        """
+        likelihood, draws = self.posterior_pass(x, condition, noise)
+        return terms(likelihood, draws, x, generator)
 
 
 @dataclass(frozen=True)

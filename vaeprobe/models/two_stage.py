@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vaeprobe.models.hvae import HVAE, HVAEConfig
+from vaeprobe.models.terms import Terms, terms
 
 RESIDUAL_GAIN = 10.0  # ~ 0.5 / RMS(x - x_hat): a primary at gamma ~ 8 on 32x32x3 leaves ~0.05
 
@@ -73,19 +74,32 @@ class TwoStageVAE(nn.Module):
         """Primary then secondary latent shapes (c, h, w)."""
         return self.primary.latent_shapes() + self.secondary.latent_shapes()
 
-    @torch.no_grad()
-    def primary_mean(self, x: torch.Tensor, noise=None) -> torch.Tensor:
-        """x_hat = mu(z), z ~ q(z | x): the primary's mean decoding of x (no gradient)."""
-        likelihood, _ = self.primary(x, noise=noise)
-        return likelihood.mean
-
-    def forward(self, x: torch.Tensor, noise=None):
-        """Training pass of the secondary: (likelihood, secondary draws, x_hat).
+    def posterior_pass(self, x: torch.Tensor, noise=None):
+        """(the secondary's likelihood, its draws) given x_hat of the primary's posterior pass.
 
         ``noise``: per-layer standard normal draws, primary layers first (latent_shapes()).
         """
+        likelihood, draws, _ = self._stages(x, noise)
+        return likelihood, draws
+
+    def forward(self, x: torch.Tensor, noise=None, generator=None) -> Terms:
+        """Training pass of the secondary: its :class:`~vaeprobe.models.terms.Terms` (the rate
+        is the secondary's; ``stage_rates`` has both stages', the frozen primary's from the
+        pass that gives x_hat anyway). ``noise`` as for :meth:`posterior_pass`."""
+        likelihood, draws, primary_draws = self._stages(x, noise)
+        with torch.no_grad():
+            primary_rate = sum(d.kl.float().flatten(1).sum(1) for d in primary_draws)
+        result = terms(likelihood, draws, x, generator)
+        result.stage_rates = dict(secondary=result.rate, primary=primary_rate)
+        return result
+
+    def _stages(self, x: torch.Tensor, noise=None):
+        """(secondary likelihood, secondary draws, primary draws); the primary without
+        gradient."""
         n_primary = len(self.primary.decoder_layers)
         noise = [None] * len(self.latent_shapes()) if noise is None else noise
-        x_hat = self.primary_mean(x, noise[:n_primary])
-        likelihood, draws = self.secondary(x, condition=x_hat, noise=noise[n_primary:])
-        return likelihood, draws, x_hat
+        with torch.no_grad():
+            primary, primary_draws = self.primary.posterior_pass(x, noise=noise[:n_primary])
+        likelihood, draws = self.secondary.posterior_pass(x, condition=primary.mean,
+                                                          noise=noise[n_primary:])
+        return likelihood, draws, primary_draws

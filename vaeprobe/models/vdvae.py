@@ -353,7 +353,8 @@ class VDVAE(nn.Module):
         With ``contexts`` (:meth:`posterior_contexts`, one row per draw) z comes from the
         posterior (``q_mean + q_std * noise``, or ``q_mean`` with ``posterior_mean``); else from
         the prior (``p_mean + temperature * p_std * noise``), unless ``zs`` gives z per layer
-        (``None`` entries: drawn from the prior given the layers above).
+        (``None`` entries: drawn from the prior given the layers above; with ``contexts``, the
+        posterior's parameters are then evaluated at the given z).
         Each draw is a dict of p_mean, p_logstd, z and, from the posterior, q_mean, q_logstd.
         """
         reference = self.decoder.gain
@@ -368,7 +369,10 @@ class VDVAE(nn.Module):
             if contexts is not None:
                 q_mean, q_logstd = block.posterior(h, contexts[index])
                 draw.update(q_mean=q_mean, q_logstd=q_logstd)
-                z = q_mean if posterior_mean else q_mean + torch.exp(q_logstd) * noise[index]
+                if zs is not None and zs[index] is not None:  # the posterior at a given z
+                    z = zs[index]
+                else:
+                    z = q_mean if posterior_mean else q_mean + torch.exp(q_logstd) * noise[index]
             elif zs is not None and zs[index] is not None:
                 z = zs[index]
             else:

@@ -6,6 +6,7 @@ draw on, ``save_figure`` writes a PNG atomically), never the private modules.
 """
 
 from vaeprobe.plot._audit import audit_page, audit_progressive_previews, audit_section
+from vaeprobe.plot._bits import compare_page, compress, information, rate_distortion_models
 from vaeprobe.plot._common import axes, save_figure
 from vaeprobe.plot._images import image_grid, sample_grid
 from vaeprobe.plot._paper import (
@@ -22,7 +23,7 @@ from vaeprobe.plot._rate import iwae_convergence, rate
 from vaeprobe.plot._spectrum import high_frequency, pca, spectrum, training_curves
 
 __all__ = ["against_distortion", "audit_page", "audit_progressive_previews", "audit_section",
-           "axes", "bars", "bits_by_stage", "high_frequency", "image_grid", "image_rows",
-           "iwae_convergence", "pca", "rate", "rate_by_stage", "rate_distortion", "sample_grid",
-           "sample_quality", "save_figure", "spectrum", "training_comparison",
-           "training_curves"]
+           "axes", "bars", "bits_by_stage", "compare_page", "compress", "high_frequency",
+           "image_grid", "image_rows", "information", "iwae_convergence", "pca", "rate",
+           "rate_by_stage", "rate_distortion_models", "rate_distortion", "sample_grid",
+           "sample_quality", "save_figure", "spectrum", "training_comparison", "training_curves"]

@@ -1,0 +1,177 @@
+"""``vaeprobe information``, ``compress``, ``decompress`` and ``compare``: the subcommands of
+:mod:`vaeprobe.cli` over :mod:`vaeprobe.information`, :mod:`vaeprobe.compress` and
+:mod:`vaeprobe.compare`, their defaults read from the functions' signatures."""
+
+from __future__ import annotations
+
+
+def _cmd_information(args) -> int:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _finish, _load
+
+    ds = vp.information(_load(args), args.data, n_images=args.n_images,
+                        batch_size=args.batch_size, seed=args.seed)
+    print(f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]")
+    for index in range(ds.sizes["layer"]):
+        row = ds.isel(layer=index)
+        print(f"{str(row['name'].values):<24} {float(row.rate):>10.3f} "
+              f"{float(row.mutual_information):>13.3f} {float(row.marginal_kl):>12.3f}")
+    print(f"rate {float(ds.total_rate):.3f} = I(x; z) {float(ds.total_mutual_information):.3f}"
+          f" ± {float(ds.total_mutual_information_se):.3f} + marginal KL "
+          f"{float(ds.total_marginal_kl):.3f} ± {float(ds.total_marginal_kl_se):.3f} nats "
+          f"(log N ceiling {float(ds.attrs['log_n_ceiling']):.3f}; identity holds: "
+          f"{'yes' if int(ds.attrs['identity_holds']) else 'NO'})")
+    if "total_correlation" in ds:
+        print(f"total correlation {float(ds.total_correlation):.3f}, dimension-wise KL "
+              f"{float(ds.dimension_wise_kl):.3f} nats")
+    return _finish(ds, args, vp.plot.information)
+
+
+def _add_information(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _model_command
+
+    parser, _ = _model_command(
+        sub, "information", vp.information, "rate split into I(x; z) and the marginal KL "
+        "KL(q(z) || p(z)) per layer (one-layer models: total correlation, dimension-wise KL)",
+        "vaeprobe information runs/demo --data patches32:test --n-images 500 --plot info.png")
+    parser.set_defaults(run=_cmd_information)
+
+
+def _cmd_compress(args) -> int:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _finish, _load
+
+    args.device = args.device or "cpu"  # the coder runs on the CPU (bit-identical PMFs)
+    ds = vp.compress(_load(args), args.data, n_images=args.n_images, latent_bits=args.latent_bits,
+                     seed=args.seed, out=args.file, verify=not args.no_verify)
+    n = int(ds.attrs["n_images"])
+    print(f"{n} images: coded {float(ds.coded_bpd):.4f} ± {float(ds.coded_bpd_se):.4f} bits/dim "
+          f"vs -ELBO {float(ds.elbo_bpd):.4f} ± {float(ds.elbo_bpd_se):.4f} at the same "
+          f"discretization ({args.latent_bits} bits per latent element); overhead "
+          f"{100 * float(ds.overhead_fraction):+.2f}% (coder alone "
+          f"{100 * float(ds.coder_overhead_fraction):+.2f}%); initial bits "
+          f"{int(ds.initial_bits)} (not counted above)")
+    verdict = ("exact" if int(ds.attrs["round_trip"]) else
+               "not checked (--no-verify)" if args.no_verify else "FAILED")
+    print(f"encode {float(ds.encode_images_per_second):.1f} images/s, decode "
+          f"{float(ds.decode_images_per_second):.1f} images/s (one CPU thread); round trip: "
+          f"{verdict}")
+    if args.file:
+        print(f"wrote {args.file} ({int(ds.file_bits) // 8} bytes of stack + header)")
+    return _finish(ds, args, vp.plot.compress)
+
+
+def _add_compress(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import (
+        CHECKPOINT_HELP,
+        _ApiArguments,
+        _common,
+        _load_arguments,
+        _subparser,
+    )
+
+    parser = _subparser(
+        sub, "compress", "lossless bits-back ANS coding of images with the model: real coded "
+        "bits/dim beside the -ELBO, a .vpbb file",
+        "vaeprobe compress runs/demo --data patches32:test --n-images 100 --file test.vpbb")
+    api = _ApiArguments(parser, vp.compress, load=vp.load)
+    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--data", required=True, help="the images to code, e.g. "
+                        "patches32:test")
+    api.add("--n-images", type=int, help="code a seeded random subset of this many images")
+    api.add("--latent-bits", type=int, units="bits", help="bins per latent element: "
+            "2^latent_bits of equal prior mass")
+    api.add("--seed", type=int, help="seeds the subset and the initial random bits")
+    parser.add_argument("--file", default=None, help="write the compressed images here (.vpbb;"
+                        " `vaeprobe decompress` reads it; default: not written)")
+    parser.add_argument("--no-verify", action="store_true", help="skip decoding the chain "
+                        "again (no round-trip check, no decode speed)")
+    _load_arguments(parser, api)
+    _common(parser)
+    parser.set_defaults(run=_cmd_compress)
+
+
+def _cmd_decompress(args) -> int:
+    import numpy as np
+
+    import vaeprobe as vp
+    from vaeprobe import io
+
+    if args.images:
+        io.check_writable(args.images, "--images")
+    images = vp.decompress(args.file, args.model)
+    print(f"decoded {images.shape[0]} images of shape {tuple(images.shape[1:])} from "
+          f"{args.file}")
+    if args.images:
+        with io.atomic_path(args.images, suffix=".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, images=images.numpy())
+        print(f"wrote {args.images} (read it back as data npz:{args.images})")
+    return 0
+
+
+def _add_decompress(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _ApiArguments, _subparser
+
+    parser = _subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
+                        "compress` (bit-exact images)",
+                        "vaeprobe decompress test.vpbb --model runs/demo --images test.npz")
+    parser.add_argument("file", help="a .vpbb file")
+    api = _ApiArguments(parser, vp.decompress)
+    api.add("--model", param="source", help="the model it was coded with (a run directory or "
+            "checkpoint); another model is refused")
+    parser.add_argument("--images", default=None, help="write the images here as .npz "
+                        "(array 'images', uint8 N x C x H x W; default: not written)")
+    parser.set_defaults(run=_cmd_decompress)
+
+
+def _cmd_compare(args) -> int:
+    import vaeprobe as vp
+
+    ds = vp.compare(args.sources, args.data, n_images=args.n_images, seed=args.seed,
+                    information=not args.no_information,
+                    information_images=args.information_images, out=args.out_dir,
+                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk)
+    from vaeprobe.compare import COLUMNS
+
+    table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
+    print(table.dropna(axis=1, how="all").to_string(float_format="%.4g"))
+    for sentence in filter(None, str(ds.attrs.get("warning", "")).split("; ")):
+        print(f"WARNING: {sentence}")
+    reused = [str(m) for m in ds["model"].values[ds["audit_reused"].values == 1]]
+    print(f"audits reused: {', '.join(reused) or 'none'}")
+    if args.out_dir:
+        print(f"wrote {args.out_dir}/compare.nc, compare.png, compare.html")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import _ApiArguments, _subparser
+
+    parser = _subparser(
+        sub, "compare", "several models (or saved audits) side by side: one table and one "
+        "page (rate, distortion, PSNR/SSIM/LPIPS, bits/dim, information split, latent scale, "
+        "rate-distortion figure with gamma)",
+        "vaeprobe compare runs/gamma1 runs/gamma2 runs/gamma4 --data digits8:test --out cmp")
+    api = _ApiArguments(parser, vp.compare)
+    parser.add_argument("sources", nargs="+", help="run directories, checkpoints, model "
+                        "folders or saved audits (a folder with audit.nc)")
+    parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
+    api.add("--n-images", type=int, units="images", help="a seeded subset for the audits run")
+    api.add("--seed", type=int, help="seeds the subset and every draw")
+    api.add("--information-images", type=int, units="images", help="images of the "
+            "information split (its cost grows as their square)")
+    parser.add_argument("--no-information", action="store_true", help="skip the information "
+                        "split (default: computed where the model's latents are Gaussian)")
+    api.add("--feature-extractor", help="rFID network of the audits run")
+    api.add("--lpips-trunk", help="LPIPS network of the audits run (alexnet, or "
+            "random-TEST-ONLY: a flagged stand-in)")
+    parser.add_argument("--out", dest="out_dir", default=None, help="a folder for compare.nc, "
+                        "compare.png, compare.html and the audits run (default: not written)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 "
+                        "= OMP_NUM_THREADS when set, else the usable cores; said on stderr)")
+    parser.set_defaults(run=_cmd_compare)
