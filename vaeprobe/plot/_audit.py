@@ -206,13 +206,23 @@ DEFAULT_PANELS = {"model_card": "audit_card", "bits": "audit_bits",
                   "precision": "audit_precision"}
 
 
-def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None = None):
-    import vaeprobe.plot as plot
+def _plot_function(name: str):
+    """The public plot function called ``name`` (it lives in one of the plot modules)."""
+    import sys
 
+    from vaeprobe.plot import _bits, _paper, _quality, _rate, _spectrum
+
+    for module in (sys.modules[__name__], _rate, _bits, _spectrum, _quality, _paper):
+        if not name.startswith("_") and callable(getattr(module, name, None)):
+            return getattr(module, name)
+    return None
+
+
+def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None = None):
     if ds.attrs.get("status") != "ok":
         return audit_status(ds, ax, title=name)
     function = {**DEFAULT_PANELS, **(panels or {})}.get(name)
-    draw = getattr(plot, function, None) if function else None
+    draw = _plot_function(function) if function else None
     if draw is None:
         return audit_status(ds, ax, title=name)
     draw(ds, ax=ax)
