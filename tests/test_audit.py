@@ -610,3 +610,16 @@ def test_disentangling_vae_mnist_models_show_ten_dimensions_and_their_active_cou
     assert found["VAE_mnist"][0] == pytest.approx(19, abs=2) and found["VAE_mnist"][1] == 10
     assert found["btcvae_mnist"][0] == pytest.approx(9, abs=1.5)
     assert found["btcvae_mnist"][1] == 8
+
+
+@pytest.mark.skipif(not DIFFUSERS.is_dir(), reason="the diffusers fixture comes with the "
+                    "adapters (tests/fixtures/diffusers)")
+def test_precision_of_a_convolutional_model_runs_on_a_crop_and_reads_force_upcast():
+    probe = vp.load(DIFFUSERS, device="cpu")
+    ds = numerical_health(probe, "patches16:test", n_images=4, progress=False, cpu_crop=8,
+                          cpu_slowdown_limit=math.inf)
+    assert ds.attrs["measured_on"] == "1 image(s) on CPU, a 8x8 centre crop"
+    assert json.loads(ds.attrs["dtypes_run"]) == ["bfloat16", "float16"]
+    assert int(ds.attrs["declared_force_upcast"]) == 1  # diffusers' default config
+    assert ds.attrs["force_upcast_vs_prediction"].startswith("declares upcasting")
+    assert int((ds["nan_count"] + ds["inf_count"]).sum()) == 0
