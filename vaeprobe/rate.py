@@ -151,15 +151,12 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
     totals = distributed.merge(totals)
-    layer, channel, distortion, total, log_px, elbo = (
-        totals.layer, totals.channel, totals.distortion, totals.total, totals.log_px,
-        totals.elbo)
+    ds = _rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+                       active_threshold)
     kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
-    said = totals.said
-    ds = _rate_dataset(probe, layer, channel, distortion, total, active_threshold)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
-    if log_px.n:
-        ds = ds.assign(_reconstruction_terms(log_px, elbo, image_dims(probe),
+    if totals.log_px.n:
+        ds = ds.assign(_reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
                                              probe.likelihood_kind, probe.n_bits))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
@@ -172,7 +169,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                             active_threshold=active_threshold, posterior=posterior,
                             likelihood_kind=probe.likelihood_kind)
     bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
-    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + said)
+    ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + totals.said)
     return ds
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from vaeprobe import io
-from vaeprobe.io import check_state_dict  # noqa: F401 (the adapters take it from here)
 from vaeprobe.probe import UndefinedAnalysisError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")

@@ -26,8 +26,9 @@ from pathlib import Path
 from torch import nn
 
 from vaeprobe import io
-from vaeprobe.adapters._common import check_state_dict, file_source, read_tensors
+from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.module import ModuleProbe
+from vaeprobe.io import check_state_dict
 
 CONFIG, WEIGHTS = "model_config.json", "model.pt"
 PICKLED_NETWORKS = ("encoder.pkl", "decoder.pkl")
