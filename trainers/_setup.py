@@ -13,7 +13,7 @@ from trainers.objectives import objectives
 from vaeprobe import io
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
 from vaeprobe.models.families import load_model
-from vaeprobe.run import Run
+from vaeprobe.run import LOCK_NAME, Run
 
 
 def prepare_run_dir(config: TrainConfig) -> Run:
@@ -29,7 +29,7 @@ def prepare_run_dir(config: TrainConfig) -> Run:
         if changed:
             raise TrainingError(f"refusing to resume {out}: its config differs in "
                                 f"{json.dumps(changed)} (stored, requested)")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise TrainingError(f"{out} exists and is not an empty vaeprobe run directory; choose "
                             f"another --out (nothing was overwritten)")
     return run

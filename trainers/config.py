@@ -62,6 +62,8 @@ class TrainConfig:
     resume: bool = _help("continue the run in --out from its latest checkpoint", False)
 
     def __post_init__(self):
+        self._check_types()
+        self._check_numbers()
         if self.objective not in objectives:  # the registry now: one registered after import
             raise ValueError(f"objective must be one of {tuple(objectives)}, got "
                              f"{self.objective!r}")
@@ -89,6 +91,42 @@ class TrainConfig:
                              f"preset's), got {self.likelihood!r}")
         if not 0 < self.lambda_init < 1:
             raise ValueError(f"lambda_init must be in (0, 1), got {self.lambda_init}")
+
+    def _check_types(self) -> None:
+        """Every field of its declared type (an edited config.json or a Python caller may
+        give a string for a number); ints are accepted where floats are declared."""
+        for item in dataclasses.fields(self):
+            kind = item.type if isinstance(item.type, type) else eval(item.type)  # noqa: S307
+            value = getattr(self, item.name)
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, (int, float)) and not isinstance(value, bool)
+                  if kind is float else
+                  isinstance(value, int) and not isinstance(value, bool) if kind is int else
+                  isinstance(value, kind))
+            if not ok:
+                raise ValueError(f"{item.name} must be {kind.__name__}, got "
+                                 f"{type(value).__name__} {value!r}"[:200])
+
+    # float fields: (low, high, low open, high open); every one must also be finite
+    RANGES = {
+        "sigma": (0.0, None, True, False), "gamma": (0.0, None, True, False),
+        "beta": (0.0, None, False, False), "lr": (0.0, None, True, False),
+        "lambda_lr": (0.0, None, True, False), "sigma_lr": (0.0, None, True, False),
+        "lambda_init": (0.0, 1.0, True, True), "ema_rate": (0.0, 1.0, False, True),
+        "grad_clip": (0.0, None, True, False), "skip_threshold": (0.0, None, True, False),
+        "max_skip_fraction": (0.0, 1.0, True, False),
+    }
+
+    def _check_numbers(self) -> None:
+        """Every float flag finite and in its range, named with its flag."""
+        from vaeprobe.validate import finite
+
+        for name, (low, high, low_open, high_open) in self.RANGES.items():
+            finite(getattr(self, name), "--" + name.replace("_", "-"), low=low, high=high,
+                   low_open=low_open, high_open=high_open)
+        for name in ("seed", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,7 +247,12 @@ def make(**values) -> TrainConfig:
     if stored is not None:
         merged = {k: v for k, v in stored.items() if k in known}
         merged.update(values)
-        return TrainConfig(**merged)
+        try:
+            return TrainConfig(**merged)
+        except ValueError as error:
+            raise ValueError(f"{error} (the stored config of "
+                             f"{values.get('out', TrainConfig.out)}/config.json with the flags "
+                             f"given; was the file edited?)") from None
     preset = values.get("preset", TrainConfig.preset)
     merged = dict(PRESETS.get(preset, {}))
     merged.update(values)
@@ -220,7 +263,8 @@ def _stored_config(values: dict) -> dict | None:
     """The training config stored in the run directory ``values['out']`` names, or None."""
     from vaeprobe.run import Run
 
+    run = Run(values.get("out", TrainConfig.out))
     try:
-        return Run(values.get("out", TrainConfig.out)).config
-    except (OSError, ValueError):
+        return run.config
+    except OSError:
         return None

@@ -159,10 +159,13 @@ class Trainer:
         if not skip:
             self.optimizer.step()
             self.update_ema()
+            self.check_finite(result["loss"])
+        self._count_nonfinite_loss(result["loss"])
         if self.objective.target is not None:
-            objectives.lambda_step(self.lam, self.lambda_optimizer,
-                                   all_mean(result["distortion"], self.world),
-                                   getattr(self.config, self.objective.target))
+            distortion = all_mean(result["distortion"], self.world)
+            if bool(torch.isfinite(distortion.detach()).all()):  # NaN would poison lambda
+                objectives.lambda_step(self.lam, self.lambda_optimizer, distortion,
+                                       getattr(self.config, self.objective.target))
         self.count_skip(skip)
         return result
 
@@ -177,6 +180,37 @@ class Trainer:
                 f"skipped (gradient norm NaN or above --skip-threshold "
                 f"{self.config.skip_threshold}); the model is not learning. Lower --lr or "
                 f"raise --skip-threshold")
+
+    def _count_nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """A non-finite loss skips its update (its gradient is not finite either); after
+        NONFINITE_LOSS_PATIENCE in a row training stops: the weights give NaN on every batch."""
+        finite = bool(torch.isfinite(loss.detach()))
+        self.nonfinite_losses = 0 if finite else getattr(self, "nonfinite_losses", 0) + 1
+        if self.nonfinite_losses >= NONFINITE_LOSS_PATIENCE:
+            raise TrainingError(
+                f"the loss has been non-finite (NaN or inf) for {self.nonfinite_losses} steps in "
+                f"a row (to step {self.step + 1}): the weights overflowed (--lr "
+                f"{self.config.lr:g}). Those updates were skipped and no checkpoint was written "
+                f"since; start again with a lower --lr")
+
+    @torch.no_grad()
+    def check_finite(self, loss: torch.Tensor | None = None) -> None:
+        """Stop with a TrainingError when the weights or their EMA (parameters and buffers,
+        e.g. a calibrated decoder sigma) or lambda hold NaN or inf: an update that overflowed,
+        which nothing later can recover and no checkpoint may keep."""
+        for name, module in (("weights", self.model), ("EMA weights", self.ema),
+                             ("Lagrange multiplier", {"lam": self.lam})):
+            state = module.state_dict() if isinstance(module, torch.nn.Module) else module
+            params = [p.detach() for p in state.values() if p.is_floating_point()]
+            if params and not bool(torch.isfinite(torch.stack(
+                    torch._foreach_norm(params, float("inf")))).all()):
+                loss_said = "" if loss is None else f" (loss {float(loss):.4g})"
+                raise TrainingError(
+                    f"the {name} became non-finite (NaN or inf) at step {self.step + 1}"
+                    f"{loss_said}: the update overflowed (--lr {self.config.lr:g}, --ema-rate "
+                    f"{self.config.ema_rate:g}). No checkpoint was written with them; the "
+                    f"latest checkpoint in {self.out} is the last good one. Start again with a "
+                    f"lower --lr")
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -219,6 +253,7 @@ class Trainer:
         if self.rank != 0:
             return
         self.calibrate_sigma()
+        self.check_finite()  # never write a non-finite checkpoint
         self.directory.save_checkpoint(self.step, family=family_of(self.model),
                                        config=config_of(self.model),
                                        state_dict=self.model.state_dict(),
@@ -230,7 +265,7 @@ class Trainer:
         if not found:  # killed before its first checkpoint: start afresh, drop its log lines
             self._truncate_metrics()
             return
-        payload = io.read_checkpoint(found[-1][1])
+        payload = self._last_good_checkpoint(found)
         state = payload["trainer_state"]
         self.model.load_state_dict(payload["state_dict"])
         self.ema.load_state_dict(payload["ema_state_dict"])
@@ -241,6 +276,25 @@ class Trainer:
         self.skipped, self.step = state["skipped"], payload["step"]
         self.recent_skips.extend(state["recent_skips"])
         self._truncate_metrics()  # noise is keyed by (seed, step, example): no RNG to restore
+
+    def _last_good_checkpoint(self, found: list) -> dict:
+        """The payload of the latest readable checkpoint; an unreadable later one (truncated by
+        a crash or a full disk) is named and skipped."""
+        for number, (step, path) in enumerate(reversed(found)):
+            try:
+                payload = io.read_checkpoint(path)
+                if not payload.get("trainer_state") or not payload.get("ema_state_dict"):
+                    raise io.CheckpointError(f"{path} has no trainer state to resume from")
+                if number and self.rank == 0:
+                    print(f"trainers.train: resuming from the previous good checkpoint {path} "
+                          f"(step {step})", file=sys.stderr)
+                return payload
+            except io.CheckpointError as error:
+                if self.rank == 0:
+                    print(f"trainers.train: skipping the checkpoint of step {step}: {error}",
+                          file=sys.stderr)
+        raise TrainingError(f"no readable checkpoint to resume in {self.out} (tried "
+                            f"{', '.join(p.name for _, p in found)}); start a new run")
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from: they will be redone."""
@@ -260,6 +314,20 @@ class Trainer:
 
     # -- main ---------------------------------------------------------------------------------
     def run(self) -> Path:
+        """Train, holding the run directory's lock: a second trainer on the same --out
+        refuses (``vaeprobe.run.RunBusyError``); a dead trainer's stale lock is taken over."""
+        if self.rank != 0:
+            return self._run()
+        said = self.directory.lock()
+        try:
+            if said not in ("taken", "held"):
+                print(f"trainers.train: {self.out}: {said}", file=sys.stderr)
+            prepare_run_dir(self.config)  # again, under the lock: no other run slipped in
+            return self._run()
+        finally:
+            self.directory.unlock()
+
+    def _run(self) -> Path:
         self.write_config()
         if self.config.resume:
             self.restore()
@@ -342,6 +410,7 @@ def summary(terms, loss: torch.Tensor, dims: int) -> dict:
                 stage_rates=terms.stage_rates)
 
 
+NONFINITE_LOSS_PATIENCE = 10  # non-finite losses in a row before training stops
 CALIBRATION_IMAGES = 256  # training images that set an optimal head's sigma at each save
 
 

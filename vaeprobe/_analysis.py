@@ -138,3 +138,28 @@ def with_warnings(attrs: dict, said: list[str]) -> dict:
     previous = attrs.get("warning", "")
     attrs["warning"] = "; ".join([previous] * bool(previous) + said)
     return attrs
+
+
+def flag_nonfinite(ds, names=None):
+    """Say in ``attrs`` which variables (of ``names``, default all) hold NaN or inf, so that no
+    NaN passes unnoticed: ``attrs["nonfinite"]`` (JSON {variable: count}, "{}" when none) and
+    one ``warning`` sentence per variable. Returns ``ds`` (changed in place)."""
+    import json
+
+    import numpy as np
+
+    if "nonfinite" in ds.attrs:  # already flagged
+        return ds
+    counts = {}
+    for name, variable in ds.data_vars.items():
+        if variable.dtype.kind in "fc" and (names is None or name in names):
+            bad = int(np.count_nonzero(~np.isfinite(variable.values)))
+            if bad:
+                counts[str(name)] = bad
+    ds.attrs["nonfinite"] = json.dumps(counts, sort_keys=True)
+    said = [f"{name} holds {bad} NaN or infinite value(s) of {ds[name].size}: the model's "
+            f"numbers overflowed or its weights are not finite, so {name} means nothing"
+            for name, bad in counts.items()]
+    if said:
+        ds.attrs.update(with_warnings(dict(ds.attrs), said))
+    return ds

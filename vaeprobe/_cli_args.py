@@ -23,6 +23,7 @@ NONE_MEANS = {
     "lpips_weights": "found in $VAEPROBE_WEIGHTS_DIR or the torch hub cache",
     "spectrum_distortion": "none: no PCA spectrum",
     "root": "none",
+    "max_memory": "$VAEPROBE_MAX_MEMORY, else half the available memory",
     "source": "the checkpoint path the compressed file names",
 }
 
@@ -84,6 +85,10 @@ def _common(parser, *, out: bool = True, plot: bool = True) -> None:
     if plot:
         parser.add_argument("--plot", default=None, help="write a PNG figure here (default: "
                             "not drawn)")
+    if out or plot:
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing "
+                            "--out / --plot file that is not a vaeprobe result (default: "
+                            "refuse; vaeprobe's own results are replaced)")
 
 
 # ---- opening a model ------------------------------------------------------------------------
@@ -106,6 +111,15 @@ def _load_arguments(parser, api: _ApiArguments) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
                         "(formats with EMA weights; default: EMA weights)")
     api.add("--device", of="load", help="cpu, cuda or cuda:N")
+    _safety_arguments(parser, api)
+
+
+def _safety_arguments(parser, api: _ApiArguments) -> None:
+    """--max-memory and --allow-nonfinite: what an untrusted model may ask for."""
+    api.add("--max-memory", of="load", help="refuse a model whose weights plus one image's "
+            "activations would need more memory than this (e.g. 16GB), checked before building")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="open weights that "
+                        "hold NaN or inf values, with a warning (default: refuse them)")
 
 
 def _options(pairs: list[str]) -> dict:
@@ -132,7 +146,9 @@ def _load(args, path=None):
     options = _options(args.option)
     if args.no_ema:
         options["ema"] = False
-    return vp.as_probe(path or args.checkpoint, args.format, device=args.device, **options)
+    return vp.as_probe(path or args.checkpoint, args.format, device=args.device,
+                       max_memory=getattr(args, "max_memory", None),
+                       allow_nonfinite=getattr(args, "allow_nonfinite", False), **options)
 
 
 def _model_command(sub, name: str, function, help: str, example: str) -> tuple:
@@ -159,15 +175,18 @@ def _finish(ds, args, draw) -> int:
     """After the summary: warnings, then the Dataset and the figure when asked. A failed write
     is named and the other output still written; the exit status is then 1."""
     from vaeprobe import distributed, io
+    from vaeprobe._analysis import flag_nonfinite
     from vaeprobe.plot import save_figure
 
     if not distributed.is_main():  # under torchrun every rank has the Dataset; rank 0 writes
         return 0
+    flag_nonfinite(ds)
     if ds.attrs.get("warning"):
         for sentence in str(ds.attrs["warning"]).split("; "):
             print(f"WARNING: {sentence}")
     failed = []
-    for path, write in ((args.out, lambda: io.save(ds, args.out)),
+    overwrite = {"overwrite": True} if getattr(args, "overwrite", False) else {}
+    for path, write in ((args.out, lambda: io.save(ds, args.out, **overwrite)),
                         (args.plot, lambda: save_figure(draw(ds), args.plot))):
         if not path:
             continue
@@ -181,16 +200,56 @@ def _finish(ds, args, draw) -> int:
         print(f"vaeprobe {args.command}: could not write {', '.join(failed)}; the results "
               f"above were computed but not saved there", file=sys.stderr)
         return 1
-    return 0
+    return _headline_status(ds, args.command)
+
+
+# the number each command reports first; NaN there makes the exit status NAN_EXIT
+HEADLINES = {"rate": "total_rate", "iwae": "bpd_mean", "samples": "fid", "quality": "fid",
+             "spectrum": "high_frequency_fraction", "pca": "total_variance"}
+NAN_EXIT = 3
+
+
+def _headline_status(ds, command: str) -> int:
+    """0, or :data:`NAN_EXIT` (said on stderr) when the command's headline number is NaN."""
+    import numpy as np
+
+    name = HEADLINES.get(command)
+    if name not in ds or ds[name].dtype.kind not in "fc" or np.isfinite(ds[name].values).all():
+        return 0
+    print(f"vaeprobe {command}: error: the result {name} is not a number (NaN or inf); see the "
+          f"WARNING lines above (exit status {NAN_EXIT})", file=sys.stderr)
+    return NAN_EXIT
 
 
 def _check_outputs(args) -> None:
-    """Every output path of the command, checked before any work."""
+    """Every output path of the command, checked before any work: never one of its inputs (the
+    model's files, its run directory's checkpoints and config, a data file), an existing file
+    replaced only when it is a vaeprobe result (or --overwrite), and writable."""
     from vaeprobe import io
 
+    inputs = _input_paths(args)
     for flag in ("out", "plot", "preview"):
         if getattr(args, flag, None):
-            io.check_writable(getattr(args, flag), f"--{flag}")
+            io.check_output(getattr(args, flag), f"--{flag}", inputs=inputs,
+                            overwrite=getattr(args, "overwrite", False))
+
+
+def _input_paths(args) -> list:
+    """The paths a command reads: its model (file and folder) and data given as paths."""
+    from pathlib import Path
+
+    found = []
+    for name in ("checkpoint", "source", "data", "reference", "name", "primary"):
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or not value:
+            continue
+        scheme, sep, rest = value.partition(":")
+        path = Path(rest if sep and scheme in ("npz", "folder") else value)
+        if path.exists():
+            found.append(path)
+        if path.is_file() and path.suffix in (".pt", ".safetensors", ".th"):
+            found.append(path.parent)  # the run directory or model folder of a checkpoint
+    return found
 
 
 def _say_threads(args) -> None:

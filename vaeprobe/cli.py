@@ -31,6 +31,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     _load_arguments,
     _model_command,
     _options,
+    _safety_arguments,
     _say_threads,
     _show,
     _subparser,
@@ -292,11 +293,13 @@ def _add_weights(sub) -> None:
 # ---- spectrum -------------------------------------------------------------------------------
 def _cmd_spectrum(args) -> int:
     import vaeprobe as vp
+    from vaeprobe.validate import load_policy
 
-    source = _spectrum_source(args)
-    ds = vp.spectrum(source, args.data, n_images=args.n_images, window=args.window,
-                     channels=args.channels, cutoff=args.cutoff, batch_size=args.batch_size,
-                     seed=args.seed, device=args.device)
+    with load_policy(max_memory=args.max_memory, allow_nonfinite=args.allow_nonfinite):
+        source = _spectrum_source(args)  # every checkpoint of a run opened under the limits
+        ds = vp.spectrum(source, args.data, n_images=args.n_images, window=args.window,
+                         channels=args.channels, cutoff=args.cutoff,
+                         batch_size=args.batch_size, seed=args.seed, device=args.device)
     columns = [c for c in ("distortion", "rate", "high_frequency_fraction",
                            "high_frequency_fraction_se") if c in ds]
     if "step" in ds.dims:
@@ -355,6 +358,7 @@ def _add_spectrum(sub) -> None:
                         help="a format option of a single model, repeatable (default: none)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
                         "of a single model (default: EMA weights)")
+    _safety_arguments(parser, api)
     api.add("--device", help="cpu, cuda or cuda:N")
     _common(parser)
     parser.set_defaults(run=_cmd_spectrum)

@@ -222,9 +222,10 @@ def dataset_identity(dataset: Dataset) -> str:
 
 def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
     """Indices of ``n_images`` images drawn without replacement by ``seed``, sorted (None: all)."""
+    from vaeprobe.validate import positive_int
+
     total = len(dataset)
-    if n_images is not None and n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    positive_int(n_images, "n_images", allow_none=True)
     if n_images is None or n_images >= total:
         if n_images is not None and n_images > total:
             warnings.warn(f"n_images={n_images} but {dataset_name(dataset)!r} has only {total} "

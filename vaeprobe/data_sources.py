@@ -175,7 +175,9 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(self.files[index]) as image:
+        from vaeprobe.validate import read_image  # 16-bit scaled, bombs refused, file named
+
+        with read_image(self.files[index]) as image:
             image = image.convert("L" if self.grey else "RGB")
             if turned(image.size, self.orient):
                 image = image.transpose(Image.Transpose.ROTATE_90)
@@ -263,13 +265,37 @@ def _check_one_size(files: list[Path], orient: str | None, folder: Path) -> None
 def _npz(path: Path) -> ImageTensorDataset:
     if not path.exists():
         raise FileNotFoundError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as stored:
-        if "images" not in stored:
-            raise KeyError(f"{path} has no array named 'images' (found {list(stored.keys())})")
-        images = stored["images"]
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if not hasattr(stored, "keys"):
+                raise ValueError(f"{path} holds a single array, not an .npz archive with an "
+                                 f"'images' array")
+            if "images" not in stored:
+                raise KeyError(f"{path} has no array named 'images' (found "
+                               f"{list(stored.keys())})")
+            images = stored["images"]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib_error()) as error:
+        if isinstance(error, (FileNotFoundError, KeyError)) or str(path) in str(error):
+            raise
+        raise ValueError(f"cannot read npz file {path}: truncated or corrupt ({error})") from None
     if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' is {images.dtype}; vaeprobe reads uint8 (0..255): "
+                         f"convert 16-bit data with np.round(x / 257).astype(np.uint8), floats "
+                         f"in [0, 1] with vaeprobe.data.to_uint8")
+    try:
+        return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), f"npz:{path}")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def zlib_error() -> type:
+    import zlib
+
+    return zlib.error
 
 
 def _callable_as(signature: str):

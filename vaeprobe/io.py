@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vaeprobe import validate
 from vaeprobe._version import __version__
 
 CHECKPOINT_FORMAT = "vaeprobe-checkpoint"
@@ -204,11 +206,69 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
             os.unlink(tmp)
 
 
-def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+# names a run directory or model folder keeps for its inputs: never an output's name there
+_INPUT_NAMES = re.compile(r"^(ckpt_step\d+\.(pt|safetensors)|config\.json|metrics\.jsonl|"
+                          r"model_config\.json|.*\.(pt|pth|th|ckpt|safetensors|bin|pkl))$")
+
+
+def is_result(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file vaeprobe wrote: a netCDF result (``vaeprobe_version`` attr)
+    or a figure (PNG ``Software: vaeprobe``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(b"\x89HDF"):
+            import h5py
+
+            with h5py.File(path, "r") as stored:
+                return "vaeprobe_version" in stored.attrs
+        if head.startswith(b"\x89PNG"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return str(image.info.get("Software", "")).startswith("vaeprobe")
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def check_output(path: str | os.PathLike, what: str = "output", *, inputs=(),
+                 overwrite: bool = False) -> Path:
+    """Check before any work that ``path`` may be written: not one of ``inputs`` (files, or
+    run directories / model folders, whose checkpoints, configs and weights are protected),
+    an existing file replaced only when it is a vaeprobe result or ``overwrite``, and a
+    writable place (:func:`check_writable`). Raises :class:`OutputError` naming the path."""
+    path = Path(path)
+    target = path.resolve()
+    for source in inputs:
+        source = Path(source)
+        if not source.exists():
+            continue
+        resolved = source.resolve()
+        if resolved == target or (resolved.is_dir() and target.is_relative_to(resolved)
+                                  and target.is_dir()):
+            raise OutputError(f"refusing to write {what} {path}: it is an input of this command "
+                              f"({source}); choose another path")
+        folder = resolved if resolved.is_dir() else resolved.parent
+        if target.parent == folder and _INPUT_NAMES.match(target.name):
+            raise OutputError(f"refusing to write {what} {path}: {folder} holds the model being "
+                              f"read and that name is one of its inputs' names (checkpoints, "
+                              f"configs, weights); choose another name")
+    if path.is_file() and not overwrite and not is_result(path):
+        raise OutputError(f"refusing to replace {path} ({what}): it exists and is not a "
+                          f"vaeprobe result; choose another path or pass --overwrite "
+                          f"(overwrite=True)")
+    return check_writable(path, what)
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a results Dataset to netCDF (h5netcdf, gzip), atomically.
 
-    Raises :class:`OutputError` (an ``OSError``) naming ``path`` when it cannot be written;
-    ``ds`` itself is untouched, so it can be saved elsewhere.
+    An existing file is replaced only when it is a vaeprobe result (:func:`is_result`) or
+    with ``overwrite=True``. Raises :class:`OutputError` (an ``OSError``) naming ``path`` when
+    it cannot be written (a full disk included): nothing is left half-written, and ``ds``
+    itself is untouched, so it can be saved elsewhere.
 
     Examples
     --------
@@ -228,9 +288,17 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             encoding[name] = {"compression": "gzip", "compression_opts": 4}
         if variable.dtype == bool:
             ds[name] = variable.astype(np.uint8)
+    if Path(path).is_file() and not overwrite and not is_result(path):
+        raise OutputError(f"refusing to replace {path}: it exists and is not a vaeprobe result; "
+                          f"choose another path or pass overwrite=True")
     try:
         with atomic_path(path, ".nc.tmp") as tmp:
-            ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+            try:
+                ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
+            except (RuntimeError, ValueError) as error:  # h5py's own write failures
+                if not _disk_error(error):
+                    raise
+                raise OSError(errno.ENOSPC, str(error)) from None
     except OutputError as error:
         raise OutputError(f"{error}; nothing was written, the Dataset is unchanged in memory "
                           f"(save it elsewhere)") from None
@@ -275,26 +343,42 @@ def save_checkpoint(path: str | os.PathLike, *, family: str, config: dict, state
         trainer_state=trainer_state,
     )
     with atomic_path(path, ".pt.tmp") as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:  # torch's C++ writer: a full disk is a RuntimeError
+            raise OSError(errno.ENOSPC if _disk_error(error) else errno.EIO,
+                          str(error).splitlines()[0]) from None
     return Path(path)
+
+
+def _disk_error(error: BaseException) -> bool:
+    """Whether a library's error text says the disk is full or the write failed."""
+    text = str(error).lower()
+    return any(words in text for words in ("no space", "disk full", "quota", "errno = 28",
+                                           "failed writing", "can't write", "unable to write",
+                                           "write failed"))
 
 
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    validate.check_file_size(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read safetensors checkpoint {path}: {error}") from None
+        format_version, step = int(metadata.get("format_version", 0)), \
+            int(metadata.get("step", 0))
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
+        raise CheckpointError(f"cannot read safetensors checkpoint {path}: corrupt or "
+                              f"truncated ({str(error)[:200]})") from None
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
     return dict(
-        format=metadata.get("format"), format_version=int(metadata.get("format_version", 0)),
+        format=metadata.get("format"), format_version=format_version,
         family=metadata.get("family"), config_json=metadata.get("config_json", "{}"),
-        state_dict=state, ema_state_dict=ema or None, step=int(metadata.get("step", 0)),
+        state_dict=state, ema_state_dict=ema or None, step=step,
         vaeprobe_version=metadata.get("vaeprobe_version"), trainer_state=None,
     )
 
@@ -314,6 +398,33 @@ def _check_torch_file(path: Path) -> None:
                               f"by vaeprobe's trainer, or a run directory")
 
 
+def load_torch_file(path: Path, what: str = "torch file"):
+    """``torch.load(weights_only=True)`` of an untrusted file, with every failure a
+    :class:`CheckpointError` naming the file.
+
+    Refuses first a torch with a known weights-only bypass
+    (:func:`vaeprobe.validate.require_safe_torch`) and a file that is not a torch archive at
+    all. A pickle that asks for other objects is refused without running anything, and the
+    message never suggests turning the protection off.
+    """
+    validate.require_safe_torch()
+    _check_torch_file(path)
+    validate.check_file_size(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it asks to unpickle {validate.refused_pickle_reason(error)}"
+            f", which could run code. vaeprobe reads tensors and plain containers only and "
+            f"never unpickles arbitrary objects; re-save the weights as a state dict of tensors "
+            f"(or as .safetensors) from code you trust") from None
+    except (EOFError, RuntimeError, OSError, KeyError, IndexError, ValueError, TypeError,
+            AttributeError, MemoryError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot read {what} {path}: truncated, corrupt or not a torch "
+                              f"file ({reason[:200]})") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint without executing anything in it; validate its header.
 
@@ -325,34 +436,59 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.suffix == ".safetensors":
         payload = _read_safetensors(path)
     else:
-        _check_torch_file(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(
-                f"refused to load {path}: it asks to unpickle objects other than tensors and "
-                f"plain containers, which could run code. vaeprobe never unpickles arbitrary "
-                f"objects; re-save the weights as a state dict. ({str(error).splitlines()[0]})"
-            ) from None
-        except (EOFError, RuntimeError, OSError, KeyError, IndexError, ValueError) as error:
-            raise CheckpointError(
-                f"cannot read {path}: truncated or not a torch checkpoint ({error})"
-            ) from None
+        payload = load_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a vaeprobe checkpoint (no format={CHECKPOINT_FORMAT!r} header); for "
             f"third-party weights use a vaeprobe.adapters loader"
         )
-    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has a corrupt vaeprobe header: format_version is "
+                              f"{version!r}, not an integer")
+    if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload['format_version']}; this "
                               f"vaeprobe reads up to {CHECKPOINT_FORMAT_VERSION}: upgrade vaeprobe")
-    payload["config"] = json.loads(payload.pop("config_json"))
+    payload["config"] = _checkpoint_config(payload, path)
     return payload
+
+
+def _checkpoint_config(payload: dict, path: Path) -> dict:
+    """The header of a vaeprobe checkpoint checked (types, not values: those are the family's),
+    and its config decoded; a hand-edited or corrupt header is a CheckpointError naming the
+    key."""
+    def tensors(value) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+    problems = []
+    if not isinstance(payload.get("family"), str):
+        problems.append(f"family is {type(payload.get('family')).__name__}, not a name")
+    if not tensors(payload.get("state_dict")):
+        problems.append("state_dict is not a dict of named tensors")
+    if payload.get("ema_state_dict") is not None and not tensors(payload["ema_state_dict"]):
+        problems.append("ema_state_dict is not a dict of named tensors")
+    step = payload.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        problems.append(f"step is {step!r}, not an integer >= 0")
+    try:
+        config = json.loads(payload.pop("config_json", None) or "null")
+    except (TypeError, ValueError) as error:
+        config = None
+        problems.append(f"config_json is not JSON ({error})")
+    if not isinstance(config, dict):
+        problems.append("config_json does not hold a JSON object")
+    if problems:
+        raise CheckpointError(f"{path} has a corrupt vaeprobe header: {'; '.join(problems)}")
+    return config
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, path: Path) -> None:
     """Raise a CheckpointError listing missing / unexpected keys and shape mismatches."""
     expected = model.state_dict()
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (a dict of named tensors)")
     missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
     unexpected = [f"{k} {tuple(getattr(v, 'shape', ()))}" for k, v in state.items()
                   if k not in expected]
@@ -366,3 +502,4 @@ def check_state_dict(model: torch.nn.Module, state: dict, path: Path) -> None:
                 lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
                              + (" ..." if len(rows) > 10 else ""))
         raise CheckpointError("\n".join(lines))
+    validate.check_weights(state, expected, path)  # floating, finite (unless allowed)

@@ -17,6 +17,7 @@ from vaeprobe._analysis import (
     batches,
     evaluation_set,
     fit_probe,
+    flag_nonfinite,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -152,7 +153,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
                                    ess_mean=float(ds["ess"].mean()), k=k)
     ds.attrs = with_warnings(ds.attrs, said)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def _check_request(probe: Probe, k, chunk: int | None, batch_size: int,

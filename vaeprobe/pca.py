@@ -14,9 +14,10 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import progress_bar, result_attrs
+from vaeprobe._analysis import flag_nonfinite, progress_bar, result_attrs
 from vaeprobe.accumulate import Reducing
 from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
+from vaeprobe.validate import finite
 
 
 class _Covariance(Reducing):
@@ -142,6 +143,10 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     ...     ds.components_needed.sel(order="bottom", target=2))
     True
     """
+    for target in np.atleast_1d(np.asarray(targets, dtype=object)):
+        finite(target, "targets (distortions, sums of squares on [0, 1])", low=0)
+    if spectrum_distortion is not None:
+        finite(spectrum_distortion, "spectrum_distortion", low=0, low_open=True)
     dataset = vdata.as_dataset(_training_data(data))
     indices = vdata.select(dataset, n_images, seed)
     device = torch.device(device or distributed.default_device())
@@ -169,7 +174,7 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
                       cutoff=cutoff, spectrum_distortion=spectrum_distortion,
                       n_spectrum_images=n_spectrum_images)
     ds.attrs = result_attrs("pca_baseline", parameters, None, dataset, len(indices), seed)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def _pca_dataset(values: np.ndarray, ks: np.ndarray, targets) -> xr.Dataset:

@@ -11,6 +11,7 @@ from vaeprobe._analysis import (
     batches,
     evaluation_set,
     fit_probe,
+    flag_nonfinite,
     image_dims,
     interpretation_warnings,
     result_attrs,
@@ -170,7 +171,7 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
                             likelihood_kind=probe.likelihood_kind)
     bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None  # when an ELBO is reported
     ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd) + totals.said)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def resolution_label(size: tuple[int, int]) -> str:

@@ -14,9 +14,11 @@ through it. The checkpoint payload itself (what is inside a ``.pt``) is ``vaepro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,13 @@ LOG_UNITS = {
     "images_per_s": "images/s",
     "threads": "CPU threads per process",
 }
+
+
+LOCK_NAME = ".lock"  # held by the trainer writing the run (host and pid)
+
+
+class RunBusyError(io.OutputError):
+    """Another live process holds the run directory's lock."""
 
 
 def checkpoint_name(step: int, suffix: str = ".pt") -> str:
@@ -124,6 +133,58 @@ class Run:
         """Write the checkpoint of ``step`` (``io.save_checkpoint``'s keywords), atomically."""
         return io.save_checkpoint(self.checkpoint_path(step), step=step, **payload)
 
+    # -- the writer's lock ----------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_NAME
+
+    def lock(self) -> str:
+        """Take the run's lock (``.lock``: host and pid of the writer) for this process.
+
+        A second writer refuses with :class:`RunBusyError`; a lock left by a process that is
+        gone (same host) is taken over. Returns what was done ("taken" or a sentence saying
+        whose stale lock was taken over). Release it with :meth:`unlock`.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        mine = f"{socket.gethostname()} {os.getpid()}\n"
+        said = "taken"
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                host, pid = self._lock_owner()
+                if pid == os.getpid() and host == socket.gethostname():
+                    return "held"
+                if host == socket.gethostname() and pid is not None and not io._pid_alive(pid):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.lock_path)
+                    said = f"took over the stale lock of process {pid}, which is gone"
+                    continue
+                raise RunBusyError(
+                    f"{self.path} is being written by another trainer (process {pid} on "
+                    f"{host}, {self.lock_path}); wait for it to finish or choose another "
+                    f"--out. If that process is gone from another machine, remove "
+                    f"{self.lock_path}") from None
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(mine)
+            return said
+        raise RunBusyError(f"could not take the lock {self.lock_path}: other processes keep "
+                           f"taking it")
+
+    def _lock_owner(self) -> tuple[str, int | None]:
+        try:
+            host, pid = self.lock_path.read_text().split()
+            return host, int(pid)
+        except (OSError, ValueError):
+            return "an unknown host", None
+
+    def unlock(self) -> None:
+        """Release the lock if this process holds it."""
+        host, pid = self._lock_owner()
+        if pid == os.getpid() and host == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lock_path)
+
     # -- the stored config --------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
@@ -133,7 +194,21 @@ class Run:
         """The whole ``config.json`` (train, family, model, versions), or None without one."""
         if not self.config_path.is_file():
             return None
-        return json.loads(self.config_path.read_text())
+        from vaeprobe.validate import ConfigError, json_object
+
+        stored = json_object(self.config_path, "run config")
+        if not isinstance(stored.get("train"), dict):
+            raise ConfigError(f"{self.config_path}: 'train' must be a JSON object of training "
+                              f"settings, got {type(stored.get('train')).__name__}; the file "
+                              f"was edited or is not a vaeprobe run's config")
+        train = stored["train"]
+        for key, kind in (("objective", str), ("data", str), ("gamma", (int, float))):
+            if key in train and (not isinstance(train[key], kind)
+                                 or isinstance(train[key], bool)):
+                raise ConfigError(f"{self.config_path}: train.{key} is "
+                                  f"{type(train[key]).__name__} {train[key]!r}"[:160]
+                                  + "; the file was edited or is corrupt")
+        return stored
 
     @property
     def config(self) -> dict | None:
@@ -160,9 +235,18 @@ class Run:
             return None
         if "distortion_target" in stored:
             target = stored["distortion_target"]
+            if target is not None and (isinstance(target, bool)
+                                       or not isinstance(target, (int, float))):
+                raise ValueError(f"{self.config_path}: distortion_target is {target!r}, not a "
+                                 f"number; the file was edited or is corrupt")
             return None if target is None else float(target)
         train = stored["train"]
-        return None if train.get("objective", "elbo") == "elbo" else float(train["gamma"])
+        if train.get("objective", "elbo") == "elbo":
+            return None
+        if "gamma" not in train:
+            raise ValueError(f"{self.config_path}: a {train['objective']} run's config has no "
+                             f"train.gamma")
+        return float(train["gamma"])
 
     @property
     def data(self) -> str | None:
@@ -195,8 +279,15 @@ class Run:
         if "step" not in row:
             raise ValueError(f"a training-log row needs a 'step', got keys {sorted(row)}")
         line = json.dumps(row) + "\n"
-        with open(self.log_path, "a") as handle:
-            handle.write(line)
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        try:
+            with open(self.log_path, "a") as handle:
+                handle.write(line)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # no torn line left behind (e.g. disk full)
+                os.truncate(self.log_path, size)
+            raise io.OutputError(f"could not append to the training log {self.log_path}: "
+                                 f"{error.strerror or error}") from None
 
     def log_rows(self) -> list[dict]:
         """The training log's rows in file order; a torn last line (a killed writer) is

@@ -25,6 +25,7 @@ from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
 from vaeprobe._deprecate import renamed
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_generators
+from vaeprobe.validate import temperatures
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
 PRIOR_KINDS = ("mean", "stochastic")
@@ -82,6 +83,7 @@ def samples(probe: Probe, n_images: int, *, kind: str = "mean", temperature=1.0,
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     _check_request(kind, n_images, data)
+    temperatures(temperature)  # finite and > 0, before any work
     require(probe, "vp.samples", [kind])
     dataset = indices = None
     if data is not None:
@@ -154,6 +156,7 @@ def sample_batches(probe: Probe, kinds: Sequence[str], n: int, batch_size: int, 
     """
     if return_primary and len(kinds) != 1:
         raise ValueError(f"return_primary needs exactly one kind, got {list(kinds)}")
+    temperatures(temperature)  # each finite and > 0: NaN would draw black images
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     positions = torch.arange(n)

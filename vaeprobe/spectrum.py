@@ -28,6 +28,7 @@ from vaeprobe._analysis import (
     batches,
     evaluation_set,
     fit_probe,
+    flag_nonfinite,
     progress_bar,
     result_attrs,
     squared_error,
@@ -189,7 +190,7 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
                                f"skipped: steps {[item['step'] for item in skipped]}")
     if single is None:
         ds.attrs.pop("checkpoint", None)
-    return ds
+    return flag_nonfinite(ds)
 
 
 def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_size, seed,

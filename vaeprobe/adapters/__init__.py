@@ -10,6 +10,7 @@ options; those without a default are required.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaeprobe import validate
 from vaeprobe.adapters.native import probe_for
 from vaeprobe.models.families import load_model
 from vaeprobe.probe import Probe
@@ -183,8 +185,8 @@ def _describe(value) -> str:
     return f"<{type(value).__module__}.{type(value).__name__}>"
 
 
-def load(path: str | os.PathLike, format: str | None = None, *, device=None, **options
-         ) -> Probe:
+def load(path: str | os.PathLike, format: str | None = None, *, device=None,
+         max_memory=None, allow_nonfinite: bool = False, **options) -> Probe:
     """Open a checkpoint of any registered format as a Probe.
 
     The format is chosen first (``format``, or sniffed from the files), then its opener
@@ -203,10 +205,27 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
         One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
         CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+    max_memory : int or str, optional
+        The most memory (bytes, or text such as ``"16GB"``) the model's weights plus the
+        activations of one image may need; its config is checked against it before anything is
+        built (:mod:`vaeprobe.validate`). Default ``$VAEPROBE_MAX_MEMORY``, else half the
+        available memory.
+    allow_nonfinite : bool
+        Open weights holding NaN or inf values (with a warning naming them) instead of refusing.
     **options
         The format's options, e.g. ``ema=False`` (vaeprobe), ``image_size=256`` (diffusers),
         ``pixel_range=(-1, 1)`` (pythae), ``hparams="cifar10"`` (vdvae). Unknown or missing
         required options are errors that name the valid ones.
+
+    Raises
+    ------
+    vaeprobe.validate.ConfigError, vaeprobe.validate.BudgetError
+        A config value of the wrong type or range; a model past ``max_memory`` (ValueErrors
+        naming the file, the key and the estimate).
+    vaeprobe.io.CheckpointError
+        Unreadable, truncated or unsafe files; weights that do not fit the config.
+    vaeprobe.validate.WeightsError
+        Integer weights where the network has floats; non-finite weights (unless allowed).
 
     Examples
     --------
@@ -231,13 +250,20 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None, **o
                               f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
     device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
-    probe = entry.open_function()(path, device=device, **options)
+    # defaults keep a policy set around the call (e.g. the CLI's around vp.spectrum of a run)
+    policy = validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite) if (
+        max_memory is not None or allow_nonfinite) else contextlib.nullcontext()
+    with policy:
+        probe = entry.open_function()(path, device=device, **options)
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
                                                           sort_keys=True))
+    if allow_nonfinite:
+        probe.source["allow_nonfinite"] = 1
     return probe
 
 
-def as_probe(source, format: str | None = None, *, device=None, **options) -> Probe:
+def as_probe(source, format: str | None = None, *, device=None, max_memory=None,
+             allow_nonfinite: bool = False, **options) -> Probe:
     """Resolve any model source to a Probe: the twin of :func:`vaeprobe.data.as_dataset`.
 
     Every public noun (``vp.rate``, ``vp.iwae``, ``vp.sample_quality``, ``vp.samples``,
@@ -271,7 +297,7 @@ def as_probe(source, format: str | None = None, *, device=None, **options) -> Pr
     TypeError: a model source must be a vp.Probe, a run directory, a checkpoint file or a ...
     """
     if isinstance(source, Probe):
-        if format is not None or options:
+        if format is not None or options or max_memory is not None or allow_nonfinite:
             raise TypeError(f"format= and options {sorted(options)} open a checkpoint; the "
                             f"source is already a Probe")
         return source
@@ -279,7 +305,8 @@ def as_probe(source, format: str | None = None, *, device=None, **options) -> Pr
         raise TypeError(f"a model source must be a vp.Probe, a run directory, a checkpoint "
                         f"file or a model folder (vp.load's paths); got "
                         f"{type(source).__name__}")
-    return load(source, format=format, device=device, **options)
+    return load(source, format=format, device=device, max_memory=max_memory,
+                allow_nonfinite=allow_nonfinite, **options)
 
 
 __all__ = ["Format", "FormatError", "as_probe", "formats", "load", "load_model", "probe_for",

@@ -4,12 +4,11 @@ files read, and the decoder output of a model without a likelihood."""
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 
-from vaeprobe import io
+from vaeprobe import io, validate
 from vaeprobe.probe import UndefinedAnalysisError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -36,20 +35,13 @@ def read_tensors(path: Path) -> dict:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        validate.check_file_size(path)
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise io.CheckpointError(f"cannot read safetensors file {path}: {error}") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise io.CheckpointError(
-            f"refused to load {path}: it asks to unpickle objects other than tensors and plain "
-            f"containers, which could run code; vaeprobe reads weights only "
-            f"({str(error).splitlines()[0]})") from None
-    except (EOFError, RuntimeError, OSError) as error:
-        raise io.CheckpointError(f"cannot read {path}: truncated or not a torch file "
-                                 f"({error})") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
+            raise io.CheckpointError(f"cannot read safetensors file {path}: corrupt or "
+                                     f"truncated ({str(error)[:200]})") from None
+    return io.load_torch_file(path, "weights file")
 
 
 def file_source(checkpoint: Path, files: list[Path]) -> dict:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaeprobe import validate
 from vaeprobe.adapters._common import (
     MeanOnly,
     file_source,
@@ -75,6 +76,9 @@ class AutoencoderKLConfig:
 
     @classmethod
     def from_json(cls, config: dict, path: Path) -> AutoencoderKLConfig:
+        """The config of ``path`` with every architecture key checked (type, range,
+        consistency) before anything is built."""
+        validate.check_fields(config, CONFIG_SPEC, path)
         known = {f.name for f in fields(cls)}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
         if config.get("_class_name") != "AutoencoderKL":
@@ -94,7 +98,64 @@ class AutoencoderKLConfig:
                                  f"{kind}={list(getattr(config, kind))}")
         if config.act_fn not in ("silu", "swish"):
             raise ValueError(f"{path}: act_fn {config.act_fn!r} is not supported (silu only)")
+        _check_consistency(config, path)
         return config
+
+
+# key -> (kind, low, high): what a diffusers AutoencoderKL config.json may hold (bounds far above
+# every released autoencoder; the memory estimate guards the combinations)
+CONFIG_SPEC = {
+    "in_channels": ("int", 1, 64), "out_channels": ("int", 1, 64),
+    "down_block_types": ("strs", None, None), "up_block_types": ("strs", None, None),
+    "block_out_channels": ("ints", 1, 65536), "layers_per_block": ("int", 1, 64),
+    "act_fn": ("str", None, None), "latent_channels": ("int", 1, 4096),
+    "norm_num_groups": ("int", 1, 65536), "scaling_factor": ("float", None, None),
+    "force_upcast": ("bool", None, None), "use_quant_conv": ("bool", None, None),
+    "use_post_quant_conv": ("bool", None, None), "mid_block_add_attention": ("bool", None, None),
+}
+MAX_BLOCKS = 12  # downsampling by 2^11: far beyond any released autoencoder
+
+
+def _check_consistency(config: AutoencoderKLConfig, path: Path) -> None:
+    """What the keys must agree on: one block type per width, widths divisible by the groups,
+    a plausible number of blocks, numbers where the optional factors are given."""
+    widths = config.block_out_channels
+    if len(widths) > MAX_BLOCKS:
+        raise validate.ConfigError(f"{path}: block_out_channels has {len(widths)} entries; at "
+                                   f"most {MAX_BLOCKS} blocks are supported")
+    for kind in ("down_block_types", "up_block_types"):
+        if len(getattr(config, kind)) != len(widths):
+            raise validate.ConfigError(
+                f"{path}: {kind} has {len(getattr(config, kind))} entries but "
+                f"block_out_channels has {len(widths)}; they must match")
+    bad = [w for w in widths if w % config.norm_num_groups]
+    if bad:
+        raise validate.ConfigError(f"{path}: norm_num_groups {config.norm_num_groups} must "
+                                   f"divide every block_out_channels entry; {bad} do not")
+    for key in ("shift_factor",):
+        value = getattr(config, key)
+        if value is not None:
+            validate.check_value(value, "float", str(path), key)
+    size = config.sample_size
+    if isinstance(size, tuple):
+        validate.check_value(list(size), "ints", str(path), "sample_size", 1, 1 << 16)
+    else:
+        validate.check_value(size, "int", str(path), "sample_size", 1, 1 << 16)
+
+
+def check_budget(config: AutoencoderKLConfig, image_size: tuple[int, int], path: Path) -> int:
+    """Refuse, before building, a network whose weights plus one image's activations exceed the
+    memory limit; return the parameter count (the meta-device build allocates nothing)."""
+    parameters = validate.count_parameters(lambda: AutoencoderKL(config))
+    widths, (height, width) = config.block_out_channels, image_size
+    levels = [w * (height >> i) * (width >> i) for i, w in enumerate(widths)]
+    pixels = (height >> (len(widths) - 1)) * (width >> (len(widths) - 1))
+    attention = pixels * pixels if config.mid_block_add_attention else 0  # (hw)^2 scores
+    activations = 4 * max(levels) + attention + 4 * widths[-1] * pixels
+    validate.check_budget(parameters=parameters, activations=activations, file=path,
+                          key=f"block_out_channels={list(widths)} at image size "
+                              f"{height}x{width}")
+    return parameters
 
 
 class ResnetBlock2D(nn.Module):
@@ -392,14 +453,22 @@ class AutoencoderKLProbe(Probe):
         self.require("sample_prior", prior=True)
 
 
-def _image_size(value, config: AutoencoderKLConfig) -> tuple[int, int]:
+def _image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
+    """(height, width) from the ``image_size`` option (an int, [h, w] or their text), default the
+    config's ``sample_size``: positive integers up to 65536 (the probe checks the rest)."""
     size = config.sample_size if value is None else value
     if isinstance(size, str):
-        size = json.loads(size) if size.strip().startswith("[") else int(size)
-    size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size must be an int or (height, width), got {value!r}")
-    return size
+        try:
+            size = json.loads(size)
+        except ValueError:
+            size = None
+    size = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1 << 16
+            for s in size)):
+        raise ValueError(f"image_size must be a positive integer or (height, width) of "
+                         f"integers up to 65536, got {value!r}")
+    return int(size[0]), int(size[1])
 
 
 def find_folder(path: Path) -> Path:
@@ -495,7 +564,10 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}: not a diffusers model folder")
-    config = AutoencoderKLConfig.from_json(json.loads(config_path.read_text()), config_path)
+    config = AutoencoderKLConfig.from_json(validate.json_object(config_path, "AutoencoderKL "
+                                                                "config"), config_path)
+    size = _image_size(image_size, config)
+    check_budget(config, size, config_path)
     weights_path = _weights_file(folder, weights)
     model = AutoencoderKL(config)
     state = _rename_deprecated(read_tensors(weights_path))
@@ -505,7 +577,7 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     source.update(scaling_factor=config.scaling_factor,
                   shift_factor=("none" if config.shift_factor is None else config.shift_factor),
                   latent_downsampling=model.downsampling)
-    return AutoencoderKLProbe(model, _image_size(image_size, config), device, source,
+    return AutoencoderKLProbe(model, size, device, source,
                               tile_size=_tile_size(tile_size, config, model.downsampling),
                               pad=pad)
 

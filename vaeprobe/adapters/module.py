@@ -130,10 +130,11 @@ class ModuleProbe(SharedEncoderProbe):
         self.output_range = _check_range(output_range or (
             pixel_range if decoder_output == "mean" else (0.0, 1.0)), "output_range")
         self.likelihood = _choose(likelihood, LIKELIHOODS, "likelihood")
-        if (sigma is not None) != (likelihood == "gaussian") or (sigma is not None
-                                                                  and not sigma > 0):
-            raise ValueError("likelihood='gaussian' needs sigma > 0 (the decoder's standard "
-                             "deviation on its output scale); other likelihoods take no sigma")
+        if (sigma is not None) != (likelihood == "gaussian") or (sigma is not None and not (
+                isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0)):
+            raise ValueError("likelihood='gaussian' needs sigma > 0 and finite (the decoder's "
+                             "standard deviation on its output scale); other likelihoods take "
+                             "no sigma")
         self.sigma = sigma
         self.likelihood_kind = "none" if likelihood == "none" else "discretized"
         self.point_posterior = scale == "none"
@@ -282,8 +283,8 @@ def _check_range(value, name: str) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be (low, high), e.g. (0, 1) or (-1, 1); got "
                          f"{value!r}") from None
-    if not high > low:
-        raise ValueError(f"{name} must have high > low, got {value!r}")
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(f"{name} must be finite with high > low, got {value!r}")
     return low, high
 
 

@@ -19,13 +19,12 @@ with ``sigma`` or ``"bernoulli"`` choose one (see :mod:`vaeprobe.adapters.module
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from torch import nn
 
-from vaeprobe import io
+from vaeprobe import io, validate
 from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
@@ -98,18 +97,37 @@ def sniff(path: Path) -> bool:
     return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()
 
 
+# key -> (kind, low, high): what vaeprobe reads from a pythae model_config.json
+CONFIG_SPEC = {"name": ("str", None, None), "input_dim": ("ints", 1, 1 << 24),
+               "latent_dim": ("int", 1, 1 << 20), "uses_default_encoder": ("bool", None, None),
+               "uses_default_decoder": ("bool", None, None),
+               "reconstruction_loss": ("str", None, None)}
+
+
 def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise io.CheckpointError(f"cannot read pythae config {path}: {error}") from None
+    """model_config.json, its keys checked (types, ranges) before anything is built."""
+    config = validate.json_object(path, "pythae model config")
+    validate.check_fields(config, CONFIG_SPEC, path)
     name = config.get("name")
     if name not in FAMILIES:
         raise ValueError(f"{path} describes a pythae {name!r}; vaeprobe reads the Gaussian-"
                          f"posterior families with an N(0, I) prior: {sorted(FAMILIES)}")
-    if not config.get("input_dim") or not config.get("latent_dim"):
+    if "input_dim" not in config or "latent_dim" not in config:
         raise ValueError(f"{path} has no input_dim / latent_dim")
+    if len(config["input_dim"]) > 4:
+        raise validate.ConfigError(f"{path}: input_dim {config['input_dim']} has more than 4 "
+                                   f"axes; expected (C, H, W) or a flat (D,)")
     return config
+
+
+def _check_budget(config: dict, path: Path) -> None:
+    """Refuse, before building, default networks too big for the memory limit (both MLPs hold
+    a D x 512 matrix, D = prod(input_dim))."""
+    dims, latent = math.prod(config["input_dim"]), config["latent_dim"]
+    parameters = 2 * dims * HIDDEN + dims + 3 * (HIDDEN * latent + latent) + 2 * HIDDEN
+    validate.check_budget(parameters=parameters, activations=3 * dims + 3 * HIDDEN + 3 * latent,
+                          file=path, key=f"input_dim={list(config['input_dim'])}, "
+                                         f"latent_dim={latent}")
 
 
 def _image_shape(config: dict, image_shape, path: Path) -> tuple:
@@ -119,7 +137,11 @@ def _image_shape(config: dict, image_shape, path: Path) -> tuple:
             raise ValueError(f"{path}: input_dim {list(input_dim)} is not (C, H, W); pass "
                              f"image_shape=(C, H, W) with C*H*W = {math.prod(input_dim)}")
         return input_dim
-    image_shape = tuple(int(s) for s in image_shape)
+    if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == 3 and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in image_shape)):
+        raise ValueError(f"image_shape must be (C, H, W) of positive integers, got "
+                         f"{image_shape!r}")
+    image_shape = tuple(image_shape)
     if math.prod(image_shape) != math.prod(input_dim):
         raise ValueError(f"image_shape {image_shape} does not hold input_dim {list(input_dim)}")
     return image_shape
@@ -175,6 +197,7 @@ def open_pythae(path: Path, *, pixel_range=(0.0, 1.0), likelihood: str = "none",
             raise FileNotFoundError(f"{required} not found: a pythae folder holds {CONFIG} and "
                                     f"{WEIGHTS}")
     config = _read_config(config_path)
+    _check_budget(config, config_path)
     encoder, decoder, custom = _networks(folder, config, encoder, decoder)
     model = PythaeVAE(encoder, decoder, custom)
     payload = read_tensors(weights_path)

@@ -21,11 +21,18 @@ from pathlib import Path
 
 import torch
 
-from vaeprobe import io
+from vaeprobe import io, validate
 from vaeprobe.adapters._common import read_tensors
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
-from vaeprobe.models.vdvae import NAMED_HPARAMS, VDVAE, VDVAEHparams, hparams_from
+from vaeprobe.models.vdvae import (
+    NAMED_HPARAMS,
+    VDVAE,
+    VDVAEHparams,
+    hparams_from,
+    parse_layer_string,
+    widths,
+)
 from vaeprobe.probe import (
     Generators,
     LatentPass,
@@ -110,10 +117,14 @@ def log_hparams(checkpoint: Path) -> tuple[dict, Path] | None:
     if not log.is_file():
         return None
     values = {}
-    for line in log.read_text().splitlines():
-        entry = json.loads(line) if line.strip() else {}
-        if entry.get("type") == "hparam":
-            values[entry["key"]] = entry["value"]
+    for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+        try:
+            entry = json.loads(line) if line.strip() else {}
+        except ValueError:
+            raise validate.ConfigError(f"{log} line {number} is not JSON: {line[:60]!r}; pass "
+                                       f"hparams= instead") from None
+        if isinstance(entry, dict) and entry.get("type") == "hparam" and "key" in entry:
+            values[str(entry["key"])] = entry.get("value")
     return (values, log) if values else None
 
 
@@ -134,6 +145,58 @@ def check_state_dict(model: torch.nn.Module, state: dict, path: Path, hparams) -
                 lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:10])
                              + (" ..." if len(rows) > 10 else ""))
         raise io.CheckpointError("\n".join(lines))
+    validate.check_weights(state, expected, path)
+
+
+# key -> (kind, low, high): the network's keys in a hparams dict, JSON file or training log
+HPARAMS_SPEC = {
+    "dataset": ("str", None, None), "width": ("int", 1, 1 << 16), "zdim": ("int", 1, 1 << 14),
+    "dec_blocks": ("str", None, None), "enc_blocks": ("str", None, None),
+    "custom_width_str": ("str", None, None), "bottleneck_multiple": ("float", 1e-6, 64.0),
+    "no_bias_above": ("int", 0, 1 << 16), "num_mixtures": ("int", 1, 1024),
+    "image_size": ("int", 0, 1 << 14),
+}
+MAX_BLOCKS = 2048  # encoder + decoder blocks (VDVAE's largest, FFHQ-1024, has about 200)
+
+
+def checked_hparams(spec, where: str) -> VDVAEHparams:
+    """VDVAE hparams from a set name, a dict or a JSON file, every key checked (types, ranges,
+    the number of blocks) before a network is built; errors name ``where`` and the key."""
+    if isinstance(spec, (str, Path)) and str(spec) not in NAMED_HPARAMS and (
+            Path(spec).suffix == ".json" or Path(spec).is_file()):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"VDVAE hparams file not found: {spec}")
+        where, spec = str(spec), validate.json_object(Path(spec), "VDVAE hparams")
+    if isinstance(spec, dict):
+        validate.check_fields(spec, HPARAMS_SPEC, where)
+    try:
+        config = hparams_from(spec)
+        blocks = len(parse_layer_string(config.dec_blocks)) + \
+            len(parse_layer_string(config.enc_blocks))
+        sizes = widths(config)
+    except (ValueError, TypeError, KeyError) as error:
+        raise validate.ConfigError(f"{where}: {_error_text(error)}") from None
+    if blocks > MAX_BLOCKS or max(sizes) > 1 << 14:
+        raise validate.ConfigError(f"{where}: {blocks} blocks up to resolution {max(sizes)}; "
+                                   f"at most {MAX_BLOCKS} blocks and 16384 px are supported")
+    return config
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def check_budget(config: VDVAEHparams, where: str) -> None:
+    """Refuse, before building, a VDVAE whose weights plus one image's activations exceed the
+    memory limit (parameters counted on the meta device)."""
+    parameters = validate.count_parameters(lambda: VDVAE(config))
+    largest = max(width * resolution ** 2 for resolution, width in widths(config).items())
+    blocks = len(parse_layer_string(config.dec_blocks))
+    # the decoder keeps one activation per resolution, the encoder hands one per resolution up
+    activations = 6 * largest + blocks * config.zdim * config.resolution ** 2
+    validate.check_budget(parameters=parameters, activations=activations, file=where,
+                          key=f"width={config.width}, dec_blocks={config.dec_blocks!r} at "
+                              f"{config.resolution} px")
 
 
 # ---- the probe ---------------------------------------------------------------------------------
@@ -276,7 +339,9 @@ def open_vdvae(path: str | os.PathLike, *, hparams=None, ema: bool | None = None
         spec = hparams
         if isinstance(hparams, (str, Path)) and str(hparams) not in NAMED_HPARAMS:
             files.append(Path(hparams))
-    config: VDVAEHparams = hparams_from(spec)
+    where = str(files[-1]) if hparams is None or len(files) > 1 else "hparams"
+    config: VDVAEHparams = checked_hparams(spec, where)
+    check_budget(config, where)
     model = VDVAE(config)
     state = read_state_dict(checkpoint)
     check_state_dict(model, state, checkpoint, hparams if hparams is not None else str(files[-1]))

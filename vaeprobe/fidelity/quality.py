@@ -16,7 +16,13 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
-from vaeprobe._analysis import evaluation_set, fit_probe, progress_bar, result_attrs
+from vaeprobe._analysis import (
+    evaluation_set,
+    fit_probe,
+    flag_nonfinite,
+    progress_bar,
+    result_attrs,
+)
 from vaeprobe._deprecate import renamed
 from vaeprobe.accumulate import Reducing
 from vaeprobe.fidelity.cache import featurise, reference_features
@@ -30,6 +36,7 @@ from vaeprobe.fidelity.metrics import (
 from vaeprobe.fidelity.perceptual import LPIPS
 from vaeprobe.probe import Probe
 from vaeprobe.sampling import KINDS, require, sample_batches
+from vaeprobe.validate import temperatures
 
 METRICS = ("fid", "kid", "prc", "lpips")
 
@@ -169,6 +176,7 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     kinds, metrics = list(kinds), list(metrics)
     _check_request(probe, kinds, metrics, n_images)
+    temperatures(temperature)  # finite and > 0: NaN would draw black images
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
     probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
@@ -197,7 +205,9 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     ds.attrs = result_attrs("sample_quality", parameters, probe, dataset, len(indices), seed,
                             n=n_images, temperature=json.dumps(temperature),
                             **_network_facts(fid_net, prc_net, lpips, settings, from_cache))
-    return ds
+    measured = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "prc": ["precision", "recall"],
+                "lpips": ["lpips"]}  # metrics not asked for are NaN by design
+    return flag_nonfinite(ds, [name for metric in metrics for name in measured[metric]])
 
 
 def _sample_states(probe: Probe, accumulators: dict, n_images: int, batch_size: int,

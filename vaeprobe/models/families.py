@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vaeprobe import io
+from vaeprobe import io, validate
 from vaeprobe.models.hvae import HVAE, HVAEConfig
 from vaeprobe.models.two_stage import TwoStageVAE
 from vaeprobe.registry import Registry
@@ -88,10 +88,68 @@ def config_of(model: nn.Module) -> dict:
     return families.get(family_of(model)).config_of(model)
 
 
+# key -> (kind, low, high): an HVAE config as a checkpoint stores it (bounds far above every
+# preset; the memory estimate guards the combinations)
+HVAE_SPEC = {
+    "image_channels": ("int", 1, 3), "image_size": ("int", 1, 1 << 14),
+    "width": ("int", 1, 1 << 16), "bottleneck": ("int", 1, 1 << 16),
+    "latent_channels": ("int", 1, 1 << 14), "encoder_blocks": ("int", 0, 256),
+    "merge": ("str", None, None), "likelihood": ("str", None, None),
+    "sigma": ("float", 1e-12, None), "n_mixtures": ("int", 1, 1024),
+    "condition_channels": ("int", 0, 64), "residual": ("bool", None, None),
+    "residual_gain": ("float", 0.0, None),
+}
+MAX_LATENT_LAYERS = 4096
+
+
+def _check_hvae_config(config, where: str) -> int:
+    """Types and ranges of a stored HVAE config; returns its latent values per image."""
+    validate.check_fields(config, HVAE_SPEC, where)
+    layers = config.get("layers", ())
+    if not isinstance(layers, (list, tuple)) or not layers or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in layers):
+        raise validate.ConfigError(f"{where}: layers must be a non-empty list of [resolution, "
+                                   f"count] pairs, got {layers!r}"[:300])
+    for pair in layers:
+        validate.check_value(list(pair), "ints", where, "layers", 1, 1 << 14)
+    if sum(count for _, count in layers) > MAX_LATENT_LAYERS:
+        raise validate.ConfigError(f"{where}: layers {layers} declare more than "
+                                   f"{MAX_LATENT_LAYERS} latent layers")
+    latent = config.get("latent_channels", 16)
+    return sum(count * latent * resolution ** 2 for resolution, count in layers)
+
+
+def check_stored_config(family: str, config: dict, path) -> None:
+    """A checkpoint's family and config checked (types, ranges) and its memory estimated, all
+    before the network is built (:mod:`vaeprobe.validate`); errors name the file and the key."""
+    families.get(family)  # an unknown family: a KeyError listing the registered ones
+    if family == "two_stage" and (not isinstance(config, dict) or
+                                  set(config) != {"primary", "secondary"}):
+        raise validate.ConfigError(f"{path}: a two_stage config has keys 'primary' and "
+                                   f"'secondary'")
+    parts = {"": config} if family == "hvae" else config if family == "two_stage" else {}
+    latents, widest = 0, 0
+    for name, part in parts.items():
+        where = f"{path} (config{'.' + name if name else ''})"
+        latents += _check_hvae_config(part, where)
+        widest = max(widest, part.get("width", 128) * part.get("image_size", 32) ** 2)
+    try:
+        parameters = validate.count_parameters(lambda: build(family, config))
+    except (TypeError, ValueError) as error:
+        raise validate.ConfigError(f"{path}: its config does not describe a {family} model: "
+                                   f"{error}") from None
+    validate.check_budget(parameters=parameters, activations=6 * widest + 6 * latents,
+                          file=path, key=f"the stored {family} config")
+
+
 def load_model(path: str | os.PathLike, *, ema: bool = True):
-    """(model, payload) from a vaeprobe checkpoint file or run directory (latest checkpoint)."""
+    """(model, payload) from a vaeprobe checkpoint file or run directory (latest checkpoint).
+
+    The stored config is checked and sized before the model is built
+    (:func:`check_stored_config`), the weights against its shapes, dtypes and finiteness."""
     path = resolve_checkpoint(path)
     payload = io.read_checkpoint(path)
+    check_stored_config(payload["family"], payload["config"], path)
     model = build(payload["family"], payload["config"])
     state = payload["ema_state_dict"] if ema and payload.get("ema_state_dict") else \
         payload["state_dict"]
