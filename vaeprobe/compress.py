@@ -45,7 +45,13 @@ import torch
 import xarray as xr
 
 from vaeprobe import io
-from vaeprobe._analysis import evaluation_set, image_dims, progress_bar, result_attrs
+from vaeprobe._analysis import (
+    evaluation_set,
+    fit_probe,
+    image_dims,
+    progress_bar,
+    result_attrs,
+)
 from vaeprobe.data import iterate_batches
 from vaeprobe.models.likelihoods import (
     HALF_BIN,
@@ -404,6 +410,7 @@ def compress(source, data, *, n_images: int | None = 100, latent_bits: int = 8, 
 
     probe = _open_probe(source)
     _check_probe(probe, latent_bits)
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     chain = _Chain(probe, latent_bits)
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     images = torch.cat(list(iterate_batches(dataset, 64, indices)))

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import batches, evaluation_set, result_attrs, with_warnings
+from vaeprobe._analysis import batches, evaluation_set, fit_probe, result_attrs, with_warnings
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode, gaussian_log_density
 
 NEAR_CEILING = 0.9  # an I(x; z) above this share of log N is reported as near the ceiling
@@ -95,6 +95,7 @@ def information(source, data, *, n_images: int | None = 1000, batch_size: int = 
 
     probe = as_probe(source)
     _check_probe(probe)
+    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
     dataset, indices = evaluation_set(probe, data, n_images, seed)
     if len(indices) < 2:
         raise ValueError(f"vp.information needs at least 2 images (the aggregate posterior is "
