@@ -9,6 +9,8 @@ report order:
 - ``model_card``: format, file hashes, parameters, latent layers, likelihood and prior facts
 - ``bits`` (:func:`where_bits_go`): rate per layer / resolution / channel (and per dimension
   for small one-layer models), active units, collapsed layers
+- ``information`` (:func:`information_split`): rate = I(x; z) + KL(q(z) || p(z)) per layer
+  (:func:`vaeprobe.information`), hierarchical models on at most 32 images
 - ``reconstructions``: distortion, MSE, PSNR, SSIM, MS-SSIM, LPIPS, rFID from the posterior
   mean and a posterior sample
 - ``latents`` (:func:`latent_statistics`): per-channel (and per-dimension) statistics, the
@@ -40,6 +42,7 @@ import xarray as xr
 from vaeprobe.audit import bits as _bits  # noqa: F401
 from vaeprobe.audit import card as _card  # noqa: F401
 from vaeprobe.audit import generative as _generative  # noqa: F401
+from vaeprobe.audit import information as _information  # noqa: F401
 from vaeprobe.audit import latents as _latents  # noqa: F401
 from vaeprobe.audit import precision as _precision  # noqa: F401
 from vaeprobe.audit import progressive as _progressive  # noqa: F401
@@ -49,6 +52,7 @@ from vaeprobe.audit._common import failed, skipped
 from vaeprobe.audit.bits import where_bits_go
 from vaeprobe.audit.card import model_card
 from vaeprobe.audit.generative import likelihood, samples
+from vaeprobe.audit.information import information_split
 from vaeprobe.audit.latents import latent_statistics
 from vaeprobe.audit.precision import numerical_health
 from vaeprobe.audit.progressive import progressive_coding
@@ -166,7 +170,7 @@ for _function in (*SECTIONS.values(), open_audit, summary, write_report, run_sec
 audit.SECTIONS = SECTIONS
 audit.register, audit.Section = register, Section
 
-__all__ = ["SECTIONS", "AuditMismatchError", "AuditReport", "Section", "audit",
+__all__ = ["SECTIONS", "AuditMismatchError", "AuditReport", "Section", "audit", "information_split",
            "latent_statistics", "likelihood", "model_card", "numerical_health", "open_audit",
            "progressive_coding", "reconstructions", "register", "run_section", "samples",
            "spectra", "summary", "where_bits_go", "write_report"]
