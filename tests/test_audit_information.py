@@ -6,12 +6,19 @@ import numpy as np
 import vaeprobe as vp
 
 
-def test_information_section_is_vp_information_on_the_audit_images(tiny_run, digits_test):
+def test_information_section_is_vp_information_on_the_audit_images(tiny_run, digits_test,
+                                                                   tmp_path):
     report = vp.audit(tiny_run, digits_test, n_images=40, sections=["bits", "information"],
-                      progress=False, settings={"information": {"hierarchical_images": 12}})
+                      progress=False, settings={"information": {"hierarchical_images": 12}},
+                      out=tmp_path / "audit")
+    on_disk = vp.open_results(tmp_path / "audit" / "sections" / "information.nc")
+    np.testing.assert_array_equal(on_disk["rate"].values, report["information"]["rate"].values)
     ds = report["information"]
     assert ds.attrs["status"] == "ok"
-    assert list(report) == ["bits", "information"]  # order 25: after bits (20)
+    assert list(report) == ["bits", "information"]
+    from vaeprobe.audit.registry import sections
+
+    assert not sections()["information"].default  # opt-in: N^2 work for hierarchical models
     direct = vp.information(tiny_run, digits_test, n_images=12, seed=0, progress=False)
     np.testing.assert_allclose(ds["total_rate"].values, direct["total_rate"].values, rtol=1e-6)
     # rate (of the same draws) = I + marginal KL, per layer; I is bounded by log N (N = 12)

@@ -9,8 +9,6 @@ report order:
 - ``model_card``: format, file hashes, parameters, latent layers, likelihood and prior facts
 - ``bits`` (:func:`where_bits_go`): rate per layer / resolution / channel (and per dimension
   for small one-layer models), active units, collapsed layers
-- ``information`` (:func:`information_split`): rate = I(x; z) + KL(q(z) || p(z)) per layer
-  (:func:`vaeprobe.information`), hierarchical models on at most 32 images
 - ``reconstructions``: distortion, MSE, PSNR, SSIM, MS-SSIM, LPIPS, rFID from the posterior
   mean and a posterior sample
 - ``latents`` (:func:`latent_statistics`): per-channel (and per-dimension) statistics, the
@@ -22,6 +20,9 @@ report order:
 - ``samples``: prior samples at several temperatures, FID
 - ``precision`` (:func:`numerical_health`): float16 / bfloat16 failures predicted from
   activation ranges, measured where the device runs them fast
+- ``information`` (:func:`information_split`, opt-in: name it in ``sections``): rate =
+  I(x; z) + KL(q(z) || p(z)) per layer (:func:`vaeprobe.information`), hierarchical models on
+  at most 32 images
 
 The audit streams the images once (:mod:`vaeprobe.audit.shared`): every image is encoded once
 and decoded once per reconstruction kind, and bits, reconstructions, latents, spectra and
@@ -170,7 +171,8 @@ for _function in (*SECTIONS.values(), open_audit, summary, write_report, run_sec
 audit.SECTIONS = SECTIONS
 audit.register, audit.Section = register, Section
 
-__all__ = ["SECTIONS", "AuditMismatchError", "AuditReport", "Section", "audit", "information_split",
+__all__ = ["SECTIONS", "AuditMismatchError", "AuditReport", "Section", "audit",
+           "information_split",
            "latent_statistics", "likelihood", "model_card", "numerical_health", "open_audit",
            "progressive_coding", "reconstructions", "register", "run_section", "samples",
            "spectra", "summary", "where_bits_go", "write_report"]

@@ -6,8 +6,9 @@ Its cost grows as the square of its images for hierarchical models (every draw i
 against every image's posterior, one teacher-forced posterior pass per pair), so it uses at
 most ``hierarchical_images`` images there (32 by default: about 1,000 posterior passes); a
 one-layer model's pairs are arithmetic on the posterior moments and it takes the audit's
-images. With N images, I(x; z) cannot exceed log N (``attrs["log_n_ceiling"]``); the section
-warns when it is near that ceiling.
+images. It is opt-in (``sections=[..., "information"]``, ``--sections ... information``): not
+part of the default audit. With N images, I(x; z) cannot exceed log N
+(``attrs["log_n_ceiling"]``); the section warns when it is near that ceiling.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def check(probe) -> None:
 
 
 SECTION = register(Section(
-    name="information", title="Information and prior mismatch", order=25, summary=summary,
+    name="information", title="Information and prior mismatch", order=95, summary=summary,
     figure="information", compute=information_split, cost=cost, check=check, image_limit=256,
-    options=dict(batch_size=64, hierarchical_images=32),
+    options=dict(batch_size=64, hierarchical_images=32), default=False,
     quick=dict(hierarchical_images=16)))
 
 __all__ = ["SECTION", "information_split"]

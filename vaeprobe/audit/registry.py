@@ -32,7 +32,8 @@ Write one module ``vaeprobe/audit/<name>.py`` (and its test) that
    images), ``networks`` (the audit options it needs, e.g. ``("feature_extractor",
    "weights")``), ``options`` (defaults of its own keyword options, settable through
    ``settings={"<name>": {...}}`` and ``--settings``; ``quick`` overrides them under
-   ``--quick``);
+   ``--quick``), ``default`` (False: an opt-in section, run only when ``sections`` /
+   ``--sections`` names it);
 
 3. is imported by ``vaeprobe/audit/__init__.py`` (import order does not matter: ``order``
    does).
@@ -68,6 +69,7 @@ class Section:
     options: dict = field(default_factory=dict)  # its own options and their defaults
     quick: dict = field(default_factory=dict)  # options under --quick
     needs_images: bool = True  # False: the model card
+    default: bool = True  # run when no sections are named (False: only when asked for)
 
     def __post_init__(self):
         if (self.accumulator is None) == (self.compute is None):

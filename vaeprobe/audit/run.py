@@ -137,7 +137,8 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
               options, settings, quick, batch_size, overwrite, networks) -> AuditReport:
     """The body of :func:`vaeprobe.audit.audit` (see there)."""
     registry = registered()
-    chosen = list(registry) if sections is None else list(sections)
+    chosen = [name for name, section in registry.items() if section.default] \
+        if sections is None else list(sections)
     unknown = [name for name in chosen if name not in registry]
     if unknown or not chosen:
         raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(registry)}")
