@@ -31,3 +31,16 @@ def offline_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("VAEPROBE_WEIGHTS_DIR", raising=False)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test, as its subprocesses (OMP_NUM_THREADS=1) run:
+    float32 reductions then round alike, so in-process and subprocess numbers compare exactly
+    (``make test`` itself runs with torch's default threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,7 +22,7 @@ VOLATILE = ("created_at", "elapsed_seconds", "cpu_slowdown", "dtype_skipped")
 
 @pytest.mark.slow
 def test_audit_under_torchrun_gives_the_sections_of_one_process(tiny_run, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, one_thread):
     monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

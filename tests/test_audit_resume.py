@@ -40,7 +40,7 @@ def assert_same_sections(mine, theirs):
                 np.testing.assert_array_equal(x, y, err_msg=f"{name}.{variable}")
 
 
-def test_a_killed_audit_resumes_with_only_the_missing_sections(tiny_run, tmp_path):
+def test_a_killed_audit_resumes_with_only_the_missing_sections(tiny_run, tmp_path, one_thread):
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VAEPROBE_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
