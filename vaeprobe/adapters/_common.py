@@ -12,6 +12,39 @@ from vaeprobe import io, validate
 from vaeprobe.probe import UndefinedAnalysisError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
+SPECS, WEIGHTS = "specs.json", "model.pt"  # a research-code results folder (disvae, JointVAE)
+
+
+def model_folder(path: Path) -> Path:
+    """The folder a model's files are in: ``path`` itself, or the folder of a file in it."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def sniff_specs(path: Path) -> dict | None:
+    """The ``specs.json`` object of a folder (or of its ``model.pt``) that also holds
+    ``model.pt``; None when either is missing or the specs are not a JSON object."""
+    folder = model_folder(path)
+    try:
+        specs = json.loads((folder / SPECS).read_text())
+    except (OSError, ValueError):
+        return None
+    return specs if isinstance(specs, dict) and (folder / WEIGHTS).is_file() else None
+
+
+def read_specs(path: Path, what: str) -> tuple[Path, Path, dict]:
+    """(specs path, weights path, specs) of a ``specs.json`` + ``model.pt`` folder; a missing
+    file or specs that are not JSON are errors naming the file (``what``: the folder's kind)."""
+    folder = model_folder(path)
+    specs_path, weights_path = folder / SPECS, folder / WEIGHTS
+    for needed in (specs_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: {what} holds {SPECS} and {WEIGHTS}")
+    try:
+        specs = json.loads(specs_path.read_text())
+    except ValueError as error:
+        raise io.CheckpointError(f"{specs_path} is not JSON: {error}") from None
+    return specs_path, weights_path, specs
 
 
 def refuse_pickles(path: Path, format_name: str) -> None:

@@ -26,19 +26,21 @@ follows the loss it was trained with (``rec_dist``):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vaeprobe import io
-from vaeprobe.adapters._common import file_source, read_tensors
+from vaeprobe.adapters._common import (
+    file_source,
+    read_specs,
+    read_tensors,
+    sniff_specs,
+)
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
-SPECS, WEIGHTS = "specs.json", "model.pt"
 HIDDEN_CHANNELS, KERNEL, HIDDEN_UNITS = 32, 4, 256  # Burgess et al.'s sizes
 SIZES = ((32, 32), (64, 64))  # the only image sizes the architecture has
 GAUSSIAN_SIGMA = math.sqrt(1 / 510)  # disvae's "gaussian" loss is 255 * SSE on [0, 1]
@@ -113,20 +115,10 @@ class BurgessVAE(nn.Module):
         return self.decoder(z)
 
 
-def find_folder(path: Path) -> Path:
-    path = Path(path)
-    return path.parent if path.is_file() else path
-
-
 def sniff(path: Path) -> bool:
     """A folder (or its ``model.pt``) with a disvae ``specs.json``: model_type + rec_dist."""
-    folder = find_folder(path)
-    try:
-        specs = json.loads((folder / SPECS).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(specs, dict) and "model_type" in specs and "rec_dist" in specs
-            and (folder / WEIGHTS).is_file())
+    specs = sniff_specs(path)
+    return specs is not None and "model_type" in specs and "rec_dist" in specs
 
 
 def _likelihood(rec_dist: str) -> dict:
@@ -166,16 +158,7 @@ def open_disvae(path: Path, *, device=None) -> ModuleProbe:
     >>> probe.layers[0].channels, probe.likelihood_kind  # doctest: +SKIP
     (10, 'discretized')
     """
-    folder = find_folder(path)
-    specs_path, weights_path = folder / SPECS, folder / WEIGHTS
-    for needed in (specs_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: a disentangling-vae results folder "
-                                    f"holds {SPECS} and {WEIGHTS}")
-    try:
-        specs = json.loads(specs_path.read_text())
-    except ValueError as error:
-        raise io.CheckpointError(f"{specs_path} is not JSON: {error}") from None
+    specs_path, weights_path, specs = read_specs(path, "a disentangling-vae results folder")
     image_shape, latent_dim = _check_specs(specs, specs_path)
     model = BurgessVAE(image_shape, latent_dim)
     state = read_tensors(weights_path)

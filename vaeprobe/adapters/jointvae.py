@@ -32,8 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeprobe import io
-from vaeprobe.adapters._common import file_source, read_tensors
+from vaeprobe.adapters._common import (
+    file_source,
+    read_specs,
+    read_tensors,
+    sniff_specs,
+)
 from vaeprobe.adapters.module import Bernoulli
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
@@ -50,7 +54,6 @@ from vaeprobe.probe import (
     gaussian_kl,
 )
 
-SPECS, WEIGHTS = "specs.json", "model.pt"
 IMAGE_SHAPES = {"mnist": (1, 32, 32), "fashion_mnist": (1, 32, 32), "dsprites": (1, 64, 64),
                 "chairs": (1, 64, 64), "celeba": (3, 64, 64)}  # as JointVAE's load_model
 HIDDEN, FEATURES = 256, (64, 4, 4)
@@ -166,19 +169,10 @@ class JointVAEProbe(SharedEncoderProbe):
         return LatentPass(draws, 1)
 
 
-def find_folder(path: Path) -> Path:
-    path = Path(path)
-    return path.parent if path.is_file() else path
-
-
 def sniff(path: Path) -> bool:
     """A folder (or its ``model.pt``) whose ``specs.json`` has JointVAE's ``latent_spec``."""
-    folder = find_folder(path)
-    try:
-        specs = json.loads((folder / SPECS).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(specs, dict) and "latent_spec" in specs and (folder / WEIGHTS).is_file()
+    specs = sniff_specs(path)
+    return specs is not None and "latent_spec" in specs
 
 
 def _spec(specs: dict, path: Path) -> tuple[tuple, int, list[int]]:
@@ -208,16 +202,7 @@ def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:
     >>> [layer.name for layer in probe.layers]  # doctest: +SKIP
     ['cont', 'disc0']
     """
-    folder = find_folder(path)
-    specs_path, weights_path = folder / SPECS, folder / WEIGHTS
-    for needed in (specs_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: a JointVAE model folder holds "
-                                    f"{SPECS} and {WEIGHTS}")
-    try:
-        specs = json.loads(specs_path.read_text())
-    except ValueError as error:
-        raise io.CheckpointError(f"{specs_path} is not JSON: {error}") from None
+    specs_path, weights_path, specs = read_specs(path, "a JointVAE model folder")
     image_shape, continuous, discrete = _spec(specs, specs_path)
     model = JointVAE(image_shape, continuous, discrete)
     state = read_tensors(weights_path)
