@@ -34,3 +34,88 @@ def test_posterior_mean_keeps_the_true_elbo_on_a_real_model():
     assert 2.0 < gap < 8.0
     point = probe.decode(probe.encode(x, posterior="mean")).log_prob(x)
     assert float(mean["log_px_at_mean"]) == pytest.approx(float(point.mean()), rel=1e-9)
+
+
+# ---- hints that lead to the right answer: each suggestion followed ---------------------------
+
+class Signed(torch.nn.Module):
+    """A hobbyist VAE: encode returns (mean, s) where the true scale is given by ``kind``:
+    ``"signed"`` a std whose sign is meaningless (z = mean + s * eps), or ``"logvar"`` /
+    ``"logstd"``. The closed-form KL per image comes from the true scale."""
+
+    def __init__(self, kind: str, flat: bool = False):
+        super().__init__()
+        torch.manual_seed(2)
+        self.kind, self.flat = kind, flat
+        self.enc, self.dec = torch.nn.Linear(16, 6), torch.nn.Linear(3, 16)
+
+    def encode(self, x):
+        out = self.enc(x if self.flat else x.flatten(1))  # flat: needs (B, 16)
+        return out[:, :3], out[:, 3:]
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z))
+
+    def true_kl(self, x):
+        mean, s = self.encode(x.float().flatten(1) / 255)
+        logstd = {"signed": s.abs().log(), "logvar": 0.5 * s, "logstd": s}[self.kind]
+        return (0.5 * (mean ** 2 + (2 * logstd).exp() - 1) - logstd).sum(1)
+
+
+class AbsScale(torch.nn.Module):
+    """The fix the hint names for a signed std: abs() inside encode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def encode(self, x):
+        mean, s = self.model.encode(x)
+        return mean, s.abs()
+
+    def decode(self, z):
+        return self.model.decode(z)
+
+
+IMAGES = torch.randint(0, 256, (64, 1, 4, 4), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _rate(model, **options) -> float:
+    probe = vp.Probe.from_module(model, (1, 4, 4), device="cpu", **options)
+    return float(vp.rate(probe, IMAGES, progress=False)["total_rate"])
+
+
+@pytest.mark.parametrize("kind, follow", [("logvar", dict(scale="logvar")),
+                                          ("logstd", dict(scale="logstd")),
+                                          ("signed", "abs")])
+def test_the_signed_scale_hint_names_every_cause_and_each_fix_is_right(kind, follow):
+    model = Signed(kind)
+    with pytest.raises(ValueError) as caught:
+        _rate(model, scale="std")
+    message = str(caught.value)
+    for cause in ("a log-variance", "scale='logvar'", "a log-std", "scale='logstd'",
+                  "a signed std that needs abs()", "s.abs()"):
+        assert cause in message
+    truth = float(model.true_kl(IMAGES).mean())
+    if follow == "abs":
+        assert _rate(AbsScale(model), scale="std") == pytest.approx(truth, rel=1e-5)
+        # the reinterpretations the old hint offered run silently and give another number
+        assert abs(_rate(model, scale="logvar") - truth) > 0.1 * truth
+    else:
+        assert _rate(model, **follow) == pytest.approx(truth, rel=1e-5)
+
+
+def test_a_module_failing_on_our_input_is_told_its_shape_range_and_the_option():
+    from vaeprobe.adapters.module import ModuleInputError
+
+    model = Signed("logvar", flat=True)
+    with pytest.raises(ModuleInputError) as caught:
+        vp.Probe.from_module(model, (1, 4, 4), device="cpu")
+    message = str(caught.value)
+    for part in ("Signed.encode failed", "shape (1, 1, 4, 4)", "[0, 1]",
+                 "mat1 and mat2 shapes cannot be multiplied", "encoder_input='flat'",
+                 "(B, 16) = (B, C*H*W)", "pixel_range"):
+        assert part in message, part
+    truth = float(model.true_kl(IMAGES).mean())  # following it gives the right rate
+    assert _rate(model, encoder_input="flat") == pytest.approx(truth, rel=1e-5)
