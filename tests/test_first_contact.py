@@ -119,3 +119,44 @@ def test_a_module_failing_on_our_input_is_told_its_shape_range_and_the_option():
         assert part in message, part
     truth = float(model.true_kl(IMAGES).mean())  # following it gives the right rate
     assert _rate(model, encoder_input="flat") == pytest.approx(truth, rel=1e-5)
+
+
+# ---- errors that name the missing piece --------------------------------------------------------
+
+@pytest.mark.parametrize("project, format_name", [("disentangling-vae/VAE_mnist", "disvae"),
+                                                  ("joint-vae/mnist", "jointvae")])
+def test_a_model_pt_without_its_specs_json_says_so(project, format_name, tmp_path):
+    weights = realworld.path("models", *project.split("/"), "model.pt")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(weights.read_bytes())
+    for path, options in ((folder, {}), (folder / "model.pt", {}),
+                          (folder / "model.pt", {"format": format_name})):
+        with pytest.raises(vp.adapters.FormatError) as caught:
+            vp.load(path, device="cpu", **options)
+        message = str(caught.value)
+        assert str(folder / "specs.json") in message and "is missing" in message
+        assert f"format {format_name!r}" in message
+    # following it: the specs.json beside model.pt, and vp.load opens the folder
+    (folder / "specs.json").write_bytes((weights.parent / "specs.json").read_bytes())
+    assert vp.load(folder, device="cpu").source["format"] == format_name
+
+
+def test_a_bare_state_dict_names_the_formats_it_is_not_and_the_from_module_call(tmp_path):
+    model = Signed("logvar")
+    path = tmp_path / "vae.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(vp.adapters.FormatError) as caught:
+        vp.load(path, device="cpu")
+    message = str(caught.value)
+    for part in ("bare state dict", "vaeprobe", "specs.json", "model_config.json",
+                 "config.json", "vp.Probe.from_module(", "weights_only=True"):
+        assert part in message, part
+    # the three lines, as printed, with the user's class: they give the right rate
+    lines = [line.strip() for line in message.splitlines() if line.startswith("    ")]
+    assert len(lines) == 3
+    namespace = {"MyVAE": lambda *args: Signed("logvar"), "torch": torch, "vp": vp}
+    code = "\n".join(lines).replace("(C, H, W)", "(1, 4, 4)").replace("(...)", "()")
+    exec(code, namespace)
+    rate = float(vp.rate(namespace["probe"], IMAGES, progress=False)["total_rate"])
+    assert rate == pytest.approx(float(model.true_kl(IMAGES).mean()), rel=1e-5)
