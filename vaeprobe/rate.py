@@ -23,7 +23,7 @@ from vaeprobe.arrays import rate_terms
 from vaeprobe.probe import Probe, encode
 
 
-class _Moments(Reducing):
+class Moments(Reducing):
     """Running sums for a mean and its standard error over images (float64); an
     :class:`~vaeprobe.accumulate.Accumulator`."""
 
@@ -54,8 +54,8 @@ class _RateTotals(Reducing):
               "said": "first"}
 
     def __init__(self, n_layers: int, per_image: bool):
-        self.layer, self.channel, self.distortion = _Moments(), _Moments(), _Moments()
-        self.total, self.log_px, self.elbo = _Moments(), _Moments(), _Moments()
+        self.layer, self.channel, self.distortion = Moments(), Moments(), Moments()
+        self.total, self.log_px, self.elbo = Moments(), Moments(), Moments()
         self.per_image, self.kl_analytic, self.said = per_image, None, []
         self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
 
@@ -152,12 +152,12 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
     totals = distributed.merge(totals)
-    ds = _rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+    ds = rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
                        active_threshold)
     kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if totals.log_px.n:
-        ds = ds.assign(_reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
+        ds = ds.assign(reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
                                              probe.likelihood_kind, probe.n_bits))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
@@ -179,7 +179,7 @@ def resolution_label(size: tuple[int, int]) -> str:
     return f"{int(size[0])}x{int(size[1])}"
 
 
-def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str,
+def reconstruction_terms(log_px: Moments, elbo: Moments, dims: int, kind: str,
                           n_bits: int = 8) -> dict:
     """E log p(x|z) and the ELBO (one posterior draw per image) in nats and bits/dim."""
     offset = units.bpd_offset(kind, n_bits)  # a density on [0, 1] data: + n_bits bits/dim
@@ -195,7 +195,7 @@ def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str
     return variables
 
 
-def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
+def rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
     rate_mean, rate_se = layer.compute()
     channel_mean, _ = channel.compute()
     distortion_mean, distortion_se = distortion.compute()
