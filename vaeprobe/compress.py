@@ -26,7 +26,7 @@ coder. The file records torch's version and CPU kernel set; decoding elsewhere i
 stack: the chain starts from ``initial_bits`` seeded random bits (reported separately; they come
 back at the end).
 
-File format (``.vpbb``, :mod:`vaeprobe.compressed_file`): a checksummed JSON header (the
+File format (``.vpbb``, ``vaeprobe.compressed_file``): a checksummed JSON header (the
 model's sha256, format and load options, image shape, number of images, latent bits, the
 payload's and the images' sha256) and the ANS stack's words. Decoding refuses a damaged file or
 another model before decoding, and checks the decoded images against their digest.
@@ -161,7 +161,7 @@ def compress(source, data, *, n_images: int | None = 100, latent_bits: int = 8, 
         Also write the compressed file here (``.vpbb``; :func:`decompress` reads it).
         It is checked before any work: never one of the inputs (the model's files, the data),
         and an existing file only replaced when vaeprobe wrote it
-        (:func:`vaeprobe.outputs.check_output`).
+        (``vaeprobe.outputs.check_output``).
     verify : bool
         Decode the whole chain again and compare bit for bit (``round_trip``); also times the
         decoder.
@@ -290,7 +290,7 @@ def decompress(path, source=None, *, progress: bool = True) -> torch.Tensor:
     ----------
     path : str or Path
         The compressed file. A damaged one (truncated, a flipped bit, an edited header) is
-        refused before decoding (:func:`vaeprobe.compressed_file.read_compressed`).
+        refused before decoding (``vaeprobe.compressed_file``).
     source : Probe, run directory or checkpoint, optional
         The model it was coded with; default the checkpoint path the file names. A path is
         opened with the format and load options the file records. Another model (a
@@ -301,9 +301,9 @@ def decompress(path, source=None, *, progress: bool = True) -> torch.Tensor:
 
     Raises
     ------
-    vaeprobe.compress.CompressedFileError
-        A damaged file, another model, or decoded images whose sha256 is not the file's (PMFs
-        computed differently: another torch or CPU kernel set).
+    ValueError
+        (``CompressedFileError``) a damaged file, another model, or decoded images whose
+        sha256 is not the file's (PMFs computed differently: another torch or CPU kernels).
 
     Examples
     --------
