@@ -45,9 +45,15 @@ def _cmd_compress(args) -> int:
     from vaeprobe._cli_args import finish, load_probe
 
     args.device = args.device or "cpu"  # the coder runs on the CPU (bit-identical PMFs)
+    from vaeprobe import outputs
+
+    if args.file:  # before the model is opened: never an input, never a file not ours
+        outputs.check_output(args.file, "--file", inputs=outputs.source_paths(
+            args.checkpoint, args.data), overwrite=args.overwrite)
     ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
                      latent_bits=args.latent_bits,
-                     seed=args.seed, out=args.file, verify=not args.no_verify)
+                     seed=args.seed, out=args.file, verify=not args.no_verify,
+                     overwrite=args.overwrite)
     n = int(ds.attrs["n_images"])
     print(f"{n} images: coded {float(ds.coded_bpd):.4f} ± {float(ds.coded_bpd_se):.4f} bits/dim "
           f"vs -ELBO {float(ds.elbo_bpd):.4f} ± {float(ds.elbo_bpd_se):.4f} at the same "
@@ -97,22 +103,30 @@ def add_compress(sub) -> None:
 
 
 def _cmd_decompress(args) -> int:
-    import numpy as np
-
     import vaeprobe as vp
-    from vaeprobe import io
+    from vaeprobe import outputs
 
     if args.images:
-        io.check_writable(args.images, "--images")
+        header_model = _file_model(args.file)
+        outputs.check_output(args.images, "--images", inputs=outputs.source_paths(
+            args.file, args.model, header_model), overwrite=args.overwrite)
     images = vp.decompress(args.file, args.model)
     print(f"decoded {images.shape[0]} images of shape {tuple(images.shape[1:])} from "
-          f"{args.file}")
+          f"{args.file} (their sha256 matches the file's)")
     if args.images:
-        with io.atomic_path(args.images, suffix=".npz") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, images=images.numpy())
+        outputs.save_images_npz(args.images, images.numpy())
         print(f"wrote {args.images} (read it back as data npz:{args.images})")
     return 0
+
+
+def _file_model(path) -> str | None:
+    """The checkpoint a .vpbb names (an input of decompress), or None when unreadable."""
+    from vaeprobe.compressed_file import CompressedFileError, read_compressed
+
+    try:
+        return read_compressed(path)[0].get("checkpoint") or None
+    except (OSError, CompressedFileError):
+        return None  # decompress itself says what is wrong with the file
 
 
 def add_decompress(sub) -> None:
@@ -128,6 +142,9 @@ def add_decompress(sub) -> None:
             "checkpoint); another model is refused")
     parser.add_argument("--images", default=None, help="write the images here as .npz "
                         "(array 'images', uint8 N x C x H x W; default: not written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing "
+                        "--images file that vaeprobe did not write (default: refuse; never "
+                        "the .vpbb or the model)")
     parser.set_defaults(run=_cmd_decompress)
 
 

@@ -1,10 +1,12 @@
 """Datasets as uint8 ``(C, H, W)`` tensors: embedded defaults, torchvision sets, folders, npz.
 
 Every function in vaeprobe that takes ``data`` accepts one of
+
 - a name string: ``"patches32"``, ``"patches32:test"``, ``"digits8"``, ``"svhn:test"``,
   ``"folder:/path/to/images"``, ``"npz:/path/to/file.npz"``;
 - a torch Dataset yielding uint8 ``(C, H, W)`` tensors or ``(image, label)`` pairs;
 - a uint8 tensor ``(N, C, H, W)``.
+
 :func:`as_dataset` normalises all three and rejects anything else with an error naming the fix.
 """
 
