@@ -23,7 +23,7 @@ from vaeprobe.arrays import rate_terms
 from vaeprobe.probe import Probe, check_posterior, encode
 
 
-class _Moments(Reducing):
+class Moments(Reducing):
     """Running sums for a mean and its standard error over images (float64); an
     :class:`~vaeprobe.accumulate.Accumulator`."""
 
@@ -55,9 +55,9 @@ class _RateTotals(Reducing):
               "kl_analytic": "first", "said": "first"}
 
     def __init__(self, n_layers: int, per_image: bool):
-        self.layer, self.channel, self.distortion = _Moments(), _Moments(), _Moments()
-        self.total, self.log_px, self.elbo = _Moments(), _Moments(), _Moments()
-        self.log_px_at_mean = _Moments()
+        self.layer, self.channel, self.distortion = Moments(), Moments(), Moments()
+        self.total, self.log_px, self.elbo = Moments(), Moments(), Moments()
+        self.log_px_at_mean = Moments()
         self.per_image, self.kl_analytic, self.said = per_image, None, []
         self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
 
@@ -176,17 +176,17 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
     totals = distributed.merge(totals)
-    ds = _rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+    ds = rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
                        active_threshold)
     kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if totals.log_px.n:
-        ds = ds.assign(_reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
-                                             probe.likelihood_kind, probe.n_bits))
+        ds = ds.assign(reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
+                                            probe.likelihood_kind, probe.n_bits))
     if totals.log_px_at_mean.n:
-        ds = ds.assign(_reconstruction_terms(totals.log_px_at_mean, None, image_dims(probe),
-                                             probe.likelihood_kind, probe.n_bits,
-                                             name="log_px_at_mean"))
+        ds = ds.assign(reconstruction_terms(totals.log_px_at_mean, None, image_dims(probe),
+                                            probe.likelihood_kind, probe.n_bits,
+                                            name="log_px_at_mean"))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
@@ -215,8 +215,8 @@ _DESCRIPTIONS = {
 }
 
 
-def _reconstruction_terms(log_px: _Moments, elbo: _Moments | None, dims: int, kind: str,
-                          n_bits: int = 8, name: str = "log_px") -> dict:
+def reconstruction_terms(log_px: Moments, elbo: Moments | None, dims: int, kind: str,
+                         n_bits: int = 8, name: str = "log_px") -> dict:
     """``name`` (default E_q log p(x|z)) and, when ``elbo`` is given, the ELBO, in nats and
     bits/dim, each with its standard error over images."""
     offset = units.bpd_offset(kind, n_bits)  # a density on [0, 1] data: + n_bits bits/dim
@@ -232,7 +232,7 @@ def _reconstruction_terms(log_px: _Moments, elbo: _Moments | None, dims: int, ki
     return variables
 
 
-def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
+def rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
     rate_mean, rate_se = layer.compute()
     channel_mean, _ = channel.compute()
     distortion_mean, distortion_se = distortion.compute()
