@@ -61,7 +61,23 @@ DECODER_OUTPUTS = ("mean", "probabilities", "logits")
 BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
                  "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
                  "grey / 255, seeded per image), on the command line --data NAME,binarize="
-                 "dynamic; or use likelihood='gaussian' for grey levels")
+                 "dynamic")
+FROM_MODULE_GAUSSIAN = ("vp.Probe.from_module(model, ..., likelihood='gaussian', sigma=S) with S "
+                        "the decoder's standard deviation on its output scale")
+
+
+def not_binary_message(x: torch.Tensor, gaussian_hint: str = FROM_MODULE_GAUSSIAN) -> str:
+    """Why a Bernoulli likelihood refuses ``x`` (grey levels, or colour images) and the two
+    fixes: binarize the data, or evaluate with a Gaussian (``gaussian_hint`` says how for this
+    model: the option of its format or of ``from_module``)."""
+    colour = x.ndim == 4 and x.shape[1] == 3
+    got = ("RGB colour images with levels other than 0 and 255 (binarizing colour photographs "
+           "changes them beyond recognition: prefer the Gaussian)" if colour else
+           "grey levels (levels other than 0 and 255)")
+    return (f"a Bernoulli likelihood needs binary images (levels 0 and 255 only), got {got}; "
+            f"either {BINARIZE_HINT}; or evaluate {'colour' if colour else 'grey'} levels with a "
+            f"Gaussian decoder likelihood: {gaussian_hint} (a choice of yours: a decoder "
+            f"trained with binary cross-entropy has no sigma, and the bound depends on it)")
 
 
 class ModuleInputError(ValueError):
@@ -79,8 +95,9 @@ class Bernoulli:
     tails: log sigmoid, not the log of a rounded probability).
     """
 
-    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None):
-        self.logits = logits
+    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                 gaussian_hint: str = FROM_MODULE_GAUSSIAN):
+        self.logits, self.gaussian_hint = logits, gaussian_hint
         self.mean = (torch.sigmoid(logits) if logits is not None else mean).clamp(0, 1)
 
     def sample(self, generator=None) -> torch.Tensor:
@@ -92,8 +109,7 @@ class Bernoulli:
         if kind != "discretized":
             raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
         if ((x != 0) & (x != 255)).any():
-            raise NotBinaryError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
-                             f"only), got grey levels; {BINARIZE_HINT}")
+            raise NotBinaryError(not_binary_message(x, self.gaussian_hint))
         if self.logits is not None:
             logits = self.logits.double()
             log_p = torch.where(x == 255, F.logsigmoid(logits), F.logsigmoid(-logits))
@@ -142,6 +158,7 @@ class ModuleProbe(SharedEncoderProbe):
                              "standard deviation on its output scale); other likelihoods take "
                              "no sigma")
         self.sigma = sigma
+        self.gaussian_hint = FROM_MODULE_GAUSSIAN  # how to choose a Gaussian (adapters: theirs)
         self.likelihood_kind = "none" if likelihood == "none" else "discretized"
         self.point_posterior = scale == "none"
         self.prior_is_generative = not self.point_posterior
@@ -299,7 +316,7 @@ class ModuleProbe(SharedEncoderProbe):
             log_sigma = torch.tensor(math.log(self.sigma / (high - low)), device=mean.device)
             return DiscretizedGaussian(mean, log_sigma, "fixed")
         if self.likelihood == "bernoulli":
-            return Bernoulli(mean, logits=logits)
+            return Bernoulli(mean, logits=logits, gaussian_hint=self.gaussian_hint)
         return MeanOnly(mean.clamp(0, 1), self.name)
 
     @torch.no_grad()
