@@ -1,6 +1,8 @@
 """First contact with real models: numbers that mean what their names say, checked on the
 disentangling-vae MNIST models of ../shared/realworld (skipped, saying why, without it)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import realworld
@@ -232,3 +234,58 @@ def test_the_model_card_names_the_likelihood_exactly():
     module = vp.Probe.from_module(Signed("logvar"), (1, 4, 4), device="cpu",
                                   likelihood="gaussian", sigma=0.5, output_range=(-1, 1))
     assert likelihood_name(module).startswith("Gaussian of fixed sigma 0.25 ")
+
+
+# ---- data that does not match the model: said before any number, refused when strict -------
+
+def _faces(folder: Path, mode: str = "RGB", size=(6, 5)) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(folder / f"face{i}.png")
+    return folder
+
+
+def test_data_changed_to_fit_the_model_is_said_before_any_number(tmp_path):
+    from vaeprobe.data_checks import DataMismatchError, DataMismatchWarning
+
+    probe = vp.Probe.from_module(Signed("logvar"), (1, 4, 4), device="cpu")
+    faces = f"folder:{_faces(tmp_path / 'faces')}"
+    with pytest.warns(DataMismatchWarning) as said:
+        ds = vp.rate(probe, faces, progress=False)
+    text = " ".join(str(w.message) for w in said if w.category is DataMismatchWarning)
+    assert "3 colour image(s) converted to grey" in text
+    assert "3 image(s) resized from 5x6 to 4x4 (HxW; resize=crop)" in text
+    assert np.isfinite(float(ds["total_rate"]))
+    with pytest.raises(DataMismatchError, match="converted to grey"):
+        vp.rate(probe, faces, strict_data=True, progress=False)
+    with vp.data_checks.strict_data(), pytest.raises(DataMismatchError):
+        vp.iwae(probe.__class__(Signed("logvar"), (1, 4, 4), device="cpu",
+                                likelihood="gaussian", sigma=0.1), faces, k=2, progress=False)
+    # data that fits is not warned about, strict or not
+    fits = f"folder:{_faces(tmp_path / 'grey', 'L', (4, 4))}"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        vp.rate(probe, fits, strict_data=True, progress=False)
+    # levels 0/1 (binary data not scaled to 0/255)
+    with pytest.warns(DataMismatchWarning, match="levels are 0 and 1 only"):
+        vp.rate(probe, (IMAGES > 127).to(torch.uint8), progress=False)
+
+
+def test_strict_data_on_the_command_line(tmp_path, capsys):
+    from vaeprobe.cli import main
+
+    folder = realworld.path("models", "disentangling-vae", "VAE_mnist")
+    faces = f"folder:{_faces(tmp_path / 'faces', size=(40, 48))}"
+    assert main(["rate", str(folder), "--data", faces, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "converted to grey" in err and "resized from 48x40 to 32x32" in err
+    assert main(["rate", str(folder), "--data", faces, "--device", "cpu",
+                 "--strict-data"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "--strict-data" in err and "Traceback" not in err

@@ -194,7 +194,8 @@ def _describe(value) -> str:
 
 
 def load(path: str | os.PathLike, format: str | None = None, *, device=None,
-         max_memory=None, allow_nonfinite: bool = False, **options) -> Probe:
+         max_memory=None, allow_nonfinite: bool = False, revision: str | None = None,
+         subfolder: str | None = None, **options) -> Probe:
     """Open a checkpoint of any registered format as a Probe.
 
     The format is chosen first (``format``, or sniffed from the files), then its opener
@@ -208,7 +209,15 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
         A file or folder of the format: a vaeprobe run directory or ``ckpt_step*.pt``; a
         diffusers AutoencoderKL folder; a pythae model folder; an openai/vdvae ``*.th`` file;
         a disentangling-vae results folder; a JointVAE model folder; a TAESD-family
-        encoder/decoder pair or a diffusers AutoencoderTiny folder.
+        encoder/decoder pair or a diffusers AutoencoderTiny folder. Or a Hugging Face Hub
+        name, ``"org/name"`` (when no local path of that name exists: a local path always
+        wins), fetched into the user's Hub cache with only the VAE's files
+        (:mod:`vaeprobe.hub`; needs ``huggingface_hub``, the ``hub`` extra); honours
+        ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``; a pipeline repository opens its ``vae/``.
+    revision : str, optional
+        The Hub revision (branch, tag or commit) of a Hub name; default ``main``.
+    subfolder : str, optional
+        The folder of the model inside a Hub repository (e.g. ``"vae"``) or a local folder.
     format : str, optional
         One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
@@ -245,7 +254,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     """
     from vaeprobe.distributed import default_device
 
-    path = Path(path)
+    path, hub_source = _resolve_path(path, revision, subfolder)
     if format is None:
         format = sniff_format(path)
     elif format not in formats:
@@ -272,10 +281,24 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
                 raise FormatError(missing) from None
             raise
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
-                                                          sort_keys=True))
+                                                          sort_keys=True), **hub_source)
     if allow_nonfinite:
         probe.source["allow_nonfinite"] = 1
     return probe
+
+
+def _resolve_path(path, revision: str | None, subfolder: str | None) -> tuple[Path, dict]:
+    """(local path, Hub provenance): a Hub name ``org/name`` fetched (:mod:`vaeprobe.hub`),
+    a local path as it is (plus ``subfolder``)."""
+    from vaeprobe import hub
+
+    if hub.is_hub_name(path):
+        return hub.resolve(str(path), revision, subfolder)
+    if revision is not None:
+        raise FormatError(f"revision={revision!r} is for a Hub name ('org/name'); {path} is a "
+                          f"local path")
+    path = Path(path)
+    return (path / subfolder if subfolder else path), {}
 
 
 def as_probe(source, format: str | None = None, *, device=None, max_memory=None,
