@@ -174,8 +174,8 @@ def test_one_layer_panels_are_per_channel_with_the_rate_map(reports):
     for ax in (rate_map, example):
         assert ax.get_xlabel() == "latent x [latent position]"
         assert ax.get_ylabel() == "latent y [latent position]"
-        colorbar = ax.images[-1].colorbar
-        assert colorbar.ax.get_ylabel() == "KL [nats / position]"
+        (colorbar,) = [other for other in ax.figure.axes if other is not ax]
+        assert colorbar.get_ylabel() == "KL [nats / position]"
     assert "mean KL per latent position" in rate_map.get_title()
     (latents,) = _panel_axes(report, "latents")
     assert _tick_labels(latents) == ["ch 0", "ch 1"]

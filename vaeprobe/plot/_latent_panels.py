@@ -107,23 +107,28 @@ def audit_rate_map(ds: xr.Dataset, ax=None):
 
 @needs("rate_map_example", "example_thumbnail")
 def audit_rate_map_example(ds: xr.Dataset, ax=None):
-    """One image's own KL per latent position, drawn over a grey thumbnail of that image."""
+    """One image's own KL per latent position over a grey thumbnail of that image: the more
+    nats a position costs, the redder and the more opaque its cell."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     ax = axes(ax, figsize=(5, 4.2))
     rate = ds["rate_map_example"].values
     height, width = rate.shape
-    thumbnail = ds["example_thumbnail"].values.astype(np.float64)  # (C, h, w) 0 .. 255
-    grey = thumbnail.mean(0)
+    grey = ds["example_thumbnail"].values.astype(np.float64).mean(0)  # (h, w) 0 .. 255
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
     ax.imshow(grey, cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="bilinear")
-    masked = np.ma.masked_less_equal(rate, np.quantile(rate, 0.5))  # the costlier half
-    image = ax.imshow(masked, cmap="magma", alpha=0.6, vmin=0, vmax=max(rate.max(), 1e-12),
-                      extent=extent, interpolation="nearest")
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03,
+    norm, cmap = Normalize(0, max(float(rate.max()), 1e-12)), plt.get_cmap("autumn_r")
+    colours = cmap(norm(rate))
+    colours[..., 3] = 0.9 * np.clip(norm(rate), 0, 1) ** 0.5  # cheap positions let it show
+    ax.imshow(colours, extent=extent, interpolation="nearest")
+    ax.figure.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.046, pad=0.03,
                        label="KL [nats / position]")
     _grid_axes(ax, ds)
     index = int(ds["example_image"]) if "example_image" in ds else "?"
-    ax.set_title(f"image {index}: its KL per position ({rate.sum():.4g} nats),\n"
-                 f"costlier half coloured over the image", fontsize=9)
+    ax.set_title(f"image {index}: its own KL per position ({rate.sum():.4g} nats / image)\n"
+                 f"over the image (opaque: costly)", fontsize=9)
     return ax
 
 
