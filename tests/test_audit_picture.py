@@ -144,7 +144,7 @@ def _tick_labels(ax, axis="x"):
 def _panel_axes(report, name):
     """Each panel of section ``name`` drawn on its own Axes."""
     drawn = []
-    for function in audit_panels(name, report[name]):
+    for function in audit_panels(name, report[name], report.panels()):
         ax = axes(None, figsize=(6.5, 4.2))
         function(report[name], ax=ax)
         ax.figure.canvas.draw()  # tick labels are filled in at draw time
@@ -207,9 +207,9 @@ def test_hierarchical_panels_label_layers_by_name_and_resolution(reports):
 def test_every_axis_of_the_page_has_units_or_categories(reports, which):
     import matplotlib.pyplot as plt
 
-    figure = audit_page(reports[which], panels=None)
+    figure = audit_page(reports[which])  # the report's own panels (the registry's)
     figure.canvas.draw()
-    expected = 1 + len(audit_panels("bits", reports[which]["bits"])) + 1
+    expected = 1 + len(audit_panels("bits", reports[which]["bits"], reports[which].panels())) + 1
     drawn = [ax for ax in figure.axes if ax.axison and ax.get_label() != "<colorbar>"]
     assert len(drawn) == expected - 1  # the card is text (its axis off)
     for ax in drawn:
@@ -231,6 +231,16 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_panels_come_from_the_registry(reports):
+    from vaeprobe.audit.registry import sections
+
+    panels = reports["one_layer"].panels()
+    assert panels["bits"] == sections()["bits"].figure
+    assert panels["bits"][0] == "audit_bits" and "audit_rate_map" in panels["bits"]
+    with pytest.raises(ValueError, match=r"panels=report.panels\(\)"):
+        audit_panels("bits", reports["one_layer"]["bits"], None)
 
 
 def test_html_report_shows_every_panel(reports, tmp_path):

@@ -30,6 +30,11 @@ class AuditReport(dict):
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
         return write_report(self, out)
 
+    def panels(self) -> dict[str, str | tuple[str, ...]]:
+        """Section name -> the vaeprobe.plot function(s) drawing its panels (the registry's
+        ``Section.figure``), for :func:`vaeprobe.plot.audit_page` and ``audit_section``."""
+        return _panels()
+
 
 # ---------------------------------------------------------------------------------------------
 # netCDF
@@ -109,8 +114,8 @@ def _titles() -> dict[str, str]:
     return titles()
 
 
-def _panels() -> dict[str, str]:
-    """Section name -> the vaeprobe.plot function that draws its panel."""
+def _panels() -> dict[str, str | tuple[str, ...]]:
+    """Section name -> the vaeprobe.plot function(s) that draw its panels."""
     from vaeprobe.audit.registry import sections
 
     return {name: section.figure for name, section in sections().items() if section.figure}

@@ -179,14 +179,6 @@ def audit_precision(ds: xr.Dataset, ax=None):
     return ax
 
 
-DEFAULT_PANELS = {"model_card": "audit_card",
-                  "bits": ("audit_bits", "audit_rate_map", "audit_rate_map_example"),
-                  "reconstructions": "audit_reconstructions", "latents": "audit_latents",
-                  "progressive": "audit_progressive", "spectra": "audit_spectra",
-                  "likelihood": "iwae_convergence", "samples": "audit_samples",
-                  "precision": "audit_precision"}
-
-
 def _plot_function(name: str):
     """The public plot function called ``name`` (it lives in one of the plot modules)."""
     import sys
@@ -198,23 +190,27 @@ def _plot_function(name: str):
     return None
 
 
-def audit_panels(name: str, ds: xr.Dataset, panels: dict | None = None) -> list:
+def audit_panels(name: str, ds: xr.Dataset, panels: dict | None) -> list:
     """The plot functions that draw section ``name``'s panels for ``ds``, main panel first.
 
-    ``panels`` maps section names to one vaeprobe.plot function name or a tuple of them
-    (default :data:`DEFAULT_PANELS`); a function with a ``needs`` attribute (variable names) is
-    left out when ``ds`` lacks them (the rate map of a hierarchical model). Empty for a skipped
-    or failed section."""
+    ``panels`` maps section names to one vaeprobe.plot function name or a tuple of them (the
+    audit's registry: ``report.panels()`` of the report :func:`vaeprobe.audit` returns or
+    :func:`vaeprobe.audit.open_audit` reads); a function with a ``needs`` attribute (variable
+    names) is left out when ``ds`` lacks them (the rate map of a hierarchical model). Empty
+    for a skipped or failed section."""
+    if panels is None:
+        raise ValueError(f"say which plot functions draw the section {name!r}: pass "
+                         f"panels=report.panels() (the report of vp.audit or open_audit)")
     if ds.attrs.get("status") != "ok":
         return []
-    spec = {**DEFAULT_PANELS, **(panels or {})}.get(name) or ()
+    spec = panels.get(name) or ()
     functions = [_plot_function(function) for function in
                  ((spec,) if isinstance(spec, str) else tuple(spec))]
     return [function for function in functions if function is not None
             and all(variable in ds for variable in getattr(function, "needs", ()))]
 
 
-def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None = None, panel: int = 0):
+def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None, panel: int = 0):
     functions = audit_panels(name, ds, panels)
     if panel >= len(functions):
         return audit_status(ds, ax, title=name)
@@ -232,11 +228,14 @@ def audit_section(name: str, ds: xr.Dataset, ax=None, panels: dict | None = None
 
 def audit_page(sections: dict, title: str = "", panels: dict | None = None):
     """One multi-panel page: every panel of every section of an audit (name -> Dataset), in
-    order; ``panels`` as in :func:`audit_panels`.
+    order; ``panels`` as in :func:`audit_panels` (default: the report's own,
+    ``sections.panels()``).
 
     Returns the matplotlib Figure.
     """
     plt = _pyplot()
+    if panels is None and callable(getattr(sections, "panels", None)):
+        panels = sections.panels()  # an AuditReport knows its sections' panels
     cells = [(name, index) for name, ds in sections.items()
              for index in range(max(1, len(audit_panels(name, ds, panels))))]
     columns = 3
