@@ -69,6 +69,10 @@ class UndefinedAnalysisError(ValueError):
     """An analysis that is not defined for this model (e.g. IWAE without a likelihood)."""
 
 
+class NotBinaryError(ValueError):
+    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
+
+
 def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
     """KL(N(q_mean, q_std^2) || N(p_mean, p_std^2)) per element, in nats."""
     return (p_logstd - q_logstd

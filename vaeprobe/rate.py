@@ -20,7 +20,7 @@ from vaeprobe._analysis import (
 )
 from vaeprobe.accumulate import Reducing
 from vaeprobe.arrays import rate_terms
-from vaeprobe.probe import Probe, encode
+from vaeprobe.probe import NotBinaryError, Probe, encode
 
 
 class Moments(Reducing):
@@ -84,8 +84,6 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sam
     terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
                  distortion=distortion, kl_analytic=latents.kl_analytic)
     if probe.likelihood_kind != "none":  # E_q log p(x|z), one posterior draw per image
-        from vaeprobe.adapters.module import NotBinaryError
-
         try:
             terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
                                                   generator=generators).double().cpu()

@@ -46,6 +46,7 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
+    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
@@ -61,10 +62,6 @@ BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (
                  "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
                  "grey / 255, seeded per image), on the command line --data NAME,binarize="
                  "dynamic; or use likelihood='gaussian' for grey levels")
-
-
-class NotBinaryError(ValueError):
-    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
 
 
 class Bernoulli:
