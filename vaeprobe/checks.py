@@ -34,7 +34,7 @@ def check_value(value, kind: str, where: str, key: str, low=None, high=None):
     >>> check_value(-3, "int", "config.json", "latent_channels", 1, 4096)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    vaeprobe.validate.ConfigError: config.json: latent_channels must be an integer ..., got -3
+    vaeprobe.checks.ConfigError: config.json: latent_channels must be an integer ..., got -3
     """
     bounds = (f" in [{low}, {high}]" if low is not None and high is not None else
               f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
