@@ -547,6 +547,70 @@ def test_compress_and_decompress_never_replace_inputs_or_unknown_files(tiny_run,
     assert vp.data.as_dataset(f"npz:{notes}")[0].dtype == torch.uint8
 
 
+# ---- the audit store: nothing on disk trusted unchecked ----------------------------------------
+
+AUDIT = dict(n_images=6, sections=["model_card", "bits"], progress=False)
+
+
+def test_a_foreign_section_is_never_published(tiny_run, tmp_path):
+    trained = FIXTURES / "tiny8_trained"
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    truth = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)["bits"]
+    foreign = vp.audit(trained, "digits8:test", out=theirs, **AUDIT)["bits"]
+    assert float(foreign.total_rate) != pytest.approx(float(truth.total_rate))
+    # another model's section copied in: recomputed, said, never published
+    (ours / "sections" / "bits.nc").write_bytes((theirs / "sections" / "bits.nc").read_bytes())
+    with pytest.warns(UserWarning, match="bits.*another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert json.loads(report.attrs["computed_sections"]) == ["bits"]
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    # no audit.json at all: a folder of the other model's sections is not taken as ours
+    (ours / "audit.json").unlink()
+    for file in (theirs / "sections").iterdir():
+        (ours / "sections" / file.name).write_bytes(file.read_bytes())
+    with pytest.warns(UserWarning, match="another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    CORPUS.extend([("audit store", "foreign section file"),
+                   ("audit store", "foreign sections, no audit.json")])
+
+
+def test_a_partial_sections_run_adds_to_the_report_and_never_shrinks_it(tiny_run, tmp_path):
+    out = tmp_path / "audit"
+    vp.audit(tiny_run, "digits8:test", out=out, **AUDIT)
+    partial = vp.audit(tiny_run, "digits8:test", out=out, **{**AUDIT, "sections": ["latents"]})
+    assert list(partial) == ["model_card", "bits", "latents"]
+    assert json.loads(partial.attrs["computed_sections"]) == ["latents"]
+    page = (out / "audit.html").read_text()
+    assert all(title in page for title in ("Where the bits go", "Latent"))
+    CORPUS.append(("audit store", "a partial --sections run"))
+
+
+def test_audit_directories_that_are_not_audits(tiny_run, tmp_path, capsys, monkeypatch):
+    base = ["audit", str(tiny_run), "--data", "digits8:test", "--n-images", "4", "--sections",
+            "model_card", "--quiet"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    refused("audit store", base + ["--out", str(plain), "--resume"], capsys, plain,
+            "no audit to resume")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "audit.html").write_text("<html>my own notes</html>")
+    monkeypatch.chdir(mine.parent)  # the default --out is ./audit
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.html").write_text("<html>my own notes</html>")
+    refused("audit store", base, capsys, "audit.html", "--overwrite")
+    assert (tmp_path / "audit" / "audit.html").read_text() == "<html>my own notes</html>"
+    for content in ("[1, 2]", "garbage {"):
+        bad = tmp_path / f"bad{len(content)}"
+        bad.mkdir()
+        (bad / "audit.json").write_text(content)
+        refused("audit store", base + ["--out", str(bad)], capsys, bad / "audit.json",
+                "not an audit manifest")
+    assert cli.main(base + ["--out", str(mine), "--overwrite"]) == 0
+    assert "vaeprobe" in (mine / "audit.html").read_text()
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):

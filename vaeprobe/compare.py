@@ -281,7 +281,10 @@ def write_page(ds: xr.Dataset, out: Path) -> dict[str, Path]:
     table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)].to_html(
         float_format=lambda value: f"{value:.4g}", na_rep="—")
     image = base64.b64encode(Path(paths["png"]).read_bytes()).decode()
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>vaeprobe compare</title>"
+    from vaeprobe.outputs import HTML_MARK
+
+    html = (f"<!doctype html><html><head><meta charset='utf-8'>{HTML_MARK}"
+            f"<title>vaeprobe compare</title>"
             f"</head><body><h1>vaeprobe compare</h1><p>data {ds.attrs.get('dataset')}, "
             f"reconstructions from a posterior sample; created {ds.attrs.get('created_at')}</p>"
             f"{table}<p><img src='data:image/png;base64,{image}'></p>"
