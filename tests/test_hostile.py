@@ -611,6 +611,71 @@ def test_audit_directories_that_are_not_audits(tiny_run, tmp_path, capsys, monke
     assert "vaeprobe" in (mine / "audit.html").read_text()
 
 
+# ---- compare: every model checked first, protocols never mixed silently ----------------------
+
+def test_compare_checks_every_model_before_auditing_any(tiny_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.pt").write_text("version https://git-lfs.github.com/spec/v1\n")
+    out = tmp_path / "cmp"
+    base = ["compare", str(tiny_run), "--data", "digits8:test", "--n-images", "4",
+            "--no-information", "--out", str(out)]
+    refused("compare", base[:2] + [str(DIFFUSERS)] + base[2:], capsys, "tiny_vae",
+            "nothing was audited")
+    refused("compare", base[:2] + [str(broken)] + base[2:], capsys, "model broken",
+            "nothing was audited")
+    assert not (out / "models").exists()  # no audit ran before the bad model was found
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "compare.html").write_text("my page")
+    refused("outputs", base[:-1] + [str(notes)], capsys, "compare.html", "--overwrite")
+
+
+def test_compare_reuses_only_audits_of_its_protocol_and_says_so(tiny_run, tmp_path):
+    import xarray as xr
+
+    from vaeprobe.compare import (
+        AUDIT_SECTIONS,
+        _audit_protocol,
+        _find_audit,
+        _mixed_protocols,
+        _protocol,
+    )
+
+    data = vp.data.as_dataset("digits8:test")
+    probe = vp.load(tiny_run)
+    here = _protocol(data, 6, 0, "inception-v3-compat", "alexnet")
+    run = _copy(tiny_run, tmp_path / "run")
+    stored = run / "audit" / "audit.nc"
+    stored.parent.mkdir()
+
+    def audit_on_disk(**changes):  # the root attributes compare reads from an audit.nc
+        parameters = dict(settings=here["settings"], feature_extractor="inception-v3-compat",
+                          lpips_trunk="alexnet")
+        attrs = dict(sections=json.dumps(list(AUDIT_SECTIONS)), dataset="digits8:test",
+                     checkpoint_sha256=probe.source["checkpoint_sha256"], n_images=6, seed=0,
+                     quick=0)
+        attrs.update(changes)
+        attrs["parameters"] = json.dumps({**parameters, **changes.pop("parameters", {})})
+        io.save(xr.Dataset(attrs=attrs), stored, overwrite=True)
+
+    audit_on_disk()
+    assert _find_audit(run, probe, data, None, "run", here) == (stored, "")
+    for change, said in [(dict(quick=1, n_images=4), "quick 1 (here 0)"),
+                         (dict(seed=3), "seed 3 (here 0)"),
+                         (dict(parameters={"lpips_trunk": "random-TEST-ONLY"}), "lpips_trunk")]:
+        audit_on_disk(**change)
+        found, why = _find_audit(run, probe, data, None, "run", here)
+        assert found is None and said in why and str(stored) in why
+    rows = [dict(protocol=_audit_protocol(dict(n_images=32, seed=0, quick=1))),
+            dict(protocol=_audit_protocol(dict(n_images=200, seed=0, quick=0)))]
+    assert "different protocols (a: 32 images, seed 0, quick, b: 200 images" in \
+        _mixed_protocols(["a", "b"], rows)[0]
+    assert _mixed_protocols(["a", "b"], [rows[0], rows[0]]) == []
+    CORPUS.extend([("compare", "a quick audit beside a full one"),
+                   ("compare", "an audit of another protocol on disk")])
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
