@@ -16,7 +16,7 @@ from vaeprobe.models.likelihoods import (
     HALF_BIN,
     DiscretizedGaussian,
     DiscretizedLogisticMixture,
-    _log_normal_interval,
+    log_normal_interval,
 )
 from vaeprobe.probe import LatentPass, LayerDraw, Probe
 
@@ -80,7 +80,7 @@ def _gaussian_level_log_pmf(likelihood: DiscretizedGaussian, channel: int) -> to
     inv_sigma = torch.exp(-likelihood.log_sigma[0, channel].double().flatten())[:, None]
     centre = torch.arange(LEVELS, dtype=torch.float64)[None] / 255.0
     upper, lower = (centre + HALF_BIN - loc) * inv_sigma, (centre - HALF_BIN - loc) * inv_sigma
-    log_p = _log_normal_interval(lower, upper)
+    log_p = log_normal_interval(lower, upper)
     log_p[:, 0] = torch.special.log_ndtr(upper[:, 0])
     log_p[:, -1] = torch.special.log_ndtr(-lower[:, -1])
     return log_p

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 def _cmd_information(args) -> int:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _finish, _load
+    from vaeprobe._cli_args import finish, load_probe
 
-    ds = vp.information(_load(args), args.data, n_images=args.n_images,
+    ds = vp.information(load_probe(args), args.data, n_images=args.n_images,
                         batch_size=args.batch_size, seed=args.seed)
     print(f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]")
     for index in range(ds.sizes["layer"]):
@@ -26,14 +26,14 @@ def _cmd_information(args) -> int:
     if "total_correlation" in ds:
         print(f"total correlation {float(ds.total_correlation):.3f}, dimension-wise KL "
               f"{float(ds.dimension_wise_kl):.3f} nats")
-    return _finish(ds, args, vp.plot.information)
+    return finish(ds, args, vp.plot.information)
 
 
-def _add_information(sub) -> None:
+def add_information(sub) -> None:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _model_command
+    from vaeprobe._cli_args import model_command
 
-    parser, _ = _model_command(
+    parser, _ = model_command(
         sub, "information", vp.information, "rate split into I(x; z) and the marginal KL "
         "KL(q(z) || p(z)) per layer (one-layer models: total correlation, dimension-wise KL)",
         "vaeprobe information runs/demo --data patches32:test --n-images 500 --plot info.png")
@@ -42,7 +42,7 @@ def _add_information(sub) -> None:
 
 def _cmd_compress(args) -> int:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _finish, _load
+    from vaeprobe._cli_args import finish, load_probe
 
     args.device = args.device or "cpu"  # the coder runs on the CPU (bit-identical PMFs)
     from vaeprobe import outputs
@@ -50,7 +50,8 @@ def _cmd_compress(args) -> int:
     if args.file:  # before the model is opened: never an input, never a file not ours
         outputs.check_output(args.file, "--file", inputs=outputs.source_paths(
             args.checkpoint, args.data), overwrite=args.overwrite)
-    ds = vp.compress(_load(args), args.data, n_images=args.n_images, latent_bits=args.latent_bits,
+    ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
+                     latent_bits=args.latent_bits,
                      seed=args.seed, out=args.file, verify=not args.no_verify,
                      overwrite=args.overwrite)
     n = int(ds.attrs["n_images"])
@@ -67,24 +68,24 @@ def _cmd_compress(args) -> int:
           f"{verdict}")
     if args.file:
         print(f"wrote {args.file} ({int(ds.file_bits) // 8} bytes of stack + header)")
-    return _finish(ds, args, vp.plot.compress)
+    return finish(ds, args, vp.plot.compress)
 
 
-def _add_compress(sub) -> None:
+def add_compress(sub) -> None:
     import vaeprobe as vp
     from vaeprobe._cli_args import (
         CHECKPOINT_HELP,
-        _ApiArguments,
-        _common,
-        _load_arguments,
-        _subparser,
+        ApiArguments,
+        add_common,
+        add_load_arguments,
+        add_subparser,
     )
 
-    parser = _subparser(
+    parser = add_subparser(
         sub, "compress", "lossless bits-back ANS coding of images with the model: real coded "
         "bits/dim beside the -ELBO, a .vpbb file",
         "vaeprobe compress runs/demo --data patches32:test --n-images 100 --file test.vpbb")
-    api = _ApiArguments(parser, vp.compress, load=vp.load)
+    api = ApiArguments(parser, vp.compress, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", required=True, help="the images to code, e.g. "
                         "patches32:test")
@@ -96,8 +97,8 @@ def _add_compress(sub) -> None:
                         " `vaeprobe decompress` reads it; default: not written)")
     parser.add_argument("--no-verify", action="store_true", help="skip decoding the chain "
                         "again (no round-trip check, no decode speed)")
-    _load_arguments(parser, api)
-    _common(parser)
+    add_load_arguments(parser, api)
+    add_common(parser)
     parser.set_defaults(run=_cmd_compress)
 
 
@@ -128,15 +129,15 @@ def _file_model(path) -> str | None:
         return None  # decompress itself says what is wrong with the file
 
 
-def _add_decompress(sub) -> None:
+def add_decompress(sub) -> None:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _ApiArguments, _subparser
+    from vaeprobe._cli_args import ApiArguments, add_subparser
 
-    parser = _subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
+    parser = add_subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
                         "compress` (bit-exact images)",
                         "vaeprobe decompress test.vpbb --model runs/demo --images test.npz")
     parser.add_argument("file", help="a .vpbb file")
-    api = _ApiArguments(parser, vp.decompress)
+    api = ApiArguments(parser, vp.decompress)
     api.add("--model", param="source", help="the model it was coded with (a run directory or "
             "checkpoint); another model is refused")
     parser.add_argument("--images", default=None, help="write the images here as .npz "
@@ -172,16 +173,16 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _add_compare(sub) -> None:
+def add_compare(sub) -> None:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _ApiArguments, _subparser
+    from vaeprobe._cli_args import ApiArguments, add_subparser
 
-    parser = _subparser(
+    parser = add_subparser(
         sub, "compare", "several models (or saved audits) side by side: one table and one "
         "page (rate, distortion, PSNR/SSIM/LPIPS, bits/dim, information split, latent scale, "
         "rate-distortion figure with gamma)",
         "vaeprobe compare runs/gamma1 runs/gamma2 runs/gamma4 --data digits8:test --out cmp")
-    api = _ApiArguments(parser, vp.compare)
+    api = ApiArguments(parser, vp.compare)
     parser.add_argument("sources", nargs="+", help="run directories, checkpoints, model "
                         "folders or saved audits (a folder with audit.nc)")
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")

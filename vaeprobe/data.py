@@ -27,7 +27,7 @@ from vaeprobe.binarize import binarize as _binarize
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
-    _TorchvisionUint8,
+    TorchvisionUint8,
     datasets,
     in_memory,
     materialize,
@@ -190,7 +190,7 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None,
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
-    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset
+    elif isinstance(data, ImageTensorDataset | TorchvisionUint8 | _CheckedDataset
                     | BinarizedDataset):
         dataset = data
     elif isinstance(data, Dataset):
