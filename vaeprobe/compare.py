@@ -84,7 +84,9 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
         ``audit_reused`` 0/1, ``audit_n_images``): ``rate``, ``rate_bpd``, ``distortion``,
         ``mse``, ``psnr``, ``ssim``, ``lpips``, ``bpd``, ``elbo_bpd``,
         ``mutual_information``, ``marginal_kl``, ``latent_scaling_factor``, ``gamma`` (NaN
-        where undefined for a model, with the reason in ``attrs["undefined"]``);
+        where undefined for a model, with the reason in ``attrs["undefined"]``); where every
+        model has one latent layer of the same channels and resolution, ``rate_per_channel``
+        and ``rate_per_channel_se`` (model, channel), drawn side by side on the page;
         ``attrs["warning"]``: a model's information near its log N ceiling, and the like.
 
     Examples
@@ -330,6 +332,12 @@ def _from_audit(report, said: list[str]) -> dict:
         row.update(rate=float(bits["total_rate"]), rate_bpd=float(bits["rate_bpd"].sum()))
         if "elbo_bpd" in bits:
             row["elbo_bpd"] = float(bits["elbo_bpd"])
+        if bits.sizes.get("layer") == 1:  # one latent layer: its channels side by side
+            channels = int(bits["channels"].values[0])
+            layout = (channels, str(bits["layer_resolution"].values[0]))
+            se = bits["rate_per_channel_se"].values[0, :channels] \
+                if "rate_per_channel_se" in bits else np.full(channels, math.nan)
+            row["channel_rate"] = (layout, bits["rate_per_channel"].values[0, :channels], se)
     recon = _section(report, "reconstructions", said)
     if recon is not None:
         pick = recon.sel(kind=KIND)
@@ -386,6 +394,15 @@ def _table(labels: list[str], rows: list[dict]) -> xr.Dataset:
         coords[name] = ("model", [str(row.get(name, "")) for row in rows])
     for name in ("audit_reused", "audit_n_images"):
         coords[name] = ("model", np.array([row.get(name, -1) for row in rows], dtype=np.int64))
+    layouts = {row["channel_rate"][0] if "channel_rate" in row else None for row in rows}
+    if len(layouts) == 1 and None not in layouts:  # one latent layout: channels compare
+        nats = {"units": "nats"}
+        pair = ("model", "channel")
+        variables["rate_per_channel"] = (pair, np.stack([row["channel_rate"][1] for row in rows]),
+                                         {**nats, "long_name": "mean KL per latent channel"})
+        variables["rate_per_channel_se"] = (pair, np.stack([row["channel_rate"][2]
+                                                            for row in rows]), nats)
+        coords["channel"] = np.arange(next(iter(layouts))[0])
     return xr.Dataset(variables, coords=coords)
 
 
