@@ -25,9 +25,7 @@ KNOWN_LONG_MODULES = {
     "vaeprobe/io.py": "house (issue 32)",
     "vaeprobe/cli.py": "house (issue 32)",
 }
-KNOWN_LONG_FUNCTIONS = {
-    "vaeprobe/audit/run.py:run_audit": "house (issue 32)",
-}
+KNOWN_LONG_FUNCTIONS: dict[str, str] = {}
 
 
 def module_package(path: Path, root: Path) -> str:
