@@ -22,7 +22,6 @@ MODULE_LIMIT = 450  # lines of the file
 KNOWN_LONG_MODULES = {
     "vaeprobe/audit/precision.py": "eval (issue 29)",
     "vaeprobe/adapters/diffusers.py": "house (issue 32)",
-    "vaeprobe/io.py": "house (issue 32)",
     "vaeprobe/cli.py": "house (issue 32)",
 }
 KNOWN_LONG_FUNCTIONS: dict[str, str] = {}
