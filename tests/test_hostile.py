@@ -7,6 +7,7 @@ run, nothing half-written, and bounded memory and time. ``CORPUS`` counts the ca
 
 import errno
 import json
+import math
 import os
 import resource
 import signal
@@ -292,6 +293,12 @@ def test_nonfinite_weights_are_refused_unless_allowed_and_then_flagged(tiny_run,
     result = vp.open_results(tmp_path / "r.nc")
     assert "total_rate" in json.loads(result.attrs["nonfinite"])
     assert "NaN" in result.attrs["warning"] and result.attrs["allow_nonfinite"] == 1
+    # the same exit status from every command that reports a number of this model
+    for command, extra in (("information", []), ("compress", ["--no-verify"])):
+        err = refused("nonfinite", [command, str(path), "--data", "digits8:test",
+                                    "--n-images", "4", "--allow-nonfinite", *extra], capsys,
+                      "not a number", code=3)
+        assert "WARNING" in capsys.readouterr().out + err or "warning" in err
 
 
 # ---- data files --------------------------------------------------------------------------------
@@ -672,6 +679,15 @@ def test_compare_reuses_only_audits_of_its_protocol_and_says_so(tiny_run, tmp_pa
     assert "different protocols (a: 32 images, seed 0, quick, b: 200 images" in \
         _mixed_protocols(["a", "b"], rows)[0]
     assert _mixed_protocols(["a", "b"], [rows[0], rows[0]]) == []
+    from vaeprobe._cli_bits import _compare_status
+
+    table = xr.Dataset({name: ("model", [1.0, math.nan]) for name in ("rate", "distortion",
+                                                                     "bpd")},
+                       coords={"model": ["a", "b"]},
+                       attrs={"undefined": json.dumps({"b": ["likelihood: no likelihood"]})})
+    assert _compare_status(table) == 3  # b's rate and distortion are NaN: not undefined
+    table["rate"][1] = table["distortion"][1] = 0.5
+    assert _compare_status(table) == 0  # b's bpd is NaN because its likelihood is undefined
     CORPUS.extend([("compare", "a quick audit beside a full one"),
                    ("compare", "an audit of another protocol on disk")])
 
