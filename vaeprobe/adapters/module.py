@@ -46,6 +46,7 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
+    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
@@ -66,10 +67,6 @@ BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (
 
 class ModuleInputError(ValueError):
     """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
-
-
-class NotBinaryError(ValueError):
-    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
 
 
 class Bernoulli:
