@@ -66,13 +66,13 @@ def rate_per_dimension(ds: xr.Dataset, ax=None):
 
 
 def audit_bits(ds: xr.Dataset, ax=None):
-    """The bits section's main panel: rate per channel (one-layer models on a latent grid), per
-    dimension sorted (flat one-layer models of at most 512 dims), else per layer."""
+    """The bits section's main panel: for one-layer models the rate per dimension, sorted (flat
+    latents of at most 512 dims), else per channel; for hierarchical models per layer."""
     ax = axes(ax, figsize=(6.5, 4.2))
-    if one_layer_grid(ds):
-        return rate_per_channel(ds, ax=ax)
-    if "rate_per_dim_sorted" in ds:
+    if "rate_per_dim_sorted" in ds and not one_layer_grid(ds):
         return rate_per_dimension(ds, ax=ax)
+    if ds.sizes.get("layer", 0) == 1:
+        return rate_per_channel(ds, ax=ax)
     rate(ds, ax=ax)
     ax.set_title(f"rate per layer: total {float(ds['total_rate']):.4g} nats / image", fontsize=9)
     if ax.get_legend() is not None:
@@ -188,8 +188,7 @@ def latents_per_layer(ds: xr.Dataset, ax=None):
 
 
 def audit_latents(ds: xr.Dataset, ax=None):
-    """The latents section's panel: per channel for one-layer models on a latent grid, else per
-    layer."""
-    if one_layer_grid(ds):
+    """The latents section's panel: per channel for one-layer models, else per layer."""
+    if ds.sizes.get("layer", 0) == 1:
         return latents_per_channel(ds, ax=ax)
     return latents_per_layer(ds, ax=ax)
