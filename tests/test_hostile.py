@@ -7,7 +7,9 @@ run, nothing half-written, and bounded memory and time. ``CORPUS`` counts the ca
 
 import errno
 import json
+import math
 import os
+import re
 import resource
 import signal
 import struct
@@ -292,6 +294,12 @@ def test_nonfinite_weights_are_refused_unless_allowed_and_then_flagged(tiny_run,
     result = vp.open_results(tmp_path / "r.nc")
     assert "total_rate" in json.loads(result.attrs["nonfinite"])
     assert "NaN" in result.attrs["warning"] and result.attrs["allow_nonfinite"] == 1
+    # the same exit status from every command that reports a number of this model
+    for command, extra in (("information", []), ("compress", ["--no-verify"])):
+        err = refused("nonfinite", [command, str(path), "--data", "digits8:test",
+                                    "--n-images", "4", "--allow-nonfinite", *extra], capsys,
+                      "not a number", code=3)
+        assert "WARNING" in capsys.readouterr().out + err or "warning" in err
 
 
 # ---- data files --------------------------------------------------------------------------------
@@ -545,6 +553,189 @@ def test_compress_and_decompress_never_replace_inputs_or_unknown_files(tiny_run,
     assert cli.main(decompress + [str(images)]) == 0  # its own .npz is replaced
     assert cli.main(decompress + [str(notes), "--overwrite"]) == 0
     assert vp.data.as_dataset(f"npz:{notes}")[0].dtype == torch.uint8
+
+
+# ---- the audit store: nothing on disk trusted unchecked ----------------------------------------
+
+AUDIT = dict(n_images=6, sections=["model_card", "bits"], progress=False)
+
+
+def test_a_foreign_section_is_never_published(tiny_run, tmp_path):
+    trained = FIXTURES / "tiny8_trained"
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    truth = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)["bits"]
+    foreign = vp.audit(trained, "digits8:test", out=theirs, **AUDIT)["bits"]
+    assert float(foreign.total_rate) != pytest.approx(float(truth.total_rate))
+    # another model's section copied in: recomputed, said, never published
+    (ours / "sections" / "bits.nc").write_bytes((theirs / "sections" / "bits.nc").read_bytes())
+    with pytest.warns(UserWarning, match="bits.*another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert json.loads(report.attrs["computed_sections"]) == ["bits"]
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    # no audit.json at all: a folder of the other model's sections is not taken as ours
+    (ours / "audit.json").unlink()
+    for file in (theirs / "sections").iterdir():
+        (ours / "sections" / file.name).write_bytes(file.read_bytes())
+    with pytest.warns(UserWarning, match="another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    CORPUS.extend([("audit store", "foreign section file"),
+                   ("audit store", "foreign sections, no audit.json")])
+
+
+def test_a_partial_sections_run_adds_to_the_report_and_never_shrinks_it(tiny_run, tmp_path):
+    out = tmp_path / "audit"
+    vp.audit(tiny_run, "digits8:test", out=out, **AUDIT)
+    partial = vp.audit(tiny_run, "digits8:test", out=out, **{**AUDIT, "sections": ["latents"]})
+    assert list(partial) == ["model_card", "bits", "latents"]
+    assert json.loads(partial.attrs["computed_sections"]) == ["latents"]
+    page = (out / "audit.html").read_text()
+    assert all(title in page for title in ("Where the bits go", "Latent"))
+    CORPUS.append(("audit store", "a partial --sections run"))
+
+
+def test_audit_directories_that_are_not_audits(tiny_run, tmp_path, capsys, monkeypatch):
+    base = ["audit", str(tiny_run), "--data", "digits8:test", "--n-images", "4", "--sections",
+            "model_card", "--quiet"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    refused("audit store", base + ["--out", str(plain), "--resume"], capsys, plain,
+            "no audit to resume")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "audit.html").write_text("<html>my own notes</html>")
+    monkeypatch.chdir(mine.parent)  # the default --out is ./audit
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.html").write_text("<html>my own notes</html>")
+    refused("audit store", base, capsys, "audit.html", "--overwrite")
+    assert (tmp_path / "audit" / "audit.html").read_text() == "<html>my own notes</html>"
+    for content in ("[1, 2]", "garbage {"):
+        bad = tmp_path / f"bad{len(content)}"
+        bad.mkdir()
+        (bad / "audit.json").write_text(content)
+        refused("audit store", base + ["--out", str(bad)], capsys, bad / "audit.json",
+                "not an audit manifest")
+    assert cli.main(base + ["--out", str(mine), "--overwrite"]) == 0
+    assert "vaeprobe" in (mine / "audit.html").read_text()
+
+
+# ---- compare: every model checked first, protocols never mixed silently ----------------------
+
+def test_compare_checks_every_model_before_auditing_any(tiny_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.pt").write_text("version https://git-lfs.github.com/spec/v1\n")
+    out = tmp_path / "cmp"
+    base = ["compare", str(tiny_run), "--data", "digits8:test", "--n-images", "4",
+            "--no-information", "--out", str(out)]
+    refused("compare", base[:2] + [str(DIFFUSERS)] + base[2:], capsys, "tiny_vae",
+            "nothing was audited")
+    refused("compare", base[:2] + [str(broken)] + base[2:], capsys, "model broken",
+            "nothing was audited")
+    assert not (out / "models").exists()  # no audit ran before the bad model was found
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "compare.html").write_text("my page")
+    refused("outputs", base[:-1] + [str(notes)], capsys, "compare.html", "--overwrite")
+
+
+def test_compare_reuses_only_audits_of_its_protocol_and_says_so(tiny_run, tmp_path):
+    import xarray as xr
+
+    from vaeprobe.compare import (
+        AUDIT_SECTIONS,
+        _audit_protocol,
+        _find_audit,
+        _mixed_protocols,
+        _protocol,
+    )
+
+    data = vp.data.as_dataset("digits8:test")
+    probe = vp.load(tiny_run)
+    here = _protocol(data, 6, 0, "inception-v3-compat", "alexnet")
+    run = _copy(tiny_run, tmp_path / "run")
+    stored = run / "audit" / "audit.nc"
+    stored.parent.mkdir()
+
+    def audit_on_disk(**changes):  # the root attributes compare reads from an audit.nc
+        parameters = dict(settings=here["settings"], feature_extractor="inception-v3-compat",
+                          lpips_trunk="alexnet")
+        attrs = dict(sections=json.dumps(list(AUDIT_SECTIONS)), dataset="digits8:test",
+                     checkpoint_sha256=probe.source["checkpoint_sha256"], n_images=6, seed=0,
+                     quick=0)
+        attrs.update(changes)
+        attrs["parameters"] = json.dumps({**parameters, **changes.pop("parameters", {})})
+        io.save(xr.Dataset(attrs=attrs), stored, overwrite=True)
+
+    audit_on_disk()
+    assert _find_audit(run, probe, data, None, "run", here) == (stored, "")
+    for change, said in [(dict(quick=1, n_images=4), "quick 1 (here 0)"),
+                         (dict(seed=3), "seed 3 (here 0)"),
+                         (dict(parameters={"lpips_trunk": "random-TEST-ONLY"}), "lpips_trunk")]:
+        audit_on_disk(**change)
+        found, why = _find_audit(run, probe, data, None, "run", here)
+        assert found is None and said in why and str(stored) in why
+    rows = [dict(protocol=_audit_protocol(dict(n_images=32, seed=0, quick=1))),
+            dict(protocol=_audit_protocol(dict(n_images=200, seed=0, quick=0)))]
+    assert "different protocols (a: 32 images, seed 0, quick, b: 200 images" in \
+        _mixed_protocols(["a", "b"], rows)[0]
+    assert _mixed_protocols(["a", "b"], [rows[0], rows[0]]) == []
+    from vaeprobe._cli_bits import _compare_status
+
+    table = xr.Dataset({name: ("model", [1.0, math.nan]) for name in ("rate", "distortion",
+                                                                     "bpd")},
+                       coords={"model": ["a", "b"]},
+                       attrs={"undefined": json.dumps({"b": ["likelihood: no likelihood"]})})
+    assert _compare_status(table) == 3  # b's rate and distortion are NaN: not undefined
+    table["rate"][1] = table["distortion"][1] = 0.5
+    assert _compare_status(table) == 0  # b's bpd is NaN because its likelihood is undefined
+    CORPUS.extend([("compare", "a quick audit beside a full one"),
+                   ("compare", "an audit of another protocol on disk")])
+
+
+# ---- Probe.from_module checks the module's answers --------------------------------------------
+
+class _Tiny(torch.nn.Module):
+    """A linear VAE on (1, 4, 4) images whose answers a test bends one at a time."""
+
+    def __init__(self, encode_answer=None, decode_answer=None):
+        super().__init__()
+        self.enc, self.dec = torch.nn.Linear(16, 4), torch.nn.Linear(2, 16)
+        self.encode_answer, self.decode_answer = encode_answer, decode_answer
+
+    def encode(self, x):
+        mean, logvar = self.enc(x.flatten(1)).chunk(2, dim=1)
+        return (self.encode_answer or (lambda m, v: (m, v)))(mean, logvar)
+
+    def decode(self, z):
+        out = torch.sigmoid(self.dec(z)).view(-1, 1, 4, 4)
+        return (self.decode_answer or (lambda o: o))(out)
+
+
+@pytest.mark.parametrize("model, error, words", [
+    (_Tiny(encode_answer=lambda m, v: (m[:1], v[:1])), ValueError, "one row per image"),
+    (_Tiny(encode_answer=lambda m, v: (m.mean(0, keepdim=True), v.mean(0, keepdim=True))),
+     ValueError, "do not reduce over the batch"),
+    (_Tiny(encode_answer=lambda m, v: (m.round().long(), v.round().long())), TypeError,
+     "floating"),
+    (_Tiny(decode_answer=lambda o: o * 300), ValueError, "outside its declared range"),
+    (_Tiny(decode_answer=lambda o: torch.tanh((o - 0.5) * 50)), ValueError,
+     "(-1, 1) for tanh"),
+    (_Tiny(decode_answer=lambda o: o.permute(0, 2, 3, 1).reshape(-1, 2, 8, 1)), ValueError,
+     "permute"),
+    (_Tiny(decode_answer=lambda o: (o * 255).to(torch.uint8)), TypeError, "floating")])
+def test_from_module_checks_the_modules_answers(model, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        vp.Probe.from_module(model, image_shape=(1, 4, 4))
+    CORPUS.append(("from_module", words))
+
+
+def test_from_module_accepts_honest_answers_and_a_declared_range():
+    probe = vp.Probe.from_module(_Tiny(), image_shape=(1, 4, 4))
+    assert probe.layers[0].channels == 2
+    scaled = _Tiny(decode_answer=lambda o: torch.tanh((o - 0.5) * 50))
+    assert vp.Probe.from_module(scaled, image_shape=(1, 4, 4), output_range=(-1, 1),
+                                pixel_range=(-1, 1)).output_range == (-1.0, 1.0)
 
 
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------

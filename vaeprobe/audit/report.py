@@ -139,8 +139,10 @@ def summary(report: AuditReport) -> str:
 
 def _png(figure) -> bytes:
     """PNG bytes of a laid-out figure (no bbox_inches="tight": it draws the figure twice)."""
-    buffer = _io.BytesIO()
-    figure.savefig(buffer, dpi=100, format="png")
+    from vaeprobe._version import __version__
+
+    buffer = _io.BytesIO()  # tagged as vaeprobe's: a later audit into the folder may replace it
+    figure.savefig(buffer, dpi=100, format="png", metadata={"Software": f"vaeprobe {__version__}"})
     return buffer.getvalue()
 
 
@@ -235,7 +237,9 @@ img{max-width:100%}.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;whi
 def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
     """The whole report as one HTML document (no external resources)."""
     title = f"vaeprobe audit: {report.attrs.get('checkpoint', 'model')}"
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+    from vaeprobe.outputs import HTML_MARK
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{HTML_MARK}<title>"
              f"{html.escape(title)}</title><style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<pre>{html.escape(summary(report))}</pre>"]
