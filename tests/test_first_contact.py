@@ -182,7 +182,7 @@ def _discretized_gaussian(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> 
 def test_the_not_binary_hint_is_followed_to_a_gaussian_bound(project, capsys):
     folder = realworld.path("models", *project.split("/"))
     grey = torch.from_numpy(np.load(realworld.path("mnist", "mnist_test_32.npz"))["images"][:8])
-    with pytest.raises(vp.adapters.module.NotBinaryError) as caught:
+    with pytest.raises(vp.probe.NotBinaryError) as caught:
         vp.iwae(vp.load(folder, device="cpu"), grey, k=2, progress=False)
     message = str(caught.value)
     assert "got grey levels" in message and "RGB" not in message
@@ -207,7 +207,8 @@ def test_the_not_binary_hint_is_followed_to_a_gaussian_bound(project, capsys):
 
 
 def test_not_binary_says_colour_or_grey():
-    from vaeprobe.adapters.module import Bernoulli, NotBinaryError
+    from vaeprobe.adapters.bernoulli import Bernoulli
+    from vaeprobe.probe import NotBinaryError
 
     for channels, said, unsaid in ((3, "RGB colour images", "got grey levels"),
                                    (1, "got grey levels", "RGB")):

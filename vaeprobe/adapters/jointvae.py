@@ -42,7 +42,7 @@ from vaeprobe.adapters._common import (
     read_tensors,
     sniff_specs,
 )
-from vaeprobe.adapters.module import FROM_MODULE_GAUSSIAN, Bernoulli
+from vaeprobe.adapters.bernoulli import FROM_MODULE_GAUSSIAN, Bernoulli
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
 from vaeprobe.models.likelihoods import DiscretizedGaussian

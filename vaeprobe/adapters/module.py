@@ -35,10 +35,15 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import MeanOnly
+from vaeprobe.adapters.bernoulli import (  # noqa: F401 (re-exported: module.Bernoulli ...)
+    BINARIZE_HINT,
+    FROM_MODULE_GAUSSIAN,
+    Bernoulli,
+    not_binary_message,
+)
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
@@ -46,74 +51,21 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
-    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
     gaussian_kl,
 )
-from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
 ENCODER_OUTPUTS = ("tuple", "halves", "interleaved")
 ENCODER_INPUTS = ("image", "flat")
 SCALES = ("logvar", "logstd", "std", "none")
 DECODER_OUTPUTS = ("mean", "probabilities", "logits")
-BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
-                 "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
-                 "grey / 255, seeded per image), on the command line --data NAME,binarize="
-                 "dynamic")
-FROM_MODULE_GAUSSIAN = ("vp.Probe.from_module(model, ..., likelihood='gaussian', sigma=S) with S "
-                        "the decoder's standard deviation on its output scale")
-
-
-def not_binary_message(x: torch.Tensor, gaussian_hint: str = FROM_MODULE_GAUSSIAN) -> str:
-    """Why a Bernoulli likelihood refuses ``x`` (grey levels, or colour images) and the two
-    fixes: binarize the data, or evaluate with a Gaussian (``gaussian_hint`` says how for this
-    model: the option of its format or of ``from_module``)."""
-    colour = x.ndim == 4 and x.shape[1] == 3
-    got = ("RGB colour images with levels other than 0 and 255 (binarizing colour photographs "
-           "changes them beyond recognition: prefer the Gaussian)" if colour else
-           "grey levels (levels other than 0 and 255)")
-    return (f"a Bernoulli likelihood needs binary images (levels 0 and 255 only), got {got}; "
-            f"either {BINARIZE_HINT}; or evaluate {'colour' if colour else 'grey'} levels with a "
-            f"Gaussian decoder likelihood: {gaussian_hint} (a choice of yours: a decoder "
-            f"trained with binary cross-entropy has no sigma, and the bound depends on it)")
 
 
 class ModuleInputError(ValueError):
     """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
-
-
-class Bernoulli:
-    """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``.
-
-    Built from probabilities, or from ``logits`` (then log-probabilities are exact in the
-    tails: log sigmoid, not the log of a rounded probability).
-    """
-
-    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None,
-                 gaussian_hint: str = FROM_MODULE_GAUSSIAN):
-        self.logits, self.gaussian_hint = logits, gaussian_hint
-        self.mean = (torch.sigmoid(logits) if logits is not None else mean).clamp(0, 1)
-
-    def sample(self, generator=None) -> torch.Tensor:
-        uniform = per_row_random(torch.rand, self.mean.shape, generator, self.mean.device)
-        return ((uniform < self.mean).to(torch.uint8) * 255)
-
-    def log_prob(self, x: torch.Tensor, kind: str = "discretized",
-                 generator=None) -> torch.Tensor:
-        if kind != "discretized":
-            raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
-        if ((x != 0) & (x != 255)).any():
-            raise NotBinaryError(not_binary_message(x, self.gaussian_hint))
-        if self.logits is not None:
-            logits = self.logits.double()
-            log_p = torch.where(x == 255, F.logsigmoid(logits), F.logsigmoid(-logits))
-        else:
-            p = self.mean.double().clamp(1e-12, 1 - 1e-12)
-            log_p = torch.where(x == 255, torch.log(p), torch.log1p(-p))
-        return log_p.flatten(1).sum(1)
 
 
 def _choose(value, choices, name: str) -> str:
