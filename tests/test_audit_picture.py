@@ -90,6 +90,28 @@ def test_the_example_map_is_that_images_own_kl_and_its_thumbnail(reports):
     assert ds["example_thumbnail"].dtype == np.uint8
 
 
+def test_rate_maps_of_two_shards_merge_into_the_map_of_all_images():
+    from vaeprobe.audit.bits import RateMap
+
+    generator = torch.Generator().manual_seed(0)
+    kl = torch.rand(10, 3, 4, 5, generator=generator, dtype=torch.float64)
+    x = torch.randint(0, 256, (10, 1, 8, 10), generator=generator, dtype=torch.uint8)
+    positions, indices = torch.arange(10), torch.arange(100, 110)
+    whole, first, second = RateMap(), RateMap(), RateMap()
+    whole.update(kl, x, positions, indices)
+    second.update(kl[6:], x[6:], positions[6:], indices[6:])  # a later rank's images
+    first.update(kl[:6], x[:6], positions[:6], indices[:6])
+    merged = second.merge(first)  # the example comes from whichever shard holds position 0
+    probe = ConvProbe()
+    a, b = whole.compute(probe), merged.compute(probe)
+    np.testing.assert_allclose(b["rate_map"], kl.sum(1).mean(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(b["rate_map_se"], a["rate_map_se"], rtol=1e-9)
+    np.testing.assert_allclose(b["rate_map_se"],
+                               kl.sum(1).std(0).numpy() / np.sqrt(10), rtol=1e-9)
+    assert int(b["example_image"]) == 100
+    np.testing.assert_array_equal(b["rate_map_example"], kl[0].sum(0).numpy())
+
+
 def test_thumbnail_area_averages_large_images_to_at_most_256_pixels():
     from vaeprobe.audit.bits import thumbnail
 
@@ -284,3 +306,7 @@ def test_html_report_shows_every_panel(reports, tmp_path):
     latents = page[page.index("<section id='latents'>"):]
     assert latents.count("<img alt='latents'") == 1
     assert "rate_per_channel" in bits  # the per-channel numbers as a table
+    saved = vp.audit.open_audit(paths["nc"])["bits"]  # the map survives netCDF
+    assert saved["rate_map"].dims == ("latent_y", "latent_x")
+    assert saved["rate_map"].attrs["units"] == "nats per position"
+    np.testing.assert_array_equal(saved["example_thumbnail"], full["bits"]["example_thumbnail"])

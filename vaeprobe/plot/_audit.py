@@ -17,6 +17,7 @@ from vaeprobe.plot._latent_panels import audit_bits, audit_latents  # noqa: F401
 def _mosaic(ax, rows: list[np.ndarray], labels: list[str], columns: int = 8):
     """Rows of uint8 images (N, C, H, W), one mosaic, a label left of each row."""
     rows = [np.asarray(r)[:columns] for r in rows]
+    columns = max(1, max(len(r) for r in rows))  # fewer images than columns: no white margin
     tiles = [tile(r.astype(np.uint8), columns) for r in rows]
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
