@@ -42,6 +42,7 @@ from vaeprobe.adapters._common import (
     read_tensors,
     sniff_specs,
 )
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -191,3 +192,8 @@ def open_disvae(path: Path, *, likelihood: str | None = None, sigma: float | Non
 
 
 __all__ = ["BurgessVAE", "open_disvae", "sniff"]
+
+
+formats.register("disvae", Format(
+    "vaeprobe.adapters.disvae:open_disvae", sniff,
+    "a disentangling-vae results folder: specs.json (model_type, rec_dist) + model.pt"))

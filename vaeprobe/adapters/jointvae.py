@@ -43,6 +43,7 @@ from vaeprobe.adapters._common import (
     sniff_specs,
 )
 from vaeprobe.adapters.bernoulli import FROM_MODULE_GAUSSIAN, Bernoulli
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
 from vaeprobe.models.likelihoods import DiscretizedGaussian
@@ -244,3 +245,8 @@ def open_jointvae(path: Path, *, likelihood: str | None = None, sigma: float | N
 
 
 __all__ = ["JointVAE", "JointVAEProbe", "open_jointvae", "sniff"]
+
+
+formats.register("jointvae", Format(
+    "vaeprobe.adapters.jointvae:open_jointvae", sniff,
+    "a JointVAE trained_models folder: specs.json (latent_spec) + model.pt"))
