@@ -183,6 +183,37 @@ def test_the_memory_limit_is_an_option_and_an_environment_variable(tiny_run, mon
     assert vp.load(tiny_run, max_memory="1GB").layers  # the option wins over the variable
 
 
+def _research_folder(folder: Path, specs: dict) -> Path:
+    """A disentangling-vae / JointVAE folder: specs.json and a model.pt never read (the specs
+    are refused before it is)."""
+    folder.mkdir()
+    (folder / "specs.json").write_text(json.dumps(specs))
+    (folder / "model.pt").write_bytes(b"not read")
+    return folder
+
+
+def test_research_formats_are_sized_before_allocating(tmp_path, capsys):
+    burgess = dict(model_type="Burgess", img_size=[1, 32, 32], rec_dist="bernoulli")
+    cases = [("disvae", dict(burgess, latent_dim=1_500_000), ["--max-memory", "1GB"],
+              ["latent_dim", "asks for about", "GiB", "nothing was allocated"]),
+             ("disvae", dict(burgess, latent_dim=1e9), [], ["latent_dim", "nothing was allocated"]),
+             ("disvae", dict(burgess, latent_dim=1e12), [], ["latent_dim", "must be an integer"]),
+             ("disvae", dict(burgess, latent_dim=2.5), [], ["latent_dim", "must be an integer"]),
+             ("disvae", dict(burgess, img_size="big"), [], ["img_size"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10 ** 9, disc=[10])), [],
+              ["latent_spec", "nothing was allocated"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10, disc=[10 ** 9])), [],
+              ["latent_spec", "nothing was allocated"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10, disc=["ten"])), [],
+              ["latent_spec.disc", "must be an integer"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=[10, 10]), [],
+              ["latent_spec must be an object"])]
+    for index, (kind, specs, flags, words) in enumerate(cases):
+        folder = _research_folder(tmp_path / f"{kind}{index}", specs)
+        refused("allocation", ["rate", str(folder), "--data", "digits8:test", *flags], capsys,
+                folder / "specs.json", *words)
+
+
 @pytest.mark.parametrize("change, names", [
     (dict(latent_channels=-3), ["latent_channels", "-3"]),
     (dict(norm_num_groups=0), ["norm_num_groups", "0"]),
