@@ -769,6 +769,49 @@ def test_from_module_accepts_honest_answers_and_a_declared_range():
                                 pixel_range=(-1, 1)).output_range == (-1.0, 1.0)
 
 
+# ---- the raw tracebacks and unclear words of issue 31: one line naming the file or argument ----
+
+def test_devices_batch_sizes_pointers_and_pickled_npz_are_one_line(tiny_run, tmp_path, capsys,
+                                                                 monkeypatch):
+    run = str(tiny_run)
+    refused("device", ["rate", run, "--data", "digits8:test", "--device", "potato"], capsys,
+            "'potato' is not a device", "cpu, cuda or cuda:N")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("rate", "compress"):
+        refused("device", [command, run, "--data", "digits8:test", "--device", "cuda"], capsys,
+                "'cuda'", "no usable CUDA GPU", "--device cpu")
+    refused("device", ["--preset", "tiny-8", "--data", "digits8", "--steps", "2", "--out",
+                       str(tmp_path / "t"), "--device", "cuda"], capsys, "no usable CUDA GPU",
+            main=_train)
+    refused("arguments", ["iwae", run, "--data", "digits8:test", "-k", "2", "--batch-size",
+                          "0"], capsys, "batch_size", ">= 1")
+    refused("arguments", ["pca", "digits8:test", "--n-images", "1"], capsys, "n_images=1",
+            "at least 2 images")
+    pointer = tmp_path / "vae.pt"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    refused("files", ["rate", str(pointer), "--data", "digits8:test"], capsys, pointer,
+            "git-LFS pointer", "git lfs pull")
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, images=np.array([{"a": 1}], dtype=object))
+    err = refused("data", ["rate", run, "--data", f"npz:{pickled}"], capsys, pickled,
+                  "never loads", absent=("Traceback", "allow_pickle"))
+    assert "uint8" in err
+
+
+def test_an_empty_or_garbage_lock_left_by_a_killed_trainer_is_taken_over(tiny_run, tmp_path,
+                                                                         capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    for content in ("", "garbage"):
+        (run / ".lock").write_text(content)
+        refused("lock", ["--out", str(run), "--resume", "--steps", "40"], capsys,
+                "another trainer", main=_train)  # a fresh one: its writer may be writing it
+        old = os.stat(run / ".lock").st_mtime - 60
+        os.utime(run / ".lock", (old, old))
+        assert _train(["--out", str(run), "--resume", "--steps", "40"]) == 0
+        assert "took over an unreadable lock" in capsys.readouterr().err
+        assert not (run / ".lock").exists()
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
