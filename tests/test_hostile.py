@@ -851,7 +851,6 @@ def test_vaeprobe_results_are_replaced_and_others_only_with_overwrite(tiny_run, 
 
 def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch, capsys):
     import matplotlib.figure
-    import xarray as xr
 
     def full(self, path, *args, **kwargs):
         Path(path).write_bytes(b"half")  # some bytes land, then the disk is full
@@ -862,12 +861,19 @@ def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch
         raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
                            "failed writing file data/0: file write failed")
 
-    monkeypatch.setattr(xr.Dataset, "to_netcdf", full)
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    write_bytes = Path.write_bytes
+
+    def full_bytes(self, data):  # vp.save encodes in memory, then writes the bytes
+        write_bytes(self, b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     out, plot = tmp_path / "r.nc", tmp_path / "r.png"
-    err = refused("full disk", ["rate", str(tiny_run), "--data", "digits8:test", "--n-images",
-                                "4", "--out", str(out), "--plot", str(plot)], capsys,
-                  out, plot, "No space left on device", code=1)
+    with monkeypatch.context() as disk:
+        disk.setattr(Path, "write_bytes", full_bytes)
+        disk.setattr(matplotlib.figure.Figure, "savefig", full)
+        err = refused("full disk", ["rate", str(tiny_run), "--data", "digits8:test",
+                                    "--n-images", "4", "--out", str(out), "--plot", str(plot)],
+                      capsys, out, plot, "No space left on device", code=1)
     assert "computed but not saved" in err
     assert not out.exists() and not plot.exists()
     _no_temporaries(tmp_path)
@@ -877,6 +883,14 @@ def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch
         io.save_checkpoint(target, family="hvae", config={}, state_dict={}, step=1)
     assert not target.exists()
     _no_temporaries(tmp_path)
+    with monkeypatch.context() as disk:  # torch's writer may only say where it stopped
+        import shutil
+
+        disk.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9 vs 8")))
+        disk.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9, 9, 0))
+        with pytest.raises(io.OutputError, match="No space left on device .0 bytes free"):
+            io.save_checkpoint(target, family="hvae", config={}, state_dict={}, step=1)
     run = _copy(tiny_run, tmp_path / "run")
     (run / "ckpt_step00000040.pt").unlink()
     refused("full disk", ["--out", str(run), "--resume", "--steps", "40"], capsys,

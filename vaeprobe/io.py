@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import errno
 import hashlib
+import io as _io
 import json
 import os
 import pickle
@@ -291,14 +292,13 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     if Path(path).is_file() and not overwrite and not is_result(path):
         raise OutputError(f"refusing to replace {path}: it exists and is not a vaeprobe result; "
                           f"choose another path or pass overwrite=True")
+    # encoded in memory, then written with plain file I/O: a full disk is then an OSError of
+    # ours, never an HDF5 file left half-open (which crashed the interpreter at exit)
+    buffer = _io.BytesIO()
+    ds.to_netcdf(buffer, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
     try:
         with atomic_path(path, ".nc.tmp") as tmp:
-            try:
-                ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
-            except (RuntimeError, ValueError) as error:  # h5py's own write failures
-                if not _disk_error(error):
-                    raise
-                raise OSError(errno.ENOSPC, str(error)) from None
+            tmp.write_bytes(buffer.getvalue())
     except OutputError as error:
         raise OutputError(f"{error}; nothing was written, the Dataset is unchanged in memory "
                           f"(save it elsewhere)") from None
@@ -346,8 +346,13 @@ def save_checkpoint(path: str | os.PathLike, *, family: str, config: dict, state
         try:
             torch.save(payload, tmp)
         except RuntimeError as error:  # torch's C++ writer: a full disk is a RuntimeError
-            raise OSError(errno.ENOSPC if _disk_error(error) else errno.EIO,
-                          str(error).splitlines()[0]) from None
+            import shutil
+
+            free = shutil.disk_usage(tmp.parent).free
+            if _disk_error(error) or free < (1 << 20):  # its text may only say "pos"
+                raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free in "
+                              f"{tmp.parent}; torch: {str(error).splitlines()[0]})") from None
+            raise OSError(errno.EIO, str(error).splitlines()[0]) from None
     return Path(path)
 
 
