@@ -812,6 +812,27 @@ def test_an_empty_or_garbage_lock_left_by_a_killed_trainer_is_taken_over(tiny_ru
         assert not (run / ".lock").exists()
 
 
+def test_a_zeroed_fidelity_cache_entry_is_recomputed(tiny_run, tmp_path, monkeypatch):
+    from conftest import STAND_IN_NETS
+
+    monkeypatch.setenv("VAEPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
+    options = dict(n_images=24, kinds=("mean",), kid_subset_size=20, n_diversity_pairs=4,
+                   progress=False, feature_extractor=STAND_IN_NETS["feature_extractor"],
+                   prc_extractor=STAND_IN_NETS["prc_extractor"],
+                   lpips_trunk=STAND_IN_NETS["lpips_trunk"])
+    first = vp.sample_quality(tiny_run, "digits8:test", **options)
+    (entry,) = (tmp_path / "cache" / "fidelity").glob("reference-*.pt")
+    stored = torch.load(entry, weights_only=True)
+    torch.save({**stored, "features": torch.zeros_like(stored["features"])}, entry)
+    again = vp.sample_quality(tiny_run, "digits8:test", **options)
+    assert json.loads(again.attrs["reference_from_cache"]) == {
+        STAND_IN_NETS["feature_extractor"]: False}  # the zeroed entry was not used
+    assert float(again["fid"].sel(kind="mean")) == pytest.approx(
+        float(first["fid"].sel(kind="mean")), rel=1e-6)
+    CORPUS.append(("cache", "a zeroed fidelity-cache entry"))
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
