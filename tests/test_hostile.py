@@ -853,6 +853,25 @@ def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
     assert notes.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", [
+    ["information", "{run}", "--data", "digits8:test"], ["iwae", "{run}", "--data",
+                                                         "digits8:test"],
+    ["spectrum", "{run}", "--data", "digits8:test"], ["samples", "{run}"],
+    ["pca", "digits8:test"], ["compress", "{run}", "--data", "digits8:test"]])
+def test_every_command_that_writes_refuses_inputs_and_unknown_files(command, tiny_run, tmp_path,
+                                                                     capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    checkpoint = vp.checkpoints(run)[-1][1]
+    digest = io.sha256_file(checkpoint)
+    argv = [str(run) if part == "{run}" else part for part in command]
+    if command[0] != "pca":
+        refused("outputs", argv + ["--out", str(checkpoint), "--overwrite"], capsys, checkpoint)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused("outputs", argv + ["--plot", str(notes)], capsys, notes, "--overwrite")
+    assert notes.read_text() == "mine" and io.sha256_file(checkpoint) == digest
+
+
 def test_vaeprobe_results_are_replaced_and_others_only_with_overwrite(tiny_run, tmp_path,
                                                                       capsys):
     out, plot = tmp_path / "rate.nc", tmp_path / "rate.png"
