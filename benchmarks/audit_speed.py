@@ -76,6 +76,61 @@ def sd_model(folder: Path, size: int, n_images: int):
     return probe, torch.from_numpy(np.stack(crops).copy())
 
 
+class NullVAE:
+    """A near-free VAE: 8x average pooling to a 4-channel latent (the three colour means and
+    their grey mean), nearest upsampling of the colour channels back, a Gaussian decoder
+    (sigma 0.1 on [0, 1]). Its floor is a few milliseconds per image, so an audit of it
+    measures the audit's own cost."""
+
+    def __new__(cls):
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        class _Null(nn.Module):
+            def encode(self, x):
+                pooled = F.avg_pool2d(x, 8)
+                mean = torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+                return mean, torch.full_like(mean, -6.0)
+
+            def decode(self, z):
+                return F.interpolate(z[:, :3], scale_factor=8, mode="nearest")
+
+        return _Null()
+
+
+def null_model(size: int, n_images: int, device: str = "cpu"):
+    """(Probe, uint8 images): :class:`NullVAE` as a Probe, Kodak crops of ``size`` px (random
+    images where Kodak is absent)."""
+    import torch
+
+    import vaeprobe as vp
+
+    probe = vp.Probe.from_module(NullVAE(), (3, size, size), likelihood="gaussian", sigma=0.1,
+                                 size_multiple=8, device=device)
+    files = sorted((REALWORLD / "kodak").glob("kodim*.png"))
+    if not files:
+        generator = torch.Generator().manual_seed(0)
+        return probe, torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8,
+                                    generator=generator)
+    return probe, kodak_crops(files, size, n_images)
+
+
+def kodak_crops(files, size: int, n_images: int):
+    """uint8 (n_images, 3, size, size): centre crops at native scale, then shifted crops."""
+    import torch
+    from PIL import Image
+
+    crops = []
+    for index in range(n_images):
+        image = np.asarray(Image.open(files[index % len(files)]).convert("RGB"))
+        shift = (index // len(files)) * 16
+        top = min((image.shape[0] - size) // 2 + shift, image.shape[0] - size)
+        left = (image.shape[1] - size) // 2
+        crops.append(image[top:top + size, left:left + size].transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(crops).copy())
+
+
 def vdvae_model(folder: Path, n_images: int):
     """(Probe, uint8 images): VDVAE hparams=cifar10 with seeded random weights, CIFAR-10."""
     import torch

@@ -26,9 +26,9 @@ from vaeprobe._analysis import (
 from vaeprobe.accumulate import Reducing
 from vaeprobe.arrays import ess, iwae_bound
 from vaeprobe.probe import Probe, RepeatedRows
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
-DEQUANTIZE_STREAM = 1  # image_generators stream of the dequantisation noise
+DEQUANTIZE_STREAM = 1  # image_streams stream of the dequantisation noise
 
 
 class _LogWeights(Reducing):
@@ -137,7 +137,7 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
                                  f"iwae K={k}", shard=True):
         rows = local[start:start + len(x)].tolist()
         start += len(x)
-        dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
+        dequantize = image_streams(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
         log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
         weights.update(log_w - offset, log_px.mean(1) - offset)  # E_q log p(x|z) over K
     # every rank's images, in the subset's order (one process: unchanged)

@@ -45,9 +45,11 @@ Each layer draw has a ``distribution`` (:data:`DISTRIBUTIONS`):
   ``posterior=True`` or ``prior=True``); reconstructions, spectra, latent statistics and
   numerics run.
 
-``generator`` is None, a ``torch.Generator`` or a list of them, one per image; with a list, each
-image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`), so results
-do not depend on how images are batched or draws chunked.
+``generator`` is None, a ``torch.Generator``, per-image counter-based streams
+(:func:`vaeprobe.random.image_streams`, what the analyses use: one vectorised draw per layer,
+the same numbers on CPU and CUDA) or a list of generators, one per image. With streams or a
+list, each image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`),
+so results do not depend on how images are batched or draws chunked.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vaeprobe.random import per_image_noise
+from vaeprobe.random import ImageStreams, per_image_noise
 
 LIKELIHOOD_KINDS = ("discretized", "dequantized", "none")
 POSTERIORS = ("sample", "mean")
@@ -130,7 +132,7 @@ class LayerDraw:
     p_log_probs: torch.Tensor | None = None
 
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Generators = torch.Generator | Sequence[torch.Generator] | ImageStreams | None
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,8 @@ class Probe:
             return [torch.randn((rows * n_samples, *shape), generator=generator,
                                 device=self.device) for shape in shapes]
         if len(generator) != rows:
-            raise ValueError(f"expected one generator per image ({rows}), got {len(generator)}")
+            raise ValueError(f"expected one generator (or stream) per image ({rows}), got "
+                             f"{len(generator)}")
         return per_image_noise(shapes, generator, n_samples, self.device)
 
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
