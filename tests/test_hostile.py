@@ -441,6 +441,112 @@ def test_an_edited_run_config_is_named_on_resume_and_in_analyses(tiny_run, tmp_p
             run / "config.json", "gamma")
 
 
+# ---- coded files (.vpbb): damaged or mismatched files are refused before decoding --------------
+
+def _vpbb_parts(blob: bytes) -> tuple[dict, int]:
+    """(header, offset of the payload) of a .vpbb file's bytes."""
+    from vaeprobe.compressed_file import MAGIC
+
+    (length,) = struct.unpack("<I", blob[len(MAGIC):len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    return json.loads(blob[start:start + length]), start + length + 4
+
+
+def _vpbb_with(blob: bytes, crc: bool = True, **changes) -> bytes:
+    """The file with header fields changed, its CRC32 recomputed (a deliberate edit) or not."""
+    from vaeprobe.compressed_file import MAGIC
+
+    header, payload = _vpbb_parts(blob)
+    old_crc = blob[payload - 4:payload]
+    text = json.dumps({**header, **changes}, sort_keys=True).encode()
+    check = struct.pack("<I", zlib.crc32(text)) if crc else old_crc
+    return MAGIC + struct.pack("<I", len(text)) + text + check + blob[payload:]
+
+
+def test_damaged_and_edited_vpbb_files_are_refused_before_decoding(tiny_run, tmp_path, capsys):
+    good, images = tmp_path / "good.vpbb", tmp_path / "images.npz"
+    assert cli.main(["compress", str(tiny_run), "--data", "digits8:test", "--n-images", "4",
+                     "--file", str(good)]) == 0
+    blob = good.read_bytes()
+    header, payload = _vpbb_parts(blob)
+    flipped = bytearray(blob)
+    flipped[payload + 5] ^= 0x10
+    raw_count = blob.replace(b'"n_images": 4', b'"n_images": 5')
+    raw_precision = blob.replace(b'"precision": 24', b'"precision": 16')
+    assert raw_count != blob and raw_precision != blob
+    cases = [("header only", blob[:payload], "truncated"),
+             ("one word short", blob[:-4], "truncated"), ("half", blob[:len(blob) // 2],
+                                                          "truncated"),
+             ("bit flip in the payload", bytes(flipped), "payload is damaged"),
+             ("image count edited", raw_count, "header is damaged"),
+             ("precision edited", raw_precision, "header is damaged"),
+             ("1e12 images, CRC fixed", _vpbb_with(blob, n_images=10 ** 12), "n_images"),
+             ("latent_bits 0, CRC fixed", _vpbb_with(blob, latent_bits=0), "latent_bits"),
+             ("latent_bits 99, CRC fixed", _vpbb_with(blob, latent_bits=99), "latent_bits"),
+             ("precision 16, CRC fixed", _vpbb_with(blob, precision=16), "precision"),
+             ("3 of 4 images, CRC fixed", _vpbb_with(blob, n_images=3), "digest"),
+             ("5 of 4 images, CRC fixed", _vpbb_with(blob, n_images=5), "digest"),
+             ("other options, CRC fixed", _vpbb_with(blob, load_options={"ema": False}),
+              "other load options"),
+             ("version 1", _vpbb_with(blob, format_version=1), "format version 1")]
+    for name, content, words in cases:
+        damaged = tmp_path / "damaged.vpbb"
+        damaged.write_bytes(content)
+        refused(f"vpbb: {name}", ["decompress", str(damaged), "--model", str(tiny_run),
+                                  "--images", str(images)], capsys, damaged, words)
+        assert not images.exists(), name
+    # the good file still decodes, bit-exactly, verified against its digest
+    assert cli.main(["decompress", str(good), "--model", str(tiny_run), "--images",
+                     str(images)]) == 0
+    assert "sha256 matches" in capsys.readouterr().out
+    from vaeprobe.compressed_file import images_digest
+
+    assert images_digest(np.load(images)["images"]) == header["images_sha256"]
+
+
+def test_a_vpbb_decodes_only_with_the_load_options_it_was_coded_with(tmp_path):
+    from vaeprobe.compress import CompressedFileError
+
+    coded = tmp_path / "p.vpbb"
+    sharp = vp.load(PYTHAE, likelihood="gaussian", sigma=0.1, device="cpu")
+    images = torch.randint(0, 256, (3, *sharp.image_shape), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    vp.compress(sharp, images, n_images=None, out=coded, progress=False)
+    blurred = vp.load(PYTHAE, likelihood="gaussian", sigma=0.3, device="cpu")
+    with pytest.raises(CompressedFileError, match="sigma.*0.1.*this model.*0.3"):
+        vp.decompress(coded, blurred, progress=False)
+    # a path is opened with the file's own options: the images come back exactly
+    assert torch.equal(vp.decompress(coded, PYTHAE, progress=False), images)
+    CORPUS.append(("vpbb", "decoded with other load options"))
+
+
+def test_compress_and_decompress_never_replace_inputs_or_unknown_files(tiny_run, tmp_path,
+                                                                       capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    checkpoint = vp.checkpoints(run)[-1][1]
+    digest = io.sha256_file(checkpoint)
+    compress = ["compress", str(run), "--data", "digits8:test", "--n-images", "2", "--file"]
+    refused("outputs", compress + [str(checkpoint)], capsys, checkpoint, "input")
+    refused("outputs", compress + [str(run / "config.json"), "--overwrite"], capsys,
+            "config.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused("outputs", compress + [str(notes)], capsys, notes, "--overwrite")
+    coded = tmp_path / "d.vpbb"
+    assert cli.main(compress + [str(coded)]) == 0
+    assert cli.main(compress + [str(coded)]) == 0  # its own file is replaced
+    decompress = ["decompress", str(coded), "--model", str(run), "--images"]
+    refused("outputs", decompress + [str(coded)], capsys, coded, "input")
+    refused("outputs", decompress + [str(checkpoint), "--overwrite"], capsys, checkpoint)
+    refused("outputs", decompress + [str(notes)], capsys, notes, "--overwrite")
+    assert notes.read_text() == "mine" and io.sha256_file(checkpoint) == digest
+    images = tmp_path / "d.npz"
+    assert cli.main(decompress + [str(images)]) == 0
+    assert cli.main(decompress + [str(images)]) == 0  # its own .npz is replaced
+    assert cli.main(decompress + [str(notes), "--overwrite"]) == 0
+    assert vp.data.as_dataset(f"npz:{notes}")[0].dtype == torch.uint8
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):

@@ -453,7 +453,7 @@ class AutoencoderKLProbe(Probe):
         self.require("sample_prior", prior=True)
 
 
-def _image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
+def parse_image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
     """(height, width) from the ``image_size`` option (an int, [h, w] or their text), default the
     config's ``sample_size``: positive integers up to 65536 (the probe checks the rest)."""
     size = config.sample_size if value is None else value
@@ -492,7 +492,7 @@ def sniff(path: Path) -> bool:
             and any(folder.glob("*.safetensors")))
 
 
-def _weights_file(folder: Path, weights: str | None) -> Path:
+def find_weights_file(folder: Path, weights: str | None) -> Path:
     if weights is not None:
         path = folder / weights
         if not path.is_file():
@@ -566,9 +566,9 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
         raise FileNotFoundError(f"no config.json in {folder}: not a diffusers model folder")
     config = AutoencoderKLConfig.from_json(validate.json_object(config_path, "AutoencoderKL "
                                                                 "config"), config_path)
-    size = _image_size(image_size, config)
+    size = parse_image_size(image_size, config)
     check_budget(config, size, config_path)
-    weights_path = _weights_file(folder, weights)
+    weights_path = find_weights_file(folder, weights)
     model = AutoencoderKL(config)
     state = _rename_deprecated(read_tensors(weights_path))
     check_state_dict(model, state, weights_path)

@@ -16,7 +16,7 @@ from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
-from vaeprobe.rate import _Moments, _rate_dataset, _reconstruction_terms
+from vaeprobe.rate import Moments, rate_dataset, reconstruction_terms
 
 PROTOCOL = ("vp.rate's estimator on the audit's shared pass: KL(q(z_l | x, z_<l) || p(z_l | "
             "z_<l)) per image in nats, one posterior draw per image (per-image generators keyed "
@@ -37,7 +37,7 @@ class BitsAccumulator:
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
         self.seed, self.n_images = context.seed, context.n_images
         self.active_threshold, self.collapse_threshold = active_threshold, collapse_threshold
-        self.moments = {name: _Moments() for name in ("layer", "channel", "distortion", "total",
+        self.moments = {name: Moments() for name in ("layer", "channel", "distortion", "total",
                                                       "log_px", "elbo", "dim")}
         self.kl_analytic, self.per_dim = None, per_dimension(probe)
         self.log_px_skipped = ""
@@ -73,12 +73,12 @@ class BitsAccumulator:
 
     def compute(self) -> xr.Dataset:
         m, probe = self.moments, self.probe
-        ds = _rate_dataset(probe, m["layer"], m["channel"], m["distortion"], m["total"],
+        ds = rate_dataset(probe, m["layer"], m["channel"], m["distortion"], m["total"],
                            self.active_threshold)
         kl_analytic = self.kl_analytic or [True] * len(probe.layers)
         ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
         if m["log_px"].n:
-            ds = ds.assign(_reconstruction_terms(m["log_px"], m["elbo"], image_dims(probe),
+            ds = ds.assign(reconstruction_terms(m["log_px"], m["elbo"], image_dims(probe),
                                                  probe.likelihood_kind, probe.n_bits))
         collapsed = (ds["rate"].values < self.collapse_threshold).astype(np.int8)
         ds["collapsed"] = ("layer", collapsed, {"units": "1", "long_name":
@@ -106,7 +106,7 @@ class BitsAccumulator:
         return ds
 
 
-def _per_dimension(moments: _Moments, threshold: float) -> xr.Dataset:
+def _per_dimension(moments: Moments, threshold: float) -> xr.Dataset:
     """Rate per latent dimension, its standard error, sorted order and active flags."""
     rate, se = moments.compute()
     order = np.argsort(-rate, kind="stable")

@@ -42,7 +42,7 @@ def _attrs(attrs: dict) -> dict:
             for key, value in clean_attrs(attrs).items()}
 
 
-def _clean(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
+def netcdf_ready(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     """A copy netCDF can hold (attrs cleaned, booleans as uint8) and its gzip encoding."""
     ds = ds.copy()
     ds.attrs = _attrs(ds.attrs)
@@ -63,7 +63,7 @@ def save_netcdf(report: AuditReport, path: str | os.PathLike) -> Path:
         root.attrs = _attrs({**report.attrs, "sections": json.dumps(list(report))})
         root.to_netcdf(tmp, engine="h5netcdf", mode="w")
         for name, ds in report.items():
-            ds, encoding = _clean(ds)
+            ds, encoding = netcdf_ready(ds)
             ds.to_netcdf(tmp, engine="h5netcdf", mode="a", group=name, encoding=encoding)
     return Path(path)
 

@@ -141,9 +141,9 @@ class AuditStore:
 
 
 def save_section(ds: xr.Dataset, path: Path) -> Path:
-    from vaeprobe.audit.report import _clean
+    from vaeprobe.audit.report import netcdf_ready
 
-    clean, encoding = _clean(ds)
+    clean, encoding = netcdf_ready(ds)
     with atomic_path(path, ".nc.tmp") as tmp:
         clean.to_netcdf(tmp, engine="h5netcdf", mode="w", encoding=encoding)
     return path

@@ -10,13 +10,13 @@ import numpy as np
 import xarray as xr
 
 from vaeprobe.plot._common import axes
-from vaeprobe.plot._images import _tile
+from vaeprobe.plot._images import tile
 
 
 def _mosaic(ax, rows: list[np.ndarray], labels: list[str], columns: int = 8):
     """Rows of uint8 images (N, C, H, W), one mosaic, a label left of each row."""
     rows = [np.asarray(r)[:columns] for r in rows]
-    tiles = [_tile(r.astype(np.uint8), columns) for r in rows]
+    tiles = [tile(r.astype(np.uint8), columns) for r in rows]
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
              for t in tiles]
@@ -210,9 +210,8 @@ def _plot_function(name: str):
     """The public plot function called ``name`` (it lives in one of the plot modules)."""
     import sys
 
-    from vaeprobe.plot import _bits, _paper, _quality, _rate, _spectrum
-
-    for module in (sys.modules[__name__], _rate, _bits, _spectrum, _quality, _paper):
+    # the package's public names (vaeprobe.plot is loaded before any of its modules)
+    for module in (sys.modules[__name__], sys.modules[__package__]):
         if not name.startswith("_") and callable(getattr(module, name, None)):
             return getattr(module, name)
     return None
