@@ -106,6 +106,11 @@ class DiscretizedGaussian:
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Nats per image, float64. Per pixel in float64 too: in float32 the PMF over the 256
+        levels sums to 1 within 4.5e-8 only (3e-15 in float64; sigma 0.2,
+        tests/test_likelihoods.py), and on CPU ``log_ndtr`` costs the same in both dtypes.
+        ``"discretized"`` evaluates one interval per pixel (two ``log_ndtr``), the edge bins
+        as intervals reaching to -inf / inf."""
         loc, log_sigma = self.loc.double(), self.log_sigma.double()
         if kind == "dequantized":
             y = _dequantise(x, generator).double()
@@ -113,15 +118,11 @@ class DiscretizedGaussian:
                            - 0.5 * math.log(2 * math.pi))
             return log_density.flatten(1).sum(1)
         _check_kind(kind)
-        centre = x.double() / 255.0
-        inv_sigma = torch.exp(-log_sigma)
-        upper = (centre + HALF_BIN - loc) * inv_sigma
-        lower = (centre - HALF_BIN - loc) * inv_sigma
-        log_p = torch.where(
-            x == 0, torch.special.log_ndtr(upper),
-            torch.where(x == 255, torch.special.log_ndtr(-lower),
-                        log_normal_interval(lower, upper)))
-        return log_p.flatten(1).sum(1)
+        centre, inv_sigma = x.double() / 255.0, torch.exp(-log_sigma)
+        # the edge bins take the tails: (-inf, upper] at level 0, [lower, inf) at level 255
+        upper = ((centre + HALF_BIN - loc) * inv_sigma).masked_fill(x == 255, math.inf)
+        lower = ((centre - HALF_BIN - loc) * inv_sigma).masked_fill(x == 0, -math.inf)
+        return log_normal_interval(lower, upper).flatten(1).sum(1)
 
 
 def _check_kind(kind: str) -> None:
