@@ -34,12 +34,17 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "myst_parser",
     "vaeprobe_docs",
 ]
 
-exclude_patterns = ["_build", "generated/*.rst", "paper-patches32/README.md", "paper-patches32/claims.md",
+exclude_patterns = ["_build", "generated/*.rst", "paper-patches32/README.md",
+                    "paper-patches32/claims.md",
                     "gallery/README.txt", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3
+myst_enable_extensions = ["colon_fence"]
 default_role = "py:obj"
 nitpicky = True
 suppress_warnings = []
@@ -121,7 +126,8 @@ sphinx_gallery_conf = {
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"vaeprobe {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
 html_theme_options = {
     "navbar_end": ["navbar-icon-links"],
     "secondary_sidebar_items": ["page-toc"],

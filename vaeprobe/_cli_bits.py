@@ -154,15 +154,20 @@ def _cmd_compare(args) -> int:
     ds = vp.compare(args.sources, args.data, n_images=args.n_images, seed=args.seed,
                     information=not args.no_information,
                     information_images=args.information_images, out=args.out_dir,
-                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk)
+                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk,
+                    overwrite=args.overwrite)
     from vaeprobe.compare import COLUMNS
 
     table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
     print(table.dropna(axis=1, how="all").to_string(float_format="%.4g"))
     for sentence in filter(None, str(ds.attrs.get("warning", "")).split("; ")):
         print(f"WARNING: {sentence}")
-    reused = [str(m) for m in ds["model"].values[ds["audit_reused"].values == 1]]
-    print(f"audits reused: {', '.join(reused) or 'none'}")
+    import json
+
+    reused = json.loads(ds.attrs.get("reused_audits", "{}"))
+    print(f"audits reused: {', '.join(f'{m} ({p})' for m, p in reused.items()) or 'none'}")
+    for model, why in json.loads(ds.attrs.get("audits_not_reused", "{}")).items():
+        print(f"audit not reused for {model}: {why}")
     if args.out_dir:
         print(f"wrote {args.out_dir}/compare.nc, compare.png, compare.html")
     return 0
@@ -192,6 +197,8 @@ def add_compare(sub) -> None:
             "random-TEST-ONLY: a flagged stand-in)")
     parser.add_argument("--out", dest="out_dir", default=None, help="a folder for compare.nc, "
                         "compare.png, compare.html and the audits run (default: not written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace compare.nc / .png "
+                        "/ .html in --out that vaeprobe did not write (default: refuse)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 "
                         "= OMP_NUM_THREADS when set, else the usable cores; said on stderr)")
     parser.set_defaults(run=_cmd_compare)

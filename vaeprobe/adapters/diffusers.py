@@ -136,6 +136,15 @@ def _check_consistency(config: AutoencoderKLConfig, path: Path) -> None:
         value = getattr(config, key)
         if value is not None:
             validate.check_value(value, "float", str(path), key)
+    for key in ("latents_mean", "latents_std"):  # per-channel shift and spread (SDXL-style)
+        values = getattr(config, key)
+        if values is not None and (not isinstance(values, tuple)
+                                   or len(values) != config.latent_channels):
+            raise validate.ConfigError(f"{path}: {key} must be null or a list of "
+                                       f"latent_channels={config.latent_channels} numbers, got "
+                                       f"{list(values) if isinstance(values, tuple) else values}")
+        for value in values or ():
+            validate.check_value(value, "float", str(path), key)
     size = config.sample_size
     if isinstance(size, tuple):
         validate.check_value(list(size), "ints", str(path), "sample_size", 1, 1 << 16)
@@ -576,6 +585,8 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     source = file_source(weights_path, [config_path, weights_path])
     source.update(scaling_factor=config.scaling_factor,
                   shift_factor=("none" if config.shift_factor is None else config.shift_factor),
+                  **{key: json.dumps([float(v) for v in getattr(config, key)])
+                     for key in ("latents_mean", "latents_std") if getattr(config, key)},
                   latent_downsampling=model.downsampling)
     return AutoencoderKLProbe(model, size, device, source,
                               tile_size=_tile_size(tile_size, config, model.downsampling),

@@ -14,6 +14,7 @@ def _sections_help() -> str:
 
 def _cmd_audit(args) -> int:
     import json
+    from pathlib import Path
 
     import vaeprobe as vp
     from vaeprobe._cli_args import load_probe
@@ -23,6 +24,9 @@ def _cmd_audit(args) -> int:
     except json.JSONDecodeError as error:
         raise ValueError(f"--settings must be JSON, e.g. '{{\"likelihood\": {{\"k\": 256}}}}'"
                          f": {error}") from None
+    if args.resume and not (Path(args.out) / "audit.json").is_file():
+        raise ValueError(f"--resume: {args.out} holds no audit to resume (no audit.json there);"
+                         f" drop --resume to start one, or name the audit's --out")
     report = vp.audit(load_probe(args), args.data, n_images=args.n_images, seed=args.seed,
                       sections=args.sections, progress=not args.quiet, out=args.out,
                       feature_extractor=args.feature_extractor, weights=args.weights,
