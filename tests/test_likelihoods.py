@@ -145,3 +145,18 @@ def test_discretized_gaussian_edge_bins_are_the_tails(loc):
     got = dist.log_prob(x)
     finite = expected > 1e-300
     torch.testing.assert_close(got[finite], expected[finite].log(), rtol=1e-9, atol=1e-9)
+
+
+def test_log_bin_probability_equals_the_tail_stable_interval():
+    """The erf fast path against log_normal_interval (log_ndtr), across widths, the tails and
+    the edge bins (infinite ends)."""
+    from vaeprobe.models.likelihoods import log_bin_probability, log_normal_interval
+
+    centre = torch.linspace(-40, 40, 20001, dtype=torch.float64)
+    for width in (1e-3, 0.0039, 0.039, 0.5, 3.0):
+        lower, upper = centre - width / 2, centre + width / 2
+        for lo, hi in ((lower, upper), (torch.full_like(lower, -math.inf), upper),
+                       (lower, torch.full_like(upper, math.inf))):
+            fast, stable = log_bin_probability(lo, hi), log_normal_interval(lo, hi)
+            assert torch.isfinite(stable).all()
+            torch.testing.assert_close(fast, stable, rtol=1e-8, atol=1e-9)
