@@ -52,3 +52,14 @@ def test_iwae_chunk_follows_max_memory_and_the_numbers_do_not(tiny, digits_test)
                                    rtol=1e-6, atol=1e-5)
     with pytest.raises(ValueError, match="chunk must be an integer"):
         vp.iwae(tiny, digits_test, k=4, n_images=2, chunk=0, progress=False)
+
+
+def test_rows_per_pass_on_cuda_follows_the_free_memory(monkeypatch):
+    class Declared(vp.Probe):
+        image_shape, device = (3, 32, 32), torch.device("cuda")
+
+    per_row = 4 * 256 * 32 * 32
+    for free_rows in (3, 40):
+        monkeypatch.setattr(chunking, "pass_budget",
+                            lambda device, max_memory=None, n=free_rows: (n * per_row, "test"))
+        assert Declared().rows_per_pass() == free_rows

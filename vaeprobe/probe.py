@@ -242,10 +242,22 @@ class Probe:
     def rows_per_pass(self) -> int:
         """A good number of rows (images x draws) per pass on this probe's device.
 
-        On CPU a pass gets slower per row once its activations outgrow the caches, so the
-        default is small; probes that know their activation width refine it.
+        On CUDA: as many as a share of the free device memory holds at
+        :meth:`activation_bytes_per_row` each (:mod:`vaeprobe.chunking`; ``vp.iwae`` measures
+        the bytes per row instead). On CPU a pass gets slower per row once its activations
+        outgrow the caches, so the default is small; probes that know their activation width
+        refine it.
         """
-        return 4096 if self.device.type == "cuda" else 64
+        if self.device.type == "cuda":
+            from vaeprobe.chunking import pass_budget, rows_within
+
+            return rows_within(self.activation_bytes_per_row(), pass_budget(self.device)[0])
+        return 64
+
+    def activation_bytes_per_row(self) -> int:
+        """Declared bytes of activations per row: by default 256 float32 channels at the
+        image's full resolution; probes that know their widths may say better."""
+        return 4 * 256 * self.image_shape[1] * self.image_shape[2]
 
     def noise(self, rows: int, n_samples: int, generator: Generators,
               posterior: str = "sample") -> list[torch.Tensor]:
