@@ -26,6 +26,7 @@ import xarray as xr
 
 from vaeprobe import io
 from vaeprobe._version import __version__
+from vaeprobe.atomic import pid_alive
 
 CONFIG_NAME = "config.json"
 LOG_NAME = "metrics.jsonl"
@@ -155,7 +156,7 @@ class Run:
                 host, pid = self._lock_owner()
                 if pid == os.getpid() and host == socket.gethostname():
                     return "held"
-                if host == socket.gethostname() and pid is not None and not io._pid_alive(pid):
+                if host == socket.gethostname() and pid is not None and not pid_alive(pid):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.lock_path)
                     said = f"took over the stale lock of process {pid}, which is gone"

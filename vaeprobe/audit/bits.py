@@ -157,12 +157,15 @@ class RateMap:
 
     def update(self, kl: torch.Tensor, x: torch.Tensor, positions, indices) -> None:
         """Fold in one batch: ``kl`` (B, C, h, w) nats, images ``x`` uint8 (B, C, H, W)."""
-        per_position = kl.double().sum(1).cpu()  # (B, h, w)
-        self.moments.update(per_position)
+        per_position = kl.detach().double().sum(1)  # (B, h, w) on the model's device
+        moments = self.moments  # Moments.update's sums, reduced on the device: two maps leave it
+        moments.n += per_position.shape[0]
+        moments.total = moments.total + per_position.sum(0).cpu()
+        moments.total_sq = moments.total_sq + (per_position ** 2).sum(0).cpu()
         first = (positions == 0).nonzero().flatten().tolist()
         if first:
             i = first[0]
-            self.example = (int(indices[i]), per_position[i].numpy(), thumbnail(x[i]))
+            self.example = (int(indices[i]), per_position[i].cpu().numpy(), thumbnail(x[i]))
 
     def merge(self, other: RateMap) -> RateMap:
         if other.moments.n:
