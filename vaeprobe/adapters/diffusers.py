@@ -39,6 +39,7 @@ from vaeprobe.adapters.autoencoder_kl import (  # noqa: F401 (re-exported)
     check_budget,
     rename_deprecated,
 )
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
 from vaeprobe.probe import (
@@ -290,3 +291,8 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
 
 __all__ = ["AutoencoderKL", "AutoencoderKLConfig", "AutoencoderKLProbe", "open_diffusers",
            "sniff"]
+
+
+formats.register("diffusers", Format(
+    "vaeprobe.adapters.diffusers:open_diffusers", sniff,
+    "a folder with config.json (_class_name AutoencoderKL) and a .safetensors file"))
