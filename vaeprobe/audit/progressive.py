@@ -15,10 +15,10 @@ from vaeprobe._analysis import batches, image_dims, squared_error
 from vaeprobe.audit._common import evaluation_images, fmt, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 KINDS = ("mean", "sample")
-PRIOR_STREAM = 2  # image_generators stream of the prior draws of the later layers
+PRIOR_STREAM = 2  # image_streams stream of the prior draws of the later layers
 
 PROTOCOL = ("for k in a set of at most max_points values (0, L, every resolution boundary, then "
             "log-spaced; coord k): layers 1..k from the posterior given the image, layers k+1..L "
@@ -140,7 +140,7 @@ def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: 
         rows = indices[start:start + len(x)].tolist()
         start += len(x)
         for kind in KINDS:
-            prior = image_generators(seed, rows, probe.device, stream=PRIOR_STREAM)
+            prior = image_streams(seed, rows, probe.device, stream=PRIOR_STREAM)
             per_k, kl, means = progressive_pass(probe, x, generators, prior, kind, points)
             distortion[kind].append(per_k)
             if kind == "sample":
