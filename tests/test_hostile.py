@@ -787,6 +787,12 @@ def test_devices_batch_sizes_pointers_and_pickled_npz_are_one_line(tiny_run, tmp
                           "0"], capsys, "batch_size", ">= 1")
     refused("arguments", ["pca", "digits8:test", "--n-images", "1"], capsys, "n_images=1",
             "at least 2 images")
+    refused("arguments", ["audit", run, "--data", "digits8:test", "--batch-size", "0", "--out",
+                          str(tmp_path / "audit")], capsys, "batch_size", ">= 1")
+    pythae = _copy(PYTHAE, tmp_path / "pythae")
+    torch.save({"model_state_dict": [1, 2, 3]}, pythae / "model.pt")
+    refused("files", ["rate", str(pythae), "--data", "digits8:test"], capsys,
+            pythae / "model.pt", "'model_state_dict' dict of tensors", "found a list")
     pointer = tmp_path / "vae.pt"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
     refused("files", ["rate", str(pointer), "--data", "digits8:test"], capsys, pointer,
