@@ -543,6 +543,23 @@ def test_damaged_and_edited_vpbb_files_are_refused_before_decoding(tiny_run, tmp
     assert images_digest(np.load(images)["images"]) == header["images_sha256"]
 
 
+def test_a_bit_flipped_anywhere_in_a_vpbb_is_refused(tiny_run, tmp_path):
+    from vaeprobe.compress import CompressedFileError
+
+    good = tmp_path / "good.vpbb"
+    vp.compress(tiny_run, "digits8:test", n_images=2, out=good, progress=False)
+    blob = good.read_bytes()
+    positions = np.random.default_rng(0).choice(len(blob) * 8, size=48, replace=False)
+    for bit in positions:
+        flipped = bytearray(blob)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        damaged = tmp_path / "flipped.vpbb"
+        damaged.write_bytes(bytes(flipped))
+        with pytest.raises(CompressedFileError):
+            vp.decompress(damaged, tiny_run, progress=False)
+    CORPUS.append(("vpbb", "48 single bit flips across the file"))
+
+
 def test_a_vpbb_decodes_only_with_the_load_options_it_was_coded_with(tmp_path):
     from vaeprobe.compress import CompressedFileError
 
