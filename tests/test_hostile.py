@@ -543,6 +543,23 @@ def test_damaged_and_edited_vpbb_files_are_refused_before_decoding(tiny_run, tmp
     assert images_digest(np.load(images)["images"]) == header["images_sha256"]
 
 
+def test_a_bit_flipped_anywhere_in_a_vpbb_is_refused(tiny_run, tmp_path):
+    from vaeprobe.compress import CompressedFileError
+
+    good = tmp_path / "good.vpbb"
+    vp.compress(tiny_run, "digits8:test", n_images=2, out=good, progress=False)
+    blob = good.read_bytes()
+    positions = np.random.default_rng(0).choice(len(blob) * 8, size=48, replace=False)
+    for bit in positions:
+        flipped = bytearray(blob)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        damaged = tmp_path / "flipped.vpbb"
+        damaged.write_bytes(bytes(flipped))
+        with pytest.raises(CompressedFileError):
+            vp.decompress(damaged, tiny_run, progress=False)
+    CORPUS.append(("vpbb", "48 single bit flips across the file"))
+
+
 def test_a_vpbb_decodes_only_with_the_load_options_it_was_coded_with(tmp_path):
     from vaeprobe.compress import CompressedFileError
 
@@ -787,6 +804,12 @@ def test_devices_batch_sizes_pointers_and_pickled_npz_are_one_line(tiny_run, tmp
                           "0"], capsys, "batch_size", ">= 1")
     refused("arguments", ["pca", "digits8:test", "--n-images", "1"], capsys, "n_images=1",
             "at least 2 images")
+    refused("arguments", ["audit", run, "--data", "digits8:test", "--batch-size", "0", "--out",
+                          str(tmp_path / "audit")], capsys, "batch_size", ">= 1")
+    pythae = _copy(PYTHAE, tmp_path / "pythae")
+    torch.save({"model_state_dict": [1, 2, 3]}, pythae / "model.pt")
+    refused("files", ["rate", str(pythae), "--data", "digits8:test"], capsys,
+            pythae / "model.pt", "'model_state_dict' dict of tensors", "found a list")
     pointer = tmp_path / "vae.pt"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
     refused("files", ["rate", str(pointer), "--data", "digits8:test"], capsys, pointer,

@@ -122,3 +122,27 @@ class MeanOnly:
 
     def log_prob(self, x, kind: str = "discretized", generator=None) -> torch.Tensor:
         self._refuse("log p(x|z)")
+
+
+# ---- Probe.from_module's dry run -----------------------------------------------------------
+def probe_images(image_shape, device) -> torch.Tensor:
+    """The dry run's images: black, mid-grey, white and seeded noise (uint8, (4, C, H, W))."""
+    noise = torch.randint(0, 256, image_shape, generator=torch.Generator().manual_seed(0)
+                          ).to(torch.uint8)
+    flat = [torch.full(image_shape, level, dtype=torch.uint8) for level in (0, 128, 255)]
+    return torch.stack([*flat, noise]).to(device)
+
+
+def check_answer(model, value, n: int, what: str) -> None:
+    """One tensor of ``encode``'s answer: floating, one row per image of the batch."""
+    name = type(model).__name__
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name}.encode(x) gave its {what} as "
+                        f"{getattr(value, 'dtype', type(value).__name__)}; it must be a "
+                        f"floating tensor (an integer {what} rounds every rate to nothing): "
+                        f"return float values (e.g. drop a .long() / .round())")
+    if value.ndim == 0 or value.shape[0] != n:
+        raise ValueError(f"{name}.encode(x) gave a {what} of shape {tuple(value.shape)} for "
+                         f"a batch of {n} images; it must give one row per image (B first): "
+                         f"reshape with x.shape[0] (not a fixed batch size), and do not "
+                         f"reduce over the batch")
