@@ -146,6 +146,9 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     >>> report = vp.audit("runs/demo", "patches32:test", out="audit/")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
+    from vaeprobe.checks import positive_int
+
+    positive_int(batch_size, "batch_size", allow_none=True)  # before the model is opened
     return run_audit(source, data, n_images=n_images, seed=seed, sections=sections,
                      device=device, progress=progress, out=out, format=format,
                      options=options, settings=settings, quick=quick, batch_size=batch_size,
