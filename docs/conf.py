@@ -39,7 +39,7 @@ extensions = [
 ]
 
 exclude_patterns = ["_build", "generated/*.rst", "paper-patches32/README.md",
-                    "paper-patches32/claims.md",
+                    "paper-patches32/claims.md", "realworld-audits/README.md",
                     "gallery/README.txt", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
