@@ -170,10 +170,10 @@ def test_shared_posterior_context_equals_the_concatenated_block():
         assert torch.allclose(e, g, atol=1e-6)
 
 
-def test_distortion_gradient_reaches_the_secondary_latents_at_init():
-    """The secondary did not learn when its head started at zero: the distortion then sends no
-    gradient to its latents, and only the rate term moves its posterior."""
-    torch.manual_seed(0)  # the excess below depends on the init (above 0.01 for 3 of 12 seeds)
+def _untrained_two_stage(seed: int):
+    """(distortion, draws, excess) of an untrained two-stage model at init ``seed``: the
+    excess is the mean square between its secondary's output and the primary's x_hat."""
+    torch.manual_seed(seed)
     model = TwoStageVAE(tiny(), secondary_config(tiny()))
     x = images(8)
     noise = [torch.randn(8, *shape) for shape in model.latent_shapes()]
@@ -182,8 +182,19 @@ def test_distortion_gradient_reaches_the_secondary_latents_at_init():
         primary_noise = noise[:len(model.primary.decoder_layers)]
         x_hat = model.primary.posterior_pass(x, noise=primary_noise)[0].mean
     distortion = ((x.float() / 255 - likelihood.loc) ** 2).sum()
+    return distortion, draws, float(((likelihood.loc - x_hat) ** 2).mean().detach())
+
+
+def test_distortion_gradient_reaches_the_secondary_latents_at_init():
+    """The secondary did not learn when its head started at zero: the distortion then sends no
+    gradient to its latents, and only the rate term moves its posterior."""
+    distortion, draws, _ = _untrained_two_stage(0)
     gradients = torch.autograd.grad(distortion, [d.z for d in draws] + [d.q_mean for d in draws])
     assert all(float(g.abs().sum()) > 0 for g in gradients)
-    # the scaled residual keeps the untrained secondary's excess distortion small
-    excess = ((likelihood.loc - x_hat) ** 2).mean()
-    assert float(excess.detach()) < 0.01
+    # the scaled residual keeps the untrained secondary's excess distortion small. It depends
+    # on the init, not on the thread count: benchmarks/test_spread.py --cases excess measured,
+    # over init seeds 0-11, a median of 0.005 and a maximum of 0.076 (seed 8; 3 of 12 seeds
+    # above 0.01), the same at 1, 2 and 4 threads. So the median over those 12 seeds is held
+    # below 0.01 and every seed below 0.15 (twice the worst), instead of one chosen seed
+    excess = sorted(_untrained_two_stage(seed)[2] for seed in range(12))
+    assert (excess[5] + excess[6]) / 2 < 0.01 and excess[-1] < 0.15, excess

@@ -21,7 +21,11 @@ from vaeprobe.random import image_generators
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vdvae"
 HPARAMS = FIXTURE / "hparams.json"
-TOLERANCE = 1e-5
+# The reference was recorded by openai/vdvae's code on another machine: float32 rounding
+# differs with the BLAS and the thread count, in proportion to the size of the value. So the
+# tolerance is 128 float32 ulps of max(1, |value|) (1.5e-5 of the scale); benchmarks/
+# test_spread.py measured at most 8 ulps (9.5e-7) over torch threads 1, 2 and 4.
+TOLERANCE = 128 * float(np.finfo(np.float32).eps)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,11 @@ def _inject(probe, reference, prefix, monkeypatch):
 
 
 def _max_diff(ours, theirs) -> float:
-    return float(np.abs(np.asarray(ours, dtype=np.float64) - theirs).max())
+    """The largest difference in units of max(1, |theirs|): float32 rounding scales with the
+    value."""
+    theirs = np.asarray(theirs, dtype=np.float64)
+    difference = np.abs(np.asarray(ours, dtype=np.float64) - theirs).max()
+    return float(difference / max(1.0, float(np.abs(theirs).max())))
 
 
 def test_parity_posterior_pass(probe, reference, monkeypatch):
