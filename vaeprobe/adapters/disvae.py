@@ -38,6 +38,7 @@ from vaeprobe.adapters._common import (
     read_tensors,
     sniff_specs,
 )
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -174,3 +175,8 @@ def open_disvae(path: Path, *, device=None) -> ModuleProbe:
 
 
 __all__ = ["BurgessVAE", "open_disvae", "sniff"]
+
+
+formats.register("disvae", Format(
+    "vaeprobe.adapters.disvae:open_disvae", sniff,
+    "a disentangling-vae results folder: specs.json (model_type, rec_dist) + model.pt"))

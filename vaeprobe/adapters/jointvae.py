@@ -38,6 +38,7 @@ from vaeprobe.adapters._common import (
     read_tensors,
     sniff_specs,
 )
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import Bernoulli
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
@@ -215,3 +216,8 @@ def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:
 
 
 __all__ = ["JointVAE", "JointVAEProbe", "open_jointvae", "sniff"]
+
+
+formats.register("jointvae", Format(
+    "vaeprobe.adapters.jointvae:open_jointvae", sniff,
+    "a JointVAE trained_models folder: specs.json (latent_spec) + model.pt"))

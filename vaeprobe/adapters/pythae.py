@@ -26,6 +26,7 @@ from torch import nn
 
 from vaeprobe import io, validate
 from vaeprobe.adapters._common import file_source, read_tensors
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -214,3 +215,8 @@ def open_pythae(path: Path, *, pixel_range=(0.0, 1.0), likelihood: str = "none",
     return ModuleProbe(model, _image_shape(config, image_shape, config_path),
                        pixel_range=pixel_range,
                        likelihood=likelihood, sigma=sigma, device=device, source=source)
+
+
+formats.register("pythae", Format(
+    "vaeprobe.adapters.pythae:open_pythae", sniff,
+    "a pythae model.save folder: model_config.json + model.pt"))

@@ -23,6 +23,7 @@ import torch
 
 from vaeprobe import io, validate
 from vaeprobe.adapters._common import read_tensors
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedLogisticMixture
 from vaeprobe.models.vdvae import (
@@ -355,3 +356,8 @@ def open_vdvae(path: str | os.PathLike, *, hparams=None, ema: bool | None = None
                       str(hparams) if isinstance(hparams, (str, Path)) else "dict"),
                   vdvae_hparams=json.dumps(config.to_dict(), sort_keys=True))
     return VDVAEProbe(model, device=device, source=source)
+
+
+formats.register("vdvae", Format(
+    "vaeprobe.adapters.vdvae:open_vdvae", sniff,
+    "an openai/vdvae *-model-ema.th or *-model.th file, or a folder with one"))
