@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check vaeprobe trainers analyses tests benchmarks
+
+# the GPU suite (benchmarks/gpu_suite.py): trainer vs bare model per precision mode, eval's GPU rows
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu_suite --json gpu_suite.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -148,9 +148,10 @@ class Trainer(DataMixin, CheckpointMixin):
         (averaged over processes), lambda, and the guards' counters and finite checks, stacked
         into one tensor. Returns them by name; raises TrainingError when training must stop."""
         means = {} if logged is None else _batch_means(logged)
-        values = torch.stack([v.detach().float().reshape(()) for v in means.values()]) \
-            if means else torch.zeros(0, device=self.device)
-        values = all_mean(values, self.world)
+        values = torch.zeros(0, device=self.device)
+        if means:  # every process logs: the mean over them (a save reads on rank 0 alone)
+            values = all_mean(torch.stack([v.detach().float().reshape(())
+                                           for v in means.values()]), self.world)
         health = torch.stack([self.lam.detach().float(), *self.guards.read()])
         read = torch.cat([values, health.to(values.device)]).tolist()  # the sync
         result = dict(zip(means, read, strict=False))
