@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         cifar = tvd.CIFAR10.__new__(tvd.CIFAR10)
         cifar.data, cifar.targets = images.transpose(0, 2, 3, 1).copy(), [0] * len(images)
         cifar.transform = cifar.target_transform = None
-        per_item_cifar = vdata._TorchvisionUint8(cifar, "cifar10-shaped")
+        per_item_cifar = vdata.TorchvisionUint8(cifar, "cifar10-shaped")
 
         # reading shuffled batches, as a training step does
         resident = vdata.load(f"npz:{npz}").images.to(device)

@@ -32,12 +32,12 @@ class _TorchFidelityWrapper:
         from torch_fidelity import register_feature_extractor
         from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-        from vaeprobe.fidelity import _RandomConvNet
+        from vaeprobe.fidelity import RandomConvNet as OurNet
 
         class RandomConvNet(FeatureExtractorBase):
             def __init__(self, name, features_list, **kwargs):
                 super().__init__(name, features_list)
-                self.net = _RandomConvNet()
+                self.net = OurNet()
 
             @staticmethod
             def get_provided_features_list():

@@ -11,8 +11,8 @@ from vaeprobe.accumulate import Accumulator, merge_all
 from vaeprobe.fidelity import build_extractor
 from vaeprobe.fidelity.quality import _KindAccumulator
 from vaeprobe.pca import _Covariance
-from vaeprobe.rate import _Moments
-from vaeprobe.spectrum import _SpectrumAccumulator
+from vaeprobe.rate import Moments
+from vaeprobe.spectrum import SpectrumAccumulator
 
 
 def images(n, seed, shape=(3, 6, 5)):
@@ -37,21 +37,21 @@ def sequential_and_merged(make, *batches):
 
 def test_every_accumulator_follows_the_protocol():
     nets = [build_extractor("pixels-TEST-ONLY")]
-    for accumulator in (_Moments(), _Covariance(), _SpectrumAccumulator("hann", "per_channel"),
+    for accumulator in (Moments(), _Covariance(), SpectrumAccumulator("hann", "per_channel"),
                         _KindAccumulator(nets, keep=4)):
         assert isinstance(accumulator, Accumulator)
 
 
 def test_moments_merge_and_match_numpy():
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64) + 2
-    sequential, merged = sequential_and_merged(_Moments, a, b)
+    sequential, merged = sequential_and_merged(Moments, a, b)
     for left, right in zip(sequential.compute(), merged.compute(), strict=True):
         np.testing.assert_array_equal(left, right)
     both = torch.cat([a, b]).numpy()
     mean, se = merged.compute()
     np.testing.assert_allclose(mean, both.mean(0), rtol=1e-13)
     np.testing.assert_allclose(se, both.std(0, ddof=1) / np.sqrt(len(both)), rtol=1e-10)
-    empty = _Moments().merge(copy.deepcopy(merged))  # an empty rank changes nothing
+    empty = Moments().merge(copy.deepcopy(merged))  # an empty rank changes nothing
     np.testing.assert_array_equal(empty.compute()[0], mean)
 
 
@@ -85,7 +85,7 @@ def numpy_power(x: np.ndarray) -> np.ndarray:
 
 def test_spectrum_merge_and_numpy():
     def make():
-        return _SpectrumAccumulator("hann", "per_channel")
+        return SpectrumAccumulator("hann", "per_channel")
     sequential, merged = sequential_and_merged(make, A, B)
     assert sequential.count == merged.count == 13 * 3
     torch.testing.assert_close(sequential.total, merged.total, rtol=1e-14, atol=0)
@@ -98,10 +98,10 @@ def test_spectrum_merge_and_numpy():
 
 def test_merge_refuses_other_settings_and_other_analyses():
     with pytest.raises(ValueError, match="window"):
-        _SpectrumAccumulator("hann", "per_channel").merge(
-            _SpectrumAccumulator("kaiser", "per_channel"))
+        SpectrumAccumulator("hann", "per_channel").merge(
+            SpectrumAccumulator("kaiser", "per_channel"))
     with pytest.raises(TypeError, match="cannot merge"):
-        _Moments().merge(_Covariance())
+        Moments().merge(_Covariance())
 
 
 class L2Distance:

@@ -340,9 +340,9 @@ def test_pythae_custom_networks_come_from_trusted_modules(tmp_path):
 
 
 def test_cli_rate_and_spectrum_on_third_party_formats(tmp_path, capsys):
-    from vaeprobe.cli import _options, main
+    from vaeprobe.cli import main, parse_options
 
-    assert _options(["hparams=cifar10", "image_size=16", "pixel_range=[-1,1]", "ema=false"]) \
+    assert parse_options(["hparams=cifar10", "image_size=16", "pixel_range=[-1,1]", "ema=false"]) \
         == {"hparams": "cifar10", "image_size": 16, "pixel_range": [-1, 1], "ema": False}
     out = tmp_path / "rate.nc"
     assert main(["rate", str(DIFFUSERS), "--data", "patches16:test", "--n-images", "8",

@@ -55,3 +55,34 @@ def test_command_line(compared, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--data", "digits8:test"]) == 2
     with pytest.raises(TypeError, match="list of models"):
         vp.compare(str(late), "digits8:test")
+
+
+def test_models_of_one_latent_layout_compare_their_channels(compared, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from vaeprobe.audit import where_bits_go
+    from vaeprobe.plot import compare_page
+
+    assert "rate_per_channel" not in compared[0]  # three layers of different sizes: no channels
+    fixture = Path(__file__).parent / "fixtures" / "diffusers" / "tiny_vae"
+    shutil.copytree(fixture, tmp_path / "copy")
+    ds = vp.compare([fixture, tmp_path / "copy"], "patches16:test", n_images=8,
+                    information=False, progress=False, **NETS)
+    assert ds["rate_per_channel"].dims == ("model", "channel") and ds.sizes["channel"] == 2
+    assert ds["rate_per_channel"].attrs["units"] == "nats"
+    bits = where_bits_go(vp.load(fixture), "patches16:test", n_images=8, progress=False)
+    for model in ds["model"].values:
+        np.testing.assert_allclose(ds["rate_per_channel"].sel(model=model),
+                                   bits["rate_per_channel"].values[0], rtol=1e-6)
+        np.testing.assert_allclose(ds["rate_per_channel_se"].sel(model=model),
+                                   bits["rate_per_channel_se"].values[0], rtol=1e-6)
+    figure = compare_page(ds)
+    figure.canvas.draw()
+    (panel,) = [ax for ax in figure.axes if ax.get_xlabel() == "latent channel"]
+    assert [tick.get_text() for tick in panel.get_xticklabels()] == ["ch 0", "ch 1"]
+    assert panel.get_legend_handles_labels()[1] == [str(m) for m in ds["model"].values]
+    assert panel.get_ylabel() == "rate [nats / image]"
+    plt.close(figure)

@@ -79,7 +79,7 @@ def test_files_are_checked(tiny_run, tmp_path):
     path = tmp_path / "a.vpbb"
     compress(tiny_run, digits(3), n_images=None, out=path, progress=False)
     header, words = read_compressed(path)
-    assert header["format_version"] == 1 and words.dtype == np.uint32
+    assert header["format_version"] == 2 and words.dtype == np.uint32
     other = vp.adapters.probe_for(vp.load(tiny_run).model.__class__(
         vp.load(tiny_run).model.config), "cpu")
     with pytest.raises(CompressedFileError, match=header["model_sha256"]):

@@ -25,7 +25,7 @@ def test_in_memory_sets_equal_their_pil_items(cls, shape, grey):
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     base = fake_torchvision(cls, torch.from_numpy(pixels) if cls is tvd.MNIST else pixels)
     fast = vdata.in_memory(base, "fake")
-    per_item = data_sources._TorchvisionUint8(base, "fake", grey=grey)
+    per_item = data_sources.TorchvisionUint8(base, "fake", grey=grey)
     expected = torch.stack([per_item[i] for i in range(len(per_item))])
     assert fast.images.dtype == torch.uint8 and fast.images.is_contiguous()
     torch.testing.assert_close(fast.images, expected, rtol=0, atol=0)

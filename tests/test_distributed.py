@@ -103,7 +103,7 @@ def test_one_process_is_untouched():
     assert distributed.shard(indices) is indices
     assert distributed.gather({"a": 1}) == [{"a": 1}]
     assert distributed.is_main() and not distributed.active()
-    moments = vp.rate.__globals__["_Moments"]()
+    moments = vp.rate.__globals__["Moments"]()
     assert distributed.merge(moments) is moments
 
 

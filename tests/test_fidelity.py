@@ -70,7 +70,7 @@ def test_weights_are_found_in_the_weights_dir_and_unsafe_files_refused(tmp_path,
     lpips = fidelity.LPIPS("alexnet")
     assert not lpips.stand_in and len(lpips.weights_sha256) == 64
     assert torch.equal(lpips.model.net.state_dict()["slice2.3.weight"], alexnet.features[3].weight)
-    torch.save({"x": fidelity._RandomConvNet()}, tmp_path / "vgg16-397923af.pth")
+    torch.save({"x": fidelity.RandomConvNet()}, tmp_path / "vgg16-397923af.pth")
     with pytest.raises(ValueError, match="refused"):
         fidelity.build_extractor("vgg16-fc2")
     assert main(["weights"]) == 0

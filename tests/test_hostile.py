@@ -441,6 +441,241 @@ def test_an_edited_run_config_is_named_on_resume_and_in_analyses(tiny_run, tmp_p
             run / "config.json", "gamma")
 
 
+# ---- coded files (.vpbb): damaged or mismatched files are refused before decoding --------------
+
+def _vpbb_parts(blob: bytes) -> tuple[dict, int]:
+    """(header, offset of the payload) of a .vpbb file's bytes."""
+    from vaeprobe.compressed_file import MAGIC
+
+    (length,) = struct.unpack("<I", blob[len(MAGIC):len(MAGIC) + 4])
+    start = len(MAGIC) + 4
+    return json.loads(blob[start:start + length]), start + length + 4
+
+
+def _vpbb_with(blob: bytes, crc: bool = True, **changes) -> bytes:
+    """The file with header fields changed, its CRC32 recomputed (a deliberate edit) or not."""
+    from vaeprobe.compressed_file import MAGIC
+
+    header, payload = _vpbb_parts(blob)
+    old_crc = blob[payload - 4:payload]
+    text = json.dumps({**header, **changes}, sort_keys=True).encode()
+    check = struct.pack("<I", zlib.crc32(text)) if crc else old_crc
+    return MAGIC + struct.pack("<I", len(text)) + text + check + blob[payload:]
+
+
+def test_damaged_and_edited_vpbb_files_are_refused_before_decoding(tiny_run, tmp_path, capsys):
+    good, images = tmp_path / "good.vpbb", tmp_path / "images.npz"
+    assert cli.main(["compress", str(tiny_run), "--data", "digits8:test", "--n-images", "4",
+                     "--file", str(good)]) == 0
+    blob = good.read_bytes()
+    header, payload = _vpbb_parts(blob)
+    flipped = bytearray(blob)
+    flipped[payload + 5] ^= 0x10
+    raw_count = blob.replace(b'"n_images": 4', b'"n_images": 5')
+    raw_precision = blob.replace(b'"precision": 24', b'"precision": 16')
+    assert raw_count != blob and raw_precision != blob
+    cases = [("header only", blob[:payload], "truncated"),
+             ("one word short", blob[:-4], "truncated"), ("half", blob[:len(blob) // 2],
+                                                          "truncated"),
+             ("bit flip in the payload", bytes(flipped), "payload is damaged"),
+             ("image count edited", raw_count, "header is damaged"),
+             ("precision edited", raw_precision, "header is damaged"),
+             ("1e12 images, CRC fixed", _vpbb_with(blob, n_images=10 ** 12), "n_images"),
+             ("latent_bits 0, CRC fixed", _vpbb_with(blob, latent_bits=0), "latent_bits"),
+             ("latent_bits 99, CRC fixed", _vpbb_with(blob, latent_bits=99), "latent_bits"),
+             ("precision 16, CRC fixed", _vpbb_with(blob, precision=16), "precision"),
+             ("3 of 4 images, CRC fixed", _vpbb_with(blob, n_images=3), "digest"),
+             ("5 of 4 images, CRC fixed", _vpbb_with(blob, n_images=5), "digest"),
+             ("other options, CRC fixed", _vpbb_with(blob, load_options={"ema": False}),
+              "other load options"),
+             ("version 1", _vpbb_with(blob, format_version=1), "format version 1")]
+    for name, content, words in cases:
+        damaged = tmp_path / "damaged.vpbb"
+        damaged.write_bytes(content)
+        refused(f"vpbb: {name}", ["decompress", str(damaged), "--model", str(tiny_run),
+                                  "--images", str(images)], capsys, damaged, words)
+        assert not images.exists(), name
+    # the good file still decodes, bit-exactly, verified against its digest
+    assert cli.main(["decompress", str(good), "--model", str(tiny_run), "--images",
+                     str(images)]) == 0
+    assert "sha256 matches" in capsys.readouterr().out
+    from vaeprobe.compressed_file import images_digest
+
+    assert images_digest(np.load(images)["images"]) == header["images_sha256"]
+
+
+def test_a_vpbb_decodes_only_with_the_load_options_it_was_coded_with(tmp_path):
+    from vaeprobe.compress import CompressedFileError
+
+    coded = tmp_path / "p.vpbb"
+    sharp = vp.load(PYTHAE, likelihood="gaussian", sigma=0.1, device="cpu")
+    images = torch.randint(0, 256, (3, *sharp.image_shape), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    vp.compress(sharp, images, n_images=None, out=coded, progress=False)
+    blurred = vp.load(PYTHAE, likelihood="gaussian", sigma=0.3, device="cpu")
+    with pytest.raises(CompressedFileError, match="sigma.*0.1.*this model.*0.3"):
+        vp.decompress(coded, blurred, progress=False)
+    # a path is opened with the file's own options: the images come back exactly
+    assert torch.equal(vp.decompress(coded, PYTHAE, progress=False), images)
+    CORPUS.append(("vpbb", "decoded with other load options"))
+
+
+def test_compress_and_decompress_never_replace_inputs_or_unknown_files(tiny_run, tmp_path,
+                                                                       capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    checkpoint = vp.checkpoints(run)[-1][1]
+    digest = io.sha256_file(checkpoint)
+    compress = ["compress", str(run), "--data", "digits8:test", "--n-images", "2", "--file"]
+    refused("outputs", compress + [str(checkpoint)], capsys, checkpoint, "input")
+    refused("outputs", compress + [str(run / "config.json"), "--overwrite"], capsys,
+            "config.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused("outputs", compress + [str(notes)], capsys, notes, "--overwrite")
+    coded = tmp_path / "d.vpbb"
+    assert cli.main(compress + [str(coded)]) == 0
+    assert cli.main(compress + [str(coded)]) == 0  # its own file is replaced
+    decompress = ["decompress", str(coded), "--model", str(run), "--images"]
+    refused("outputs", decompress + [str(coded)], capsys, coded, "input")
+    refused("outputs", decompress + [str(checkpoint), "--overwrite"], capsys, checkpoint)
+    refused("outputs", decompress + [str(notes)], capsys, notes, "--overwrite")
+    assert notes.read_text() == "mine" and io.sha256_file(checkpoint) == digest
+    images = tmp_path / "d.npz"
+    assert cli.main(decompress + [str(images)]) == 0
+    assert cli.main(decompress + [str(images)]) == 0  # its own .npz is replaced
+    assert cli.main(decompress + [str(notes), "--overwrite"]) == 0
+    assert vp.data.as_dataset(f"npz:{notes}")[0].dtype == torch.uint8
+
+
+# ---- the audit store: nothing on disk trusted unchecked ----------------------------------------
+
+AUDIT = dict(n_images=6, sections=["model_card", "bits"], progress=False)
+
+
+def test_a_foreign_section_is_never_published(tiny_run, tmp_path):
+    trained = FIXTURES / "tiny8_trained"
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    truth = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)["bits"]
+    foreign = vp.audit(trained, "digits8:test", out=theirs, **AUDIT)["bits"]
+    assert float(foreign.total_rate) != pytest.approx(float(truth.total_rate))
+    # another model's section copied in: recomputed, said, never published
+    (ours / "sections" / "bits.nc").write_bytes((theirs / "sections" / "bits.nc").read_bytes())
+    with pytest.warns(UserWarning, match="bits.*another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert json.loads(report.attrs["computed_sections"]) == ["bits"]
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    # no audit.json at all: a folder of the other model's sections is not taken as ours
+    (ours / "audit.json").unlink()
+    for file in (theirs / "sections").iterdir():
+        (ours / "sections" / file.name).write_bytes(file.read_bytes())
+    with pytest.warns(UserWarning, match="another model"):
+        report = vp.audit(tiny_run, "digits8:test", out=ours, **AUDIT)
+    assert float(report["bits"].total_rate) == pytest.approx(float(truth.total_rate))
+    CORPUS.extend([("audit store", "foreign section file"),
+                   ("audit store", "foreign sections, no audit.json")])
+
+
+def test_a_partial_sections_run_adds_to_the_report_and_never_shrinks_it(tiny_run, tmp_path):
+    out = tmp_path / "audit"
+    vp.audit(tiny_run, "digits8:test", out=out, **AUDIT)
+    partial = vp.audit(tiny_run, "digits8:test", out=out, **{**AUDIT, "sections": ["latents"]})
+    assert list(partial) == ["model_card", "bits", "latents"]
+    assert json.loads(partial.attrs["computed_sections"]) == ["latents"]
+    page = (out / "audit.html").read_text()
+    assert all(title in page for title in ("Where the bits go", "Latent"))
+    CORPUS.append(("audit store", "a partial --sections run"))
+
+
+def test_audit_directories_that_are_not_audits(tiny_run, tmp_path, capsys, monkeypatch):
+    base = ["audit", str(tiny_run), "--data", "digits8:test", "--n-images", "4", "--sections",
+            "model_card", "--quiet"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    refused("audit store", base + ["--out", str(plain), "--resume"], capsys, plain,
+            "no audit to resume")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "audit.html").write_text("<html>my own notes</html>")
+    monkeypatch.chdir(mine.parent)  # the default --out is ./audit
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "audit.html").write_text("<html>my own notes</html>")
+    refused("audit store", base, capsys, "audit.html", "--overwrite")
+    assert (tmp_path / "audit" / "audit.html").read_text() == "<html>my own notes</html>"
+    for content in ("[1, 2]", "garbage {"):
+        bad = tmp_path / f"bad{len(content)}"
+        bad.mkdir()
+        (bad / "audit.json").write_text(content)
+        refused("audit store", base + ["--out", str(bad)], capsys, bad / "audit.json",
+                "not an audit manifest")
+    assert cli.main(base + ["--out", str(mine), "--overwrite"]) == 0
+    assert "vaeprobe" in (mine / "audit.html").read_text()
+
+
+# ---- compare: every model checked first, protocols never mixed silently ----------------------
+
+def test_compare_checks_every_model_before_auditing_any(tiny_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.pt").write_text("version https://git-lfs.github.com/spec/v1\n")
+    out = tmp_path / "cmp"
+    base = ["compare", str(tiny_run), "--data", "digits8:test", "--n-images", "4",
+            "--no-information", "--out", str(out)]
+    refused("compare", base[:2] + [str(DIFFUSERS)] + base[2:], capsys, "tiny_vae",
+            "nothing was audited")
+    refused("compare", base[:2] + [str(broken)] + base[2:], capsys, "model broken",
+            "nothing was audited")
+    assert not (out / "models").exists()  # no audit ran before the bad model was found
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "compare.html").write_text("my page")
+    refused("outputs", base[:-1] + [str(notes)], capsys, "compare.html", "--overwrite")
+
+
+def test_compare_reuses_only_audits_of_its_protocol_and_says_so(tiny_run, tmp_path):
+    import xarray as xr
+
+    from vaeprobe.compare import (
+        AUDIT_SECTIONS,
+        _audit_protocol,
+        _find_audit,
+        _mixed_protocols,
+        _protocol,
+    )
+
+    data = vp.data.as_dataset("digits8:test")
+    probe = vp.load(tiny_run)
+    here = _protocol(data, 6, 0, "inception-v3-compat", "alexnet")
+    run = _copy(tiny_run, tmp_path / "run")
+    stored = run / "audit" / "audit.nc"
+    stored.parent.mkdir()
+
+    def audit_on_disk(**changes):  # the root attributes compare reads from an audit.nc
+        parameters = dict(settings=here["settings"], feature_extractor="inception-v3-compat",
+                          lpips_trunk="alexnet")
+        attrs = dict(sections=json.dumps(list(AUDIT_SECTIONS)), dataset="digits8:test",
+                     checkpoint_sha256=probe.source["checkpoint_sha256"], n_images=6, seed=0,
+                     quick=0)
+        attrs.update(changes)
+        attrs["parameters"] = json.dumps({**parameters, **changes.pop("parameters", {})})
+        io.save(xr.Dataset(attrs=attrs), stored, overwrite=True)
+
+    audit_on_disk()
+    assert _find_audit(run, probe, data, None, "run", here) == (stored, "")
+    for change, said in [(dict(quick=1, n_images=4), "quick 1 (here 0)"),
+                         (dict(seed=3), "seed 3 (here 0)"),
+                         (dict(parameters={"lpips_trunk": "random-TEST-ONLY"}), "lpips_trunk")]:
+        audit_on_disk(**change)
+        found, why = _find_audit(run, probe, data, None, "run", here)
+        assert found is None and said in why and str(stored) in why
+    rows = [dict(protocol=_audit_protocol(dict(n_images=32, seed=0, quick=1))),
+            dict(protocol=_audit_protocol(dict(n_images=200, seed=0, quick=0)))]
+    assert "different protocols (a: 32 images, seed 0, quick, b: 200 images" in \
+        _mixed_protocols(["a", "b"], rows)[0]
+    assert _mixed_protocols(["a", "b"], [rows[0], rows[0]]) == []
+    CORPUS.extend([("compare", "a quick audit beside a full one"),
+                   ("compare", "an audit of another protocol on disk")])
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):

@@ -193,3 +193,30 @@ def test_reconstruction_term_beside_rate_and_elbo(tiny_probe, digits_test):
     assert float(iw["log_px_bpd_mean"]) == pytest.approx(
         -float(iw["log_px_mean"]) / (64 * math.log(2)))
     assert iw["log_px"].attrs["units"] == "nats" and float(iw["rate_mean"]) > 0
+
+
+def test_posterior_mean_names_the_point_evaluation_and_keeps_the_elbo():
+    """posterior="mean" changes only the reconstruction: elbo is E_q log p(x|z) - KL under
+    both settings (the same draws), and log p(x | posterior mean) is log_px_at_mean. Oracle:
+    probabilistic PCA, whose posterior is exact (so the ELBO equals log p(x) per image) and
+    whose E_q log p(x|z) = log p(x | mean) - sum_j |W_j|^2 s_j^2 / (2 sigma^2) in closed form."""
+    probe, x = LinearGaussianProbe(), images(n=400)
+    sample = vp.rate(probe, x, progress=False)
+    mean = vp.rate(probe, x, posterior="mean", progress=False)
+    for name in ("elbo", "elbo_se", "log_px", "total_rate"):
+        assert float(mean[name]) == float(sample[name]), name
+    assert "log_px_at_mean" not in sample and "log_px_at_mean" in mean
+    exact = probe.exact_log_likelihood(x).numpy()
+    se = float(mean["elbo_se"])
+    assert 0 < se < 1 and abs(float(mean["elbo"]) - exact.mean()) < 4 * se
+    q_mean, q_logstd = probe.posterior(x)
+    at_mean = probe.decode(vp.probe.LatentPass([vp.probe.LayerDraw(
+        None, None, q_mean[:, :, None, None], None, None, None)], 1)).log_prob(x)
+    assert float(mean["log_px_at_mean"]) == pytest.approx(float(at_mean.mean()), rel=1e-9)
+    gap = float(((probe.W ** 2).sum(0) * torch.exp(2 * q_logstd[0])).sum()
+                / (2 * probe.sigma ** 2))  # log p(x | mean) - E_q log p(x|z), every image
+    assert float(mean["log_px_at_mean"] - mean["log_px"]) == pytest.approx(
+        gap, abs=4 * float(mean["log_px_se"]))
+    assert gap > 10 * float(mean["log_px_se"])  # the two are told apart at this size
+    assert "not a term of the ELBO" in mean["log_px_at_mean"].attrs["long_name"]
+    assert mean["elbo"].attrs["long_name"].startswith("ELBO: E_q log p(x|z)")

@@ -28,7 +28,7 @@ NONE_MEANS = {
 }
 
 
-class _ApiArguments:
+class ApiArguments:
     """Adds flags to a subcommand with the defaults of one public function's parameters."""
 
     def __init__(self, parser: argparse.ArgumentParser, function, **extra_functions):
@@ -40,11 +40,11 @@ class _ApiArguments:
     def add(self, *flags: str, help: str, param: str | None = None, of: str = "",
             units: str = "", **options) -> None:
         """A flag whose default is ``param`` of the function ``of`` ("" the command's own)."""
-        dest = options.get("dest") or _dest(flags)
+        dest = options.get("dest") or dest_of(flags)
         param = param or dest
         self.renames[dest] = (of, param)
         default = inspect.signature(self.functions[of]).parameters[param].default
-        shown = NONE_MEANS.get(param, "none") if default is None else _show(default)
+        shown = NONE_MEANS.get(param, "none") if default is None else show_default(default)
         unit = f" {units}" if units and default is not None else ""
         choices = options.get("choices")
         if choices and len(",".join(choices)) > 30:  # a long list reads better in the help
@@ -54,19 +54,19 @@ class _ApiArguments:
                                  help=f"{help} (default: {shown}{unit})", **options)
 
 
-def _dest(flags) -> str:
+def dest_of(flags) -> str:
     """argparse's dest: the first long flag (else the first short), dashes as underscores."""
     long = [flag for flag in flags if flag.startswith("--")]
     return (long or list(flags))[0].lstrip("-").replace("-", "_")
 
 
-def _show(default) -> str:
+def show_default(default) -> str:
     if isinstance(default, (tuple, list)):
         return " ".join(str(value) for value in default)
     return str(default)
 
 
-def _subparser(sub, name: str, help: str, example: str, description: str = ""):
+def add_subparser(sub, name: str, help: str, example: str, description: str = ""):
     import textwrap
 
     return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 79),
@@ -74,7 +74,7 @@ def _subparser(sub, name: str, help: str, example: str, description: str = ""):
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _common(parser, *, out: bool = True, plot: bool = True) -> None:
+def add_common(parser, *, out: bool = True, plot: bool = True) -> None:
     """--threads, and --out / --plot (checked before any work)."""
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: 0 = OMP_NUM_THREADS when set, else "
@@ -98,7 +98,7 @@ CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, o
                    "AutoencoderTiny folder")
 
 
-def _load_arguments(parser, api: _ApiArguments) -> None:
+def add_load_arguments(parser, api: ApiArguments) -> None:
     """How a model is opened: its format (sniffed by default), its options, the device."""
     from vaeprobe.adapters import formats
 
@@ -111,10 +111,10 @@ def _load_arguments(parser, api: _ApiArguments) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
                         "(formats with EMA weights; default: EMA weights)")
     api.add("--device", of="load", help="cpu, cuda or cuda:N")
-    _safety_arguments(parser, api)
+    add_safety_arguments(parser, api)
 
 
-def _safety_arguments(parser, api: _ApiArguments) -> None:
+def add_safety_arguments(parser, api: ApiArguments) -> None:
     """--max-memory and --allow-nonfinite: what an untrusted model may ask for."""
     api.add("--max-memory", of="load", help="refuse a model whose weights plus one image's "
             "activations would need more memory than this (e.g. 16GB), checked before building")
@@ -122,7 +122,7 @@ def _safety_arguments(parser, api: _ApiArguments) -> None:
                         "hold NaN or inf values, with a warning (default: refuse them)")
 
 
-def _options(pairs: list[str]) -> dict:
+def parse_options(pairs: list[str]) -> dict:
     """``["key=value", ...]`` -> options; a value is JSON when it parses (256, [-1,1], false),
     else text (cifar10)."""
     import json
@@ -139,11 +139,11 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
-def _load(args, path=None):
+def load_probe(args, path=None):
     """The model of a command through the one resolver, ``vp.as_probe`` (what the API does)."""
     import vaeprobe as vp
 
-    options = _options(args.option)
+    options = parse_options(args.option)
     if args.no_ema:
         options["ema"] = False
     return vp.as_probe(path or args.checkpoint, args.format, device=args.device,
@@ -151,13 +151,13 @@ def _load(args, path=None):
                        allow_nonfinite=getattr(args, "allow_nonfinite", False), **options)
 
 
-def _model_command(sub, name: str, function, help: str, example: str) -> tuple:
+def model_command(sub, name: str, function, help: str, example: str) -> tuple:
     """A subcommand over one model: CHECKPOINT, --data, --n-images, --batch-size, --seed and
     the loading flags, with the defaults of ``function``."""
     import vaeprobe as vp
 
-    parser = _subparser(sub, name, help, example)
-    api = _ApiArguments(parser, function, load=vp.load)
+    parser = add_subparser(sub, name, help, example)
+    api = ApiArguments(parser, function, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", required=True, help="evaluation images: a dataset name "
                         "(e.g. patches32:test; folder:PATH is read at the model's image size)")
@@ -165,13 +165,13 @@ def _model_command(sub, name: str, function, help: str, example: str) -> tuple:
     api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
     api.add("--seed", type=int, help="seeds the subset and every draw (results do not depend "
             "on --batch-size)")
-    _load_arguments(parser, api)
-    _common(parser)
+    add_load_arguments(parser, api)
+    add_common(parser)
     return parser, api
 
 
 # ---- running a command ----------------------------------------------------------------------
-def _finish(ds, args, draw) -> int:
+def finish(ds, args, draw) -> int:
     """After the summary: warnings, then the Dataset and the figure when asked. A failed write
     is named and the other output still written; the exit status is then 1."""
     from vaeprobe import distributed, io
@@ -221,7 +221,7 @@ def _headline_status(ds, command: str) -> int:
     return NAN_EXIT
 
 
-def _check_outputs(args) -> None:
+def check_outputs(args) -> None:
     """Every output path of the command, checked before any work: never one of its inputs (the
     model's files, its run directory's checkpoints and config, a data file), an existing file
     replaced only when it is a vaeprobe result (or --overwrite), and writable."""
@@ -267,7 +267,7 @@ def _check_directory(path, inputs=()) -> None:
                          f"or an existing directory)")
 
 
-def _say_threads(args) -> None:
+def say_threads(args) -> None:
     from vaeprobe._threads import apply_threads
 
     if hasattr(args, "threads"):
@@ -275,7 +275,7 @@ def _say_threads(args) -> None:
         print(f"vaeprobe {args.command}: {said}", file=sys.stderr)
 
 
-def _error_text(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
     from vaeprobe.weights import MissingWeightsError
 
     if isinstance(error, MissingWeightsError):

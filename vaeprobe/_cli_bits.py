@@ -7,9 +7,9 @@ from __future__ import annotations
 
 def _cmd_information(args) -> int:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _finish, _load
+    from vaeprobe._cli_args import finish, load_probe
 
-    ds = vp.information(_load(args), args.data, n_images=args.n_images,
+    ds = vp.information(load_probe(args), args.data, n_images=args.n_images,
                         batch_size=args.batch_size, seed=args.seed)
     print(f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]")
     for index in range(ds.sizes["layer"]):
@@ -26,14 +26,14 @@ def _cmd_information(args) -> int:
     if "total_correlation" in ds:
         print(f"total correlation {float(ds.total_correlation):.3f}, dimension-wise KL "
               f"{float(ds.dimension_wise_kl):.3f} nats")
-    return _finish(ds, args, vp.plot.information)
+    return finish(ds, args, vp.plot.information)
 
 
-def _add_information(sub) -> None:
+def add_information(sub) -> None:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _model_command
+    from vaeprobe._cli_args import model_command
 
-    parser, _ = _model_command(
+    parser, _ = model_command(
         sub, "information", vp.information, "rate split into I(x; z) and the marginal KL "
         "KL(q(z) || p(z)) per layer (one-layer models: total correlation, dimension-wise KL)",
         "vaeprobe information runs/demo --data patches32:test --n-images 500 --plot info.png")
@@ -42,11 +42,18 @@ def _add_information(sub) -> None:
 
 def _cmd_compress(args) -> int:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _finish, _load
+    from vaeprobe._cli_args import finish, load_probe
 
     args.device = args.device or "cpu"  # the coder runs on the CPU (bit-identical PMFs)
-    ds = vp.compress(_load(args), args.data, n_images=args.n_images, latent_bits=args.latent_bits,
-                     seed=args.seed, out=args.file, verify=not args.no_verify)
+    from vaeprobe import outputs
+
+    if args.file:  # before the model is opened: never an input, never a file not ours
+        outputs.check_output(args.file, "--file", inputs=outputs.source_paths(
+            args.checkpoint, args.data), overwrite=args.overwrite)
+    ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
+                     latent_bits=args.latent_bits,
+                     seed=args.seed, out=args.file, verify=not args.no_verify,
+                     overwrite=args.overwrite)
     n = int(ds.attrs["n_images"])
     print(f"{n} images: coded {float(ds.coded_bpd):.4f} ± {float(ds.coded_bpd_se):.4f} bits/dim "
           f"vs -ELBO {float(ds.elbo_bpd):.4f} ± {float(ds.elbo_bpd_se):.4f} at the same "
@@ -61,24 +68,24 @@ def _cmd_compress(args) -> int:
           f"{verdict}")
     if args.file:
         print(f"wrote {args.file} ({int(ds.file_bits) // 8} bytes of stack + header)")
-    return _finish(ds, args, vp.plot.compress)
+    return finish(ds, args, vp.plot.compress)
 
 
-def _add_compress(sub) -> None:
+def add_compress(sub) -> None:
     import vaeprobe as vp
     from vaeprobe._cli_args import (
         CHECKPOINT_HELP,
-        _ApiArguments,
-        _common,
-        _load_arguments,
-        _subparser,
+        ApiArguments,
+        add_common,
+        add_load_arguments,
+        add_subparser,
     )
 
-    parser = _subparser(
+    parser = add_subparser(
         sub, "compress", "lossless bits-back ANS coding of images with the model: real coded "
         "bits/dim beside the -ELBO, a .vpbb file",
         "vaeprobe compress runs/demo --data patches32:test --n-images 100 --file test.vpbb")
-    api = _ApiArguments(parser, vp.compress, load=vp.load)
+    api = ApiArguments(parser, vp.compress, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", required=True, help="the images to code, e.g. "
                         "patches32:test")
@@ -90,43 +97,54 @@ def _add_compress(sub) -> None:
                         " `vaeprobe decompress` reads it; default: not written)")
     parser.add_argument("--no-verify", action="store_true", help="skip decoding the chain "
                         "again (no round-trip check, no decode speed)")
-    _load_arguments(parser, api)
-    _common(parser)
+    add_load_arguments(parser, api)
+    add_common(parser)
     parser.set_defaults(run=_cmd_compress)
 
 
 def _cmd_decompress(args) -> int:
-    import numpy as np
-
     import vaeprobe as vp
-    from vaeprobe import io
+    from vaeprobe import outputs
 
     if args.images:
-        io.check_writable(args.images, "--images")
+        header_model = _file_model(args.file)
+        outputs.check_output(args.images, "--images", inputs=outputs.source_paths(
+            args.file, args.model, header_model), overwrite=args.overwrite)
     images = vp.decompress(args.file, args.model)
     print(f"decoded {images.shape[0]} images of shape {tuple(images.shape[1:])} from "
-          f"{args.file}")
+          f"{args.file} (their sha256 matches the file's)")
     if args.images:
-        with io.atomic_path(args.images, suffix=".npz") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, images=images.numpy())
+        outputs.save_images_npz(args.images, images.numpy())
         print(f"wrote {args.images} (read it back as data npz:{args.images})")
     return 0
 
 
-def _add_decompress(sub) -> None:
-    import vaeprobe as vp
-    from vaeprobe._cli_args import _ApiArguments, _subparser
+def _file_model(path) -> str | None:
+    """The checkpoint a .vpbb names (an input of decompress), or None when unreadable."""
+    from vaeprobe.compressed_file import CompressedFileError, read_compressed
 
-    parser = _subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
+    try:
+        return read_compressed(path)[0].get("checkpoint") or None
+    except (OSError, CompressedFileError):
+        return None  # decompress itself says what is wrong with the file
+
+
+def add_decompress(sub) -> None:
+    import vaeprobe as vp
+    from vaeprobe._cli_args import ApiArguments, add_subparser
+
+    parser = add_subparser(sub, "decompress", "decode a .vpbb file written by `vaeprobe "
                         "compress` (bit-exact images)",
                         "vaeprobe decompress test.vpbb --model runs/demo --images test.npz")
     parser.add_argument("file", help="a .vpbb file")
-    api = _ApiArguments(parser, vp.decompress)
+    api = ApiArguments(parser, vp.decompress)
     api.add("--model", param="source", help="the model it was coded with (a run directory or "
             "checkpoint); another model is refused")
     parser.add_argument("--images", default=None, help="write the images here as .npz "
                         "(array 'images', uint8 N x C x H x W; default: not written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing "
+                        "--images file that vaeprobe did not write (default: refuse; never "
+                        "the .vpbb or the model)")
     parser.set_defaults(run=_cmd_decompress)
 
 
@@ -136,30 +154,35 @@ def _cmd_compare(args) -> int:
     ds = vp.compare(args.sources, args.data, n_images=args.n_images, seed=args.seed,
                     information=not args.no_information,
                     information_images=args.information_images, out=args.out_dir,
-                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk)
+                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk,
+                    overwrite=args.overwrite)
     from vaeprobe.compare import COLUMNS
 
     table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
     print(table.dropna(axis=1, how="all").to_string(float_format="%.4g"))
     for sentence in filter(None, str(ds.attrs.get("warning", "")).split("; ")):
         print(f"WARNING: {sentence}")
-    reused = [str(m) for m in ds["model"].values[ds["audit_reused"].values == 1]]
-    print(f"audits reused: {', '.join(reused) or 'none'}")
+    import json
+
+    reused = json.loads(ds.attrs.get("reused_audits", "{}"))
+    print(f"audits reused: {', '.join(f'{m} ({p})' for m, p in reused.items()) or 'none'}")
+    for model, why in json.loads(ds.attrs.get("audits_not_reused", "{}")).items():
+        print(f"audit not reused for {model}: {why}")
     if args.out_dir:
         print(f"wrote {args.out_dir}/compare.nc, compare.png, compare.html")
     return 0
 
 
-def _add_compare(sub) -> None:
+def add_compare(sub) -> None:
     import vaeprobe as vp
-    from vaeprobe._cli_args import _ApiArguments, _subparser
+    from vaeprobe._cli_args import ApiArguments, add_subparser
 
-    parser = _subparser(
+    parser = add_subparser(
         sub, "compare", "several models (or saved audits) side by side: one table and one "
         "page (rate, distortion, PSNR/SSIM/LPIPS, bits/dim, information split, latent scale, "
         "rate-distortion figure with gamma)",
         "vaeprobe compare runs/gamma1 runs/gamma2 runs/gamma4 --data digits8:test --out cmp")
-    api = _ApiArguments(parser, vp.compare)
+    api = ApiArguments(parser, vp.compare)
     parser.add_argument("sources", nargs="+", help="run directories, checkpoints, model "
                         "folders or saved audits (a folder with audit.nc)")
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
@@ -174,6 +197,8 @@ def _add_compare(sub) -> None:
             "random-TEST-ONLY: a flagged stand-in)")
     parser.add_argument("--out", dest="out_dir", default=None, help="a folder for compare.nc, "
                         "compare.png, compare.html and the audits run (default: not written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace compare.nc / .png "
+                        "/ .html in --out that vaeprobe did not write (default: refuse)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 "
                         "= OMP_NUM_THREADS when set, else the usable cores; said on stderr)")
     parser.set_defaults(run=_cmd_compare)

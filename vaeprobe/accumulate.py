@@ -38,8 +38,8 @@ def merge_all(accumulators: Iterable[A]) -> A:
 
     Examples
     --------
-    >>> from vaeprobe.rate import _Moments
-    >>> parts = [_Moments() for _ in range(3)]
+    >>> from vaeprobe.rate import Moments
+    >>> parts = [Moments() for _ in range(3)]
     >>> for value, part in zip([1.0, 2.0, 6.0], parts, strict=True):
     ...     part.update(torch.tensor([value]))  # one image each
     >>> mean, standard_error = merge_all(parts).compute()

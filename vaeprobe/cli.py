@@ -21,24 +21,24 @@ from io import StringIO
 from vaeprobe._cli_args import (  # noqa: F401
     CHECKPOINT_HELP,
     NONE_MEANS,
-    _ApiArguments,
-    _check_outputs,
-    _common,
-    _dest,
-    _error_text,
-    _finish,
-    _load,
-    _load_arguments,
-    _model_command,
-    _options,
-    _safety_arguments,
-    _say_threads,
-    _show,
-    _subparser,
+    ApiArguments,
+    add_common,
+    add_load_arguments,
+    add_safety_arguments,
+    add_subparser,
+    check_outputs,
+    dest_of,
+    error_text,
+    finish,
+    load_probe,
+    model_command,
+    parse_options,
+    say_threads,
+    show_default,
 )
-from vaeprobe._cli_bits import _add_compare, _add_compress, _add_decompress, _add_information
+from vaeprobe._cli_bits import add_compare, add_compress, add_decompress, add_information
 from vaeprobe._version import __version__
-from vaeprobe.audit.cli import _add_audit
+from vaeprobe.audit.cli import add_audit
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -64,9 +64,9 @@ def _cmd_data(args) -> int:
 def _add_data(sub) -> None:
     from vaeprobe import data
 
-    parser = _subparser(sub, "data", "describe a dataset and preview examples",
+    parser = add_subparser(sub, "data", "describe a dataset and preview examples",
                         "vaeprobe data patches32:test --preview patches.png")
-    api = _ApiArguments(parser, data.load)
+    api = ApiArguments(parser, data.load)
     parser.add_argument("name", help=f"a dataset: {', '.join(data.names())} (NAME:test for "
                         f"the test split)")
     api.add("--split", choices=data.SPLITS, help="the split when NAME has none")
@@ -86,7 +86,7 @@ def _add_data(sub) -> None:
 def _cmd_rate(args) -> int:
     import vaeprobe as vp
 
-    probe = _load(args)
+    probe = load_probe(args)
     ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed,
                  batch_size=args.batch_size, active_threshold=args.active_threshold,
                  posterior=args.posterior)
@@ -94,14 +94,14 @@ def _cmd_rate(args) -> int:
     print(ds["rate_by_resolution"].to_series().to_string(float_format="%.3f"))
     print(f"total rate {float(ds.total_rate):.2f} ± {float(ds.total_rate_se):.2f} nats, "
           f"distortion {float(ds.distortion):.3f}, active units {int(ds.active_units)}")
-    return _finish(ds, args, vp.plot.rate)
+    return finish(ds, args, vp.plot.rate)
 
 
 def _add_rate(sub) -> None:
     import vaeprobe as vp
     from vaeprobe.probe import POSTERIORS
 
-    parser, api = _model_command(
+    parser, api = model_command(
         sub, "rate", vp.rate, "rate (KL in nats per image) per latent layer, resolution and "
         "channel; active units",
         "vaeprobe rate runs/demo --data patches32:test --out rate.nc --plot rate.png")
@@ -115,20 +115,20 @@ def _add_rate(sub) -> None:
 def _cmd_iwae(args) -> int:
     import vaeprobe as vp
 
-    probe = _load(args)
+    probe = load_probe(args)
     ds = vp.iwae(probe, args.data, k=args.k, n_images=args.n_images, chunk=args.chunk,
                  batch_size=args.batch_size, seed=args.seed, kind=args.kind)
     print(f"IWAE (K={args.k}) {float(ds.bpd_mean):.4f} ± {float(ds.bpd_se):.4f} bits/dim; "
           f"ELBO {float(ds.elbo_bpd_mean):.4f} ± {float(ds.elbo_bpd_se):.4f}; mean ESS "
           f"{float(ds.ess.mean()):.1f} of {args.k} ({ds.attrs['likelihood_kind']}, "
           f"{ds.attrs['n_images']} images)")
-    return _finish(ds, args, vp.plot.iwae_convergence)
+    return finish(ds, args, vp.plot.iwae_convergence)
 
 
 def _add_iwae(sub) -> None:
     import vaeprobe as vp
 
-    parser, api = _model_command(
+    parser, api = model_command(
         sub, "iwae", vp.iwae, "importance-weighted bound on log p(x), in bits/dim",
         "vaeprobe iwae runs/demo -k 1000 --data patches32:test --n-images 200 --plot iwae.png")
     api.add("-k", type=int, units="draws", help="importance samples per image (K)")
@@ -144,7 +144,7 @@ def _add_iwae(sub) -> None:
 def _cmd_quality(args) -> int:
     import vaeprobe as vp
 
-    probe = _load(args)
+    probe = load_probe(args)
     ds = vp.sample_quality(
         probe, args.reference, n_images=args.n_images, kinds=args.kinds,
         temperature=args.temperature, metrics=args.metrics,
@@ -166,7 +166,7 @@ def _cmd_quality(args) -> int:
         vp.plot.sample_grid(result, axs=grids.subplots(1, result.sizes["kind"]), columns=4)
         vp.plot.sample_quality(result, axs=bars.subplots(1, panels))
         return fig
-    return _finish(ds, args, draw)
+    return finish(ds, args, draw)
 
 
 def _add_quality(sub) -> None:
@@ -178,7 +178,7 @@ def _add_quality(sub) -> None:
 
     stand_ins = [name for name in extractors.names() + lpips_trunks.names()
                  if name.endswith("TEST-ONLY")]
-    parser = _subparser(
+    parser = add_subparser(
         sub, "quality", "FID/KID/precision-recall/LPIPS of mean vs stochastic samples "
         "(vp.sample_quality)",
         "vaeprobe quality runs/demo --reference patches32:test --n-images 10000 --out "
@@ -187,7 +187,7 @@ def _add_quality(sub) -> None:
         "reconstructions. The real networks need pretrained weights (`vaeprobe weights` lists "
         f"them); the stand-ins {', '.join(stand_ins)} need none and are for tests only: "
         "their numbers are flagged and not comparable.")
-    api = _ApiArguments(parser, vp.sample_quality, load=vp.load)
+    api = ApiArguments(parser, vp.sample_quality, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test "
                         "(folder:PATH is read at the model's image size)")
@@ -207,8 +207,8 @@ def _add_quality(sub) -> None:
     api.add("--seed", type=int, help="seeds the reference subset and every sample")
     api.add("--posterior", choices=POSTERIORS, help="reconstruction kinds decode a posterior "
             "sample or its mean")
-    _load_arguments(parser, api)
-    _common(parser)
+    add_load_arguments(parser, api)
+    add_common(parser)
     parser.set_defaults(run=_cmd_quality)
 
 
@@ -230,12 +230,12 @@ def _cmd_samples(args) -> int:
                          f"`vaeprobe samples` draws vp.samples")
     if args.out and str(args.out).lower().endswith(".png") and not args.plot:
         args.out, args.plot = None, args.out  # a .png --out is the grid
-    probe = _load(args)
+    probe = load_probe(args)
     ds = vp.samples(probe, args.n_images, kind=args.kind, temperature=args.temperature,
                     seed=args.seed, data=args.data, batch_size=args.batch_size)
     print(f"{ds.sizes['image']} {args.kind} samples of shape "
           f"{tuple(ds['images'].shape[1:])} (uint8)")
-    return _finish(ds, args, lambda result: vp.plot.image_grid(
+    return finish(ds, args, lambda result: vp.plot.image_grid(
         result["images"].values, columns=8, title=f"{args.kind} samples"))
 
 
@@ -243,14 +243,14 @@ def _add_samples(sub) -> None:
     import vaeprobe as vp
     from vaeprobe.sampling import KINDS
 
-    parser = _subparser(
+    parser = add_subparser(
         sub, "samples", "draw samples (vp.samples): a PNG grid (--plot) or a .nc (--out)",
         "vaeprobe samples runs/demo --n-images 64 --kind mean --temperature 0.8 --plot "
         "samples.png",
         description="Draw samples with vp.samples: prior samples (mean or stochastic) or "
         "reconstructions of --data, as a PNG grid (--plot) and/or a Dataset (--out .nc). The "
         "FID/KID/precision-recall/LPIPS metrics are `vaeprobe quality`.")
-    api = _ApiArguments(parser, vp.samples, load=vp.load)
+    api = ApiArguments(parser, vp.samples, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--n-images", "-n", type=int, default=64,
                         help="number of images (default: 64)")
@@ -265,8 +265,8 @@ def _add_samples(sub) -> None:
     for flag in MOVED_TO_QUALITY:  # refused with a pointer to `quality`
         parser.add_argument(flag, dest="old_" + flag[2:].replace("-", "_"), nargs="+",
                             default=None, help=argparse.SUPPRESS)
-    _load_arguments(parser, api)
-    _common(parser)
+    add_load_arguments(parser, api)
+    add_common(parser)
     parser.set_defaults(run=_cmd_samples)
 
 
@@ -285,7 +285,7 @@ def _cmd_weights(args) -> int:
 
 
 def _add_weights(sub) -> None:
-    parser = _subparser(sub, "weights", "which pretrained weights files are present (FID, "
+    parser = add_subparser(sub, "weights", "which pretrained weights files are present (FID, "
                         "precision/recall, LPIPS)", "vaeprobe weights")
     parser.set_defaults(run=_cmd_weights)
 
@@ -306,7 +306,7 @@ def _cmd_spectrum(args) -> int:
         print(ds[columns].to_dataframe()[columns].to_string(float_format="%.4f"))
     print(f"data high-frequency fraction {float(ds.high_frequency_fraction_data):.4f} "
           f"(power above {args.cutoff} cycles/pixel)")
-    return _finish(ds, args, lambda result: vp.plot.spectrum(result, relative="step" in
+    return finish(ds, args, lambda result: vp.plot.spectrum(result, relative="step" in
                                                              result.dims))
 
 
@@ -317,7 +317,7 @@ def _spectrum_source(args):
 
     if Path(args.source).exists():
         if args.format or args.option or args.no_ema:  # one model, opened as asked
-            return _load(args, path=args.source)
+            return load_probe(args, path=args.source)
         return args.source
     from vaeprobe import data
 
@@ -335,10 +335,10 @@ def _add_spectrum(sub) -> None:
     import vaeprobe as vp
     from vaeprobe.spectrum import CHANNEL_MODES, WINDOWS
 
-    parser = _subparser(sub, "spectrum", "power spectra of reconstructions across checkpoints "
+    parser = add_subparser(sub, "spectrum", "power spectra of reconstructions across checkpoints "
                         "(or of data alone)",
                         "vaeprobe spectrum runs/demo --plot spectrum.png")
-    api = _ApiArguments(parser, vp.spectrum, load=vp.load)
+    api = ApiArguments(parser, vp.spectrum, load=vp.load)
     parser.add_argument("source", help="a run directory (every checkpoint), one model of any "
                         "format, or a dataset name (its spectrum alone)")
     api.add("--data", help="evaluation images, e.g. patches32:test")
@@ -358,9 +358,9 @@ def _add_spectrum(sub) -> None:
                         help="a format option of a single model, repeatable (default: none)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw, not EMA, weights "
                         "of a single model (default: EMA weights)")
-    _safety_arguments(parser, api)
+    add_safety_arguments(parser, api)
     api.add("--device", help="cpu, cuda or cuda:N")
-    _common(parser)
+    add_common(parser)
     parser.set_defaults(run=_cmd_spectrum)
 
 
@@ -383,16 +383,16 @@ def _cmd_pca(args) -> int:
         print(f"top-{int(ds.pca_k)} components reach distortion "
               f"{float(ds.pca_spectrum_distortion):.3f}; their high-frequency fraction "
               f"{float(ds.high_frequency_fraction_pca):.4f}")
-    return _finish(ds, args, vp.plot.pca)
+    return finish(ds, args, vp.plot.pca)
 
 
 def _add_pca(sub) -> None:
     import vaeprobe as vp
 
-    parser = _subparser(sub, "pca", "PCA baseline: distortion of top-k vs bottom-k "
+    parser = add_subparser(sub, "pca", "PCA baseline: distortion of top-k vs bottom-k "
                         "components, components needed, Gaussian R(D)",
                         "vaeprobe pca patches32:train --distortion 8 --plot pca.png")
-    api = _ApiArguments(parser, vp.pca_baseline)
+    api = ApiArguments(parser, vp.pca_baseline)
     parser.add_argument("data", help="images, e.g. patches32:train")
     api.add("--n-images", type=int, help="use a seeded random subset of this many images")
     api.add("--targets", type=float, nargs="+", units="(sums of squares on [0, 1])",
@@ -405,13 +405,13 @@ def _add_pca(sub) -> None:
     api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
     api.add("--seed", type=int, help="seeds the subset")
     api.add("--device", help="cpu, cuda or cuda:N")
-    _common(parser)
+    add_common(parser)
     parser.set_defaults(run=_cmd_pca)
 
 
 COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_quality, _add_spectrum,
-            _add_pca, _add_weights, _add_audit, _add_information, _add_compress, _add_decompress,
-            _add_compare]
+            _add_pca, _add_weights, add_audit, add_information, add_compress, add_decompress,
+            add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,14 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(), quiet:
             warnings.showwarning = one_line
-            _check_outputs(args)
-            _say_threads(args)
+            check_outputs(args)
+            say_threads(args)
             return args.run(args)
     except KeyboardInterrupt:
         print(f"\nvaeprobe {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, KeyError, TypeError) as error:
-        print(f"vaeprobe {args.command}: error: {_error_text(error)}", file=sys.stderr)
+        print(f"vaeprobe {args.command}: error: {error_text(error)}", file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()

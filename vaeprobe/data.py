@@ -1,10 +1,12 @@
 """Datasets as uint8 ``(C, H, W)`` tensors: embedded defaults, torchvision sets, folders, npz.
 
 Every function in vaeprobe that takes ``data`` accepts one of
+
 - a name string: ``"patches32"``, ``"patches32:test"``, ``"digits8"``, ``"svhn:test"``,
   ``"folder:/path/to/images"``, ``"npz:/path/to/file.npz"``;
 - a torch Dataset yielding uint8 ``(C, H, W)`` tensors or ``(image, label)`` pairs;
 - a uint8 tensor ``(N, C, H, W)``.
+
 :func:`as_dataset` normalises all three and rejects anything else with an error naming the fix.
 """
 
@@ -25,7 +27,7 @@ from vaeprobe.binarize import binarize as _binarize
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
-    _TorchvisionUint8,
+    TorchvisionUint8,
     datasets,
     in_memory,
     materialize,
@@ -188,7 +190,7 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None,
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         dataset = ImageTensorDataset(check_images(data))
-    elif isinstance(data, ImageTensorDataset | _TorchvisionUint8 | _CheckedDataset
+    elif isinstance(data, ImageTensorDataset | TorchvisionUint8 | _CheckedDataset
                     | BinarizedDataset):
         dataset = data
     elif isinstance(data, Dataset):

@@ -25,7 +25,7 @@ def _digits8(split: str) -> np.ndarray:
     return images[:1500] if split == "train" else images[1500:]
 
 
-class _TorchvisionUint8(Dataset):
+class TorchvisionUint8(Dataset):
     """A torchvision dataset of PIL images as uint8 ``(C, H, W)`` tensors."""
 
     def __init__(self, base, name: str, size: int | None = None, grey: bool = False):
@@ -58,7 +58,7 @@ def in_memory(base, name: str) -> ImageTensorDataset:
         images = torch.as_tensor(data)[:, None]
     else:
         raise TypeError(f"no in-memory layout known for {type(base).__name__}; wrap it as "
-                        f"_TorchvisionUint8 (decoded per item)")
+                        f"TorchvisionUint8 (decoded per item)")
     return ImageTensorDataset(images.contiguous(), name=name)
 
 
@@ -128,7 +128,7 @@ def _torchvision(name: str, split: str, root, download: bool) -> Dataset:
             return in_memory(tvd.MNIST(root, train=train, download=download), name)
         celeba_split = {"train": "train", "test": "test"}[split]
         base = tvd.CelebA(root, split=celeba_split, download=download)
-        return _TorchvisionUint8(base, name, size=64)
+        return TorchvisionUint8(base, name, size=64)
     except RuntimeError as error:
         raise FileNotFoundError(
             f"dataset {name!r} ({split}) not found under {root!r}: {error}. Put the files there "

@@ -16,7 +16,7 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import flag_nonfinite, progress_bar, result_attrs
 from vaeprobe.accumulate import Reducing
-from vaeprobe.spectrum import _SpectrumAccumulator, high_frequency_fraction
+from vaeprobe.spectrum import SpectrumAccumulator, high_frequency_fraction
 from vaeprobe.validate import finite
 
 
@@ -226,7 +226,7 @@ def _top_k_spectrum(dataset, seed, mean, vectors, values, target, n_images, wind
     tail = pca_distortion(values, np.arange(len(values) + 1))[:, 0]  # top-k, every k
     k = int(np.nonzero(tail <= target)[0][0])
     basis = vectors[:, :k]  # (D, k)
-    accumulator = _SpectrumAccumulator(window, "per_channel")
+    accumulator = SpectrumAccumulator(window, "per_channel")
     indices = distributed.shard(vdata.select(dataset, n_images, seed), device)
     for x in vdata.iterate_batches(dataset, batch_size, indices, device=device):
         flat = x.to(device).double().flatten(1) / 255.0 - mean

@@ -20,10 +20,10 @@ from vaeprobe._analysis import (
 )
 from vaeprobe.accumulate import Reducing
 from vaeprobe.arrays import rate_terms
-from vaeprobe.probe import Probe, encode
+from vaeprobe.probe import Probe, check_posterior, encode
 
 
-class _Moments(Reducing):
+class Moments(Reducing):
     """Running sums for a mean and its standard error over images (float64); an
     :class:`~vaeprobe.accumulate.Accumulator`."""
 
@@ -46,16 +46,18 @@ class _Moments(Reducing):
 
 class _RateTotals(Reducing):
     """Everything :func:`rate` sums over images: moments per layer, channel, distortion, total
-    rate, log p(x|z) and ELBO; per-image rates when asked; the per-layer ``kl_analytic`` flags
-    and why log p(x|z) is undefined (facts of the model, from the first batch that has them)."""
+    rate, E_q log p(x|z), ELBO and log p(x | posterior mean); per-image rates when asked; the
+    per-layer ``kl_analytic`` flags and why log p(x|z) is undefined (facts of the model, from
+    the first batch that has them)."""
 
     states = {"layer": "merge", "channel": "merge", "distortion": "merge", "total": "merge",
-              "log_px": "merge", "elbo": "merge", "images": "cat", "kl_analytic": "first",
-              "said": "first"}
+              "log_px": "merge", "elbo": "merge", "log_px_at_mean": "merge", "images": "cat",
+              "kl_analytic": "first", "said": "first"}
 
     def __init__(self, n_layers: int, per_image: bool):
-        self.layer, self.channel, self.distortion = _Moments(), _Moments(), _Moments()
-        self.total, self.log_px, self.elbo = _Moments(), _Moments(), _Moments()
+        self.layer, self.channel, self.distortion = Moments(), Moments(), Moments()
+        self.total, self.log_px, self.elbo = Moments(), Moments(), Moments()
+        self.log_px_at_mean = Moments()
         self.per_image, self.kl_analytic, self.said = per_image, None, []
         self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
 
@@ -71,25 +73,40 @@ class _RateTotals(Reducing):
         if "log_px" in terms:
             self.log_px.update(terms["log_px"])
             self.elbo.update(terms["log_px"] - terms["layer"].sum(1).cpu())
+        if "log_px_at_mean" in terms:
+            self.log_px_at_mean.update(terms["log_px_at_mean"])
         if self.per_image:
             self.images.append(terms["layer"].cpu())
 
 
 def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
-    """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,)."""
-    latents = encode(probe, x, 1, generators, posterior)
+    """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,);
+    where the probe has a likelihood, ``log_px`` (B,): log p(x|z) at one posterior draw (an
+    unbiased estimate of E_q log p(x|z)), and with ``posterior="mean"`` ``log_px_at_mean`` (B,):
+    log p(x | posterior mean), which is not a term of the ELBO.
+
+    The KL and ``log_px`` always come from a posterior draw (for hierarchical or sampled-KL
+    layers the KL depends on it); ``posterior`` chooses where ``distortion`` decodes from."""
+    latents = encode(probe, x, 1, generators, "sample")
     per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"]
     likelihood = probe.decode(latents)
-    distortion = squared_error(x, likelihood.mean)
     terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
-                 distortion=distortion, kl_analytic=latents.kl_analytic)
-    if probe.likelihood_kind != "none":  # E_q log p(x|z), one posterior draw per image
+                 distortion=squared_error(x, likelihood.mean), kl_analytic=latents.kl_analytic)
+    at_mean = None
+    if check_posterior(posterior) == "mean":
+        at_mean = probe.decode(encode(probe, x, 1, generators, "mean"))
+        terms["distortion"] = squared_error(x, at_mean.mean)
+    if probe.likelihood_kind != "none":
         from vaeprobe.adapters.module import NotBinaryError
 
         try:
             terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
                                                   generator=generators).double().cpu()
+            if at_mean is not None:
+                terms["log_px_at_mean"] = at_mean.log_prob(
+                    x, kind=probe.likelihood_kind, generator=generators).double().cpu()
         except NotBinaryError as error:  # the rate is defined; log p(x|z) is not
+            terms.pop("log_px", None)
             terms["log_px_undefined"] = str(error)
     return terms
 
@@ -119,8 +136,12 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         Also return ``rate_per_image`` (image, layer).
     posterior : {"sample", "mean"}
         Where the reconstruction behind ``distortion`` decodes from: a posterior sample or the
-        posterior mean (recorded). The KL itself is analytic where the model's posterior and
-        prior are Gaussian, else sampled at the draw (``kl_analytic`` per layer says which).
+        posterior mean (recorded). It changes nothing else: the rate, ``log_px`` and ``elbo``
+        always use one posterior draw per image (the same draw under both settings), so
+        ``elbo`` is the ELBO either way. With ``"mean"``, ``log_px_at_mean`` adds
+        log p(x | posterior mean), a point evaluation that is higher than E_q log p(x|z) and is
+        no term of any bound. The KL is analytic where the model's posterior and prior are
+        Gaussian, else sampled at the draw (``kl_analytic`` per layer says which).
 
     Returns
     -------
@@ -132,8 +153,11 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         are grouped by both height and width); ``rate_per_channel`` and ``active``
         (layer, channel); ``active_units``, ``total_rate``, ``total_rate_se``,
         ``distortion``, ``mse``; where the probe has a likelihood, ``log_px`` (E_q log p(x|z),
-        nats per image), ``elbo`` (``log_px - total_rate``), each with ``_se``, ``_bpd`` and
-        ``_bpd_se``.
+        nats per image, estimated with one posterior draw per image), ``elbo``
+        (``log_px - total_rate``: E_q log p(x|z) - KL(q || p)), each with ``_se`` (standard
+        error over images, which includes the draw's noise), ``_bpd`` and ``_bpd_se``; with
+        ``posterior="mean"`` also ``log_px_at_mean`` (log p(x | posterior mean), with the
+        same suffixes).
 
     Examples
     --------
@@ -152,13 +176,17 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         totals.update(_rate_terms(probe, x, generators, posterior))
     # under torchrun: every rank's totals, merged in rank order (one process: unchanged)
     totals = distributed.merge(totals)
-    ds = _rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+    ds = rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
                        active_threshold)
     kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
     ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
     if totals.log_px.n:
-        ds = ds.assign(_reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
-                                             probe.likelihood_kind, probe.n_bits))
+        ds = ds.assign(reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
+                                            probe.likelihood_kind, probe.n_bits))
+    if totals.log_px_at_mean.n:
+        ds = ds.assign(reconstruction_terms(totals.log_px_at_mean, None, image_dims(probe),
+                                            probe.likelihood_kind, probe.n_bits,
+                                            name="log_px_at_mean"))
     if per_image:
         ds["rate_per_image"] = (("image", "layer"), torch.cat(totals.images).numpy(),
                                 {"units": "nats", "long_name": "KL per image and layer"})
@@ -179,15 +207,24 @@ def resolution_label(size: tuple[int, int]) -> str:
     return f"{int(size[0])}x{int(size[1])}"
 
 
-def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str,
-                          n_bits: int = 8) -> dict:
-    """E log p(x|z) and the ELBO (one posterior draw per image) in nats and bits/dim."""
+_DESCRIPTIONS = {
+    "log_px": "E_q log p(x|z): reconstruction term, one posterior draw per image",
+    "elbo": "ELBO: E_q log p(x|z) - KL(q || p), one posterior draw per image",
+    "log_px_at_mean": "log p(x | posterior mean): a point evaluation, not E_q log p(x|z) and "
+                      "not a term of the ELBO",
+}
+
+
+def reconstruction_terms(log_px: Moments, elbo: Moments | None, dims: int, kind: str,
+                         n_bits: int = 8, name: str = "log_px") -> dict:
+    """``name`` (default E_q log p(x|z)) and, when ``elbo`` is given, the ELBO, in nats and
+    bits/dim, each with its standard error over images."""
     offset = units.bpd_offset(kind, n_bits)  # a density on [0, 1] data: + n_bits bits/dim
     variables = {}
-    for name, moments, text in (("log_px", log_px, "E_q log p(x|z): reconstruction term"),
-                                ("elbo", elbo, "E_q log p(x|z) - KL(q || p)")):
+    pairs = [(name, log_px)] + ([("elbo", elbo)] if elbo is not None else [])
+    for name, moments in pairs:
         mean, se = (float(v) for v in moments.compute())
-        variables[name] = ((), mean, {"units": "nats", "long_name": text})
+        variables[name] = ((), mean, {"units": "nats", "long_name": _DESCRIPTIONS[name]})
         variables[f"{name}_se"] = ((), se, {"units": "nats"})
         variables[f"{name}_bpd"] = ((), units.nll_bpd(mean, dims, kind, n_bits),
                                     {"units": "bits/dim", "bpd_offset": offset})
@@ -195,7 +232,7 @@ def _reconstruction_terms(log_px: _Moments, elbo: _Moments, dims: int, kind: str
     return variables
 
 
-def _rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
+def rate_dataset(probe, layer, channel, distortion, total, threshold) -> xr.Dataset:
     rate_mean, rate_se = layer.compute()
     channel_mean, _ = channel.compute()
     distortion_mean, distortion_se = distortion.compute()

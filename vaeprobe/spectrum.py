@@ -53,7 +53,7 @@ __all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "high_frequency_fraction
            "radial_bins", "radial_profile", "ratio_standard_error", "spectrum", "window_2d"]
 
 
-class _SpectrumAccumulator(Reducing):
+class SpectrumAccumulator(Reducing):
     """Streaming sums of 2-D power maps: update per batch, compute once (torchmetrics style)."""
 
     states = {"total": "sum", "count": "sum"}
@@ -179,7 +179,7 @@ def spectrum(source, data=None, *, n_images: int = 512, window: str = "hann",
     rows, dataset, indices, single, skipped = _spectra(pairs, count, data, n_images, window,
                                                        channels, cutoff, batch_size, seed,
                                                        n_preview, progress)
-    ds = _assemble(rows, cutoff)
+    ds = assemble_spectra(rows, cutoff)
     # one model probed: its checkpoint and sha256 in attrs too; a run: the run directory
     ds.attrs = result_attrs("spectrum", parameters, single, dataset, len(indices), seed,
                             window=window, channels=channels, cutoff=cutoff,
@@ -260,7 +260,7 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
                         n_preview, with_data: bool) -> dict:
     """Spectra of one checkpoint; the data's own spectrum (the same images every time) only
     ``with_data``."""
-    recon, residual, data_power = (_SpectrumAccumulator(window, channels) for _ in range(3))
+    recon, residual, data_power = (SpectrumAccumulator(window, channels) for _ in range(3))
     distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, "",
                                  shard=True):
@@ -298,7 +298,7 @@ def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch
                 preview_data=preview_x, preview_reconstruction=preview_r)
 
 
-def _assemble(rows: list[dict], cutoff: float) -> xr.Dataset:
+def assemble_spectra(rows: list[dict], cutoff: float) -> xr.Dataset:
     frequency, n_modes = rows[0]["frequency"][1:], rows[0]["n_modes"][1:]  # DC kept apart
     def stack(key):
         return np.stack([row[key] for row in rows])
@@ -340,7 +340,7 @@ def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed,
                    device=None) -> xr.Dataset:
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
-    accumulator = _SpectrumAccumulator(window, channels)
+    accumulator = SpectrumAccumulator(window, channels)
     device = torch.device(device or distributed.default_device())
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
     local = distributed.shard(indices, device)  # this rank's block under torchrun

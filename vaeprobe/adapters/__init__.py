@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaeprobe import validate
+from vaeprobe import io, validate
 from vaeprobe.adapters.native import probe_for
 from vaeprobe.models.families import load_model
 from vaeprobe.probe import Probe
@@ -163,8 +163,16 @@ def sniff_format(path: str | os.PathLike) -> str:
     if found:
         raise FormatError(f"{path} looks like several formats {found}; choose one with "
                           f"format=..., e.g. vp.load(path, format={found[0]!r})")
-    raise FormatError(f"cannot tell the format of {path}. Known formats: {_known()}. Pass "
+    raise FormatError(_missing_piece(path) or
+                      f"cannot tell the format of {path}. Known formats: {_known()}. Pass "
                       f"format='<name>' (CLI: --format NAME) if the files are one of these")
+
+
+def _missing_piece(path: Path) -> str | None:
+    """What a state dict that no format opens lacks (:mod:`vaeprobe.adapters.diagnose`)."""
+    from vaeprobe.adapters.diagnose import missing_piece
+
+    return missing_piece(path)
 
 
 def _check_options(name: str, entry: Format, options: dict) -> None:
@@ -246,6 +254,8 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     if path.exists() and not entry.sniff(path):
         others = [name for name in formats.names() if formats.get(name).sniff(path)]
         if others:
+            if others == ["vaeprobe"] and (missing := _missing_piece(path)):
+                raise FormatError(missing)  # any .pt file sniffs as 'vaeprobe': say more
             raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
                               f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
@@ -254,7 +264,13 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     policy = validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite) if (
         max_memory is not None or allow_nonfinite) else contextlib.nullcontext()
     with policy:
-        probe = entry.open_function()(path, device=device, **options)
+        try:
+            probe = entry.open_function()(path, device=device, **options)
+        except io.CheckpointError:  # a .pt file sniffs as 'vaeprobe': a bare state dict?
+            missing = _missing_piece(path) if format == "vaeprobe" else None
+            if missing:
+                raise FormatError(missing) from None
+            raise
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
                                                           sort_keys=True))
     if allow_nonfinite:

@@ -136,6 +136,15 @@ def _check_consistency(config: AutoencoderKLConfig, path: Path) -> None:
         value = getattr(config, key)
         if value is not None:
             validate.check_value(value, "float", str(path), key)
+    for key in ("latents_mean", "latents_std"):  # per-channel shift and spread (SDXL-style)
+        values = getattr(config, key)
+        if values is not None and (not isinstance(values, tuple)
+                                   or len(values) != config.latent_channels):
+            raise validate.ConfigError(f"{path}: {key} must be null or a list of "
+                                       f"latent_channels={config.latent_channels} numbers, got "
+                                       f"{list(values) if isinstance(values, tuple) else values}")
+        for value in values or ():
+            validate.check_value(value, "float", str(path), key)
     size = config.sample_size
     if isinstance(size, tuple):
         validate.check_value(list(size), "ints", str(path), "sample_size", 1, 1 << 16)
@@ -453,7 +462,7 @@ class AutoencoderKLProbe(Probe):
         self.require("sample_prior", prior=True)
 
 
-def _image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
+def parse_image_size(value, config: AutoencoderKLConfig | None) -> tuple[int, int]:
     """(height, width) from the ``image_size`` option (an int, [h, w] or their text), default the
     config's ``sample_size``: positive integers up to 65536 (the probe checks the rest)."""
     size = config.sample_size if value is None else value
@@ -492,7 +501,7 @@ def sniff(path: Path) -> bool:
             and any(folder.glob("*.safetensors")))
 
 
-def _weights_file(folder: Path, weights: str | None) -> Path:
+def find_weights_file(folder: Path, weights: str | None) -> Path:
     if weights is not None:
         path = folder / weights
         if not path.is_file():
@@ -566,9 +575,9 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
         raise FileNotFoundError(f"no config.json in {folder}: not a diffusers model folder")
     config = AutoencoderKLConfig.from_json(validate.json_object(config_path, "AutoencoderKL "
                                                                 "config"), config_path)
-    size = _image_size(image_size, config)
+    size = parse_image_size(image_size, config)
     check_budget(config, size, config_path)
-    weights_path = _weights_file(folder, weights)
+    weights_path = find_weights_file(folder, weights)
     model = AutoencoderKL(config)
     state = _rename_deprecated(read_tensors(weights_path))
     check_state_dict(model, state, weights_path)
@@ -576,6 +585,8 @@ def open_diffusers(path: Path, *, image_size=None, weights: str | None = None,
     source = file_source(weights_path, [config_path, weights_path])
     source.update(scaling_factor=config.scaling_factor,
                   shift_factor=("none" if config.shift_factor is None else config.shift_factor),
+                  **{key: json.dumps([float(v) for v in getattr(config, key)])
+                     for key in ("latents_mean", "latents_std") if getattr(config, key)},
                   latent_downsampling=model.downsampling)
     return AutoencoderKLProbe(model, size, device, source,
                               tile_size=_tile_size(tile_size, config, model.downsampling),

@@ -55,12 +55,17 @@ from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
 ENCODER_OUTPUTS = ("tuple", "halves", "interleaved")
+ENCODER_INPUTS = ("image", "flat")
 SCALES = ("logvar", "logstd", "std", "none")
 DECODER_OUTPUTS = ("mean", "probabilities", "logits")
 BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
                  "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
                  "grey / 255, seeded per image), on the command line --data NAME,binarize="
                  "dynamic; or use likelihood='gaussian' for grey levels")
+
+
+class ModuleInputError(ValueError):
+    """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
 
 
 class NotBinaryError(ValueError):
@@ -113,7 +118,7 @@ class ModuleProbe(SharedEncoderProbe):
                  encoder_output: str = "tuple", scale: str = "logvar",
                  decoder_output: str = "mean", device=None, source: dict | None = None,
                  latent_shape: tuple[int, int, int] | None = None,
-                 size_multiple: int | None = None):
+                 size_multiple: int | None = None, encoder_input: str = "image"):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.size_multiple = size_multiple  # a convolutional module takes other sizes
         if len(self.image_shape) != 3:
@@ -123,6 +128,7 @@ class ModuleProbe(SharedEncoderProbe):
                 raise TypeError(f"{type(model).__name__} has no {name}() method; expected "
                                 f"encode(x) -> (mean, logvar) and decode(z) -> mean")
         self.encoder_output = _choose(encoder_output, ENCODER_OUTPUTS, "encoder_output")
+        self.encoder_input = _choose(encoder_input, ENCODER_INPUTS, "encoder_input")
         self.scale = _choose(scale, SCALES, "scale")
         self.decoder_output = _choose(decoder_output, DECODER_OUTPUTS, "decoder_output")
         self.pixel_range = _check_range(pixel_range, "pixel_range")
@@ -202,9 +208,14 @@ class ModuleProbe(SharedEncoderProbe):
         if self.scale == "logstd":
             return scale
         if (scale <= 0).any():
-            raise ValueError(f"scale='std' but {type(self.model).__name__}.encode gave "
-                             f"values <= 0 (min {float(scale.min()):.3g}): is it a log-variance "
-                             f"or a log-std? use scale='logvar' or scale='logstd'")
+            raise ValueError(
+                f"scale='std' but {type(self.model).__name__}.encode gave values <= 0 (min "
+                f"{float(scale.min()):.3g}), and a standard deviation is positive. Three causes "
+                f"fit, and the numbers cannot tell them apart, so read the model's code (its "
+                f"loss and its sampling line): a log-variance (z = mean + exp(0.5 * s) * eps: "
+                f"scale='logvar'), a log-std (z = mean + exp(s) * eps: scale='logstd'), or a "
+                f"signed std that needs abs() (z = mean + s * eps, whose sign does not matter: "
+                f"return (mean, s.abs()) from encode and keep scale='std')")
         return torch.log(scale)
 
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +223,13 @@ class ModuleProbe(SharedEncoderProbe):
 
         A point posterior (``scale="none"``) has logstd -inf."""
         low, high = self.pixel_range
-        out = self.model.encode(x.float() * ((high - low) / 255.0) + low)
+        pixels = x.float() * ((high - low) / 255.0) + low
+        if self.encoder_input == "flat":
+            pixels = pixels.flatten(1)
+        try:
+            out = self.model.encode(pixels)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise ModuleInputError(self._input_hint(pixels, error)) from error
         if self.scale == "none":
             if not isinstance(out, torch.Tensor) or out.ndim not in (2, 4):
                 raise TypeError(f"scale='none': {type(self.model).__name__}.encode(x) must "
@@ -230,6 +247,22 @@ class ModuleProbe(SharedEncoderProbe):
         if mean.ndim == 2:
             mean, logstd = mean[:, :, None, None], logstd[:, :, None, None]
         return mean.float(), logstd
+
+    def _input_hint(self, pixels: torch.Tensor, error: Exception) -> str:
+        """What ``encode`` was given and which option changes it, around the module's error."""
+        model, (channels, height, width) = type(self.model).__name__, self.image_shape
+        low, high = self.pixel_range
+        other = "flat" if self.encoder_input == "image" else "image"
+        layout = (f"(B, {channels * height * width}) = (B, C*H*W), e.g. for a model whose "
+                  f"first layer is nn.Linear" if other == "flat" else
+                  f"(B, {channels}, {height}, {width}) = (B, C, H, W)")
+        return (f"{model}.encode failed on the input vaeprobe gave it: a float32 tensor of "
+                f"shape {tuple(pixels.shape)} with values on [{low:g}, {high:g}]; the module "
+                f"said: {type(error).__name__}: {str(error)[:300]}. Options that change the "
+                f"input: image_shape=(C, H, W) (now {self.image_shape}), "
+                f"encoder_input={other!r} (gives {layout}), "
+                f"pixel_range=(low, high) (now ({low:g}, {high:g}); e.g. "
+                f"(-1, 1))")
 
     def _shared(self, x):
         return RepeatedRows(list(self._moments(x)))  # the module's encoder, once per image
@@ -292,7 +325,7 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
                 likelihood: str = "none", sigma: float | None = None,
                 encoder_output: str = "tuple", scale: str = "logvar",
                 decoder_output: str = "mean", size_multiple: int | None = None,
-                device=None) -> ModuleProbe:
+                encoder_input: str = "image", device=None) -> ModuleProbe:
     """A Probe over a plain single-latent VAE (or deterministic autoencoder) module.
 
     Parameters
@@ -319,6 +352,11 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     decoder_output : {"mean", "probabilities", "logits"}
         What ``decode`` returns: a mean on ``output_range``, Bernoulli probabilities, or
         Bernoulli logits (sigmoid gives the mean; log-likelihoods use the logits).
+    encoder_input : {"image", "flat"}
+        What ``encode`` is given: images (B, C, H, W), or ``"flat"`` vectors (B, C*H*W), for
+        a module whose first layer is ``nn.Linear`` and which does not flatten itself. An
+        ``encode`` that fails on its input raises ``ModuleInputError`` naming the shape and
+        range it was given and these options.
     size_multiple : int, optional
         For a convolutional module: it takes any height and width divisible by this (its
         downsampling factor), and the analyses run it at the data's own size. Default None:
@@ -348,4 +386,4 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     return ModuleProbe(model, image_shape, pixel_range=pixel_range, output_range=output_range,
                        likelihood=likelihood, sigma=sigma, encoder_output=encoder_output,
                        scale=scale, decoder_output=decoder_output, device=device,
-                       size_multiple=size_multiple)
+                       size_multiple=size_multiple, encoder_input=encoder_input)

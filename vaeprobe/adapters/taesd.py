@@ -36,7 +36,7 @@ from torch import nn
 
 from vaeprobe import io
 from vaeprobe.adapters._common import file_source, read_tensors
-from vaeprobe.adapters.diffusers import _image_size
+from vaeprobe.adapters.diffusers import parse_image_size
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -227,9 +227,9 @@ def open_taesd(path: Path, *, image_size=None, device=None) -> ModuleProbe:
     folder = path.parent if path.is_file() else path
     config = _tiny_config(folder)
     if config is not None and not _pairs(folder):
-        from vaeprobe.adapters.diffusers import _weights_file
+        from vaeprobe.adapters.diffusers import find_weights_file
 
-        weights = _weights_file(folder, None)
+        weights = find_weights_file(folder, None)
         encoder, decoder = _from_diffusers(read_tensors(weights))
         model = _build(encoder, decoder, weights, None)
         source = file_source(weights, [folder / "config.json", weights])
@@ -241,7 +241,7 @@ def open_taesd(path: Path, *, image_size=None, device=None) -> ModuleProbe:
         model = _build(encoder, decoder, encoder_path, variant)
         source = file_source(encoder_path, [encoder_path, decoder_path])
         dtype = str(next(iter(encoder.values())).dtype).replace("torch.", "")
-    size = _image_size(DEFAULT_SIZE if image_size is None else image_size, None)
+    size = parse_image_size(DEFAULT_SIZE if image_size is None else image_size, None)
     if size[0] % DOWNSAMPLING or size[1] % DOWNSAMPLING:
         raise ValueError(f"image_size {size} must be divisible by {DOWNSAMPLING} (the tiny "
                          f"autoencoder's downsampling)")

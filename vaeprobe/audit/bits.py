@@ -1,12 +1,14 @@
 """Section "bits", where the bits go: rate per layer / resolution / channel (vp.rate's maths on
-the shared pass), active units, collapsed layers, and for one-layer models with few dimensions
-the rate of every latent dimension (sorted, active ones counted)."""
+the shared pass), active units, collapsed layers; for one-layer models with few dimensions the
+rate of every latent dimension (sorted, active ones counted), and for one-layer models with a
+spatial latent grid (latent-diffusion autoencoders) the rate map: KL per latent position."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import torch
 import xarray as xr
 
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
@@ -16,14 +18,17 @@ from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
-from vaeprobe.rate import _Moments, _rate_dataset, _reconstruction_terms
+from vaeprobe.rate import Moments, rate_dataset, reconstruction_terms
 
 PROTOCOL = ("vp.rate's estimator on the audit's shared pass: KL(q(z_l | x, z_<l) || p(z_l | "
             "z_<l)) per image in nats, one posterior draw per image (per-image generators keyed "
             "by (seed, index)), averaged over the evaluation images; a channel (and, for "
             "one-layer models of at most 512 dims, a latent dimension) is active when its mean "
             "KL exceeds active_threshold nats; a layer is collapsed when its mean KL is below "
-            "collapse_threshold nats")
+            "collapse_threshold nats; for one-layer models with a spatial latent grid, the rate "
+            "map is the KL summed over channels at each latent position, averaged over the "
+            "images (its standard error over images), and the first evaluation image's own map")
+THUMBNAIL = 256  # the example image's thumbnail: at most this many pixels along each side
 
 
 class BitsAccumulator:
@@ -37,9 +42,10 @@ class BitsAccumulator:
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
         self.seed, self.n_images = context.seed, context.n_images
         self.active_threshold, self.collapse_threshold = active_threshold, collapse_threshold
-        self.moments = {name: _Moments() for name in ("layer", "channel", "distortion", "total",
+        self.moments = {name: Moments() for name in ("layer", "channel", "distortion", "total",
                                                       "log_px", "elbo", "dim")}
         self.kl_analytic, self.per_dim = None, per_dimension(probe)
+        self.rate_map = RateMap() if spatial_map(probe) else None
         self.log_px_skipped = ""
 
     def update(self, batch) -> None:
@@ -57,6 +63,8 @@ class BitsAccumulator:
             m["elbo"].update(batch.log_px - layer.sum(1))
         if self.per_dim:
             m["dim"].update(latents.draws[0].kl.double().flatten(1).cpu())
+        if self.rate_map is not None:
+            self.rate_map.update(latents.draws[0].kl, x, batch.positions, batch.indices)
         self.kl_analytic = latents.kl_analytic
 
     def merge(self, other: BitsAccumulator) -> BitsAccumulator:
@@ -67,18 +75,22 @@ class BitsAccumulator:
                     moments.merge(other.moments[name])
                 else:
                     self.moments[name] = other.moments[name]
+        if self.rate_map is not None:
+            self.rate_map.merge(other.rate_map)
         self.kl_analytic = self.kl_analytic or other.kl_analytic
         self.log_px_skipped = self.log_px_skipped or other.log_px_skipped
         return self
 
     def compute(self) -> xr.Dataset:
         m, probe = self.moments, self.probe
-        ds = _rate_dataset(probe, m["layer"], m["channel"], m["distortion"], m["total"],
+        ds = rate_dataset(probe, m["layer"], m["channel"], m["distortion"], m["total"],
                            self.active_threshold)
         kl_analytic = self.kl_analytic or [True] * len(probe.layers)
         ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
+        ds["rate_per_channel_se"] = (("layer", "channel"), m["channel"].compute()[1], {
+            "units": "nats", "long_name": "standard error of rate_per_channel over images"})
         if m["log_px"].n:
-            ds = ds.assign(_reconstruction_terms(m["log_px"], m["elbo"], image_dims(probe),
+            ds = ds.assign(reconstruction_terms(m["log_px"], m["elbo"], image_dims(probe),
                                                  probe.likelihood_kind, probe.n_bits))
         collapsed = (ds["rate"].values < self.collapse_threshold).astype(np.int8)
         ds["collapsed"] = ("layer", collapsed, {"units": "1", "long_name":
@@ -90,6 +102,8 @@ class BitsAccumulator:
         ds["n_collapsed"] = ((), int(collapsed.sum()), {"units": "layers"})
         if m["dim"].n:
             ds = ds.assign(_per_dimension(m["dim"], self.active_threshold))
+        if self.rate_map is not None and self.rate_map.moments.n:
+            ds = ds.assign(self.rate_map.compute(probe))
         names = ds["name"].values[collapsed == 1].tolist()
         parameters = dict(active_threshold=self.active_threshold,
                           collapse_threshold=self.collapse_threshold)
@@ -100,13 +114,14 @@ class BitsAccumulator:
                                  collapsed_layers=json.dumps(names), posterior="sample",
                                  likelihood_kind=probe.likelihood_kind,
                                  per_dimension=int(bool(m["dim"].n)),
+                                 rate_map=int("rate_map" in ds),
                                  log_px_skipped=self.log_px_skipped)
         bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None
         ds.attrs = with_warnings(ds.attrs, interpretation_warnings(probe, bpd=bpd))
         return ds
 
 
-def _per_dimension(moments: _Moments, threshold: float) -> xr.Dataset:
+def _per_dimension(moments: Moments, threshold: float) -> xr.Dataset:
     """Rate per latent dimension, its standard error, sorted order and active flags."""
     rate, se = moments.compute()
     order = np.argsort(-rate, kind="stable")
@@ -125,6 +140,86 @@ def _per_dimension(moments: _Moments, threshold: float) -> xr.Dataset:
         },
         coords={"dim": np.arange(len(rate)), "rank": np.arange(len(rate))},
     )
+
+
+def spatial_map(probe) -> bool:
+    """The rate map applies: one latent layer laid out on a grid of more than one position."""
+    return len(probe.layers) == 1 and int(np.prod(probe.layers[0].resolution)) > 1
+
+
+class RateMap:
+    """Running sums of the KL per latent position (summed over channels), and the first
+    evaluation image's own map with a thumbnail of that image."""
+
+    def __init__(self):
+        self.moments = Moments()
+        self.example = None  # (dataset index, KL map (h, w), thumbnail uint8 (C, h', w'))
+
+    def update(self, kl: torch.Tensor, x: torch.Tensor, positions, indices) -> None:
+        """Fold in one batch: ``kl`` (B, C, h, w) nats, images ``x`` uint8 (B, C, H, W)."""
+        per_position = kl.double().sum(1).cpu()  # (B, h, w)
+        self.moments.update(per_position)
+        first = (positions == 0).nonzero().flatten().tolist()
+        if first:
+            i = first[0]
+            self.example = (int(indices[i]), per_position[i].numpy(), thumbnail(x[i]))
+
+    def merge(self, other: RateMap) -> RateMap:
+        if other.moments.n:
+            if self.moments.n:
+                self.moments.merge(other.moments)
+            else:
+                self.moments = other.moments
+        self.example = self.example if self.example is not None else other.example
+        return self
+
+    def compute(self, probe) -> xr.Dataset:
+        """``rate_map`` / ``rate_map_se`` (latent_y, latent_x), the example's map and
+        thumbnail; nats per position."""
+        rate, se = self.moments.compute()
+        height, width = rate.shape
+        per_position = {"units": "nats per position"}
+        variables = {
+            "rate_map": (("latent_y", "latent_x"), rate, {
+                **per_position, "long_name": "KL per latent position (summed over channels), "
+                "mean over images; sums to total_rate"}),
+            "rate_map_se": (("latent_y", "latent_x"), se, {
+                **per_position, "long_name": "standard error of rate_map over images"}),
+        }
+        if self.example is not None:
+            index, example, image = self.example
+            variables["rate_map_example"] = (("latent_y", "latent_x"), example, {
+                **per_position, "long_name": "KL per latent position of one image"})
+            variables["example_thumbnail"] = (("thumbnail_channel", "thumbnail_y",
+                                               "thumbnail_x"), image, {
+                "units": "8-bit level", "long_name": "the example image, downsampled"})
+            variables["example_image"] = ((), index, {
+                "units": "1", "long_name": "dataset index of the example image"})
+        image_height, image_width = probe.image_shape[1:]
+        position = "latent position"
+        coords = {
+            "latent_y": ("latent_y", np.arange(height), {
+                "units": position, "long_name": f"latent row ({image_height / height:g} "
+                "image rows each)"}),
+            "latent_x": ("latent_x", np.arange(width), {
+                "units": position, "long_name": f"latent column ({image_width / width:g} "
+                "image columns each)"}),
+        }
+        if self.example is not None:
+            channels, rows, columns = self.example[2].shape
+            coords.update(thumbnail_channel=np.arange(channels), thumbnail_y=np.arange(rows),
+                          thumbnail_x=np.arange(columns))
+        return xr.Dataset(variables, coords=coords)
+
+
+def thumbnail(image: torch.Tensor, size: int = THUMBNAIL) -> np.ndarray:
+    """uint8 (C, H, W) -> uint8 (C, h, w), area-averaged to at most ``size`` along each side."""
+    height, width = image.shape[1:]
+    step = max(1, -(-max(height, width) // size))  # an integer factor: pixels stay aligned
+    if step == 1:
+        return image.cpu().numpy()
+    small = torch.nn.functional.avg_pool2d(image[None].float(), step, ceil_mode=True)[0]
+    return small.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def where_bits_go(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
@@ -154,7 +249,15 @@ def where_bits_go(probe: Probe, data, *, n_images: int | None = 256, seed: int =
         ``collapsed_layers`` (JSON list of names). For one-layer models of at most 512 latent
         dimensions also, over dim ``dim``: ``rate_per_dim``, ``rate_per_dim_se``,
         ``active_dim``; over ``rank`` (largest rate first): ``rate_per_dim_sorted``,
-        ``dim_by_rank``; and ``n_active_dims``.
+        ``dim_by_rank``; and ``n_active_dims``. ``rate_per_channel_se`` (layer, channel):
+        the standard error of ``rate_per_channel`` over images. For one-layer models with a
+        spatial latent grid (a latent-diffusion autoencoder's (C, H/8, W/8) latents), over dims
+        ``latent_y``, ``latent_x`` (latent rows and columns, coordinates 0 ..): ``rate_map``
+        (KL summed over channels at each position, mean over images, nats per position; it
+        sums to ``total_rate``) with ``rate_map_se``, and the first evaluation image's own map
+        ``rate_map_example``, its dataset index ``example_image`` and its thumbnail
+        ``example_thumbnail`` (uint8, dims ``thumbnail_channel``, ``thumbnail_y``,
+        ``thumbnail_x``, at most 256 pixels a side).
 
     Examples
     --------
@@ -187,6 +290,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 SECTION = register(Section(
-    name="bits", title="Where the bits go", order=20, summary=summary, figure="audit_bits",
+    name="bits", title="Where the bits go", order=20, summary=summary,
+    figure=("audit_bits", "audit_rate_map", "audit_rate_map_example"),
     accumulator=BitsAccumulator,
     options=dict(active_threshold=0.01, collapse_threshold=0.1)))

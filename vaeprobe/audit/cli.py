@@ -14,16 +14,20 @@ def _sections_help() -> str:
 
 def _cmd_audit(args) -> int:
     import json
+    from pathlib import Path
 
     import vaeprobe as vp
-    from vaeprobe._cli_args import _load
+    from vaeprobe._cli_args import load_probe
 
     try:
         settings = json.loads(args.settings) if args.settings else None
     except json.JSONDecodeError as error:
         raise ValueError(f"--settings must be JSON, e.g. '{{\"likelihood\": {{\"k\": 256}}}}'"
                          f": {error}") from None
-    report = vp.audit(_load(args), args.data, n_images=args.n_images, seed=args.seed,
+    if args.resume and not (Path(args.out) / "audit.json").is_file():
+        raise ValueError(f"--resume: {args.out} holds no audit to resume (no audit.json there);"
+                         f" drop --resume to start one, or name the audit's --out")
+    report = vp.audit(load_probe(args), args.data, n_images=args.n_images, seed=args.seed,
                       sections=args.sections, progress=not args.quiet, out=args.out,
                       feature_extractor=args.feature_extractor, weights=args.weights,
                       lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
@@ -41,24 +45,24 @@ def _cmd_audit(args) -> int:
     return 0
 
 
-def _add_audit(sub) -> None:
+def add_audit(sub) -> None:
     """``vaeprobe audit PATH --data NAME``: every audit section, written to --out."""
     import vaeprobe as vp
     from vaeprobe._cli_args import (
         CHECKPOINT_HELP,
-        _ApiArguments,
-        _common,
-        _load_arguments,
-        _subparser,
+        ApiArguments,
+        add_common,
+        add_load_arguments,
+        add_subparser,
     )
     from vaeprobe.fidelity.extractors import extractors
 
-    parser = _subparser(sub, "audit", "a full report on one VAE checkpoint: model card, where "
+    parser = add_subparser(sub, "audit", "a full report on one VAE checkpoint: model card, where "
                         "the bits go, reconstructions, latent statistics, progressive coding, "
                         "spectra, likelihood, samples, numerical health (audit.nc, audit.png, "
                         "audit.html in --out)",
                         "vaeprobe audit runs/demo --data patches32:test --out audit")
-    api = _ApiArguments(parser, vp.audit, load=vp.load)
+    api = ApiArguments(parser, vp.audit, load=vp.load)
     parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
     api.add("--n-images", type=int, help="a seeded random subset of this many images "
@@ -73,7 +77,7 @@ def _add_audit(sub) -> None:
     api.add("--lpips-weights", help="the LPIPS trunk's weights file")
     parser.add_argument("--settings", default=None, help="per-section options as JSON, e.g. "
                         "'{\"likelihood\": {\"k\": 256}}' (default: none)")
-    _load_arguments(parser, api)
+    add_load_arguments(parser, api)
     api.add("--batch-size", type=int, help="images per batch of the shared pass")
     parser.add_argument("--quick", action="store_true", help="a small profile: at most 32 "
                         "images, progressive coding at 4 points, IWAE K=16, one sample "
@@ -86,5 +90,5 @@ def _add_audit(sub) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an audit in --out "
                         "made for another model, data or options")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _common(parser, out=False, plot=False)
+    add_common(parser, out=False, plot=False)
     parser.set_defaults(run=_cmd_audit, out_is_directory=True)

@@ -4,6 +4,8 @@ apply, beside the checkpoint's own ``scaling_factor`` / ``shift_factor`` where i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import xarray as xr
@@ -121,6 +123,7 @@ class LatentAccumulator:
         ds["checkpoint_shift_factor"] = ((), _factor(probe.source.get("shift_factor")),
                                          {"units": "latent units",
                                           "long_name": "the checkpoint's own"})
+        ds = ds.assign(_checkpoint_targets(probe.source, ds.sizes["channel"]))
         if self.dim_means.mean is not None:
             ds = ds.assign(_per_dimension(self.dim_means, self.dim_var))
         ds.attrs = section_attrs("latents", dict(n_images=self.n_images, seed=self.seed),
@@ -128,6 +131,35 @@ class LatentAccumulator:
                                  checkpoint_has_scaling_factor="scaling_factor" in probe.source,
                                  per_dimension=int(self.dim_means.mean is not None))
         return ds
+
+
+def _checkpoint_targets(source: dict, width: int) -> dict:
+    """Per channel, the latent mean and std the checkpoint's factors assume (NaN where it
+    declares none): ``latents_mean`` (else ``shift_factor``) and ``latents_std / scaling_factor``
+    (else ``1 / scaling_factor``), as diffusers maps z to ``(z - mean) * scaling_factor / std``."""
+    scale, shift = _factor(source.get("scaling_factor")), _factor(source.get("shift_factor"))
+    mean, std = np.full(width, shift), np.full(width, 1.0 / scale if scale else np.nan)
+    declared = {}
+    for key in ("latents_mean", "latents_std"):
+        if source.get(key):
+            values = np.asarray(json.loads(source[key]), dtype=np.float64)
+            if values.shape != (width,):
+                raise ValueError(f"the checkpoint's {key} has {values.size} values for "
+                                 f"{width} latent channels; it must have one per channel")
+            declared[key] = values
+    if "latents_mean" in declared:
+        mean = declared["latents_mean"]
+    if "latents_std" in declared:
+        std = declared["latents_std"] / (scale if np.isfinite(scale) else 1.0)
+    latent = {"units": "latent units"}
+    return {
+        "checkpoint_channel_mean": ("channel", mean, {
+            **latent, "long_name": "mean the checkpoint assumes: latents_mean, else "
+            "shift_factor"}),
+        "checkpoint_channel_std": ("channel", std, {
+            **latent, "long_name": "std the checkpoint assumes: latents_std / scaling_factor, "
+            "else 1 / scaling_factor"}),
+    }
 
 
 def _per_dimension(means: _ChannelMoments, variances: _ChannelMoments) -> xr.Dataset:
@@ -172,7 +204,10 @@ def latent_statistics(probe: Probe, data, *, n_images: int | None = 256, seed: i
         ``recommended_scaling_factor``, ``recommended_shift_factor``,
         ``recommended_scaling_factor_unshifted``, ``posterior_std_mean`` (mean posterior
         standard deviation); scalars ``checkpoint_scaling_factor`` and
-        ``checkpoint_shift_factor`` (NaN where the checkpoint has none). One-layer models of
+        ``checkpoint_shift_factor`` (NaN where the checkpoint has none); per channel
+        ``checkpoint_channel_mean`` and ``checkpoint_channel_std``, the latent mean and std the
+        checkpoint's factors assume (its per-channel ``latents_mean`` / ``latents_std`` where it
+        declares them, else ``shift_factor`` and ``1 / scaling_factor``). One-layer models of
         at most 512 dims also get, over ``dim``: ``posterior_std_per_dim``,
         ``posterior_mean_std_per_dim``, ``aggregate_std_per_dim``.
 

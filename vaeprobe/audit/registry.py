@@ -28,11 +28,13 @@ Write one module ``vaeprobe/audit/<name>.py`` (and its test) that
    ``settings``; the same as the module's public function where possible), ``title``,
    ``order`` (report position: existing sections use 10, 20, ... 90; pick a number in between),
    ``summary`` (ds -> one line), ``figure`` (the name of a ``vaeprobe.plot`` function
-   ``f(ds, ax=None)``, or "" for none), ``image_limit`` (at most this many of the audit's
-   images), ``networks`` (the audit options it needs, e.g. ``("feature_extractor",
-   "weights")``), ``options`` (defaults of its own keyword options, settable through
-   ``settings={"<name>": {...}}`` and ``--settings``; ``quick`` overrides them under
-   ``--quick``), ``default`` (False: an opt-in section, run only when ``sections`` /
+   ``f(ds, ax=None)``, a tuple of names for several panels, main panel first, or "" for
+   none; a function with a ``needs`` attribute, a tuple of variable names, is drawn only
+   where the Dataset has them: see :func:`vaeprobe.plot.audit_panels`), ``image_limit`` (at
+   most this many of the audit's images), ``networks`` (the audit options it needs, e.g.
+   ``("feature_extractor", "weights")``), ``options`` (defaults of its own keyword options,
+   settable through ``settings={"<name>": {...}}`` and ``--settings``; ``quick`` overrides
+   them under ``--quick``), ``default`` (False: an opt-in section, run only when ``sections`` /
    ``--sections`` names it);
 
 3. is imported by ``vaeprobe/audit/__init__.py`` (import order does not matter: ``order``
@@ -59,7 +61,7 @@ class Section:
     title: str  # heading in the report, numbered by order
     order: float  # position in the report (10, 20, ... for the built-in sections)
     summary: Callable[[xr.Dataset], str]  # the headline line of the printed summary
-    figure: str = ""  # name of the vaeprobe.plot function that draws its panel ("" none)
+    figure: str | tuple[str, ...] = ""  # vaeprobe.plot function(s) drawing its panel(s)
     accumulator: Callable | None = None  # shared pass: (probe, context, **options) -> acc
     compute: Callable | None = None  # own work: (probe, data, *, n_images, seed, ...) -> ds
     cost: Callable | None = None  # (probe, n_images, options) -> floor multiples (own work)

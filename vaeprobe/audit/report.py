@@ -30,6 +30,11 @@ class AuditReport(dict):
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
         return write_report(self, out)
 
+    def panels(self) -> dict[str, str | tuple[str, ...]]:
+        """Section name -> the vaeprobe.plot function(s) drawing its panels (the registry's
+        ``Section.figure``), for :func:`vaeprobe.plot.audit_page` and ``audit_section``."""
+        return _panels()
+
 
 # ---------------------------------------------------------------------------------------------
 # netCDF
@@ -42,7 +47,7 @@ def _attrs(attrs: dict) -> dict:
             for key, value in clean_attrs(attrs).items()}
 
 
-def _clean(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
+def netcdf_ready(ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
     """A copy netCDF can hold (attrs cleaned, booleans as uint8) and its gzip encoding."""
     ds = ds.copy()
     ds.attrs = _attrs(ds.attrs)
@@ -63,7 +68,7 @@ def save_netcdf(report: AuditReport, path: str | os.PathLike) -> Path:
         root.attrs = _attrs({**report.attrs, "sections": json.dumps(list(report))})
         root.to_netcdf(tmp, engine="h5netcdf", mode="w")
         for name, ds in report.items():
-            ds, encoding = _clean(ds)
+            ds, encoding = netcdf_ready(ds)
             ds.to_netcdf(tmp, engine="h5netcdf", mode="a", group=name, encoding=encoding)
     return Path(path)
 
@@ -109,8 +114,8 @@ def _titles() -> dict[str, str]:
     return titles()
 
 
-def _panels() -> dict[str, str]:
-    """Section name -> the vaeprobe.plot function that draws its panel."""
+def _panels() -> dict[str, str | tuple[str, ...]]:
+    """Section name -> the vaeprobe.plot function(s) that draw its panels."""
     from vaeprobe.audit.registry import sections
 
     return {name: section.figure for name, section in sections().items() if section.figure}
@@ -134,25 +139,31 @@ def summary(report: AuditReport) -> str:
 
 def _png(figure) -> bytes:
     """PNG bytes of a laid-out figure (no bbox_inches="tight": it draws the figure twice)."""
-    buffer = _io.BytesIO()
-    figure.savefig(buffer, dpi=100, format="png")
+    from vaeprobe._version import __version__
+
+    buffer = _io.BytesIO()  # tagged as vaeprobe's: a later audit into the folder may replace it
+    figure.savefig(buffer, dpi=100, format="png", metadata={"Software": f"vaeprobe {__version__}"})
     return buffer.getvalue()
 
 
-def _section_png(name: str, ds: xr.Dataset) -> bytes | None:
-    from vaeprobe.plot import audit_section, axes
+def _section_pngs(name: str, ds: xr.Dataset) -> list[bytes]:
+    """One PNG per panel of the section (as on the one-page figure), main panel first."""
+    from vaeprobe.plot import audit_panels, audit_section, axes
 
-    if ds.attrs.get("status") != "ok" or name == "model_card":  # the card is its tables
-        return None
-    ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
-    try:
-        audit_section(name, ds, ax=ax, panels=_panels())
-        ax.figure.tight_layout()
-        return _png(ax.figure)
-    except (KeyError, ValueError, IndexError):
-        return None
-    finally:
-        _close(ax.figure)
+    if name == "model_card":  # the card is its tables
+        return []
+    pngs = []
+    for panel in range(len(audit_panels(name, ds, _panels()))):
+        ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
+        try:
+            audit_section(name, ds, ax=ax, panels=_panels(), panel=panel)
+            ax.figure.tight_layout()
+            pngs.append(_png(ax.figure))
+        except (KeyError, ValueError, IndexError):
+            continue
+        finally:
+            _close(ax.figure)
+    return pngs
 
 
 def _previews_png(name: str, ds: xr.Dataset) -> bytes | None:
@@ -197,7 +208,8 @@ def _tables(ds: xr.Dataset) -> str:
                 and variable.dims[0] not in ("frequency", "latent_frequency", "image"):
             groups.setdefault(variable.dims[0], []).append(name)
         elif variable.ndim == 2 and set(variable.dims) <= {"kind", "dtype", "stage", "k",
-                                                           "temperature"} and variable.size <= 64:
+                                                           "temperature", "layer", "channel"} \
+                and variable.size <= 64:
             groups.setdefault(" x ".join(variable.dims), []).append(name)
     for dims, names in groups.items():
         frame = ds[names].to_dataframe()  # coordinates (layer names ...) come as columns
@@ -225,7 +237,9 @@ img{max-width:100%}.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;whi
 def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
     """The whole report as one HTML document (no external resources)."""
     title = f"vaeprobe audit: {report.attrs.get('checkpoint', 'model')}"
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+    from vaeprobe.outputs import HTML_MARK
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{HTML_MARK}<title>"
              f"{html.escape(title)}</title><style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<pre>{html.escape(summary(report))}</pre>"]
@@ -254,7 +268,7 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
                 if value and value not in ("{}", "[]"):
                     parts.append(f"<p class=skipped>{html.escape(key)}: {html.escape(str(value))}"
                                  "</p>")
-            for png in (_section_png(name, ds), _previews_png(name, ds)):
+            for png in (*_section_pngs(name, ds), _previews_png(name, ds)):
                 if png:
                     parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,"
                                  f"{base64.b64encode(png).decode()}'>")

@@ -163,6 +163,7 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
         store = AuditStore(out, fingerprint, overwrite)
         on_disk = distributed.gather(sorted(store.finished(chosen)))[0]  # rank 0 decides
         results = {name: load_section(store.path(name)) for name in on_disk}
+        _warn_stale(store.stale, out)
     resumed = [name for name in chosen if name in results]
     todo_skipped = []
     todo = [name for name in chosen if name not in results]
@@ -223,10 +224,13 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
                                      sizes[name], seed, progress, networks)
         timing[f"{name}_seconds"] = results[name].attrs["elapsed_seconds"]
         save(name)
-    if store is not None:  # rendered from what is on disk
+    shown = chosen
+    if store is not None:  # rendered from what is on disk; a partial run never shrinks it
+        earlier = store.finished([name for name in registry if name not in chosen])
+        shown = [name for name in registry if name in chosen or name in earlier]
         results = {name: load_section(store.path(name)) if store.path(name).is_file()
-                   else results[name] for name in chosen}
-    report = AuditReport({name: results[name] for name in chosen})
+                   else results[name] for name in shown}
+    report = AuditReport({name: results[name] for name in shown})
     report.timing = {**timing, "sections_seconds": {
         name: float(ds.attrs.get("elapsed_seconds", 0.0)) for name, ds in report.items()}}
     source_facts = dict(probe.source)
@@ -243,6 +247,16 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
     if store is not None and distributed.is_main():
         write_report(report, store.out)
     return report
+
+
+def _warn_stale(stale: dict[str, str], out) -> None:
+    """Say which section files on disk were not trusted, and why (they are recomputed)."""
+    if stale and distributed.is_main():
+        import warnings
+
+        warnings.warn(f"{out}: recomputing section(s) whose files do not match this audit: "
+                      + "; ".join(f"{name} ({why})" for name, why in stale.items()),
+                      stacklevel=3)
 
 
 def _cost_seconds(section, probe, n_images, options, floor_per_image) -> float:

@@ -15,7 +15,7 @@ from vaeprobe.audit._common import NamedData, ProbeFacts, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
-from vaeprobe.spectrum import _assemble, _SpectrumAccumulator, high_frequency_fraction
+from vaeprobe.spectrum import SpectrumAccumulator, assemble_spectra, high_frequency_fraction
 
 MIN_LATENT_SIDE = 8  # smaller latent grids have too few modes (and a Hann window leaves ~2 px)
 
@@ -38,10 +38,10 @@ class SpectraAccumulator:
         window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
         self.window, self.cutoff, self.n_preview = window, cutoff, n_preview
         self.recon, self.residual, self.data_power = (
-            _SpectrumAccumulator(window, "per_channel") for _ in range(3))
+            SpectrumAccumulator(window, "per_channel") for _ in range(3))
         self.distortion, self.rate, self.count, self.previews, self.energies = 0.0, 0.0, 0, [], []
         self.spatial = [min(info.resolution) >= MIN_LATENT_SIDE for info in probe.layers]
-        self.latent = {index: _SpectrumAccumulator(window, "per_channel")
+        self.latent = {index: SpectrumAccumulator(window, "per_channel")
                        for index, is_spatial in enumerate(self.spatial) if is_spatial}
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
         self.seed, self.n_images = context.seed, context.n_images
@@ -89,7 +89,7 @@ class SpectraAccumulator:
                    preview_reconstruction=torch.cat([p[1] for p in self.previews]
                                                     )[:self.n_preview].numpy(),
                    step=int(probe.source.get("step", 0)), source=dict(probe.source))
-        ds = _assemble([row], self.cutoff)
+        ds = assemble_spectra([row], self.cutoff)
         ds = ds.merge(_latent_dataset(probe, self.spatial, self.latent, self.cutoff),
                       combine_attrs="override")
         for name in ("preview_data", "preview_reconstruction"):

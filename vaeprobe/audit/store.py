@@ -9,6 +9,13 @@ section is computed, beside ``audit.json`` (what the audit is of: model, data, o
 A killed audit keeps its finished sections. Run again into the same ``out`` it computes only the
 missing (or failed) ones, after checking that the fingerprint is the same; where it differs it
 says what differs and refuses, unless ``overwrite`` (which removes the old sections).
+
+Nothing on disk is trusted unchecked: every section file carries the fingerprint it was
+computed under (``attrs["audit_fingerprint"]``: the model's sha256, the data's digest, the
+audit's options and that section's own); on resume a section whose stamp differs from this
+run's (copied from another model's audit, left by other options, or unstamped) is recomputed,
+and the message says what differed. A directory that is not an audit but holds ``audit.nc``,
+``audit.png`` or ``audit.html`` that vaeprobe did not write is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from vaeprobe.io import atomic_path
 
 MANIFEST = "audit.json"
 SECTIONS_DIR = "sections"
+REPORT_FILES = ("audit.nc", "audit.png", "audit.html")
+STAMP = "audit_fingerprint"  # attrs of a section file: the sha256 of what it was computed under
+STAMP_MODEL = "audit_fingerprint_model"  # ... and the model's sha256, to say what differs
 
 
 class AuditMismatchError(ValueError):
@@ -87,8 +97,13 @@ class AuditStore:
             raise FileExistsError(f"--out {self.out} is a file; the audit writes a directory "
                                   f"(name a new or an existing directory)")
         manifest = self.out / MANIFEST
+        self.stale: dict[str, str] = {}  # section -> why its file on disk was not used
+        if not manifest.is_file():
+            from vaeprobe.outputs import check_directory_files
+
+            check_directory_files(self.out, REPORT_FILES, "--out", overwrite=overwrite)
         if manifest.is_file():
-            old = json.loads(manifest.read_text()).get("fingerprint", {})
+            old = read_manifest(manifest).get("fingerprint", {})
             differences = _differences(old, self.fingerprint)
             if differences and not overwrite:
                 raise AuditMismatchError(
@@ -108,47 +123,90 @@ class AuditStore:
         if not distributed.is_main():
             return
         manifest = self.out / MANIFEST
-        previous = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        previous = read_manifest(manifest) if manifest.is_file() else {}
         content = {**previous, **facts, "fingerprint": self.fingerprint}
         with atomic_path(manifest, ".json.tmp") as tmp:
             tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
 
     def facts(self) -> dict:
         manifest = self.out / MANIFEST
-        return json.loads(manifest.read_text()) if manifest.is_file() else {}
+        return read_manifest(manifest) if manifest.is_file() else {}
+
+    def stamp(self, name: str) -> str:
+        """The fingerprint a section file of ``name`` must carry: this run's model, data,
+        common options and that section's options."""
+        options = dict(self.fingerprint.get("options", {}))
+        own = options.pop("sections", {}).get(name)
+        text = json.dumps(dict(model=self.fingerprint.get("model"), section=name, own=own,
+                               data=self.fingerprint.get("data"), options=options),
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def path(self, name: str) -> Path:
         return self.out / SECTIONS_DIR / f"{name}.nc"
 
     def finished(self, names) -> dict[str, xr.Dataset]:
-        """The sections of ``names`` on disk and not failed (unreadable ones count as missing)."""
+        """The sections of ``names`` on disk, not failed, and stamped with this run's
+        fingerprint. Unreadable ones count as missing; foreign or stale ones (another model,
+        data or options; no stamp) are listed in ``self.stale`` with the reason and recomputed."""
         done = {}
         for name in names:
             if not self.path(name).is_file():
                 continue
             try:
-                ds = load_section(self.path(name))
+                ds = load_section(self.path(name), keep_stamp=True)
             except (OSError, ValueError):
+                continue
+            stamp = ds.attrs.pop(STAMP, None)
+            model = ds.attrs.pop(STAMP_MODEL, None)
+            if stamp != self.stamp(name):
+                self.stale[name] = (
+                    "written by an older vaeprobe (no fingerprint)" if stamp is None else
+                    f"computed for another model (sha256 {model})"
+                    if model != self.fingerprint.get("model") else
+                    "computed on other data or with other options")
                 continue
             if ds.attrs.get("status") in ("ok", "skipped"):
                 done[name] = ds
         return done
 
     def save(self, name: str, ds: xr.Dataset) -> None:
-        """Write one section atomically (rank 0 only)."""
+        """Write one section atomically (rank 0 only), stamped with this run's fingerprint."""
         if distributed.is_main():
-            save_section(ds, self.path(name))
+            stamped = ds.copy()
+            stamped.attrs = {**ds.attrs, STAMP: self.stamp(name),
+                             STAMP_MODEL: str(self.fingerprint.get("model"))}
+            save_section(stamped, self.path(name))
+
+
+def read_manifest(path: Path) -> dict:
+    """``audit.json`` as a dict; anything else is an :class:`AuditMismatchError` naming it."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AuditMismatchError(f"{path} is not an audit manifest (unreadable JSON: {error}); "
+                                 f"remove it, or name another --out") from None
+    if not isinstance(content, dict) or not isinstance(content.get("fingerprint", {}), dict):
+        raise AuditMismatchError(f"{path} is not an audit manifest (a JSON "
+                                 f"{type(content).__name__}, not the object vp.audit writes); "
+                                 f"remove it, or name another --out")
+    return content
 
 
 def save_section(ds: xr.Dataset, path: Path) -> Path:
-    from vaeprobe.audit.report import _clean
+    from vaeprobe.audit.report import netcdf_ready
 
-    clean, encoding = _clean(ds)
+    clean, encoding = netcdf_ready(ds)
     with atomic_path(path, ".nc.tmp") as tmp:
         clean.to_netcdf(tmp, engine="h5netcdf", mode="w", encoding=encoding)
     return path
 
 
-def load_section(path: Path) -> xr.Dataset:
+def load_section(path: Path, keep_stamp: bool = False) -> xr.Dataset:
+    """A section file as written; its fingerprint stamp removed unless ``keep_stamp``."""
     with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+        ds = ds.load()
+    if not keep_stamp:
+        ds.attrs.pop(STAMP, None)
+        ds.attrs.pop(STAMP_MODEL, None)
+    return ds

@@ -16,7 +16,7 @@ The package: ``extractors`` (feature networks and their registry, test stand-ins
 from vaeprobe.fidelity.cache import featurise, reference_features, reference_key
 from vaeprobe.fidelity.extractors import (
     Extractor,
-    _RandomConvNet,
+    RandomConvNet,
     build_extractor,
     extractors,
     to_rgb,
@@ -32,7 +32,7 @@ from vaeprobe.fidelity.perceptual import LPIPS, Trunk, lpips_trunks
 from vaeprobe.fidelity.quality import METRICS, fid, sample_quality
 from vaeprobe.sampling import KINDS
 
-__all__ = ["KINDS", "LPIPS", "METRICS", "PROTOCOL", "Extractor", "Trunk", "_RandomConvNet",
+__all__ = ["KINDS", "LPIPS", "METRICS", "PROTOCOL", "Extractor", "Trunk", "RandomConvNet",
            "build_extractor", "extractors", "featurise", "fid", "fid_from_features",
            "fid_from_statistics", "kid_from_features", "lpips_trunks", "prc_from_features",
            "reference_features", "reference_key", "sample_quality", "to_rgb"]

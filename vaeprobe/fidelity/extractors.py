@@ -82,7 +82,7 @@ def _vgg16(weights=None, device="cpu") -> Extractor:
 _vgg16.weights_key = "vgg16"
 
 
-class _RandomConvNet(nn.Module):
+class RandomConvNet(nn.Module):
     """A small randomly initialised conv net (seed 0): a stand-in for tests only."""
 
     def __init__(self, features: int = 64):
@@ -100,7 +100,7 @@ class _RandomConvNet(nn.Module):
 
 @extractors.register("random-convnet-TEST-ONLY")
 def _random_convnet(weights=None, device="cpu") -> Extractor:
-    return Extractor("random-convnet-TEST-ONLY", _RandomConvNet().to(device).eval(),
+    return Extractor("random-convnet-TEST-ONLY", RandomConvNet().to(device).eval(),
                      "random-init-seed-0", stand_in=True)
 
 

@@ -75,7 +75,7 @@ def softclip_min(x: torch.Tensor, minimum: float) -> torch.Tensor:
     return minimum + F.softplus(x - minimum)
 
 
-def _log_normal_interval(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+def log_normal_interval(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """log(Phi(upper) - Phi(lower)) for standardised bounds, stable in both tails."""
     flip = lower > 0  # right tail: use the mirrored interval where Phi is not close to 1
     lower, upper = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
@@ -124,7 +124,7 @@ class DiscretizedGaussian:
         log_p = torch.where(
             x == 0, torch.special.log_ndtr(upper),
             torch.where(x == 255, torch.special.log_ndtr(-lower),
-                        _log_normal_interval(lower, upper)))
+                        log_normal_interval(lower, upper)))
         return log_p.flatten(1).sum(1)
 
 

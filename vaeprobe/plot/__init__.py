@@ -10,6 +10,7 @@ from vaeprobe.plot._audit import (
     audit_card,
     audit_latents,
     audit_page,
+    audit_panels,
     audit_precision,
     audit_progressive,
     audit_progressive_previews,
@@ -21,6 +22,7 @@ from vaeprobe.plot._audit import (
 from vaeprobe.plot._bits import compare_page, compress, information, rate_distortion_models
 from vaeprobe.plot._common import axes, save_figure
 from vaeprobe.plot._images import image_grid, sample_grid
+from vaeprobe.plot._latent_panels import audit_rate_map, audit_rate_map_example
 from vaeprobe.plot._paper import (
     against_distortion,
     bars,
@@ -35,9 +37,10 @@ from vaeprobe.plot._rate import iwae_convergence, rate
 from vaeprobe.plot._spectrum import high_frequency, pca, spectrum, training_curves
 
 __all__ = ["against_distortion", "audit_bits", "audit_card", "audit_latents", "audit_page",
-           "audit_precision", "audit_progressive", "audit_progressive_previews",
-           "audit_reconstructions", "audit_samples", "audit_section", "audit_spectra", "axes",
-           "bars", "bits_by_stage", "compare_page", "compress", "high_frequency", "image_grid",
-           "image_rows", "information", "iwae_convergence", "pca", "rate", "rate_by_stage",
-           "rate_distortion_models", "rate_distortion", "sample_grid", "sample_quality",
-           "save_figure", "spectrum", "training_comparison", "training_curves"]
+           "audit_panels", "audit_precision", "audit_progressive", "audit_progressive_previews",
+           "audit_rate_map", "audit_rate_map_example", "audit_reconstructions", "audit_samples",
+           "audit_section", "audit_spectra", "axes", "bars", "bits_by_stage", "compare_page",
+           "compress", "high_frequency", "image_grid", "image_rows", "information",
+           "iwae_convergence", "pca", "rate", "rate_by_stage", "rate_distortion",
+           "rate_distortion_models", "sample_grid", "sample_quality", "save_figure", "spectrum",
+           "training_comparison", "training_curves"]

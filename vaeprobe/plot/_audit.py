@@ -10,13 +10,14 @@ import numpy as np
 import xarray as xr
 
 from vaeprobe.plot._common import axes
-from vaeprobe.plot._images import _tile
+from vaeprobe.plot._images import tile
+from vaeprobe.plot._latent_panels import audit_bits, audit_latents  # noqa: F401  (panels)
 
 
 def _mosaic(ax, rows: list[np.ndarray], labels: list[str], columns: int = 8):
     """Rows of uint8 images (N, C, H, W), one mosaic, a label left of each row."""
     rows = [np.asarray(r)[:columns] for r in rows]
-    tiles = [_tile(r.astype(np.uint8), columns) for r in rows]
+    tiles = [tile(r.astype(np.uint8), columns) for r in rows]
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
              for t in tiles]
@@ -77,27 +78,6 @@ def audit_reconstructions(ds: xr.Dataset, ax=None, columns: int = 8):
     mean = ds.sel(kind=kinds[0])
     ax.set_title(f"PSNR {float(mean['psnr_mean']):.1f} dB, SSIM {float(mean['ssim_mean']):.3f}"
                  f" (posterior mean)", fontsize=9)
-    return ax
-
-
-def audit_latents(ds: xr.Dataset, ax=None):
-    """Per layer: spread of the posterior means and samples, and the posterior's own std."""
-    ax = axes(ax)
-    layers = ds["layer"].values
-    width = 0.4
-    ax.bar(layers - width / 2, ds["layer_sample_std"].values, width, label="std of samples")
-    ax.bar(layers + width / 2, ds["posterior_std_mean"].values, width,
-           label="mean posterior std")
-    ax.set_xlabel("latent layer")
-    ax.set_ylabel("latent units")
-    scale = ds["recommended_scaling_factor"].values
-    own = float(ds["checkpoint_scaling_factor"])
-    title = f"scale 1/std: {scale[0]:.4g}" if len(scale) == 1 else \
-        f"scale 1/std: {np.nanmin(scale):.3g} .. {np.nanmax(scale):.3g}"
-    if np.isfinite(own):
-        title += f" (checkpoint: {own:.5g})"
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
     return ax
 
 
@@ -199,85 +179,72 @@ def audit_precision(ds: xr.Dataset, ax=None):
     return ax
 
 
-DEFAULT_PANELS = {"model_card": "audit_card", "bits": "audit_bits",
-                  "reconstructions": "audit_reconstructions", "latents": "audit_latents",
-                  "progressive": "audit_progressive", "spectra": "audit_spectra",
-                  "likelihood": "iwae_convergence", "samples": "audit_samples",
-                  "precision": "audit_precision"}
-
-
 def _plot_function(name: str):
     """The public plot function called ``name`` (it lives in one of the plot modules)."""
     import sys
 
-    from vaeprobe.plot import _bits, _paper, _quality, _rate, _spectrum
-
-    for module in (sys.modules[__name__], _rate, _bits, _spectrum, _quality, _paper):
+    # the package's public names (vaeprobe.plot is loaded before any of its modules)
+    for module in (sys.modules[__name__], sys.modules[__package__]):
         if not name.startswith("_") and callable(getattr(module, name, None)):
             return getattr(module, name)
     return None
 
 
-def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None = None):
+def audit_panels(name: str, ds: xr.Dataset, panels: dict | None) -> list:
+    """The plot functions that draw section ``name``'s panels for ``ds``, main panel first.
+
+    ``panels`` maps section names to one vaeprobe.plot function name or a tuple of them (the
+    audit's registry: ``report.panels()`` of the report :func:`vaeprobe.audit` returns or
+    :func:`vaeprobe.audit.open_audit` reads); a function with a ``needs`` attribute (variable
+    names) is left out when ``ds`` lacks them (the rate map of a hierarchical model). Empty
+    for a skipped or failed section."""
+    if panels is None:
+        raise ValueError(f"say which plot functions draw the section {name!r}: pass "
+                         f"panels=report.panels() (the report of vp.audit or open_audit)")
     if ds.attrs.get("status") != "ok":
+        return []
+    spec = panels.get(name) or ()
+    functions = [_plot_function(function) for function in
+                 ((spec,) if isinstance(spec, str) else tuple(spec))]
+    return [function for function in functions if function is not None
+            and all(variable in ds for variable in getattr(function, "needs", ()))]
+
+
+def _draw_section(name: str, ds: xr.Dataset, ax, panels: dict | None, panel: int = 0):
+    functions = audit_panels(name, ds, panels)
+    if panel >= len(functions):
         return audit_status(ds, ax, title=name)
-    function = {**DEFAULT_PANELS, **(panels or {})}.get(name)
-    draw = _plot_function(function) if function else None
-    if draw is None:
-        return audit_status(ds, ax, title=name)
-    draw(ds, ax=ax)
+    functions[panel](ds, ax=ax)
     return ax
 
 
-def audit_bits(ds: xr.Dataset, ax=None):
-    """Rate per layer; for one-layer models with per-dimension rates, the dimensions sorted by
-    rate with the active threshold and the count of active dimensions."""
-    from vaeprobe.plot._rate import rate
-
+def audit_section(name: str, ds: xr.Dataset, ax=None, panels: dict | None = None,
+                  panel: int = 0):
+    """Panel number ``panel`` of one audit section (by its name; ``panels`` as in
+    :func:`audit_panels`), or its skip / failure text."""
     ax = axes(ax, figsize=(6.5, 4.2))
-    if "rate_per_dim_sorted" not in ds:
-        rate(ds, ax=ax)
-        if ax.get_legend() is not None:
-            ax.get_legend().set_visible(len(ds["resolution"]) <= 6)
-        return ax
-    values = ds["rate_per_dim_sorted"].values
-    threshold = float(ds.attrs.get("active_threshold", 0.01))
-    active = values > threshold
-    ax.bar(np.arange(len(values)), values, color=np.where(active, "C0", "0.7"))
-    ax.axhline(threshold, color="C3", lw=1, ls="--", label=f"active threshold {threshold:g} nats")
-    if len(values) <= 32:
-        ax.set_xticks(np.arange(len(values)))
-        ax.set_xticklabels([str(d) for d in ds["dim_by_rank"].values], fontsize=7)
-    ax.set_xlabel("latent dimension (sorted by rate)")
-    ax.set_ylabel("KL per image (nats)")
-    ax.set_title(f"rate per dimension: {int(ds['n_active_dims'])} of {len(values)} active",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    return ax
-
-
-def audit_section(name: str, ds: xr.Dataset, ax=None, panels: dict | None = None):
-    """The panel of one audit section (by its name; ``panels`` maps names to vaeprobe.plot
-    function names, default :data:`DEFAULT_PANELS`), or its skip / failure text."""
-    ax = axes(ax, figsize=(6.5, 4.2))
-    return _draw_section(name, ds, ax, panels)
+    return _draw_section(name, ds, ax, panels, panel)
 
 
 def audit_page(sections: dict, title: str = "", panels: dict | None = None):
-    """One multi-panel page: every section of an audit (name -> Dataset), in order; ``panels``
-    as in :func:`audit_section`.
+    """One multi-panel page: every panel of every section of an audit (name -> Dataset), in
+    order; ``panels`` as in :func:`audit_panels` (default: the report's own,
+    ``sections.panels()``).
 
     Returns the matplotlib Figure.
     """
     plt = _pyplot()
-    names = list(sections)
+    if panels is None and callable(getattr(sections, "panels", None)):
+        panels = sections.panels()  # an AuditReport knows its sections' panels
+    cells = [(name, index) for name, ds in sections.items()
+             for index in range(max(1, len(audit_panels(name, ds, panels))))]
     columns = 3
-    rows = -(-len(names) // columns)
+    rows = -(-len(cells) // columns)
     figure = plt.figure(figsize=(6 * columns, 4.4 * rows))
-    for index, name in enumerate(names):
-        ax = figure.add_subplot(rows, columns, index + 1)
+    for position, (name, panel) in enumerate(cells):
+        ax = figure.add_subplot(rows, columns, position + 1)
         try:
-            _draw_section(name, sections[name], ax, panels)
+            _draw_section(name, sections[name], ax, panels, panel)
         except (KeyError, ValueError, IndexError) as error:  # a Dataset the panel cannot read
             ax.clear()
             ax.text(0.02, 0.9, f"cannot draw: {error}", fontsize=8, transform=ax.transAxes)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from vaeprobe.plot._common import axes
+from vaeprobe.plot._common import axes, categorical, channel_labels
 
 
 def information(ds: xr.Dataset, ax=None):
@@ -83,13 +83,15 @@ def rate_distortion_models(ds: xr.Dataset, ax=None):
 
 def compare_page(ds: xr.Dataset):
     """One page for vp.compare: the rate-distortion plane, the information split per model,
-    and the quality columns (PSNR, SSIM, LPIPS, bits/dim) that are defined."""
+    the rate per channel side by side (models of one latent layout) and the quality columns
+    (PSNR, SSIM, LPIPS, bits/dim) that are defined."""
     import matplotlib.pyplot as plt
 
     extras = [name for name in ("psnr", "ssim", "lpips", "bpd", "elbo_bpd",
                                 "latent_scaling_factor")
               if np.isfinite(ds[name].values).any()]
-    panels = 2 + len(extras)
+    channels = "rate_per_channel" in ds
+    panels = 2 + channels + len(extras)
     columns = min(4, panels)
     rows = math.ceil(panels / columns)
     fig, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.8 * rows),
@@ -109,10 +111,33 @@ def compare_page(ds: xr.Dataset):
     grid[1].set_ylabel("nats / image")
     grid[1].set_title("rate = information + marginal KL", fontsize=9)
     grid[1].legend(fontsize=7)
-    for ax, name in zip(grid[2:], extras, strict=True):
+    for ax, name in zip(grid[2 + channels:], extras, strict=True):
         ax.bar(positions, ds[name].values, color="tab:grey")
         ax.set_title(f"{name} [{ds[name].attrs.get('units', '')}]", fontsize=9)
-    for ax in grid[1:]:
+    for ax in [grid[1], *grid[2 + channels:]]:
         ax.set_xticks(positions)
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("model")
+    if channels:
+        rate_per_channel_models(ds, ax=grid[2])
     return fig
+
+
+def rate_per_channel_models(ds: xr.Dataset, ax=None):
+    """The rate of each latent channel, the models' bars side by side (models of one latent
+    layout: a vp.compare table with ``rate_per_channel``), with standard errors."""
+    ax = axes(ax, figsize=(5, 3.8))
+    models = [str(label) for label in ds["model"].values]
+    count = ds.sizes["channel"]
+    width = 0.8 / len(models)
+    for index, model in enumerate(models):
+        row = ds.sel(model=model)
+        ax.bar(np.arange(count) + (index - (len(models) - 1) / 2) * width,
+               row["rate_per_channel"].values, width, yerr=row["rate_per_channel_se"].values,
+               capsize=1, label=model)
+    categorical(ax, channel_labels(count), rotation=45 if count > 12 else 0)
+    ax.set_xlabel("latent channel")
+    ax.set_ylabel("rate [nats / image]")
+    ax.set_title("rate per channel, models side by side", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax

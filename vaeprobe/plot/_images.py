@@ -6,7 +6,7 @@ import xarray as xr
 from vaeprobe.plot._common import axes
 
 
-def _tile(images: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
+def tile(images: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
     """uint8 (N, C, H, W) -> one (rows*(H+pad), columns*(W+pad), C) mosaic, white padding."""
     n, c, h, w = images.shape
     rows = -(-n // columns)
@@ -23,7 +23,7 @@ def image_grid(images, ax=None, columns: int = 8, title: str | None = None):
     array = np.asarray(images.values if isinstance(images, xr.DataArray) else images)
     if array.ndim != 4:
         raise ValueError(f"expected images (image, channel, y, x), got shape {array.shape}")
-    mosaic = _tile(array.astype(np.uint8), min(columns, len(array)))
+    mosaic = tile(array.astype(np.uint8), min(columns, len(array)))
     ax = axes(ax, figsize=(columns, max(1.0, len(array) / columns)))
     ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray",
               vmin=0, vmax=255, interpolation="nearest")

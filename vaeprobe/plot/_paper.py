@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 
 from vaeprobe.plot._common import axes
-from vaeprobe.plot._images import _tile
+from vaeprobe.plot._images import tile
 
 
 def _errorbar(ax, ds: xr.Dataset, x: str, variable: str, **style):
@@ -75,7 +75,7 @@ def image_rows(images: xr.DataArray, ax=None, columns: int | None = None, row_la
     n_rows, n_images, _, height, _ = images.shape
     columns = min(columns or n_images, n_images)
     values = np.asarray(images.values)[:, :columns].reshape(-1, *images.shape[2:])
-    mosaic = _tile(values.astype(np.uint8), columns)
+    mosaic = tile(values.astype(np.uint8), columns)
     ax = axes(ax, figsize=(columns * 0.8 + 1, n_rows * 0.8))
     ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0,
               vmax=255, interpolation="nearest")

@@ -1,0 +1,50 @@
+"""The site's Markdown pages (docs/**/*.md: the tutorials, the guide) run as written: their
+python blocks on the test fixtures and ``../shared/realworld`` (see tests/doc_blocks.py), their
+bash commands parsed by the real argument parsers."""
+
+from pathlib import Path
+
+import doc_blocks
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts
+               and "paper-patches32" not in path.parts)
+
+
+def test_the_tutorials_are_found_and_have_code():
+    names = {page.stem for page in PAGES}
+    assert {"bits", "stable_diffusion", "own_model", "reproduce", "gpu"} <= names
+    assert all(doc_blocks.blocks(page) or doc_blocks.blocks(page, "bash") for page in PAGES)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(DOCS)))
+def test_page_commands_parse(page):
+    problems = [problem for block in doc_blocks.blocks(page, "bash")
+                for words in doc_blocks.commands(block)
+                if (problem := doc_blocks.check_command(words))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", [page for page in PAGES if doc_blocks.blocks(page)],
+                         ids=lambda page: str(page.relative_to(DOCS)))
+def test_page_python_blocks_run(page, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import realworld
+
+    monkeypatch.chdir(tmp_path)  # files a block writes
+    namespace, skipped = {}, []
+    for index, block in enumerate(doc_blocks.blocks(page), start=1):
+        name = f"{page.relative_to(DOCS)} python block {index}"
+        if block.startswith("# needs:"):
+            skipped.append(f"{name}: {block.splitlines()[0]}")
+            continue
+        if "../shared/realworld" in block and not realworld.REALWORLD.exists():
+            pytest.skip(f"{name} and later: {realworld.REALWORLD} is absent; ran "
+                        f"{index - 1 - len(skipped)} block(s) before it")
+        doc_blocks.run(doc_blocks.prepare(block, realworld.REALWORLD), namespace, name)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
