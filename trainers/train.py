@@ -85,6 +85,7 @@ class Trainer(DataMixin, CheckpointMixin):
             "Lagrange multiplier": [self.lam.detach()]})
         self.step = 0
         self.schedule = set(checkpoint_steps(config.steps, config.ckpt_every))
+        self.model.train()  # once (a two-stage model keeps its frozen primary in eval mode)
 
     def _optimizers(self) -> None:
         """Fused Adam for the weights and for lambda (on the device): its ``found_inf`` skips
