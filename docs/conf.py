@@ -47,6 +47,7 @@ myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence"]
 default_role = "py:obj"
 nitpicky = True
+smartquotes = False  # "--help" stays two hyphens on a site full of command lines
 suppress_warnings = []
 
 # numpydoc: parse every public docstring; no class member tables (each name has its page)

@@ -57,6 +57,7 @@ def run(code: str, namespace: dict, name: str) -> None:
 def commands(block: str) -> list[list[str]]:
     """The commands of a bash block: continuation lines joined, comments dropped."""
     joined = re.sub(r"\\\n\s*", " ", block)
+    joined = re.sub(r"\[[^\]\n]*\]", "", joined)  # a synopsis' optional parts: [--out DIR]
     found = []
     for line in joined.splitlines():
         line = line.split(" #", 1)[0].strip()

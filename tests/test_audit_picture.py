@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DIFFUSERS = FIXTURES / "diffusers" / "tiny_vae"
 TINY8 = FIXTURES / "tiny8_trained"
 STAND_INS = {k: v for k, v in STAND_IN_NETS.items() if k != "prc_extractor"}
-SECTIONS = ["model_card", "bits", "latents"]
+SECTIONS = ["model_card", "bits", "reconstructions", "latents", "spectra", "precision"]
 N = 12
 pytestmark = pytest.mark.usefixtures("offline_weights")
 
@@ -88,6 +88,28 @@ def test_the_example_map_is_that_images_own_kl_and_its_thumbnail(reports):
     np.testing.assert_allclose(ds["rate_map_example"].values, own, rtol=1e-5)
     np.testing.assert_array_equal(ds["example_thumbnail"].values, image.numpy())  # 16 px: as is
     assert ds["example_thumbnail"].dtype == np.uint8
+
+
+def test_rate_maps_of_two_shards_merge_into_the_map_of_all_images():
+    from vaeprobe.audit.bits import RateMap
+
+    generator = torch.Generator().manual_seed(0)
+    kl = torch.rand(10, 3, 4, 5, generator=generator, dtype=torch.float64)
+    x = torch.randint(0, 256, (10, 1, 8, 10), generator=generator, dtype=torch.uint8)
+    positions, indices = torch.arange(10), torch.arange(100, 110)
+    whole, first, second = RateMap(), RateMap(), RateMap()
+    whole.update(kl, x, positions, indices)
+    second.update(kl[6:], x[6:], positions[6:], indices[6:])  # a later rank's images
+    first.update(kl[:6], x[:6], positions[:6], indices[:6])
+    merged = second.merge(first)  # the example comes from whichever shard holds position 0
+    probe = ConvProbe()
+    a, b = whole.compute(probe), merged.compute(probe)
+    np.testing.assert_allclose(b["rate_map"], kl.sum(1).mean(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(b["rate_map_se"], a["rate_map_se"], rtol=1e-9)
+    np.testing.assert_allclose(b["rate_map_se"],
+                               kl.sum(1).std(0).numpy() / np.sqrt(10), rtol=1e-9)
+    assert int(b["example_image"]) == 100
+    np.testing.assert_array_equal(b["rate_map_example"], kl[0].sum(0).numpy())
 
 
 def test_thumbnail_area_averages_large_images_to_at_most_256_pixels():
@@ -203,34 +225,63 @@ def test_hierarchical_panels_label_layers_by_name_and_resolution(reports):
     plt.close("all")
 
 
+def test_flat_one_layer_panels_are_per_dimension_and_per_channel():
+    import matplotlib.pyplot as plt
+    from linear_gaussian import LinearGaussianProbe
+    from linear_gaussian import images as linear_images
+
+    probe = LinearGaussianProbe(scales=(0.3, 0.001))  # dimension 1 carries ~nothing
+    report = vp.audit(probe, linear_images(16), n_images=16, progress=False,
+                      sections=["bits", "latents"])
+    assert "rate_map" not in report["bits"]  # one position: no map
+    (bits,) = _panel_axes(report, "bits")
+    assert _tick_labels(bits) == ["d0", "d1"]  # sorted by rate, labelled by dimension
+    assert bits.get_ylabel() == "rate [nats / image]"
+    (latents,) = _panel_axes(report, "latents")
+    assert _tick_labels(latents) == ["ch 0", "ch 1"]
+    plt.close("all")
+
+
 @pytest.mark.parametrize("which", ["one_layer", "hierarchical"])
 def test_every_axis_of_the_page_has_units_or_categories(reports, which):
     import matplotlib.pyplot as plt
 
-    figure = audit_page(reports[which])  # the report's own panels (the registry's)
+    report = reports[which]
+    figure = audit_page(report)  # the report's own panels (the registry's)
     figure.canvas.draw()
-    expected = 1 + len(audit_panels("bits", reports[which]["bits"], reports[which].panels())) + 1
+    cells = sum(max(1, len(audit_panels(name, ds, report.panels())))
+                for name, ds in report.items())
     drawn = [ax for ax in figure.axes if ax.axison and ax.get_label() != "<colorbar>"]
-    assert len(drawn) == expected - 1  # the card is text (its axis off)
+    assert len(drawn) == cells - 1  # the card is text (its axis off)
     for ax in drawn:
+        assert ax.get_title(loc="left"), "a panel without a title"
         for axis in ("x", "y"):
             label = ax.get_xlabel() if axis == "x" else ax.get_ylabel()
-            labels = [text for text in _tick_labels(ax, axis) if text]
-            numeric = all(_is_number(text) for text in labels)
-            assert label, (ax.get_title(), axis)
-            if numeric:
-                assert "[" in label, f"numeric {axis} axis without units: {label!r}"
-            else:
-                assert "[" not in label or "latent" in label
+            ticks = [text for text in _tick_labels(ax, axis) if text]
+            if ticks and all(_is_number(text) for text in ticks):  # a number line: its units
+                assert "[" in label, f"{ax.get_title(loc='left')!r}: {axis} axis {label!r}"
+            elif ticks:  # categories (layers, channels, stages, image rows), never numbers
+                assert not any(_is_number(text) for text in ticks), ticks
     plt.close(figure)
 
 
 def _is_number(text: str) -> bool:
+    """A tick label that shows a number: "0.5", "1e-3", a Unicode minus, or a power of ten as
+    matplotlib writes it on a log axis ("$\\mathdefault{10^{-1}}$")."""
+    for mark, plain in (("$", ""), ("\\mathdefault", ""), ("{", ""), ("}", ""),
+                        ("\N{MINUS SIGN}", "-")):
+        text = text.replace(mark, plain)
     try:
-        float(text.replace("\N{MINUS SIGN}", "-"))
+        [float(part) for part in text.split("^")]
     except ValueError:
         return False
     return True
+
+
+def test_tick_labels_of_numbers_and_of_categories_are_told_apart():
+    assert _is_number("0.5") and _is_number("\N{MINUS SIGN}2") and _is_number("1e-3")
+    assert _is_number("$\\mathdefault{10^{-1}}$")
+    assert not _is_number("ch 0") and not _is_number("z00_r1 (1x1)") and not _is_number("mean")
 
 
 def test_panels_come_from_the_registry(reports):
@@ -244,10 +295,18 @@ def test_panels_come_from_the_registry(reports):
 
 
 def test_html_report_shows_every_panel(reports, tmp_path):
-    paths = reports["one_layer"].save(tmp_path / "one")
+    from vaeprobe.audit import AuditReport
+
+    full = reports["one_layer"]
+    paths = AuditReport({name: full[name] for name in ("bits", "latents")}, full.attrs).save(
+        tmp_path / "one")
     page = paths["html"].read_text()
     bits = page[page.index("<section id='bits'>"):page.index("<section id='latents'>")]
     assert bits.count("<img alt='bits'") == 3  # per channel, rate map, the example's map
     latents = page[page.index("<section id='latents'>"):]
     assert latents.count("<img alt='latents'") == 1
     assert "rate_per_channel" in bits  # the per-channel numbers as a table
+    saved = vp.audit.open_audit(paths["nc"])["bits"]  # the map survives netCDF
+    assert saved["rate_map"].dims == ("latent_y", "latent_x")
+    assert saved["rate_map"].attrs["units"] == "nats per position"
+    np.testing.assert_array_equal(saved["example_thumbnail"], full["bits"]["example_thumbnail"])

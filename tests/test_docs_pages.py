@@ -1,6 +1,7 @@
-"""The site's Markdown pages (docs/**/*.md: the tutorials, the guide) run as written: their
-python blocks on the test fixtures and ``../shared/realworld`` (see tests/doc_blocks.py), their
-bash commands parsed by the real argument parsers."""
+"""The site's Markdown pages run as written: the tutorials' python blocks, in order in one
+namespace per page, on the test fixtures and ``../shared/realworld`` (see tests/doc_blocks.py;
+the guide's blocks run alone in tests/test_readme.py), and every page's bash commands (the
+README's too) parsed by the real argument parsers."""
 
 from pathlib import Path
 
@@ -10,15 +11,17 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts
                and "paper-patches32" not in path.parts)
+TUTORIALS = [page for page in PAGES if page.parent.name == "tutorials"]
 
 
 def test_the_tutorials_are_found_and_have_code():
-    names = {page.stem for page in PAGES}
+    names = {page.stem for page in TUTORIALS}
     assert {"bits", "stable_diffusion", "own_model", "reproduce", "gpu"} <= names
     assert all(doc_blocks.blocks(page) or doc_blocks.blocks(page, "bash") for page in PAGES)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(DOCS)))
+@pytest.mark.parametrize("page", [*PAGES, DOCS.parent / "README.md"],
+                         ids=lambda page: str(page.relative_to(DOCS.parent)))
 def test_page_commands_parse(page):
     problems = [problem for block in doc_blocks.blocks(page, "bash")
                 for words in doc_blocks.commands(block)
@@ -26,7 +29,7 @@ def test_page_commands_parse(page):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("page", [page for page in PAGES if doc_blocks.blocks(page)],
+@pytest.mark.parametrize("page", [page for page in TUTORIALS if doc_blocks.blocks(page)],
                          ids=lambda page: str(page.relative_to(DOCS)))
 def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     import matplotlib

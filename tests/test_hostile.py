@@ -7,7 +7,9 @@ run, nothing half-written, and bounded memory and time. ``CORPUS`` counts the ca
 
 import errno
 import json
+import math
 import os
+import re
 import resource
 import signal
 import struct
@@ -292,6 +294,12 @@ def test_nonfinite_weights_are_refused_unless_allowed_and_then_flagged(tiny_run,
     result = vp.open_results(tmp_path / "r.nc")
     assert "total_rate" in json.loads(result.attrs["nonfinite"])
     assert "NaN" in result.attrs["warning"] and result.attrs["allow_nonfinite"] == 1
+    # the same exit status from every command that reports a number of this model
+    for command, extra in (("information", []), ("compress", ["--no-verify"])):
+        err = refused("nonfinite", [command, str(path), "--data", "digits8:test",
+                                    "--n-images", "4", "--allow-nonfinite", *extra], capsys,
+                      "not a number", code=3)
+        assert "WARNING" in capsys.readouterr().out + err or "warning" in err
 
 
 # ---- data files --------------------------------------------------------------------------------
@@ -672,8 +680,62 @@ def test_compare_reuses_only_audits_of_its_protocol_and_says_so(tiny_run, tmp_pa
     assert "different protocols (a: 32 images, seed 0, quick, b: 200 images" in \
         _mixed_protocols(["a", "b"], rows)[0]
     assert _mixed_protocols(["a", "b"], [rows[0], rows[0]]) == []
+    from vaeprobe._cli_bits import _compare_status
+
+    table = xr.Dataset({name: ("model", [1.0, math.nan]) for name in ("rate", "distortion",
+                                                                     "bpd")},
+                       coords={"model": ["a", "b"]},
+                       attrs={"undefined": json.dumps({"b": ["likelihood: no likelihood"]})})
+    assert _compare_status(table) == 3  # b's rate and distortion are NaN: not undefined
+    table["rate"][1] = table["distortion"][1] = 0.5
+    assert _compare_status(table) == 0  # b's bpd is NaN because its likelihood is undefined
     CORPUS.extend([("compare", "a quick audit beside a full one"),
                    ("compare", "an audit of another protocol on disk")])
+
+
+# ---- Probe.from_module checks the module's answers --------------------------------------------
+
+class _Tiny(torch.nn.Module):
+    """A linear VAE on (1, 4, 4) images whose answers a test bends one at a time."""
+
+    def __init__(self, encode_answer=None, decode_answer=None):
+        super().__init__()
+        self.enc, self.dec = torch.nn.Linear(16, 4), torch.nn.Linear(2, 16)
+        self.encode_answer, self.decode_answer = encode_answer, decode_answer
+
+    def encode(self, x):
+        mean, logvar = self.enc(x.flatten(1)).chunk(2, dim=1)
+        return (self.encode_answer or (lambda m, v: (m, v)))(mean, logvar)
+
+    def decode(self, z):
+        out = torch.sigmoid(self.dec(z)).view(-1, 1, 4, 4)
+        return (self.decode_answer or (lambda o: o))(out)
+
+
+@pytest.mark.parametrize("model, error, words", [
+    (_Tiny(encode_answer=lambda m, v: (m[:1], v[:1])), ValueError, "one row per image"),
+    (_Tiny(encode_answer=lambda m, v: (m.mean(0, keepdim=True), v.mean(0, keepdim=True))),
+     ValueError, "do not reduce over the batch"),
+    (_Tiny(encode_answer=lambda m, v: (m.round().long(), v.round().long())), TypeError,
+     "floating"),
+    (_Tiny(decode_answer=lambda o: o * 300), ValueError, "outside its declared range"),
+    (_Tiny(decode_answer=lambda o: torch.tanh((o - 0.5) * 50)), ValueError,
+     "(-1, 1) for tanh"),
+    (_Tiny(decode_answer=lambda o: o.permute(0, 2, 3, 1).reshape(-1, 2, 8, 1)), ValueError,
+     "permute"),
+    (_Tiny(decode_answer=lambda o: (o * 255).to(torch.uint8)), TypeError, "floating")])
+def test_from_module_checks_the_modules_answers(model, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        vp.Probe.from_module(model, image_shape=(1, 4, 4))
+    CORPUS.append(("from_module", words))
+
+
+def test_from_module_accepts_honest_answers_and_a_declared_range():
+    probe = vp.Probe.from_module(_Tiny(), image_shape=(1, 4, 4))
+    assert probe.layers[0].channels == 2
+    scaled = _Tiny(decode_answer=lambda o: torch.tanh((o - 0.5) * 50))
+    assert vp.Probe.from_module(scaled, image_shape=(1, 4, 4), output_range=(-1, 1),
+                                pixel_range=(-1, 1)).output_range == (-1.0, 1.0)
 
 
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------

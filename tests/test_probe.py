@@ -10,7 +10,7 @@ import torch
 from linear_gaussian import LinearGaussianProbe, images
 
 import vaeprobe as vp
-from vaeprobe.adapters.native import probe_for
+from vaeprobe.adapters.native import probe_classes, probe_for
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
 from vaeprobe.models.families import Family, families
 from vaeprobe.probe import (
@@ -28,12 +28,20 @@ from vaeprobe.random import image_generators, per_image_noise, per_row_random
 def test_contract_module_imports_nothing_model_specific():
     import vaeprobe.probe
 
-    tree = ast.parse(Path(vaeprobe.probe.__file__).read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
-    ours = {name for name in imported if name and name.startswith("vaeprobe")}
-    assert ours == {"vaeprobe.random"}, ours
+    def ours(module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        return {name for name in imported if name and name.startswith("vaeprobe")}
+
+    # the contract, its densities and its argument checks; those two import nothing of ours
+    parts = {"vaeprobe.densities", "vaeprobe.probe_checks"}
+    assert ours(vaeprobe.probe) == {"vaeprobe.random"} | parts, ours(vaeprobe.probe)
+    import vaeprobe.densities
+    import vaeprobe.probe_checks
+
+    assert not ours(vaeprobe.densities) | ours(vaeprobe.probe_checks)
 
 
 @pytest.fixture(scope="module")
@@ -197,18 +205,37 @@ def test_rate_by_resolution_groups_by_height_and_width():
 def test_family_registry_checks_its_entries():
     with pytest.raises(TypeError, match="must be registered as a Family"):
         families.register("broken", object())
-    with pytest.raises(TypeError, match="probe must name its Probe class"):
-        families.register("broken", Family(HVAE, HVAE, dict, dict))
+    with pytest.raises(TypeError, match="check_config must be callable"):
+        families.register("broken", Family(HVAE, HVAE, dict, None))
     assert "broken" not in families
-    families.register("not-a-probe", Family(torch.nn.Linear, dict, dict, "builtins:dict"))
-    try:
-        with pytest.raises(TypeError, match="builtins:dict is not a Probe subclass"):
+    families.register("no-probe", Family(torch.nn.Linear, dict, dict, lambda config, path: (0, 0)))
+    try:  # a family without a registered Probe: the error says how to register one
+        with pytest.raises(TypeError, match=r"probe_classes.register\('no-probe'"):
             probe_for(torch.nn.Linear(2, 2))
+        with pytest.raises(TypeError, match="must be a vaeprobe.probe.Probe subclass"):
+            probe_classes.register("no-probe", dict)
     finally:
-        families._entries.pop("not-a-probe")
+        families._entries.pop("no-probe")
     with pytest.raises(TypeError, match="no Probe for Linear"):
         probe_for(torch.nn.Linear(2, 2))
-    assert issubclass(families.get("hvae").probe_class, Probe)
+    # every family we train has its Probe, registered by the native adapter (models/ names none)
+    assert set(probe_classes) == set(families)
+    assert all(issubclass(probe_classes.get(name), Probe) for name in families)
+
+
+def test_a_stored_config_is_checked_by_its_family_naming_the_part():
+    from vaeprobe.models.families import check_stored_config
+    from vaeprobe.validate import ConfigError
+
+    good = preset("tiny-8").to_dict()
+    check_stored_config("hvae", good, "f.pt")
+    with pytest.raises(ConfigError, match=r"f.pt \(config\).*width"):
+        check_stored_config("hvae", {**good, "width": -1}, "f.pt")
+    with pytest.raises(ConfigError, match=r"f.pt \(config.secondary\).*width"):
+        check_stored_config("two_stage", {"primary": good, "secondary": {**good, "width": 0}},
+                            "f.pt")
+    with pytest.raises(ConfigError, match="has keys 'primary' and 'secondary'"):
+        check_stored_config("two_stage", {"primary": good}, "f.pt")
 
 
 def test_presets_have_one_source():

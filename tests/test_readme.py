@@ -1,55 +1,48 @@
-"""The README's Python blocks run as written, on the tiny run fixture: ``runs/demo`` is the tiny
+"""The README's Python blocks, and those of the user guide it links to (docs/guide/*.md, its
+reference text moved there), run as written on the tiny run fixture: ``runs/demo`` is the tiny
 run (tiny-8 on digits8), so ``patches32`` reads ``digits8`` (the run's image shape) and the
-large counts shrink (K, images). Blocks on ``../shared/realworld`` read it where it is (skipped,
-saying why, without it). Blocks that start with ``# needs:`` (pretrained weights, third-party
-files elsewhere) are skipped, and say so in the README."""
+large counts shrink (``doc_blocks.SMALLER``). Blocks on ``../shared/realworld`` read it where it
+is (skipped, saying why, without it). Blocks that start with ``# needs:`` (pretrained weights,
+third-party files elsewhere) are skipped, and say so on the page. Each block runs alone."""
 
-import re
 from pathlib import Path
 
+import doc_blocks
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SMALLER = {"k=1000": "k=4", "n_images=200": "n_images=8", "n_images=10000": "n_images=32",
-           "vp.samples(probe, 64,": "vp.samples(probe, 8,", "n_images=500": "n_images=50",
-           "k=100, n_images=100": "k=8, n_images=16"}
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs" / "guide").glob("*.md"))]
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_blocks() -> list[tuple[Path, int, str]]:
+    return [(page, index, block) for page in PAGES
+            for index, block in enumerate(doc_blocks.blocks(page), start=1)]
 
 
 def test_the_readme_has_runnable_and_skipped_blocks():
-    blocks = python_blocks()
+    blocks = [block for _, _, block in python_blocks()]
     runnable = [b for b in blocks if not b.startswith("# needs:")]
     assert len(runnable) >= 3 and len(blocks) > len(runnable)
     assert any('vp.rate("runs/demo", "mine:test")' in b for b in runnable)
+    assert doc_blocks.blocks(README), "the README keeps its short example"
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_block_runs(index, tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("page, index, block", python_blocks(),
+                         ids=[f"{page.relative_to(ROOT)}-{index}"
+                              for page, index, _ in python_blocks()])
+def test_readme_block_runs(page, index, block, tiny_run, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    block = python_blocks()[index]
     if block.startswith("# needs:"):
         pytest.skip(block.splitlines()[0])
     code = block.replace('"runs/demo"', repr(str(tiny_run))).replace("patches32", "digits8")
+    realworld_dir = None
     if "../shared/realworld" in code:
         import realworld
 
-        code = code.replace("../shared/realworld", str(realworld.path()))
-    for large, small in SMALLER.items():
-        code = code.replace(large, small)
+        realworld_dir = realworld.path()
     monkeypatch.chdir(tmp_path)  # files the block writes (spectra.nc)
-    from trainers.objectives import objectives
-    from vaeprobe import data
-
-    registered = set(data.datasets.names()), set(objectives.names())
-    try:
-        exec(compile(code, f"README.md python block {index + 1}", "exec"), {})  # noqa: S102
-    finally:  # what a block registered is removed again
-        for name in set(data.datasets.names()) - registered[0]:
-            data.datasets._entries.pop(name)
-        for name in set(objectives.names()) - registered[1]:
-            objectives._entries.pop(name)
+    doc_blocks.run(doc_blocks.prepare(code, realworld_dir), {},
+                   f"{page.relative_to(ROOT)} python block {index}")

@@ -1,5 +1,6 @@
-"""The README's real-model examples run as written (their ``../shared/realworld`` paths pointed
-at the real-world folder) and give the numbers they state."""
+"""The real-model examples of the README and its user guide (docs/guide/*.md) run as written
+(their ``../shared/realworld`` paths pointed at the real-world folder) and give the numbers they
+state."""
 
 import re
 from pathlib import Path
@@ -7,13 +8,14 @@ from pathlib import Path
 import pytest
 import realworld
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guide").glob("*.md"))]
 
 
 def _example(name: str) -> str:
-    match = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)```", README.read_text(),
-                      re.DOTALL)
-    assert match, f"README has no example {name!r}"
+    text = "".join(page.read_text() for page in PAGES)
+    match = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)```", text, re.DOTALL)
+    assert match, f"neither the README nor docs/guide/*.md has the example {name!r}"
     return match.group(1).replace("../shared/realworld", str(realworld.path()))
 
 

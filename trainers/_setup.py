@@ -11,8 +11,8 @@ from trainers._runtime import TrainingError
 from trainers.config import TrainConfig
 from trainers.objectives import objectives
 from vaeprobe import io
+from vaeprobe.checkpoint import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
-from vaeprobe.models.families import load_model
 from vaeprobe.models.hvae import Block, TopDownLayer
 from vaeprobe.run import LOCK_NAME, Run
 

@@ -20,6 +20,11 @@ from vaeprobe.models.likelihoods import (
 )
 from vaeprobe.probe import LatentPass, LayerDraw, Probe
 
+
+class NonFiniteModelError(ArithmeticError):
+    """A PMF of NaN or inf: the model's numbers are not finite (the CLI's exit status 3)."""
+
+
 PRECISION = 24  # the coder's probability precision: PMFs are integer counts summing to ~2^24
 LEVELS = 256  # 8-bit pixels
 
@@ -68,6 +73,10 @@ def _information(counts: np.ndarray, symbols: np.ndarray) -> float:
 
 def _counts(probabilities: torch.Tensor) -> np.ndarray:
     """Integer counts (as float64, exact) from probabilities (rows, K): floor(p * 2^24), >= 1."""
+    if not torch.isfinite(probabilities).all():
+        raise NonFiniteModelError(
+            "the model's probabilities are not a number (NaN or inf: its weights are not finite "
+            "or its numbers overflowed), so nothing can be coded with it")
     scale = float(2 ** PRECISION)
     total = probabilities.sum(1, keepdim=True)
     counts = torch.floor(probabilities / total * scale).clamp(min=1.0)

@@ -203,21 +203,27 @@ def finish(ds, args, draw) -> int:
     return _headline_status(ds, args.command)
 
 
-# the number each command reports first; NaN there makes the exit status NAN_EXIT
-HEADLINES = {"rate": "total_rate", "iwae": "bpd_mean", "samples": "fid", "quality": "fid",
-             "spectrum": "high_frequency_fraction", "pca": "total_variance"}
+# the numbers each command reports first; NaN or inf there makes the exit status NAN_EXIT
+HEADLINES = {"rate": ("total_rate",), "iwae": ("bpd_mean",), "samples": ("fid",),
+             "quality": ("fid",), "spectrum": ("high_frequency_fraction",),
+             "pca": ("total_variance",),
+             "information": ("total_rate", "rate_sampled", "total_mutual_information",
+                             "total_marginal_kl"),
+             "compress": ("coded_bpd", "elbo_bpd", "coded_bits")}
 NAN_EXIT = 3
 
 
 def _headline_status(ds, command: str) -> int:
-    """0, or :data:`NAN_EXIT` (said on stderr) when the command's headline number is NaN."""
+    """0, or :data:`NAN_EXIT` (said on stderr) when a headline number of the command is NaN or
+    infinite."""
     import numpy as np
 
-    name = HEADLINES.get(command)
-    if name not in ds or ds[name].dtype.kind not in "fc" or np.isfinite(ds[name].values).all():
+    bad = [name for name in HEADLINES.get(command, ()) if name in ds
+           and ds[name].dtype.kind in "fc" and not np.isfinite(ds[name].values).all()]
+    if not bad:
         return 0
-    print(f"vaeprobe {command}: error: the result {name} is not a number (NaN or inf); see the "
-          f"WARNING lines above (exit status {NAN_EXIT})", file=sys.stderr)
+    print(f"vaeprobe {command}: error: the result {', '.join(bad)} is not a number (NaN or "
+          f"inf); see the WARNING lines above (exit status {NAN_EXIT})", file=sys.stderr)
     return NAN_EXIT
 
 

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def _cmd_information(args) -> int:
     import vaeprobe as vp
@@ -50,10 +52,18 @@ def _cmd_compress(args) -> int:
     if args.file:  # before the model is opened: never an input, never a file not ours
         outputs.check_output(args.file, "--file", inputs=outputs.source_paths(
             args.checkpoint, args.data), overwrite=args.overwrite)
-    ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
-                     latent_bits=args.latent_bits,
-                     seed=args.seed, out=args.file, verify=not args.no_verify,
-                     overwrite=args.overwrite)
+    from vaeprobe._bits_back import NonFiniteModelError
+    from vaeprobe._cli_args import NAN_EXIT
+
+    try:
+        ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
+                         latent_bits=args.latent_bits,
+                         seed=args.seed, out=args.file, verify=not args.no_verify,
+                         overwrite=args.overwrite)
+    except NonFiniteModelError as error:
+        print(f"WARNING: {error}")
+        print(f"vaeprobe compress: error: {error} (exit status {NAN_EXIT})", file=sys.stderr)
+        return NAN_EXIT
     n = int(ds.attrs["n_images"])
     print(f"{n} images: coded {float(ds.coded_bpd):.4f} ± {float(ds.coded_bpd_se):.4f} bits/dim "
           f"vs -ELBO {float(ds.elbo_bpd):.4f} ± {float(ds.elbo_bpd_se):.4f} at the same "
@@ -170,7 +180,33 @@ def _cmd_compare(args) -> int:
         print(f"audit not reused for {model}: {why}")
     if args.out_dir:
         print(f"wrote {args.out_dir}/compare.nc, compare.png, compare.html")
-    return 0
+    return _compare_status(ds)
+
+
+# compare's columns -> the section (or analysis) that defines them: NaN there is a failure
+# unless that section was undefined for the model (attrs["undefined"] says so)
+_DEFINED_BY = {"rate": "bits", "distortion": "reconstructions", "bpd": "likelihood"}
+
+
+def _compare_status(ds) -> int:
+    """0, or 3 (said) when a model's number is NaN or inf where its section was defined."""
+    import json
+    import sys
+
+    import numpy as np
+
+    from vaeprobe._cli_args import NAN_EXIT
+
+    undefined = json.loads(ds.attrs.get("undefined", "{}"))
+    bad = [f"{model}: {name}" for name, section in _DEFINED_BY.items()
+           for model, value in zip(ds["model"].values, ds[name].values, strict=True)
+           if not np.isfinite(value) and not any(
+               said.startswith(f"{section}:") for said in undefined.get(str(model), []))]
+    if not bad:
+        return 0
+    print(f"vaeprobe compare: error: not a number (NaN or inf): {'; '.join(bad)} (exit status "
+          f"{NAN_EXIT})", file=sys.stderr)
+    return NAN_EXIT
 
 
 def add_compare(sub) -> None:

@@ -52,12 +52,25 @@ do not depend on how images are batched or draws chunked.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from vaeprobe.densities import (  # noqa: F401 (re-exported: part of the contract)
+    categorical_draw,
+    categorical_kl,
+    categorical_moments,
+    gaussian_kl,
+    gaussian_log_density,
+)
+from vaeprobe.probe_checks import (  # noqa: F401 (re-exported)
+    check_image_size,
+    check_n_fixed,
+    check_n_samples,
+    nearest_multiples,
+    per_layer_temperatures,
+)
 from vaeprobe.random import per_image_noise
 
 LIKELIHOOD_KINDS = ("discretized", "dequantized", "none")
@@ -69,45 +82,8 @@ class UndefinedAnalysisError(ValueError):
     """An analysis that is not defined for this model (e.g. IWAE without a likelihood)."""
 
 
-def gaussian_kl(q_mean, q_logstd, p_mean, p_logstd) -> torch.Tensor:
-    """KL(N(q_mean, q_std^2) || N(p_mean, p_std^2)) per element, in nats."""
-    return (p_logstd - q_logstd
-            + (torch.exp(2 * q_logstd) + (q_mean - p_mean) ** 2) / (2 * torch.exp(2 * p_logstd))
-            - 0.5)
-
-
-def gaussian_log_density(z, mean, logstd) -> torch.Tensor:
-    """log N(z; mean, std^2) per element, in nats."""
-    return -0.5 * ((z - mean) * torch.exp(-logstd)) ** 2 - logstd - 0.5 * math.log(2 * math.pi)
-
-
-def categorical_kl(q_log_probs, p_log_probs) -> torch.Tensor:
-    """KL(q || p) of categoricals over dim 1, per category: q_k (log q_k - log p_k), nats.
-
-    Sums over dim 1 to the KL; a category with q_k = 0 adds 0.
-    """
-    q = q_log_probs.exp()
-    return torch.where(q > 0, q * (q_log_probs - p_log_probs), torch.zeros_like(q))
-
-
-def categorical_draw(log_probs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """A one-hot draw from categoricals over dim 1 (B, K, ...), by Gumbel-max.
-
-    ``noise`` is standard normal (the layout of :meth:`Probe.noise`, so draws are per image and
-    batch-size free), mapped to uniforms by the normal CDF and to Gumbel noise; None: the mode.
-    """
-    scores = log_probs
-    if noise is not None:
-        uniform = (0.5 * (1 + torch.erf(noise.double() / math.sqrt(2)))).clamp(1e-300, 1 - 1e-16)
-        scores = log_probs.double() - torch.log(-torch.log(uniform))
-    index = scores.argmax(dim=1, keepdim=True)
-    return torch.zeros_like(log_probs).scatter_(1, index, 1.0)
-
-
-def categorical_moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, log std) of a one-hot categorical's components: p and 0.5 log(p (1 - p))."""
-    probs = log_probs.exp()
-    return probs, 0.5 * (log_probs + torch.log1p(-probs.clamp(max=1 - 1e-12)))
+class NotBinaryError(ValueError):
+    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
 
 
 @dataclass
@@ -452,51 +428,8 @@ def encode(probe: Probe, x, n_samples: int = 1, generator: Generators = None,
     return probe.encode(x, n_samples, generator, posterior=posterior)
 
 
-def nearest_multiples(size: int, multiple: int) -> tuple[int, ...]:
-    """The multiples of ``multiple`` next to ``size`` (one when ``size`` is one)."""
-    below = (size // multiple) * multiple
-    return tuple(s for s in (below, below + multiple) if s >= multiple) if below != size \
-        else (size,)
-
-
-def check_image_size(height: int, width: int, multiple: int, model: str = "this model") -> None:
-    """Refuse a size whose height or width is not divisible by ``multiple``, naming the nearest
-    valid sizes and the fixes (crop, resize, or pad)."""
-    if height % multiple == 0 and width % multiple == 0:
-        return
-    heights, widths = nearest_multiples(height, multiple), nearest_multiples(width, multiple)
-    nearest = ", ".join(f"{h}x{w}" for h in heights for w in widths)
-    raise ValueError(
-        f"images of {height}x{width} (HxW) do not fit {model}: it takes heights and widths "
-        f"divisible by {multiple} (its downsampling factor); nearest valid sizes: {nearest}. "
-        f"Crop or resize the images, or open the model with pad='reflect' (--option "
-        f"pad=reflect: pads them, and crops reconstructions back)")
-
-
-def check_n_samples(n_samples: int) -> None:
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-
-
 def check_posterior(posterior: str) -> str:
     if posterior not in POSTERIORS:
         raise ValueError(f"posterior must be one of {POSTERIORS} (a posterior sample or its "
                          f"mean), got {posterior!r}")
     return posterior
-
-
-def check_n_fixed(n_fixed: int, n_layers: int) -> None:
-    if isinstance(n_fixed, bool) or not isinstance(n_fixed, int) or not 0 <= n_fixed <= n_layers:
-        raise ValueError(f"n_fixed (layers kept from the given latents) must be an integer in "
-                         f"[0, {n_layers}], got {n_fixed!r}")
-
-
-def per_layer_temperatures(temperature, n_layers: int) -> list[float]:
-    """One temperature per latent layer, from one float or a sequence (checked)."""
-    if isinstance(temperature, (int, float)):
-        return [float(temperature)] * n_layers
-    temperature = [float(t) for t in temperature]
-    if len(temperature) != n_layers:
-        raise ValueError(f"expected one temperature or {n_layers} (one per latent layer), "
-                         f"got {len(temperature)}")
-    return temperature

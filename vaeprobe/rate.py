@@ -20,7 +20,7 @@ from vaeprobe._analysis import (
 )
 from vaeprobe.accumulate import Reducing
 from vaeprobe.arrays import rate_terms
-from vaeprobe.probe import Probe, check_posterior, encode
+from vaeprobe.probe import NotBinaryError, Probe, check_posterior, encode
 
 
 class Moments(Reducing):
@@ -97,8 +97,6 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sam
         at_mean = probe.decode(encode(probe, x, 1, generators, "mean"))
         terms["distortion"] = squared_error(x, at_mean.mean)
     if probe.likelihood_kind != "none":
-        from vaeprobe.adapters.module import NotBinaryError
-
         try:
             terms["log_px"] = likelihood.log_prob(x, kind=probe.likelihood_kind,
                                                   generator=generators).double().cpu()

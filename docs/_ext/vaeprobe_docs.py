@@ -62,7 +62,7 @@ def _indent(text: str, spaces: int = 3) -> str:
 
 
 def _literal(text: str) -> str:
-    return "::\n\n" + _indent(text.rstrip() or "(none)") + "\n"
+    return ".. code-block:: text\n\n" + _indent(text.rstrip() or "(none)") + "\n"
 
 
 def _escape(text) -> str:
@@ -303,8 +303,10 @@ def sections_page(out: Path) -> None:
         how = "from the shared pass" if section.shared else "by its own work"
         text += f"- **computed** {how}\n\n"
         module = inspect.getmodule(section.accumulator or section.compute)
-        text += "**Protocol** (from ``" + module.__name__ + "``):\n\n"
-        text += _docstring_block(module) + "\n"
+        text += "**Protocol** (the docstring of ``" + module.__name__ + "``):\n\n"
+        text += f".. currentmodule:: {module.__name__}\n\n"
+        text += ".. rst-class:: section-protocol\n\n" + _indent(
+            (inspect.getdoc(module) or "(none)").replace("\n\n", "\n\n")) + "\n\n"
         if name in variables:
             text += "**Variables** (a tiny-8 audit on digits8; sizes depend on the model):\n\n"
             text += variables[name] + "\n"

@@ -20,4 +20,4 @@ report = vp.audit(FIXTURES / "tiny8_trained", "digits8:test", n_images=32, quick
                   feature_extractor="random-convnet-TEST-ONLY", lpips_trunk="random-TEST-ONLY",
                   progress=False, device="cpu")
 print(report.summary())
-vp.plot.audit_page(dict(report), title="vp.audit of tiny8_trained on digits8:test")
+figure = vp.plot.audit_page(report, title="vp.audit of tiny8_trained on digits8:test")

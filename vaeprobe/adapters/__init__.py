@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vaeprobe import io, validate
 from vaeprobe.adapters.native import probe_for
-from vaeprobe.models.families import load_model
+from vaeprobe.checkpoint import load_model
 from vaeprobe.probe import Probe
 from vaeprobe.registry import Registry
 from vaeprobe.run import CONFIG_NAME, checkpoint_step, checkpoints

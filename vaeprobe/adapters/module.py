@@ -46,6 +46,7 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
+    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
@@ -66,10 +67,6 @@ BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (
 
 class ModuleInputError(ValueError):
     """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
-
-
-class NotBinaryError(ValueError):
-    """Grey-level images given to a Bernoulli likelihood (defined on levels 0 and 255 only)."""
 
 
 class Bernoulli:
@@ -149,15 +146,55 @@ class ModuleProbe(SharedEncoderProbe):
                           "module": type(model).__name__, **(source or {})})
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        if latent_shape is None:  # one dry run tells the latent shape (adapters may know it)
-            with torch.no_grad():
-                latent_shape = self._moments(torch.zeros((1, *self.image_shape),
-                                                         dtype=torch.uint8,
-                                                         device=self.device))[0].shape[1:]
-        channels, height, width = (int(v) for v in latent_shape)
+        with torch.no_grad():  # a dry run on one image: the latent shape
+            probed = self._moments(_probe_images(self.image_shape, self.device)[:1])[0].shape[1:]
+        channels, height, width = (int(v) for v in latent_shape or probed)
         self.layers = [LayerInfo("z", (height, width), channels)]
         if size_multiple is not None:
             check_image_size(*self.image_shape[1:], size_multiple, self.name)
+        self._check_answers()
+
+    @torch.no_grad()
+    def _check_answers(self) -> None:
+        """A dry run on four images: encoder and decoder answers (floating, one row per image,
+        image-shaped), the decoded means within RANGE_TOLERANCE of ``output_range``."""
+        x = _probe_images(self.image_shape, self.device)
+        mean = self._moments(x)[0]
+        z = mean.flatten(1) if self.layers[0].resolution == (1, 1) else mean
+        out = self._decoded(z, x.shape[0])
+        if self.decoder_output == "logits":
+            return
+        low, high = self.output_range if self.decoder_output == "mean" else (0.0, 1.0)
+        slack = RANGE_TOLERANCE * (high - low)
+        seen_low, seen_high = float(out.min()), float(out.max())
+        if math.isfinite(seen_low + seen_high) and low - slack <= seen_low <= seen_high <= \
+                high + slack:
+            return
+        model = type(self.model).__name__
+        hint = ("decoder_output='logits' if they are logits" if self.decoder_output ==
+                "probabilities" else f"output_range=({seen_low:.3g}, {seen_high:.3g})-like "
+                "bounds of the decoder's last activation (e.g. (-1, 1) for tanh, (0, 255) for "
+                "a [0, 255] model)")
+        raise ValueError(f"{model}.decode gave values on [{seen_low:.3g}, {seen_high:.3g}], "
+                         f"outside its declared range [{low:g}, {high:g}] by more than "
+                         f"{RANGE_TOLERANCE:.0%} of it: every likelihood would be wrong; "
+                         f"declare {hint}")
+
+    def _decoded(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """``model.decode(z)`` checked: floating, one row per image, (B, C, H, W) or flat."""
+        model = type(self.model).__name__
+        out = self.model.decode(z)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise TypeError(f"{model}.decode(z) must return a floating tensor, got "
+                            f"{getattr(out, 'dtype', type(out).__name__)}; return the mean "
+                            f"image as float (e.g. torch.sigmoid(logits))")
+        expected = (n, *self.image_shape)
+        if out.shape[0] != n or tuple(out.shape) not in (expected, (n, math.prod(expected[1:]))):
+            raise ValueError(f"{model}.decode(z) gave {tuple(out.shape)} for {n} latents; "
+                             f"expected {expected} (image_shape) or (B, C*H*W): one image per "
+                             f"latent, channels first (permute a (B, H, W, C) output with "
+                             f".permute(0, 3, 1, 2); check image_shape)")
+        return out.float().reshape(expected)
 
     def _resized(self, height: int, width: int) -> ModuleProbe:
         """The same module at (height, width): a convolutional one (``size_multiple``) maps
@@ -235,10 +272,13 @@ class ModuleProbe(SharedEncoderProbe):
                 raise TypeError(f"scale='none': {type(self.model).__name__}.encode(x) must "
                                 f"return the latent, one tensor (B, D) or (B, C, h, w); got "
                                 f"{getattr(out, 'shape', type(out).__name__)}")
+            _check_answer(self.model, out, x.shape[0], "latent")
             mean = out.float()
             mean = mean[:, :, None, None] if mean.ndim == 2 else mean
             return mean, torch.full_like(mean, -math.inf)
         mean, scale = self._split(out)
+        _check_answer(self.model, mean, x.shape[0], "mean")
+        _check_answer(self.model, scale, x.shape[0], self.scale)
         if mean.shape != scale.shape or mean.ndim not in (2, 4):
             raise ValueError(f"encode(x) must give a mean and a {self.scale} of one shape, "
                              f"(B, D) or (B, C, H, W); got {tuple(mean.shape)} and "
@@ -282,12 +322,7 @@ class ModuleProbe(SharedEncoderProbe):
     def decode(self, latents: LatentPass):
         z = latents.draws[0].z
         flat = self.layers[0].resolution == (1, 1)
-        out = self.model.decode(z.flatten(1) if flat else z).float()
-        if out.numel() != z.shape[0] * math.prod(self.image_shape):
-            raise ValueError(f"{type(self.model).__name__}.decode(z) gave {tuple(out.shape)}; "
-                             f"expected (B, {', '.join(map(str, self.image_shape))}) "
-                             f"(image_shape)")
-        out = out.reshape(z.shape[0], *self.image_shape)
+        out = self._decoded(z.flatten(1) if flat else z, z.shape[0])
         if self.decoder_output == "logits":
             return self._likelihood(torch.sigmoid(out), logits=out)
         low, high = self.output_range
@@ -308,6 +343,32 @@ class ModuleProbe(SharedEncoderProbe):
         noise = self.noise(n, 1, generator)[0] * float(temperature)
         zeros = torch.zeros_like(noise)
         return LatentPass([LayerDraw(p_mean=zeros, p_logstd=zeros, z=noise)], 1)
+
+
+RANGE_TOLERANCE = 0.5  # decoder output may pass its declared range by this fraction of it
+
+
+def _probe_images(image_shape, device) -> torch.Tensor:
+    """The dry run's images: black, mid-grey, white and seeded noise (uint8, (4, C, H, W))."""
+    noise = torch.randint(0, 256, image_shape, generator=torch.Generator().manual_seed(0)
+                          ).to(torch.uint8)
+    flat = [torch.full(image_shape, level, dtype=torch.uint8) for level in (0, 128, 255)]
+    return torch.stack([*flat, noise]).to(device)
+
+
+def _check_answer(model, value, n: int, what: str) -> None:
+    """One tensor of ``encode``'s answer: floating, one row per image of the batch."""
+    name = type(model).__name__
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name}.encode(x) gave its {what} as "
+                        f"{getattr(value, 'dtype', type(value).__name__)}; it must be a "
+                        f"floating tensor (an integer {what} rounds every rate to nothing): "
+                        f"return float values (e.g. drop a .long() / .round())")
+    if value.ndim == 0 or value.shape[0] != n:
+        raise ValueError(f"{name}.encode(x) gave a {what} of shape {tuple(value.shape)} for "
+                         f"a batch of {n} images; it must give one row per image (B first): "
+                         f"reshape with x.shape[0] (not a fixed batch size), and do not "
+                         f"reduce over the batch")
 
 
 def _check_range(value, name: str) -> tuple[float, float]:

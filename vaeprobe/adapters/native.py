@@ -2,8 +2,9 @@
 
 A vaeprobe checkpoint (``ckpt_step*.pt`` / ``.safetensors`` in a run directory) is a dict of
 tensors plus a JSON config naming its model ``family``. The families are registered in
-:mod:`vaeprobe.models.families` (model class, builder, stored config, and the Probe class
-defined here).
+:mod:`vaeprobe.models.families` (model class, builder, stored config); the Probe class of each
+family is registered here, in :data:`probe_classes` (a new family registers its Probe with
+``probe_classes.register("name", ProbeSubclass)``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from vaeprobe import io
+from vaeprobe.checkpoint import load_model
 from vaeprobe.distributed import resolve_device
-from vaeprobe.models.families import families, family_of, load_model
+from vaeprobe.models.families import family_of
 from vaeprobe.models.hvae import HVAE
 from vaeprobe.models.two_stage import TwoStageVAE
 from vaeprobe.probe import (
@@ -28,6 +30,7 @@ from vaeprobe.probe import (
     check_n_fixed,
     per_layer_temperatures,
 )
+from vaeprobe.registry import Registry
 
 
 class _NativeProbe(SharedEncoderProbe):
@@ -178,18 +181,30 @@ class TwoStageProbe(_NativeProbe):
         return LatentPass(draws1 + draws2, 1, {"h": h2, "x_hat": x_hat})
 
 
+def _check_probe_class(name: str, probe_class) -> None:
+    if not (isinstance(probe_class, type) and issubclass(probe_class, Probe)):
+        raise TypeError(f"the Probe of model family {name!r} must be a vaeprobe.probe.Probe "
+                        f"subclass, got {probe_class!r}")
+
+
+# model family name (vaeprobe.models.families) -> the Probe class that wraps its models
+probe_classes = Registry("native Probe class", check=_check_probe_class)
+probe_classes.register("hvae", HVAEProbe)
+probe_classes.register("two_stage", TwoStageProbe)
+
+
 def probe_for(model: nn.Module, device=None, source: dict | None = None) -> Probe:
-    """Wrap one of vaeprobe's own models in its Probe."""
+    """Wrap one of vaeprobe's own models in the Probe registered for its family."""
     try:
-        family = families.get(family_of(model))
+        family = family_of(model)
     except TypeError:
         raise TypeError(f"no Probe for {type(model).__name__}; write an adapter in "
                         f"vaeprobe.adapters or use vp.Probe.from_module") from None
-    probe_class = family.probe_class
-    if not (isinstance(probe_class, type) and issubclass(probe_class, Probe)):
-        raise TypeError(f"model family {family_of(model)!r}: {family.probe} is not a Probe "
-                        f"subclass")
-    return probe_class(model, device, source)
+    if family not in probe_classes:
+        raise TypeError(f"model family {family!r} has no Probe class; register one with "
+                        f"vaeprobe.adapters.native.probe_classes.register({family!r}, "
+                        f"ProbeSubclass)")
+    return probe_classes.get(family)(model, device, source)
 
 
 def open_native(path: str | os.PathLike, device=None, ema: bool = True) -> Probe:

@@ -1,7 +1,7 @@
 """Section "precision", numerical health: predicted and measured float16 / bfloat16 failures.
 
 Prediction (every image, no extra pass): during the audit's float32 shared pass, forward hooks
-record every leaf module's largest |activation|, how many values exceed float16's largest
+record every leaf module's largest ``|activation|``, how many values exceed float16's largest
 finite value (65504: they would become inf) and the share of non-zero values below float16's
 smallest normal (6.1e-5: they lose precision or flush to zero). A
 module beyond a dtype's range predicts a failure in that dtype.

@@ -17,6 +17,7 @@ from vaeprobe.plot._latent_panels import audit_bits, audit_latents  # noqa: F401
 def _mosaic(ax, rows: list[np.ndarray], labels: list[str], columns: int = 8):
     """Rows of uint8 images (N, C, H, W), one mosaic, a label left of each row."""
     rows = [np.asarray(r)[:columns] for r in rows]
+    columns = max(1, max(len(r) for r in rows))  # fewer images than columns: no white margin
     tiles = [tile(r.astype(np.uint8), columns) for r in rows]
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
@@ -92,8 +93,9 @@ def audit_progressive(ds: xr.Dataset, ax=None):
                     fontsize=6, xytext=(2, 2), textcoords="offset points")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("cumulative rate of layers 1..k [nats]")
-    ax.set_ylabel("distortion [sum sq., 0-1]")
-    ax.set_title("first k layers posterior, rest prior", fontsize=9)
+    ax.set_ylabel("distortion [sum of squares on [0, 1]]")
+    ax.set_title("distortion with layers 1..k from the posterior, the rest from the prior\n"
+                 "(labels: k)", fontsize=9)
     ax.legend(fontsize=7)
     return ax
 
@@ -122,10 +124,11 @@ def audit_spectra(ds: xr.Dataset, ax=None):
     ax.axhline(1.0, color="grey", lw=0.7, ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("frequency [cycles / pixel]")
-    ax.set_ylabel("relative power")
+    ax.set_ylabel("power ratio [reconstruction / data]")
     hff = ds["high_frequency_fraction"].values.ravel()[0]
-    ax.set_title(f"high-freq. fraction {hff:.3f} (data "
-                 f"{float(ds['high_frequency_fraction_data']):.3f})", fontsize=9)
+    ax.set_title(f"radial power spectrum of reconstructions over the data's\nhigh-frequency "
+                 f"fraction {hff:.3f} (data {float(ds['high_frequency_fraction_data']):.3f})",
+                 fontsize=9)
     if "latent_power_normalised" in ds and int(ds["spatial"].sum()):
         inset = ax.inset_axes([0.55, 0.55, 0.42, 0.4])
         for layer in ds["layer"].values[ds["spatial"].values == 1]:
@@ -133,7 +136,8 @@ def audit_spectra(ds: xr.Dataset, ax=None):
             keep = np.isfinite(curve.values)
             inset.plot(ds["latent_frequency"].values[keep], curve.values[keep], lw=0.8)
         inset.set_yscale("log")
-        inset.set_title("latent spectra", fontsize=6)
+        inset.set_title("latent spectra [normalised power vs cycles / latent position]",
+                        fontsize=5)
         inset.tick_params(labelsize=5)
     return ax
 
@@ -171,10 +175,13 @@ def audit_precision(ds: xr.Dataset, ax=None):
                 ax.text(x, 1e-12, label, fontsize=6, color="firebrick", ha="center",
                         va="bottom", rotation=90)
     ax.set_xticks(np.arange(len(stages)) + width * (len(dtypes) - 1) / 2, stages)
+    ax.set_xlabel("stage")
     ax.set_yscale("log")
-    ax.set_ylabel("max |deviation| from float32")
+    ax.set_ylabel("max |deviation| from float32\n[latents: latent units; images: 0-1]",
+                  fontsize=8)
     exceeding = json.loads(ds.attrs.get("modules_exceeding_float16", "[]"))
-    ax.set_title(f"{len(exceeding)} module(s) beyond float16 range", fontsize=9)
+    ax.set_title(f"low-precision deviation per stage; {len(exceeding)} module(s) beyond "
+                 f"float16 range", fontsize=9)
     ax.legend(fontsize=7)
     return ax
 

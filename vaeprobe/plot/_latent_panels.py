@@ -66,13 +66,13 @@ def rate_per_dimension(ds: xr.Dataset, ax=None):
 
 
 def audit_bits(ds: xr.Dataset, ax=None):
-    """The bits section's main panel: rate per channel (one-layer models on a latent grid), per
-    dimension sorted (flat one-layer models of at most 512 dims), else per layer."""
+    """The bits section's main panel: for one-layer models the rate per dimension, sorted (flat
+    latents of at most 512 dims), else per channel; for hierarchical models per layer."""
     ax = axes(ax, figsize=(6.5, 4.2))
-    if one_layer_grid(ds):
-        return rate_per_channel(ds, ax=ax)
-    if "rate_per_dim_sorted" in ds:
+    if "rate_per_dim_sorted" in ds and not one_layer_grid(ds):
         return rate_per_dimension(ds, ax=ax)
+    if ds.sizes.get("layer", 0) == 1:
+        return rate_per_channel(ds, ax=ax)
     rate(ds, ax=ax)
     ax.set_title(f"rate per layer: total {float(ds['total_rate']):.4g} nats / image", fontsize=9)
     if ax.get_legend() is not None:
@@ -121,7 +121,7 @@ def audit_rate_map_example(ds: xr.Dataset, ax=None):
     ax.imshow(grey, cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="bilinear")
     norm, cmap = Normalize(0, max(float(rate.max()), 1e-12)), plt.get_cmap("autumn_r")
     colours = cmap(norm(rate))
-    colours[..., 3] = 0.9 * np.clip(norm(rate), 0, 1) ** 0.5  # cheap positions let it show
+    colours[..., 3] = 0.9 * np.clip(norm(rate), 0, 1) ** 0.7  # cheap positions let it show
     ax.imshow(colours, extent=extent, interpolation="nearest")
     ax.figure.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.046, pad=0.03,
                        label="KL [nats / position]")
@@ -153,7 +153,8 @@ def latents_per_channel(ds: xr.Dataset, ax=None):
     categorical(ax, channel_labels(channels), rotation=45 if channels > 12 else 0)
     ax.set_xlabel("latent channel")
     ax.set_ylabel("mean, std over images and positions [latent units]", fontsize=8)
-    ax.set_title(_factors_title(ds), fontsize=9)
+    ax.set_title("posterior means per channel against the checkpoint's factors\n"
+                 + _factors_title(ds), fontsize=9)
     ax.legend(fontsize=7)
     return ax
 
@@ -182,14 +183,13 @@ def latents_per_layer(ds: xr.Dataset, ax=None):
     categorical(ax, layer_labels(ds), rotation=45 if len(positions) > 4 else 0)
     ax.set_xlabel("latent layer (top to bottom)")
     ax.set_ylabel("std [latent units]")
-    ax.set_title(_factors_title(ds), fontsize=9)
+    ax.set_title("spread of the latents per layer\n" + _factors_title(ds), fontsize=9)
     ax.legend(fontsize=7)
     return ax
 
 
 def audit_latents(ds: xr.Dataset, ax=None):
-    """The latents section's panel: per channel for one-layer models on a latent grid, else per
-    layer."""
-    if one_layer_grid(ds):
+    """The latents section's panel: per channel for one-layer models, else per layer."""
+    if ds.sizes.get("layer", 0) == 1:
         return latents_per_channel(ds, ax=ax)
     return latents_per_layer(ds, ax=ax)

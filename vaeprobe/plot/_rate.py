@@ -43,8 +43,8 @@ def iwae_convergence(ds: xr.Dataset, ax=None):
     ax.plot(ks, ds["bpd_by_k"].values, marker="o", label="IWAE bound $L_K$")
     ax.axhline(float(ds["elbo_bpd_mean"]), color="grey", ls="--", label="ELBO")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("importance samples K")
-    ax.set_ylabel("bits / dim")
+    ax.set_xlabel("importance samples K [samples per image]")
+    ax.set_ylabel("-log p(x) bound [bits / dim]")
     ax.set_title(f"K={ks[-1]}: {float(ds['bpd_mean']):.3f} ± {float(ds['bpd_se']):.3f} bpd "
                  f"({ds.attrs.get('likelihood_kind', '')})")
     ax.legend()
