@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import vaeprobe as vp
-from vaeprobe import io
+from vaeprobe import atomic, io
 
 
 def _result():
@@ -78,7 +78,7 @@ def test_stale_temporaries_of_killed_writers_are_cleaned_on_the_next_write(tmp_p
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that is gone
-    tag = io._host_tag()
+    tag = atomic.host_tag()
     orphan = tmp_path / f".r.nc.{tag}-{dead.pid}-abcd1234.nc.tmp"
     old = tmp_path / ".x.nc.k3j_9a2b.nc.tmp"  # the earlier mkstemp naming, an hour old
     live = tmp_path / f".y.nc.{tag}-{os.getpid()}-abcd1234.nc.tmp"  # a writer still running

@@ -35,13 +35,16 @@ def test_contract_module_imports_nothing_model_specific():
                      for alias in node.names}
         return {name for name in imported if name and name.startswith("vaeprobe")}
 
-    # the contract, its densities and its argument checks; those two import nothing of ours
-    parts = {"vaeprobe.densities", "vaeprobe.probe_checks"}
+    # the contract, its densities and its argument checks; those two import nothing of ours;
+    # chunking (rows per pass from free memory) only the memory budget of vaeprobe.validate
+    parts = {"vaeprobe.densities", "vaeprobe.probe_checks", "vaeprobe.chunking"}
     assert ours(vaeprobe.probe) == {"vaeprobe.random"} | parts, ours(vaeprobe.probe)
+    import vaeprobe.chunking
     import vaeprobe.densities
     import vaeprobe.probe_checks
 
     assert not ours(vaeprobe.densities) | ours(vaeprobe.probe_checks)
+    assert ours(vaeprobe.chunking) == {"vaeprobe.validate"}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 
 def fit_probe(probe: Probe, data) -> tuple[Probe, object]:
@@ -44,7 +44,9 @@ def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
 
 def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
             progress: bool, desc: str, shard: bool = False):
-    """Yield (images on device, per-image generators) with a progress bar over images.
+    """Yield (images on device, per-image streams) with a progress bar over images.
+
+    The streams (:func:`vaeprobe.random.image_streams`) are keyed by (``seed``, dataset index).
 
     ``shard``: under torchrun only this rank's contiguous block of ``indices`` is evaluated
     (:func:`vaeprobe.distributed.shard`); the caller must then reduce its results with
@@ -57,7 +59,7 @@ def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
     for x in vdata.iterate_batches(dataset, batch_size, local, device=device):
         chunk = local[start:start + len(x)]
         start += len(x)
-        yield x.to(device), image_generators(seed, chunk.tolist(), device)
+        yield x.to(device), image_streams(seed, chunk, device)
         bar.update(len(x))
     bar.close()
 

@@ -9,6 +9,8 @@ import argparse
 import inspect
 import sys
 
+from vaeprobe.adapters.format_registry import checkpoint_help
+
 # how a None default reads in --help, per parameter
 NONE_MEANS = {
     "n_images": "all",
@@ -92,10 +94,12 @@ def add_common(parser, *, out: bool = True, plot: bool = True) -> None:
 
 
 # ---- opening a model ------------------------------------------------------------------------
-CHECKPOINT_HELP = ("a run directory (latest checkpoint), a ckpt_step*.pt file, or a "
-                   "third-party model: diffusers AutoencoderKL folder, pythae folder, VDVAE .th, "
-                   "disentangling-vae or JointVAE folder, TAESD-family .pth pair or "
-                   "AutoencoderTiny folder")
+def __getattr__(name: str):
+    """``CHECKPOINT_HELP``: the help of a CHECKPOINT argument, generated from the format
+    registry when asked for (:func:`vaeprobe.adapters.format_registry.checkpoint_help`)."""
+    if name == "CHECKPOINT_HELP":
+        return checkpoint_help()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_load_arguments(parser, api: ApiArguments) -> None:
@@ -158,7 +162,7 @@ def model_command(sub, name: str, function, help: str, example: str) -> tuple:
 
     parser = add_subparser(sub, name, help, example)
     api = ApiArguments(parser, function, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="evaluation images: a dataset name "
                         "(e.g. patches32:test; folder:PATH is read at the model's image size)")
     api.add("--n-images", type=int, help="evaluate a seeded random subset of this many images")
@@ -231,14 +235,14 @@ def check_outputs(args) -> None:
     """Every output path of the command, checked before any work: never one of its inputs (the
     model's files, its run directory's checkpoints and config, a data file), an existing file
     replaced only when it is a vaeprobe result (or --overwrite), and writable."""
-    from vaeprobe import io
+    from vaeprobe import outputs  # the one output policy
 
     inputs = _input_paths(args)
     for flag in ("out", "plot", "preview"):
         if flag == "out" and getattr(args, "out_is_directory", False):
             _check_directory(args.out, inputs)
         elif getattr(args, flag, None):
-            io.check_output(getattr(args, flag), f"--{flag}", inputs=inputs,
+            outputs.check_output(getattr(args, flag), f"--{flag}", inputs=inputs,
                             overwrite=getattr(args, "overwrite", False))
 
 

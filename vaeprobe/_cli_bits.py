@@ -84,11 +84,11 @@ def _cmd_compress(args) -> int:
 def add_compress(sub) -> None:
     import vaeprobe as vp
     from vaeprobe._cli_args import (
-        CHECKPOINT_HELP,
         ApiArguments,
         add_common,
         add_load_arguments,
         add_subparser,
+        checkpoint_help,
     )
 
     parser = add_subparser(
@@ -96,7 +96,7 @@ def add_compress(sub) -> None:
         "bits/dim beside the -ELBO, a .vpbb file",
         "vaeprobe compress runs/demo --data patches32:test --n-images 100 --file test.vpbb")
     api = ApiArguments(parser, vp.compress, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="the images to code, e.g. "
                         "patches32:test")
     api.add("--n-images", type=int, help="code a seeded random subset of this many images")

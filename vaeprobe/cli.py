@@ -27,6 +27,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     add_safety_arguments,
     add_subparser,
     check_outputs,
+    checkpoint_help,
     dest_of,
     error_text,
     finish,
@@ -37,6 +38,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     show_default,
 )
 from vaeprobe._cli_bits import add_compare, add_compress, add_decompress, add_information
+from vaeprobe._cli_nouns import add_nouns
 from vaeprobe._version import __version__
 from vaeprobe.audit.cli import add_audit
 
@@ -80,64 +82,6 @@ def _add_data(sub) -> None:
     parser.add_argument("--n-preview", type=int, default=64,
                         help="examples in the preview (default: 64)")
     parser.set_defaults(run=_cmd_data)
-
-
-# ---- rate, iwae -----------------------------------------------------------------------------
-def _cmd_rate(args) -> int:
-    import vaeprobe as vp
-
-    probe = load_probe(args)
-    ds = vp.rate(probe, args.data, n_images=args.n_images, seed=args.seed,
-                 batch_size=args.batch_size, active_threshold=args.active_threshold,
-                 posterior=args.posterior)
-    print(ds[["rate", "rate_fraction"]].to_dataframe().to_string(float_format="%.3f"))
-    print(ds["rate_by_resolution"].to_series().to_string(float_format="%.3f"))
-    print(f"total rate {float(ds.total_rate):.2f} ± {float(ds.total_rate_se):.2f} nats, "
-          f"distortion {float(ds.distortion):.3f}, active units {int(ds.active_units)}")
-    return finish(ds, args, vp.plot.rate)
-
-
-def _add_rate(sub) -> None:
-    import vaeprobe as vp
-    from vaeprobe.probe import POSTERIORS
-
-    parser, api = model_command(
-        sub, "rate", vp.rate, "rate (KL in nats per image) per latent layer, resolution and "
-        "channel; active units",
-        "vaeprobe rate runs/demo --data patches32:test --out rate.nc --plot rate.png")
-    api.add("--active-threshold", type=float, units="nats", help="a channel is an active unit "
-            "when its mean KL exceeds this")
-    api.add("--posterior", choices=POSTERIORS, help="the distortion decodes a posterior sample "
-            "or the posterior mean")
-    parser.set_defaults(run=_cmd_rate)
-
-
-def _cmd_iwae(args) -> int:
-    import vaeprobe as vp
-
-    probe = load_probe(args)
-    ds = vp.iwae(probe, args.data, k=args.k, n_images=args.n_images, chunk=args.chunk,
-                 batch_size=args.batch_size, seed=args.seed, kind=args.kind)
-    print(f"IWAE (K={args.k}) {float(ds.bpd_mean):.4f} ± {float(ds.bpd_se):.4f} bits/dim; "
-          f"ELBO {float(ds.elbo_bpd_mean):.4f} ± {float(ds.elbo_bpd_se):.4f}; mean ESS "
-          f"{float(ds.ess.mean()):.1f} of {args.k} ({ds.attrs['likelihood_kind']}, "
-          f"{ds.attrs['n_images']} images)")
-    return finish(ds, args, vp.plot.iwae_convergence)
-
-
-def _add_iwae(sub) -> None:
-    import vaeprobe as vp
-
-    parser, api = model_command(
-        sub, "iwae", vp.iwae, "importance-weighted bound on log p(x), in bits/dim",
-        "vaeprobe iwae runs/demo -k 1000 --data patches32:test --n-images 200 --plot iwae.png")
-    api.add("-k", type=int, units="draws", help="importance samples per image (K)")
-    api.add("--chunk", type=int, help="draws per image per pass (memory only: results do not "
-            "depend on it)")
-    api.add("--kind", choices=("discretized", "dequantized"), help="how log p(x|z) is "
-            "evaluated: a PMF over the 256 levels, or a density on dequantized data (+8 "
-            "bits/dim)")
-    parser.set_defaults(run=_cmd_iwae)
 
 
 # ---- quality --------------------------------------------------------------------------------
@@ -188,7 +132,7 @@ def _add_quality(sub) -> None:
         f"them); the stand-ins {', '.join(stand_ins)} need none and are for tests only: "
         "their numbers are flagged and not comparable.")
     api = ApiArguments(parser, vp.sample_quality, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--reference", required=True, help="real images, e.g. patches32:test "
                         "(folder:PATH is read at the model's image size)")
     api.add("--n-images", "-n", type=int, units="images", help="images per kind (and "
@@ -251,7 +195,7 @@ def _add_samples(sub) -> None:
         "reconstructions of --data, as a PNG grid (--plot) and/or a Dataset (--out .nc). The "
         "FID/KID/precision-recall/LPIPS metrics are `vaeprobe quality`.")
     api = ApiArguments(parser, vp.samples, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--n-images", "-n", type=int, default=64,
                         help="number of images (default: 64)")
     api.add("--kind", choices=KINDS, help="prior samples (mean, stochastic) or reconstructions "
@@ -409,7 +353,7 @@ def _add_pca(sub) -> None:
     parser.set_defaults(run=_cmd_pca)
 
 
-COMMANDS = [_add_data, _add_rate, _add_iwae, _add_samples, _add_quality, _add_spectrum,
+COMMANDS = [_add_data, add_nouns, _add_samples, _add_quality, _add_spectrum,
             _add_pca, _add_weights, add_audit, add_information, add_compress, add_decompress,
             add_compare]
 

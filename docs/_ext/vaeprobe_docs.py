@@ -225,14 +225,16 @@ def training_page(out: Path) -> None:
 
 # ------------------------------------------------------------------ formats and sections
 
-def _docstring_block(obj) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return _literal(doc) if doc else ""
-
-
 def _source_name(function) -> str:
     module = getattr(function, "__module__", "")
     return f"``{module}.{getattr(function, '__qualname__', repr(function))}``"
+
+
+def _numpydoc(function) -> dict:
+    """The parsed numpydoc sections of a function's docstring."""
+    from numpydoc.docscrape import NumpyDocString
+
+    return NumpyDocString(inspect.getdoc(function) or "")
 
 
 def formats_page(out: Path) -> None:
@@ -254,6 +256,18 @@ def formats_page(out: Path) -> None:
         text += f"**Sniffing rule.** {_source_name(entry.sniff)}" + \
             (f": {sniff_doc}" if sniff_doc else "") + "\n\n"
         names, required = entry.options()
+        parsed = _numpydoc(opener)
+        described = {item.name: item for item in parsed["Parameters"]}
+        for item in parsed["Parameters"]:  # "format, options : ..." documents two at once
+            for part in item.name.split(","):
+                described.setdefault(part.strip(), item)
+        module = opener.__module__
+        text += f".. currentmodule:: {module}\n\n"
+        summary = " ".join(parsed["Summary"])
+        text += f"**Opened by** ``{entry.opener}``: {summary}\n\n"
+        for paragraph in (*parsed["Extended Summary"], *parsed["Notes"]):
+            text += paragraph + "\n"
+        text += "\n"
         parameters = inspect.signature(opener).parameters
         if names:
             text += "**Options** (``vp.load(path, format=..., KEY=VALUE)``, CLI " \
@@ -261,7 +275,11 @@ def formats_page(out: Path) -> None:
             for option in names:
                 default = parameters[option].default
                 shown = "required" if option in required else f"default ``{default!r}``"
-                text += f"- ``{option}``: {shown}\n"
+                item = described.get(option)
+                kind = f" ({_escape(item.type)})" if item is not None and item.type else ""
+                meaning = " ".join(item.desc) if item is not None else ""
+                text += f"- ``{option}``{kind}, {shown}" + (f": {meaning}" if meaning else "")
+                text += "\n"
             text += "\n"
         else:
             text += "**Options.** none\n\n"
@@ -271,8 +289,6 @@ def formats_page(out: Path) -> None:
                 if value not in (None, "", (), [], {}):
                     text += f"**{extra.name.replace('_', ' ').capitalize()}.** " \
                             f"{_escape(value)}\n\n"
-        text += f"**Opener and quirks** (the docstring of ``{entry.opener}``):\n\n"
-        text += _docstring_block(opener) + "\n"
     _write(out / "formats.rst", text)
 
 
@@ -407,7 +423,25 @@ def generate(app) -> None:
     sections_page(out)
 
 
+def _numpydoc_warnings_are_sphinx_warnings() -> None:
+    """numpydoc reports an unknown or malformed section as a Python UserWarning, which ``-W``
+    does not see; say it through Sphinx's logger instead, so that it fails the build."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "numpydoc" in str(filename):
+            LOG.warning(f"numpydoc could not parse a docstring: {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", category=UserWarning, module=r"numpydoc\..*")
+
+
 def setup(app):
+    _numpydoc_warnings_are_sphinx_warnings()
     app.connect("builder-inited", generate)
     app.connect("missing-reference", missing_reference)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -20,7 +20,8 @@ import vaeprobe as vp
 from trainers.config import make
 from trainers.train import train
 
-runs = tempfile.mkdtemp()
+workdir = tempfile.TemporaryDirectory()  # removed when the script ends
+runs = workdir.name
 rows = []
 for gamma in (0.5, 2.0, 8.0):
     run = train(make(preset="tiny-8", data="digits8", objective="distortion", gamma=gamma,

@@ -19,8 +19,9 @@ import vaeprobe as vp
 from trainers.config import make
 from trainers.train import train
 
+workdir = tempfile.TemporaryDirectory()  # removed when the script ends
 run = train(make(preset="tiny-8", data="digits8", objective="distortion", gamma=1.0,
-                 steps=150, ckpt_every=50, out=tempfile.mkdtemp() + "/run", progress=False,
+                 steps=150, ckpt_every=50, out=f"{workdir.name}/run", progress=False,
                  device="cpu"))
 print(vp.checkpoints(run))
 spectra = vp.spectrum(run, "digits8:test", n_images=128, progress=False)

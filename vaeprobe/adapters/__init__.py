@@ -1,155 +1,40 @@
-"""Checkpoint formats -> Probe: one registry entry per format, sniffed by :func:`load`.
-
-Each :class:`Format` names its opener as ``"module:function"`` (imported only when that format
-is opened, so optional dependencies stay optional), a ``sniff(path) -> bool`` that recognises
-its files without reading weights, and a one-line description of those files. The opener is
-called as ``opener(path, device=..., **options)`` and resolves the path itself: the format is
-chosen first. Its keyword parameters (other than ``path`` and ``device``) are the format's
-options; those without a default are required.
+"""Checkpoint formats -> Probe: each format registers itself in its own module (its opener, a
+``sniff(path) -> bool`` that recognises its files without reading weights, and a one-line
+description of those files; :mod:`vaeprobe.adapters.format_registry` says how to add one),
+and :func:`load` sniffs the format of a path. The opener is called as
+``opener(path, device=..., **options)`` and resolves the path itself: the format is chosen
+first. Its keyword parameters (other than ``path`` and ``device``) are the format's options;
+those without a default are required.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import json
 import os
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from vaeprobe import io, validate
+
+# each format's module registers it (import order does not matter: names are sorted)
+from vaeprobe.adapters import (  # noqa: F401
+    diffusers,
+    disvae,
+    jointvae,
+    pythae,
+    taesd,
+    vdvae,
+)
+from vaeprobe.adapters.format_registry import (
+    Format,
+    FormatError,
+    claimants,
+    formats,
+    known,
+)
 from vaeprobe.adapters.native import probe_for
 from vaeprobe.checkpoint import load_model
 from vaeprobe.probe import Probe
-from vaeprobe.registry import Registry
-from vaeprobe.run import CONFIG_NAME, checkpoint_step, checkpoints
-
-
-@dataclass(frozen=True)
-class Format:
-    """One checkpoint format: its opener, how to recognise its files, and what they are."""
-
-    opener: str  # "package.module:function", imported when the format is opened
-    sniff: Callable[[Path], bool]  # does this path look like the format? (reads no weights)
-    files: str  # what the format's files look like, for error messages
-
-    def open_function(self) -> Callable[..., Probe]:
-        module, _, function = self.opener.partition(":")
-        return getattr(importlib.import_module(module), function)
-
-    def __call__(self, path, **options) -> Probe:
-        """Open ``path`` with this format's opener directly (no sniffing, no provenance of the
-        options: :func:`load` adds those)."""
-        return self.open_function()(path, **options)
-
-    def options(self) -> tuple[list[str], list[str]]:
-        """(all option names, required option names) from the opener's signature."""
-        parameters = list(inspect.signature(self.open_function()).parameters.values())[1:]
-        names = [p.name for p in parameters if p.name != "device"
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        required = [p.name for p in parameters if p.name in names and p.default is p.empty]
-        return names, required
-
-
-def _check_format(name: str, entry) -> None:
-    if not isinstance(entry, Format):
-        raise TypeError(f"checkpoint format {name!r} must be registered as a Format(opener, "
-                        f"sniff, files), got {type(entry).__name__}")
-    if not re.fullmatch(r"[\w.]+:\w+", entry.opener):
-        raise ValueError(f"checkpoint format {name!r}: opener must be 'package.module:function', "
-                         f"got {entry.opener!r}")
-    if not callable(entry.sniff):
-        raise TypeError(f"checkpoint format {name!r}: sniff must be callable(path) -> bool")
-
-
-formats = Registry("checkpoint format", check=_check_format)
-
-
-def _is_native(path: Path) -> bool:
-    if path.is_dir():  # a run directory: checkpoints, or the config a run writes first
-        return bool(checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
-    return (checkpoint_step(path) is not None
-            or (path.suffix in (".pt", ".safetensors") and not _is_pythae(path)
-                and not _is_diffusers(path) and not _is_disvae(path)
-                and not _is_jointvae(path) and not _is_taesd(path)))
-
-
-def _is_pythae(path: Path) -> bool:
-    folder = path.parent if path.is_file() else path
-    return (folder / "model_config.json").is_file() and (folder / "model.pt").is_file()
-
-
-def _is_vdvae(path: Path) -> bool:
-    names = ("-model-ema.th", "-model.th")
-    if path.is_dir():  # a VDVAE save folder
-        return any(p.name.endswith(names) for p in path.iterdir())
-    return path.name.endswith(names)
-
-
-def _is_diffusers(path: Path) -> bool:
-    from vaeprobe.adapters.diffusers import sniff  # the model code, not diffusers itself
-
-    return sniff(path)
-
-
-def _is_disvae(path: Path) -> bool:
-    from vaeprobe.adapters.disvae import sniff
-
-    return sniff(path)
-
-
-def _is_jointvae(path: Path) -> bool:
-    from vaeprobe.adapters.jointvae import sniff
-
-    return sniff(path)
-
-
-def _is_taesd(path: Path) -> bool:
-    from vaeprobe.adapters.taesd import sniff
-
-    return sniff(path)
-
-
-def _json_has(path: Path, key: str) -> bool:
-    try:
-        return key in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-formats.register("vaeprobe", Format(
-    "vaeprobe.adapters.native:open_native", _is_native,
-    "a vaeprobe run directory or ckpt_step*.pt / .safetensors file"))
-formats.register("diffusers", Format(
-    "vaeprobe.adapters.diffusers:open_diffusers", _is_diffusers,
-    "a folder with config.json (_class_name AutoencoderKL) and a .safetensors file"))
-formats.register("pythae", Format(
-    "vaeprobe.adapters.pythae:open_pythae", _is_pythae,
-    "a pythae model.save folder: model_config.json + model.pt"))
-formats.register("disvae", Format(
-    "vaeprobe.adapters.disvae:open_disvae", _is_disvae,
-    "a disentangling-vae results folder: specs.json (model_type, rec_dist) + model.pt"))
-formats.register("jointvae", Format(
-    "vaeprobe.adapters.jointvae:open_jointvae", _is_jointvae,
-    "a JointVAE trained_models folder: specs.json (latent_spec) + model.pt"))
-formats.register("taesd", Format(
-    "vaeprobe.adapters.taesd:open_taesd", _is_taesd,
-    "a tiny autoencoder: <taesd|taesdxl|taesd3|taef1|taef2>_encoder.pth + _decoder.pth, or a "
-    "diffusers AutoencoderTiny folder (config.json + .safetensors)"))
-formats.register("vdvae", Format(
-    "vaeprobe.adapters.vdvae:open_vdvae", _is_vdvae,
-    "an openai/vdvae *-model-ema.th or *-model.th file, or a folder with one"))
-
-
-class FormatError(ValueError):
-    """A path whose format is unknown, ambiguous or not the one asked for, or bad options."""
-
-
-def _known() -> str:
-    return "; ".join(f"{name!r}: {formats.get(name).files}" for name in formats.names())
 
 
 def sniff_format(path: str | os.PathLike) -> str:
@@ -157,14 +42,14 @@ def sniff_format(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint or model folder not found: {path}")
-    found = [name for name in formats.names() if formats.get(name).sniff(path)]
+    found = claimants(path)
     if len(found) == 1:
         return found[0]
     if found:
         raise FormatError(f"{path} looks like several formats {found}; choose one with "
                           f"format=..., e.g. vp.load(path, format={found[0]!r})")
     raise FormatError(_missing_piece(path) or
-                      f"cannot tell the format of {path}. Known formats: {_known()}. Pass "
+                      f"cannot tell the format of {path}. Known formats: {known()}. Pass "
                       f"format='<name>' (CLI: --format NAME) if the files are one of these")
 
 
@@ -243,23 +128,22 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     >>> load("sd-vae-ft-mse/", image_size=256).source["format"]  # doctest: +SKIP
     'diffusers'
     """
-    from vaeprobe.distributed import default_device
+    from vaeprobe.distributed import resolve_device
 
     path = Path(path)
     if format is None:
         format = sniff_format(path)
     elif format not in formats:
-        raise FormatError(f"unknown format {format!r}; known formats: {_known()}")
+        raise FormatError(f"unknown format {format!r}; known formats: {known()}")
     entry = formats.get(format)
-    if path.exists() and not entry.sniff(path):
-        others = [name for name in formats.names() if formats.get(name).sniff(path)]
-        if others:
-            if others == ["vaeprobe"] and (missing := _missing_piece(path)):
-                raise FormatError(missing)  # any .pt file sniffs as 'vaeprobe': say more
-            raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
-                              f"({entry.files}); pass format={others[0]!r} or format=None")
+    others = claimants(path) if path.exists() else []
+    if others and format not in others:
+        if others == ["vaeprobe"] and (missing := _missing_piece(path)):
+            raise FormatError(missing)  # any .pt file sniffs as 'vaeprobe': say more
+        raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
+                          f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
-    device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
+    device = resolve_device(device)  # None: cuda:LOCAL_RANK (torchrun), else the CPU
     # defaults keep a policy set around the call (e.g. the CLI's around vp.spectrum of a run)
     policy = validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite) if (
         max_memory is not None or allow_nonfinite) else contextlib.nullcontext()

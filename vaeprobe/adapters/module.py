@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaeprobe.adapters._common import MeanOnly
+from vaeprobe.adapters._common import MeanOnly, check_answer, probe_images
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
@@ -147,7 +147,7 @@ class ModuleProbe(SharedEncoderProbe):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         with torch.no_grad():  # a dry run on one image: the latent shape
-            probed = self._moments(_probe_images(self.image_shape, self.device)[:1])[0].shape[1:]
+            probed = self._moments(probe_images(self.image_shape, self.device)[:1])[0].shape[1:]
         channels, height, width = (int(v) for v in latent_shape or probed)
         self.layers = [LayerInfo("z", (height, width), channels)]
         if size_multiple is not None:
@@ -158,7 +158,7 @@ class ModuleProbe(SharedEncoderProbe):
     def _check_answers(self) -> None:
         """A dry run on four images: encoder and decoder answers (floating, one row per image,
         image-shaped), the decoded means within RANGE_TOLERANCE of ``output_range``."""
-        x = _probe_images(self.image_shape, self.device)
+        x = probe_images(self.image_shape, self.device)
         mean = self._moments(x)[0]
         z = mean.flatten(1) if self.layers[0].resolution == (1, 1) else mean
         out = self._decoded(z, x.shape[0])
@@ -272,13 +272,13 @@ class ModuleProbe(SharedEncoderProbe):
                 raise TypeError(f"scale='none': {type(self.model).__name__}.encode(x) must "
                                 f"return the latent, one tensor (B, D) or (B, C, h, w); got "
                                 f"{getattr(out, 'shape', type(out).__name__)}")
-            _check_answer(self.model, out, x.shape[0], "latent")
+            check_answer(self.model, out, x.shape[0], "latent")
             mean = out.float()
             mean = mean[:, :, None, None] if mean.ndim == 2 else mean
             return mean, torch.full_like(mean, -math.inf)
         mean, scale = self._split(out)
-        _check_answer(self.model, mean, x.shape[0], "mean")
-        _check_answer(self.model, scale, x.shape[0], self.scale)
+        check_answer(self.model, mean, x.shape[0], "mean")
+        check_answer(self.model, scale, x.shape[0], self.scale)
         if mean.shape != scale.shape or mean.ndim not in (2, 4):
             raise ValueError(f"encode(x) must give a mean and a {self.scale} of one shape, "
                              f"(B, D) or (B, C, H, W); got {tuple(mean.shape)} and "
@@ -348,29 +348,6 @@ class ModuleProbe(SharedEncoderProbe):
 RANGE_TOLERANCE = 0.5  # decoder output may pass its declared range by this fraction of it
 
 
-def _probe_images(image_shape, device) -> torch.Tensor:
-    """The dry run's images: black, mid-grey, white and seeded noise (uint8, (4, C, H, W))."""
-    noise = torch.randint(0, 256, image_shape, generator=torch.Generator().manual_seed(0)
-                          ).to(torch.uint8)
-    flat = [torch.full(image_shape, level, dtype=torch.uint8) for level in (0, 128, 255)]
-    return torch.stack([*flat, noise]).to(device)
-
-
-def _check_answer(model, value, n: int, what: str) -> None:
-    """One tensor of ``encode``'s answer: floating, one row per image of the batch."""
-    name = type(model).__name__
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name}.encode(x) gave its {what} as "
-                        f"{getattr(value, 'dtype', type(value).__name__)}; it must be a "
-                        f"floating tensor (an integer {what} rounds every rate to nothing): "
-                        f"return float values (e.g. drop a .long() / .round())")
-    if value.ndim == 0 or value.shape[0] != n:
-        raise ValueError(f"{name}.encode(x) gave a {what} of shape {tuple(value.shape)} for "
-                         f"a batch of {n} images; it must give one row per image (B first): "
-                         f"reshape with x.shape[0] (not a fixed batch size), and do not "
-                         f"reduce over the batch")
-
-
 def _check_range(value, name: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value)
@@ -388,6 +365,12 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
                 decoder_output: str = "mean", size_multiple: int | None = None,
                 encoder_input: str = "image", device=None) -> ModuleProbe:
     """A Probe over a plain single-latent VAE (or deterministic autoencoder) module.
+
+    The module's answers are checked on a dry run of four images (black, grey, white, noise)
+    when the Probe is made, and the shapes on every call: ``encode``'s parts floating with one
+    row per image, ``decode``'s output floating and (B, C, H, W) or (B, C*H*W), and the decoded
+    means within half a range of ``output_range`` (``RANGE_TOLERANCE``); each error names the
+    fix (the option to declare, or the line to change in the module).
 
     Parameters
     ----------

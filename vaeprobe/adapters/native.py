@@ -9,12 +9,15 @@ family is registered here, in :data:`probe_classes` (a new family registers its 
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from vaeprobe import io
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.checkpoint import load_model
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.families import family_of
@@ -31,6 +34,7 @@ from vaeprobe.probe import (
     per_layer_temperatures,
 )
 from vaeprobe.registry import Registry
+from vaeprobe.run import CONFIG_NAME, checkpoint_step, checkpoints
 
 
 class _NativeProbe(SharedEncoderProbe):
@@ -222,3 +226,23 @@ def decoder_facts(model: nn.Module) -> dict:
     (NaN for per-pixel and mixture heads). A two-stage model's decoder is its secondary's."""
     head = model.head
     return dict(decoder_likelihood=head.kind, decoder_sigma=head.shared_sigma())
+
+
+def sniff(path: Path) -> bool:
+    """A run directory (checkpoints, or the config a run writes first), a ``ckpt_step*`` file,
+    or any ``.pt`` / ``.safetensors`` file that no other format claims (a fallback)."""
+    if path.is_dir():
+        return bool(checkpoints(path)) or _json_has(path / CONFIG_NAME, "train")
+    return checkpoint_step(path) is not None or path.suffix in (".pt", ".safetensors")
+
+
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        return key in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+formats.register("vaeprobe", Format(
+    "vaeprobe.adapters.native:open_native", sniff,
+    "a vaeprobe run directory or ckpt_step*.pt / .safetensors file", fallback=True))

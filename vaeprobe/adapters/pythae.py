@@ -26,6 +26,7 @@ from torch import nn
 
 from vaeprobe import io, validate
 from vaeprobe.adapters._common import file_source, read_tensors
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -201,9 +202,12 @@ def open_pythae(path: Path, *, pixel_range=(0.0, 1.0), likelihood: str = "none",
     encoder, decoder, custom = _networks(folder, config, encoder, decoder)
     model = PythaeVAE(encoder, decoder, custom)
     payload = read_tensors(weights_path)
-    if not isinstance(payload, dict) or "model_state_dict" not in payload:
-        raise io.CheckpointError(f"{weights_path} has no 'model_state_dict': not a pythae "
-                                 f"model.pt")
+    if not isinstance(payload, dict) or not isinstance(payload.get("model_state_dict"), dict):
+        found = type(payload.get("model_state_dict")).__name__ if isinstance(payload, dict) \
+            else type(payload).__name__
+        raise io.CheckpointError(f"{weights_path} has no 'model_state_dict' dict of tensors "
+                                 f"(found a {found}): not a pythae model.pt (pythae's "
+                                 f"model.save writes {{'model_state_dict': {{name: tensor}}}})")
     state = {k: v for k, v in payload["model_state_dict"].items()
              if not k.startswith(SKIPPED_PREFIXES)}
     check_state_dict(model, state, weights_path)
@@ -214,3 +218,8 @@ def open_pythae(path: Path, *, pixel_range=(0.0, 1.0), likelihood: str = "none",
     return ModuleProbe(model, _image_shape(config, image_shape, config_path),
                        pixel_range=pixel_range,
                        likelihood=likelihood, sigma=sigma, device=device, source=source)
+
+
+formats.register("pythae", Format(
+    "vaeprobe.adapters.pythae:open_pythae", sniff,
+    "a pythae model.save folder: model_config.json + model.pt"))

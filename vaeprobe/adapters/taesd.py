@@ -37,6 +37,7 @@ from torch import nn
 from vaeprobe import io
 from vaeprobe.adapters._common import file_source, read_tensors
 from vaeprobe.adapters.diffusers import parse_image_size
+from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
 from vaeprobe.io import check_state_dict
 
@@ -255,3 +256,9 @@ def open_taesd(path: Path, *, image_size=None, device=None) -> ModuleProbe:
 
 
 __all__ = ["TinyAutoencoder", "VARIANTS", "open_taesd", "sniff"]
+
+
+formats.register("taesd", Format(
+    "vaeprobe.adapters.taesd:open_taesd", sniff,
+    "a tiny autoencoder: <taesd|taesdxl|taesd3|taef1|taef2>_encoder.pth + _decoder.pth, or a "
+    "diffusers AutoencoderTiny folder (config.json + .safetensors)"))

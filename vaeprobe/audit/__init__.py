@@ -35,7 +35,6 @@ and a rerun into the same directory computes only what is missing.
 from __future__ import annotations
 
 import os
-import time
 
 import xarray as xr
 
@@ -49,7 +48,7 @@ from vaeprobe.audit import precision as _precision  # noqa: F401
 from vaeprobe.audit import progressive as _progressive  # noqa: F401
 from vaeprobe.audit import reconstruction as _reconstruction  # noqa: F401
 from vaeprobe.audit import spectra as _spectra  # noqa: F401
-from vaeprobe.audit._common import failed, skipped
+from vaeprobe.audit._common import guarded
 from vaeprobe.audit.bits import where_bits_go
 from vaeprobe.audit.card import model_card
 from vaeprobe.audit.generative import likelihood, samples
@@ -64,7 +63,7 @@ from vaeprobe.audit.report import AuditReport, open_audit, summary, write_report
 from vaeprobe.audit.run import run_audit
 from vaeprobe.audit.spectra import spectra
 from vaeprobe.audit.store import AuditMismatchError
-from vaeprobe.probe import Probe, UndefinedAnalysisError
+from vaeprobe.probe import Probe, UndefinedAnalysisError  # noqa: F401 (vaeprobe.audit.UndefinedAnalysisError)
 
 # section name -> its public function, in report order (a section registered later, e.g. by a
 # module imported after this one, is found by vp.audit through the registry all the same)
@@ -83,15 +82,7 @@ def run_section(name: str, probe: Probe, data, **kwargs) -> xr.Dataset:
         if section is None:
             raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
         function = section.compute
-    start = time.perf_counter()
-    try:
-        ds = function(probe, data, **kwargs)
-    except UndefinedAnalysisError as error:
-        ds = skipped(name, str(error), probe)
-    except Exception as error:  # reported in its place; the other sections still run
-        ds = failed(name, error, probe)
-    ds.attrs["elapsed_seconds"] = round(time.perf_counter() - start, 3)
-    return ds
+    return guarded(name, probe, lambda: function(probe, data, **kwargs))
 
 
 def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, device=None,
@@ -155,6 +146,9 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     >>> report = vp.audit("runs/demo", "patches32:test", out="audit/")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
+    from vaeprobe.checks import positive_int
+
+    positive_int(batch_size, "batch_size", allow_none=True)  # before the model is opened
     return run_audit(source, data, n_images=n_images, seed=seed, sections=sections,
                      device=device, progress=progress, out=out, format=format,
                      options=options, settings=settings, quick=quick, batch_size=batch_size,

@@ -3,6 +3,7 @@ evaluation set, and the fidelity networks (built once per process, failures reme
 
 from __future__ import annotations
 
+import time
 import traceback
 
 import numpy as np
@@ -12,7 +13,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe._analysis import evaluation_set, result_attrs
 from vaeprobe.io import provenance
-from vaeprobe.probe import Probe
+from vaeprobe.probe import Probe, UndefinedAnalysisError
 
 MAX_PER_DIM = 512  # per-dimension views for one-layer models with at most this many dims
 
@@ -113,6 +114,27 @@ def failed(section: str, error: BaseException, probe: Probe | None = None) -> xr
     ds.attrs = provenance(f"audit.{section}", {}, section=section, status="failed",
                           error=f"{type(error).__name__}: {error}", traceback=summary,
                           **_source(probe))
+    return ds
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a section's one-line summary: ``digits`` significant digits, or "nan"."""
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def guarded(name: str, probe: Probe | None, compute) -> xr.Dataset:
+    """``compute()`` under the audit's one policy: a section undefined for the model
+    (:class:`~vaeprobe.probe.UndefinedAnalysisError`) gives a skipped Dataset, any other error a
+    failed one, so that the other sections still run; ``elapsed_seconds`` is stamped."""
+    start = time.perf_counter()
+    try:
+        ds = compute()
+    except UndefinedAnalysisError as error:
+        ds = skipped(name, str(error), probe)
+    except Exception as error:  # reported in its place; the other sections still run
+        ds = failed(name, error, probe)
+    ds.attrs["elapsed_seconds"] = round(time.perf_counter() - start, 3)
     return ds
 
 

@@ -14,7 +14,7 @@ import xarray as xr
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.arrays import rate_terms
-from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section_attrs
+from vaeprobe.audit._common import NamedData, ProbeFacts, fmt, per_dimension, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
@@ -157,12 +157,15 @@ class RateMap:
 
     def update(self, kl: torch.Tensor, x: torch.Tensor, positions, indices) -> None:
         """Fold in one batch: ``kl`` (B, C, h, w) nats, images ``x`` uint8 (B, C, H, W)."""
-        per_position = kl.double().sum(1).cpu()  # (B, h, w)
-        self.moments.update(per_position)
+        per_position = kl.detach().double().sum(1)  # (B, h, w) on the model's device
+        moments = self.moments  # Moments.update's sums, reduced on the device: two maps leave it
+        moments.n += per_position.shape[0]
+        moments.total = moments.total + per_position.sum(0).cpu()
+        moments.total_sq = moments.total_sq + (per_position ** 2).sum(0).cpu()
         first = (positions == 0).nonzero().flatten().tolist()
         if first:
             i = first[0]
-            self.example = (int(indices[i]), per_position[i].numpy(), thumbnail(x[i]))
+            self.example = (int(indices[i]), per_position[i].cpu().numpy(), thumbnail(x[i]))
 
     def merge(self, other: RateMap) -> RateMap:
         if other.moments.n:
@@ -272,8 +275,8 @@ def where_bits_go(probe: Probe, data, *, n_images: int | None = 256, seed: int =
 def summary(ds: xr.Dataset) -> str:
     a = ds.attrs
     collapsed = json.loads(a.get("collapsed_layers", "[]"))
-    text = (f"total rate {_fmt(ds['total_rate'], 4)} nats/image "
-            f"({_fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
+    text = (f"total rate {fmt(ds['total_rate'], 4)} nats/image "
+            f"({fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
             f"{int(ds['active_units'])}/{int(ds['channels'].sum())}; collapsed layers "
             f"(< {a.get('collapse_threshold')} nats): {len(collapsed)}"
             + (f" ({', '.join(collapsed[:6])}{' ...' if len(collapsed) > 6 else ''})"
@@ -282,11 +285,6 @@ def summary(ds: xr.Dataset) -> str:
         text += (f"; active dimensions {int(ds['n_active_dims'])}/{ds.sizes['dim']} "
                  f"(> {a.get('active_threshold')} nats)")
     return text
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

@@ -49,11 +49,11 @@ def add_audit(sub) -> None:
     """``vaeprobe audit PATH --data NAME``: every audit section, written to --out."""
     import vaeprobe as vp
     from vaeprobe._cli_args import (
-        CHECKPOINT_HELP,
         ApiArguments,
         add_common,
         add_load_arguments,
         add_subparser,
+        checkpoint_help,
     )
     from vaeprobe.fidelity.extractors import extractors
 
@@ -63,7 +63,7 @@ def add_audit(sub) -> None:
                         "audit.html in --out)",
                         "vaeprobe audit runs/demo --data patches32:test --out audit")
     api = ApiArguments(parser, vp.audit, load=vp.load)
-    parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
     api.add("--n-images", type=int, help="a seeded random subset of this many images "
             "(the costly sections use fewer; see --settings)")

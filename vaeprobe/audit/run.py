@@ -8,12 +8,13 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe.audit._common import failed, skipped
+from vaeprobe.audit._common import failed, guarded, skipped
 from vaeprobe.audit.registry import Section
 from vaeprobe.audit.registry import sections as registered
 from vaeprobe.audit.report import AuditReport, write_report
@@ -122,31 +123,55 @@ def _own_section(name, section, probe, dataset, options, n_images, seed, progres
     kwargs.update({key: networks[key] for key in section.networks})
     if section.needs_images:
         kwargs.update(n_images=n_images, seed=seed)
-    start = time.perf_counter()
-    try:
-        ds = section.compute(probe, dataset, progress=progress, **kwargs)
-    except UndefinedAnalysisError as error:
-        ds = skipped(name, str(error), probe)
-    except Exception as error:  # reported in its place; the other sections still run
-        ds = failed(name, error, probe)
-    ds.attrs["elapsed_seconds"] = round(time.perf_counter() - start, 3)
-    return ds
+    return guarded(name, probe,
+                   lambda: section.compute(probe, dataset, progress=progress, **kwargs))
 
 
-def run_audit(source, data, *, n_images, seed, sections, device, progress, out, format,
-              options, settings, quick, batch_size, overwrite, networks) -> AuditReport:
-    """The body of :func:`vaeprobe.audit.audit` (see there)."""
-    registry = registered()
+@dataclass
+class AuditPlan:
+    """What an audit will do, decided before any section runs: the model, data and image subset
+    (resolved once), the sections chosen and their settings, what is on disk already, and the
+    image count of each costly section. :func:`execute` fills ``results`` and ``timing``."""
+
+    registry: dict[str, Section]
+    chosen: list[str]  # report order
+    resolved: dict[str, dict]  # section -> its options
+    probe: object
+    dataset: object
+    indices: list[int]  # the audit's image subset, chosen once
+    n_images: int  # as asked, capped under --quick
+    seed: int
+    quick: bool
+    networks: dict[str, str | None]
+    store: AuditStore | None = None
+    results: dict = field(default_factory=dict)  # section -> Dataset (resumed ones included)
+    resumed: list[str] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+    costly: list[str] = field(default_factory=list)  # own work on images, defined here
+    sizes: dict[str, int] = field(default_factory=dict)  # costly section -> its images
+    timing: dict = field(default_factory=dict)
+
+
+def choose_sections(registry: dict, sections) -> list[str]:
+    """The sections to run, in report order: the default ones when ``sections`` is None."""
     chosen = [name for name, section in registry.items() if section.default] \
         if sections is None else list(sections)
     unknown = [name for name in chosen if name not in registry]
     if unknown or not chosen:
         raise ValueError(f"unknown or no sections {unknown}; sections: {', '.join(registry)}")
-    chosen = [name for name in registry if name in chosen]  # report order
-    resolved = resolve_settings(registry, chosen, settings, quick)
+    return [name for name in registry if name in chosen]
+
+
+def plan_audit(source, data, *, n_images, seed, sections, device, out, format, options,
+               settings, quick, overwrite, networks, progress=False) -> AuditPlan:
+    """Resolve the model, the data and the image subset once, choose and configure the
+    sections, resume what is on disk, and size the costly sections (nothing is computed)."""
     from vaeprobe._analysis import fit_probe
     from vaeprobe.adapters import as_probe
 
+    registry = registered()
+    chosen = choose_sections(registry, sections)
+    resolved = resolve_settings(registry, chosen, settings, quick)
     probe = as_probe(source, format, device=device, **(options or {}))
     # resolved (and decoded) once; a convolutional model takes the data's own size
     probe, dataset = fit_probe(probe, data)
@@ -154,76 +179,102 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
     indices = vdata.select(dataset, n_images, seed)
     networks = {key: str(value) if value is not None else None
                 for key, value in networks.items()}
-    store, results = None, {}
+    plan = AuditPlan(registry, chosen, resolved, probe, dataset, indices, n_images, seed, quick,
+                     networks)
     if out is not None:
-        fingerprint = dict(model=model_fingerprint(probe), data=data_fingerprint(dataset, indices),
-                           options=dict(seed=seed, quick=int(quick), networks=networks,
-                                        sections=resolve_settings(registry, list(registry),
-                                                                  settings, quick)))
-        store = AuditStore(out, fingerprint, overwrite)
-        on_disk = distributed.gather(sorted(store.finished(chosen)))[0]  # rank 0 decides
-        results = {name: load_section(store.path(name)) for name in on_disk}
-        _warn_stale(store.stale, out)
-    resumed = [name for name in chosen if name in results]
-    todo_skipped = []
-    todo = [name for name in chosen if name not in results]
-    if resumed:
-        _say(progress, f"resuming {out}: {len(resumed)} section(s) on disk ({', '.join(resumed)})"
-             f"; computing {', '.join(todo) or 'nothing'}")
-    timing = dict(store.facts().get("timing", {})) if store else {}
-    context = SectionContext(dataset, indices, seed, networks, quick)
-    costly = [name for name in todo if not registry[name].shared and registry[name].needs_images]
-    for name in list(costly):  # undefined for this model: skipped now, not estimated
-        check = registry[name].check
+        _resume(plan, out, settings, overwrite)
+    plan.todo = [name for name in chosen if name not in plan.results]
+    if plan.resumed:
+        _say(progress, f"resuming {out}: {len(plan.resumed)} section(s) on disk "
+             f"({', '.join(plan.resumed)}); computing {', '.join(plan.todo) or 'nothing'}")
+    plan.timing = dict(plan.store.facts().get("timing", {})) if plan.store else {}
+    plan.costly = [name for name in plan.todo
+                   if not registry[name].shared and registry[name].needs_images]
+    for name in list(plan.costly):  # undefined for this model: skipped now, not estimated
         try:
-            if check is not None:
-                check(probe)
+            if registry[name].check is not None:
+                registry[name].check(probe)
         except UndefinedAnalysisError as error:
-            results[name] = skipped(name, str(error), probe)
-            results[name].attrs["elapsed_seconds"] = 0.0
-            costly.remove(name)
-            todo_skipped.append(name)
-    sizes = {name: _sized(registry[name], probe, len(indices), resolved[name])
-             for name in costly}
+            plan.results[name] = skipped(name, str(error), probe)
+            plan.results[name].attrs["elapsed_seconds"] = 0.0
+            plan.costly.remove(name)
+    plan.sizes = {name: _sized(registry[name], probe, len(indices), resolved[name])
+                  for name in plan.costly}
+    return plan
+
+
+def _resume(plan: AuditPlan, out, settings, overwrite) -> None:
+    """Open the audit's store and load the sections already on disk for this very audit."""
+    registry = plan.registry
+    fingerprint = dict(model=model_fingerprint(plan.probe),
+                       data=data_fingerprint(plan.dataset, plan.indices),
+                       options=dict(seed=plan.seed, quick=int(plan.quick),
+                                    networks=plan.networks,
+                                    sections=resolve_settings(registry, list(registry),
+                                                              settings, plan.quick)))
+    plan.store = AuditStore(out, fingerprint, overwrite)
+    on_disk = distributed.gather(sorted(plan.store.finished(plan.chosen)))[0]  # rank 0 decides
+    plan.results = {name: load_section(plan.store.path(name)) for name in on_disk}
+    plan.resumed = [name for name in plan.chosen if name in plan.results]
+    _warn_stale(plan.store.stale, out)
+
+
+def execute(plan: AuditPlan, *, progress: bool, batch_size: int) -> None:
+    """Compute every section of ``plan.todo``: those without images, then the shared pass,
+    then the costly sections on their sizes; each is written to the store as it is done."""
+    registry, probe, results, timing = plan.registry, plan.probe, plan.results, plan.timing
 
     def save(name):
-        if store is not None:
-            store.save(name, results[name])
+        if plan.store is not None:
+            plan.store.save(name, results[name])
 
     def estimate(floor_per_image: float, when: str):
-        if not costly:
-            return
-        parts = [f"{name} {sizes[name]} images ~{_cost_seconds(registry[name], probe, sizes[name], resolved[name], floor_per_image):.0f} s"  # noqa: E501
-                 for name in costly]
-        total = sum(_cost_seconds(registry[name], probe, sizes[name], resolved[name],
-                                  floor_per_image) for name in costly)
-        _say(progress, f"{when}: floor {floor_per_image:.3g} s per image (one encode + one "
-             f"decode); estimated remaining for the costly sections ~{total:.0f} s on this "
-             f"device ({'; '.join(parts)})")
+        if plan.costly:
+            _say_estimate(plan, floor_per_image, when, progress)
 
-    for name in todo_skipped:
+    for name in [n for n in plan.todo if n in results]:  # skipped by their check
         save(name)
-    for name in [n for n in todo if not registry[n].needs_images]:
-        results[name] = _own_section(name, registry[name], probe, dataset, resolved[name],
-                                     None, seed, progress, networks)
+    for name in [n for n in plan.todo if not registry[n].needs_images]:
+        results[name] = _own_section(name, registry[name], probe, plan.dataset,
+                                     plan.resolved[name], None, plan.seed, progress,
+                                     plan.networks)
         save(name)
-    shared = [name for name in todo if registry[name].shared]
+    shared = [name for name in plan.todo if registry[name].shared]
     if shared:
-        _shared_sections(shared, registry, probe, context, resolved, results, timing, progress,
-                         batch_size, seed,
+        context = SectionContext(plan.dataset, plan.indices, plan.seed, plan.networks,
+                                 plan.quick)
+        _shared_sections(shared, registry, probe, context, plan.resolved, results, timing,
+                         progress, batch_size, plan.seed,
                          lambda floor: estimate(floor, "first batch of the shared pass"))
         for name in shared:
             save(name)
-        if store is not None:
-            store.write_manifest(timing=timing)
-    if costly and timing.get("floor_seconds_per_image"):
+        if plan.store is not None:
+            plan.store.write_manifest(timing=timing)
+    if plan.costly and timing.get("floor_seconds_per_image"):
         estimate(timing["floor_seconds_per_image"], "shared pass done")
-    for name in costly:
-        _say(progress, f"{name} on {sizes[name]} images")
-        results[name] = _own_section(name, registry[name], probe, dataset, resolved[name],
-                                     sizes[name], seed, progress, networks)
+    for name in plan.costly:
+        _say(progress, f"{name} on {plan.sizes[name]} images")
+        results[name] = _own_section(name, registry[name], probe, plan.dataset,
+                                     plan.resolved[name], plan.sizes[name], plan.seed,
+                                     progress, plan.networks)
         timing[f"{name}_seconds"] = results[name].attrs["elapsed_seconds"]
         save(name)
+
+
+def _say_estimate(plan: AuditPlan, floor_per_image: float, when: str, progress: bool) -> None:
+    seconds = {name: _cost_seconds(plan.registry[name], plan.probe, plan.sizes[name],
+                                   plan.resolved[name], floor_per_image)
+               for name in plan.costly}
+    parts = [f"{name} {plan.sizes[name]} images ~{seconds[name]:.0f} s" for name in plan.costly]
+    _say(progress, f"{when}: floor {floor_per_image:.3g} s per image (one encode + one "
+         f"decode); estimated remaining for the costly sections ~{sum(seconds.values()):.0f} s "
+         f"on this device ({'; '.join(parts)})")
+
+
+def assemble(plan: AuditPlan) -> AuditReport:
+    """The report: every chosen section (and, from the store, earlier ones not chosen now),
+    its timing and the audit's provenance; written beside the sections when there is a store."""
+    registry, results, store, chosen = plan.registry, plan.results, plan.store, plan.chosen
     shown = chosen
     if store is not None:  # rendered from what is on disk; a partial run never shrinks it
         earlier = store.finished([name for name in registry if name not in chosen])
@@ -231,22 +282,33 @@ def run_audit(source, data, *, n_images, seed, sections, device, progress, out, 
         results = {name: load_section(store.path(name)) if store.path(name).is_file()
                    else results[name] for name in shown}
     report = AuditReport({name: results[name] for name in shown})
-    report.timing = {**timing, "sections_seconds": {
+    report.timing = {**plan.timing, "sections_seconds": {
         name: float(ds.attrs.get("elapsed_seconds", 0.0)) for name, ds in report.items()}}
-    source_facts = dict(probe.source)
+    source_facts = dict(plan.probe.source)
     source_facts.setdefault("checkpoint", "in-memory model")
     report.attrs = provenance(
-        "audit", dict(n_images=n_images, seed=seed, sections=chosen, settings=resolved,
-                      quick=int(quick), **networks),
-        dataset=vdata.dataset_name(dataset), n_images=len(indices), seed=seed, **source_facts,
-        status={name: ds.attrs.get("status") for name, ds in report.items()},
-        computed_sections=json.dumps([name for name in chosen if name in todo]),
-        resumed_sections=json.dumps(resumed), quick=int(quick),
+        "audit", dict(n_images=plan.n_images, seed=plan.seed, sections=chosen,
+                      settings=plan.resolved, quick=int(plan.quick), **plan.networks),
+        dataset=vdata.dataset_name(plan.dataset), n_images=len(plan.indices), seed=plan.seed,
+        **source_facts, status={name: ds.attrs.get("status") for name, ds in report.items()},
+        computed_sections=json.dumps([name for name in chosen if name in plan.todo]),
+        resumed_sections=json.dumps(plan.resumed), quick=int(plan.quick),
         timing=json.dumps(report.timing, default=float),
-        device=str(getattr(probe, "device", "cpu")), torch_threads=torch.get_num_threads())
+        device=str(getattr(plan.probe, "device", "cpu")), torch_threads=torch.get_num_threads())
     if store is not None and distributed.is_main():
         write_report(report, store.out)
     return report
+
+
+def run_audit(source, data, *, n_images, seed, sections, device, progress, out, format,
+              options, settings, quick, batch_size, overwrite, networks) -> AuditReport:
+    """The body of :func:`vaeprobe.audit.audit` (see there): plan, execute, assemble."""
+    plan = plan_audit(source, data, n_images=n_images, seed=seed, sections=sections,
+                      device=device, out=out, format=format, options=options,
+                      settings=settings, quick=quick, overwrite=overwrite, networks=networks,
+                      progress=progress)
+    execute(plan, progress=progress, batch_size=batch_size)
+    return assemble(plan)
 
 
 def _warn_stale(stale: dict[str, str], out) -> None:

@@ -84,6 +84,29 @@ def log_normal_interval(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tenso
     return log_upper + torch.log(-torch.expm1(gap))
 
 
+CENTRAL = 5.0  # standardised bounds within this are evaluated by erf differences
+
+
+def log_bin_probability(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """log(Phi(upper) - Phi(lower)) (float64), as :func:`log_normal_interval` but cheaper.
+
+    Where the finite ends of the interval lie within +-``CENTRAL``, the difference of two
+    ``erf`` (relative error below 1e-9 there, against 1e-16 / (phi(5) x width)); elsewhere, on
+    the gathered few, the tail-stable :func:`log_normal_interval` (``log_ndtr`` costs several
+    times ``erf`` on CPU).
+    """
+    low_end = torch.where(torch.isneginf(lower), upper, lower)  # the finite ends
+    high_end = torch.where(torch.isposinf(upper), lower, upper)
+    central = (low_end.abs() < CENTRAL) & (high_end.abs() < CENTRAL)
+    root_half = 1 / math.sqrt(2)
+    gap = torch.erf(upper * root_half) - torch.erf(lower * root_half)
+    out = torch.log(gap.clamp(min=1e-300) * 0.5)
+    tails = ~central
+    if bool(tails.any()):
+        out[tails] = log_normal_interval(lower[tails], upper[tails])
+    return out
+
+
 def _quantise(x01: torch.Tensor) -> torch.Tensor:
     return (x01.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -107,8 +130,12 @@ class DiscretizedGaussian:
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
                  generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Per-image log-likelihood in nats (see the module docstring); ``dtype``: the
-        precision of a dequantized density (the trainer's float32; evaluation's float64)."""
+        """Nats per image. Per pixel in float64: in float32 the PMF over the 256 levels sums
+        to 1 within 4.5e-8 only (3e-15 in float64; sigma 0.2, tests/test_likelihoods.py), and on
+        CPU ``log_ndtr`` costs the same in both dtypes. ``dtype`` sets the precision of a
+        dequantized density only (the trainer's float32). ``"discretized"`` evaluates one
+        interval per pixel (:func:`log_bin_probability`), the edge bins as intervals reaching
+        to -inf / inf."""
         if kind == "dequantized":
             loc, log_sigma = self.loc.to(dtype), self.log_sigma.to(dtype)
             y = _dequantise(x, generator).to(dtype)
@@ -117,15 +144,11 @@ class DiscretizedGaussian:
             return log_density.flatten(1).sum(1)
         _check_kind(kind)
         loc, log_sigma = self.loc.double(), self.log_sigma.double()
-        centre = x.double() / 255.0
-        inv_sigma = torch.exp(-log_sigma)
-        upper = (centre + HALF_BIN - loc) * inv_sigma
-        lower = (centre - HALF_BIN - loc) * inv_sigma
-        log_p = torch.where(
-            x == 0, torch.special.log_ndtr(upper),
-            torch.where(x == 255, torch.special.log_ndtr(-lower),
-                        log_normal_interval(lower, upper)))
-        return log_p.flatten(1).sum(1)
+        centre, inv_sigma = x.double() / 255.0, torch.exp(-log_sigma)
+        # the edge bins take the tails: (-inf, upper] at level 0, [lower, inf) at level 255
+        upper = ((centre + HALF_BIN - loc) * inv_sigma).masked_fill(x == 255, math.inf)
+        lower = ((centre - HALF_BIN - loc) * inv_sigma).masked_fill(x == 0, -math.inf)
+        return log_bin_probability(lower, upper).flatten(1).sum(1)
 
 
 def _check_kind(kind: str) -> None:
