@@ -381,14 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"vaeprobe {args.command}: warning: {message}", file=sys.stderr)
 
-    from vaeprobe import distributed
+    from vaeprobe import data_checks, distributed
 
     # under torchrun (torchrun --nproc_per_node=N -m vaeprobe.cli ...) the ranks share the
     # images; all compute the same Dataset, rank 0 alone prints and writes
     quiet = contextlib.nullcontext() if distributed.is_main() else \
         contextlib.redirect_stdout(StringIO())
     try:
-        with warnings.catch_warnings(), quiet:
+        with warnings.catch_warnings(), quiet, \
+                data_checks.strict_data(getattr(args, "strict_data", False)):
             warnings.showwarning = one_line
             check_outputs(args)
             say_threads(args)
