@@ -33,7 +33,7 @@ from vaeprobe.audit import (
 )
 from vaeprobe.audit.reconstruction import _psnr, _ssim
 from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 STAND_INS = {k: v for k, v in STAND_IN_NETS.items() if k != "prc_extractor"}
 pytestmark = pytest.mark.usefixtures("offline_weights")
@@ -207,7 +207,7 @@ def test_scale_factor_is_one_over_std_of_latents_of_known_spread(digits_test):
     assert_section(ds, "latents", 200)
     # the same draws, by hand
     x = vp.data.gather(digits_test, vp.data.select(digits_test, 200, 0))
-    z = double.encode(x, 1, image_generators(0, vp.data.select(digits_test, 200, 0).tolist())
+    z = double.encode(x, 1, image_streams(0, vp.data.select(digits_test, 200, 0).tolist())
                       ).draws[0].z.double().numpy()
     np.testing.assert_allclose(ds["sample_std"].sel(layer=0), z.std((0, 2, 3)), rtol=1e-9)
     np.testing.assert_allclose(ds["channel_scale"].sel(layer=0), 1 / z.std((0, 2, 3)),
@@ -226,14 +226,14 @@ def test_scale_factor_is_one_over_std_of_latents_of_known_spread(digits_test):
 
 def test_sample_prior_given_at_k_all_is_the_posterior_and_at_0_the_prior(probe, digits_test):
     x = vp.data.gather(digits_test, torch.arange(6))
-    generators = image_generators(0, range(6))
+    generators = image_streams(0, range(6))
     latents = probe.encode(x, 1, generators)
     full = probe.decode(latents).mean
-    kept = probe.sample_prior_given(latents, len(probe.layers), generator=image_generators(
+    kept = probe.sample_prior_given(latents, len(probe.layers), generator=image_streams(
         1, range(6)))
     torch.testing.assert_close(probe.decode(kept).mean, full, rtol=0, atol=1e-6)
-    prior = probe.decode(probe.sample_prior(6, generator=image_generators(1, range(6)))).mean
-    none_kept = probe.sample_prior_given(latents, 0, generator=image_generators(1, range(6)))
+    prior = probe.decode(probe.sample_prior(6, generator=image_streams(1, range(6)))).mean
+    none_kept = probe.sample_prior_given(latents, 0, generator=image_streams(1, range(6)))
     torch.testing.assert_close(probe.decode(none_kept).mean, prior, rtol=0, atol=0)
     with pytest.raises(ValueError, match="n_fixed"):
         probe.sample_prior_given(latents, len(probe.layers) + 1)
@@ -258,7 +258,7 @@ def test_progressive_coding_ends_at_the_reconstruction(probe, digits_test):
     # k = 0: a prior decode with the section's own prior noise
     indices = vp.data.select(digits_test, N, 0)
     x = vp.data.gather(digits_test, indices)
-    prior = probe.sample_prior(N, generator=image_generators(0, indices.tolist(), stream=2))
+    prior = probe.sample_prior(N, generator=image_streams(0, indices.tolist(), stream=2))
     expected = ((x.double() / 255 - probe.decode(prior).mean.double()) ** 2).sum((1, 2, 3))
     assert float(ds["distortion"].sel(kind="sample", k=0)) == pytest.approx(
         float(expected.mean()), rel=1e-9)
@@ -298,7 +298,7 @@ def test_samples_are_decoded_prior_draws(probe, digits_test):
     assert_section(ds, "samples")
     assert ds["images"].dtype == np.uint8 and ds.sizes == {
         "temperature": 3, "kind": 2, "image": 4, "channel": 1, "y": 8, "x": 8}
-    latents = probe.sample_prior(4, temperature=0.8, generator=image_generators(0, range(4)))
+    latents = probe.sample_prior(4, temperature=0.8, generator=image_streams(0, range(4)))
     expected = vp.data.to_uint8(probe.decode(latents).mean).numpy()
     np.testing.assert_array_equal(ds["images"].sel(temperature=0.8, kind="mean"), expected)
     assert np.isfinite(ds["fid"]).all() and ds.attrs["stand_in_network"] == 1

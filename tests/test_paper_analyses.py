@@ -15,7 +15,7 @@ import vaeprobe as vp
 from analyses import mean_vs_stochastic, paper, rate_distortion, stability, two_stage
 from analyses._claims import Claim, markdown, strictly_monotone
 from analyses._common import Job, Setup, command_line, ensure_runs, run_state, thread_count
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = Setup(data="digits8", preset="tiny-8", steps=40, n_images=16, k=4, pca_images=300,
@@ -255,7 +255,7 @@ def test_samples_return_the_primary_x_hat_of_a_two_stage_model(tiny_run):
                     progress=False)
     assert ds["primary_mean"].dims == ("image", "channel", "y", "x")
     assert ds["primary_mean"].dtype == np.uint8 and ds["primary_mean"].attrs["units"]
-    latents = probe.sample_prior(5, generator=image_generators(3, range(5)))
+    latents = probe.sample_prior(5, generator=image_streams(3, range(5)))
     np.testing.assert_array_equal(ds["primary_mean"].values,
                                   vp.data.to_uint8(latents.context["x_hat"]).numpy())
     # the primary's own samples of the same seed: the same latents, so the same x_hat

@@ -29,7 +29,9 @@ def test_wrong_posterior_is_below_and_approaches_with_k():
     gaps = exact.mean() - by_k.mean("image").values
     # a lower bound in expectation: below the truth, up to Monte Carlo error once it is tight
     assert gaps[0] > 1 and (gaps[:5] > 0).all() and (gaps > -0.05).all()
-    assert abs(gaps[-1]) < 0.05 * gaps[0] and (np.diff(gaps) < 1e-2).all()
+    # nested subsets of the same draws: the gap shrinks up to Monte Carlo noise, whose largest
+    # step up over seeds 0-5 measured 0.063 nats (counter-based streams, 40 images)
+    assert abs(gaps[-1]) < 0.05 * gaps[0] and (np.diff(gaps) < 0.1).all()
 
 
 def test_rate_equals_analytic_kl():
@@ -90,11 +92,11 @@ def test_encoder_runs_once_per_image_across_chunks(tiny_probe, digits_test):
 def test_shared_chunks_equal_separate_full_passes(tiny_probe, digits_test):
     """Sharing the encoder work (and the repeated per-image tensors) across chunks of 3, 3 and
     1 draws gives the log weights of separate full passes with the same noise streams."""
-    from vaeprobe.random import image_generators
+    from vaeprobe.random import image_streams
 
     x = digits_test.images[:5]
     ours = vp.iwae(tiny_probe, x, k=7, chunk=3, batch_size=5, progress=False)
-    generators, log_w = image_generators(0, range(5)), []
+    generators, log_w = image_streams(0, range(5)), []
     for k in (3, 3, 1):
         latents = tiny_probe.encode(x, k, generators)  # encoder run again for every chunk
         log_px = tiny_probe.decode(latents).log_prob(x.repeat_interleave(k, 0))
@@ -176,11 +178,11 @@ def test_exact_posterior_has_no_warning_and_a_fixed_sigma_decoder_is_named(tiny_
 def test_reconstruction_term_beside_rate_and_elbo(tiny_probe, digits_test):
     """rate: log_px is the decoder's log p(x|z) at the same posterior draws; elbo = log_px - R.
     iwae: per image, log_px - rate is the mean single-draw bound (the ELBO) over the K draws."""
-    from vaeprobe.random import image_generators
+    from vaeprobe.random import image_streams
 
     x = digits_test.images[:6]
     ds = vp.rate(tiny_probe, x, seed=3, progress=False)
-    generators = image_generators(3, range(6))
+    generators = image_streams(3, range(6))
     latents = tiny_probe.encode(x, 1, generators)
     log_px = tiny_probe.decode(latents).log_prob(x, generator=generators).double()
     assert float(ds["log_px"]) == pytest.approx(float(log_px.mean()), rel=1e-9)

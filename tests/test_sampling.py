@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vaeprobe as vp
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 from vaeprobe.sampling import KINDS
 
 
@@ -50,12 +50,12 @@ def test_samples_do_not_depend_on_batch_size(probe, digits_test, kind):
 def test_mean_and_stochastic_kinds_decode_the_prior_latents(probe):
     n, seed, temperature = 6, 4, 0.8
     latents = probe.sample_prior(n, temperature=temperature,
-                                 generator=image_generators(seed, range(n)))
+                                 generator=image_streams(seed, range(n)))
     likelihood = probe.decode(latents)
     mean = draw(probe, n, "mean", seed=seed, temperature=temperature, batch_size=4)
     np.testing.assert_array_equal(mean["images"].values, quantise(likelihood.mean))
     stochastic = draw(probe, n, "stochastic", seed=seed, temperature=temperature)
-    expected = likelihood.sample(image_generators(seed + 1, range(n))).numpy()
+    expected = likelihood.sample(image_streams(seed + 1, range(n))).numpy()
     np.testing.assert_array_equal(stochastic["images"].values, expected)
 
 
@@ -65,7 +65,7 @@ def test_reconstructions_of_a_seeded_subset(probe, digits_test):
     chosen = vp.data.select(digits_test, n, seed)
     np.testing.assert_array_equal(ds["source_index"], chosen.numpy())
     x = digits_test.images[chosen]
-    expected = probe.decode(probe.encode(x, 1, image_generators(seed, range(n)))).mean
+    expected = probe.decode(probe.encode(x, 1, image_streams(seed, range(n)))).mean
     np.testing.assert_array_equal(ds["images"].values, quantise(expected))
     assert ds.attrs["dataset"] == "digits8:test" and ds.attrs["kind"] == "reconstruction_mean"
     # more samples than inputs: the inputs are cycled

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from vaeprobe import data as vdata
-from vaeprobe import distributed
+from vaeprobe import data_checks, distributed
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 
 def fit_probe(probe: Probe, data) -> tuple[Probe, object]:
@@ -21,6 +21,7 @@ def fit_probe(probe: Probe, data) -> tuple[Probe, object]:
     the model was opened with ``pad="reflect"``). A fixed-size probe refuses other sizes.
     """
     dataset = vdata.as_dataset(data, image_shape=probe.image_shape, check=False)
+    data_checks.report(data_checks.scale_changes(dataset[0]), vdata.dataset_name(dataset))
     shape = tuple(dataset[0].shape)
     if shape[0] != probe.image_shape[0] or (probe.size_multiple is None
                                             and shape != tuple(probe.image_shape)):
@@ -44,7 +45,9 @@ def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
 
 def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
             progress: bool, desc: str, shard: bool = False):
-    """Yield (images on device, per-image generators) with a progress bar over images.
+    """Yield (images on device, per-image streams) with a progress bar over images.
+
+    The streams (:func:`vaeprobe.random.image_streams`) are keyed by (``seed``, dataset index).
 
     ``shard``: under torchrun only this rank's contiguous block of ``indices`` is evaluated
     (:func:`vaeprobe.distributed.shard`); the caller must then reduce its results with
@@ -57,7 +60,7 @@ def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,
     for x in vdata.iterate_batches(dataset, batch_size, local, device=device):
         chunk = local[start:start + len(x)]
         start += len(x)
-        yield x.to(device), image_generators(seed, chunk.tolist(), device)
+        yield x.to(device), image_streams(seed, chunk, device)
         bar.update(len(x))
     bar.close()
 

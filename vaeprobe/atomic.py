@@ -148,8 +148,7 @@ def disk_error(error: BaseException) -> bool:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, cached against its size and mtime (:mod:`vaeprobe.digests`)."""
+    from vaeprobe.digests import file_sha256
+
+    return file_sha256(path)

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PATCH_STRIDES, load_patches
+from vaeprobe.data_checks import folder_changes
 from vaeprobe.data_path import iterate_batches
 from vaeprobe.images import ImageTensorDataset, dataset_name
 from vaeprobe.registry import Registry
@@ -239,7 +240,10 @@ def _image_folder(path: Path, size, grey: bool = False, resize: str = "crop",
     chosen = (("resize", resize, "crop"), ("orient", orient, None), ("filter", filter, "box"))
     options = ",".join(f"{key}={value}" for key, value, default in chosen if value != default)
     name = f"folder:{path}" + (f",{options}" if options else "")
-    return materialize(files_dataset, name=name)
+    dataset = materialize(files_dataset, name=name)
+    dataset.changes = folder_changes(files, files_dataset.size, grey, resize,
+                                     lambda size: turned(size, orient))  # said by as_dataset
+    return dataset
 
 
 def _check_one_size(files: list[Path], orient: str | None, folder: Path) -> None:
@@ -279,6 +283,10 @@ def _npz(path: Path) -> ImageTensorDataset:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib_error()) as error:
         if isinstance(error, (FileNotFoundError, KeyError)) or str(path) in str(error):
             raise
+        if "allow_pickle" in str(error):  # numpy's advice would run the pickle: never quoted
+            raise ValueError(f"{path}: its 'images' array holds Python objects (a pickle), "
+                             f"which vaeprobe never loads; save the images as a uint8 array "
+                             f"(np.savez(path, images=x.astype(np.uint8)))") from None
         raise ValueError(f"cannot read npz file {path}: truncated or corrupt ({error})") from None
     if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW

@@ -26,9 +26,10 @@ from vaeprobe._analysis import (
 from vaeprobe.accumulate import Reducing
 from vaeprobe.arrays import ess, iwae_bound
 from vaeprobe.probe import Probe, RepeatedRows
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
-DEQUANTIZE_STREAM = 1  # image_generators stream of the dequantisation noise
+DEQUANTIZE_STREAM = 1  # image_streams stream of the dequantisation noise
+PLAN_STREAM = 100  # throwaway streams of the pass that measures memory per row
 
 
 class _LogWeights(Reducing):
@@ -68,6 +69,23 @@ def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
     return torch.cat(parts, dim=1), torch.cat(reconstruction, dim=1)
 
 
+def _plan_chunk(probe: Probe, x: torch.Tensor, k: int, batch_size: int, kind: str,
+                max_memory) -> int:
+    """Draws per image per pass for batches of ``batch_size``: one draw of every image of
+    ``x`` measured (with throwaway streams: the evaluation's own draws are untouched)."""
+    from vaeprobe.chunking import plan_draws
+
+    def one_draw():
+        streams = image_streams(0, range(len(x)), probe.device, stream=PLAN_STREAM)
+        dequantize = image_streams(0, range(len(x)), probe.device, stream=PLAN_STREAM + 1)
+        _log_weights(probe, x, 1, 1, streams, kind, dequantize)
+
+    with torch.no_grad():
+        chunk, _ = plan_draws(one_draw, len(x), batch_size, k, probe.device,
+                              probe.rows_per_pass(), max_memory)
+    return chunk
+
+
 def _nested_ks(k: int) -> list[int]:
     ks, value = [], 1
     while value < k:
@@ -78,7 +96,7 @@ def _nested_ks(k: int) -> list[int]:
 
 def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
          chunk: int | None = None, batch_size: int = 16, seed: int = 0,
-         kind: str | None = None, progress: bool = True) -> xr.Dataset:
+         kind: str | None = None, progress: bool = True, max_memory=None) -> xr.Dataset:
     """Importance-weighted bound on log p(x) per image, in nats and bits/dim.
 
     Parameters
@@ -91,9 +109,14 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     n_images : int, optional
         A seeded random subset of this many images.
     chunk : int, optional
-        Draws per image per pass; memory grows with batch_size * chunk rows. Default:
-        ``probe.rows_per_pass() // batch_size`` (small on CPU, where bigger passes are slower
-        per row; large on CUDA).
+        Draws per image per pass; memory grows with batch_size * chunk rows. Default: from
+        the memory per row measured on one draw of the first batch and the memory a pass may
+        use (:mod:`vaeprobe.chunking`: a share of the free CUDA memory, or ``max_memory``),
+        on CPU at most ``probe.rows_per_pass()`` rows (bigger passes are slower per row
+        there). Recorded in ``attrs["chunk_used"]``; the numbers do not depend on it.
+    max_memory : int or str, optional
+        Bytes one pass may use (e.g. ``"8GB"``); default ``$VAEPROBE_MAX_MEMORY``, else half
+        the available memory (CPU) or a share of the free device memory (CUDA).
     batch_size : int
         Images per pass.
     seed : int
@@ -132,24 +155,26 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
     offset = units.offset_nats(image_dims(probe), kind, probe.n_bits)
     local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank
-    weights, start = _LogWeights(k), 0
+    weights, start, requested = _LogWeights(k), 0, chunk
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  f"iwae K={k}", shard=True):
         rows = local[start:start + len(x)].tolist()
         start += len(x)
-        dequantize = image_generators(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
+        dequantize = image_streams(seed, rows, probe.device, stream=DEQUANTIZE_STREAM)
+        if chunk is None:  # from the memory one draw of this first batch takes
+            chunk = _plan_chunk(probe, x, k, batch_size, kind, max_memory)
         log_w, log_px = _log_weights(probe, x, k, chunk, generators, kind, dequantize)
         weights.update(log_w - offset, log_px.mean(1) - offset)  # E_q log p(x|z) over K
     # every rank's images, in the subset's order (one process: unchanged)
     log_w, log_px = distributed.merge(weights).compute()
     ds = _iwae_dataset(log_w, image_dims(probe), indices)
     ds = ds.assign(_reconstruction_dataset(log_px, ds["elbo"].values, image_dims(probe)))
-    parameters = dict(k=k, n_images=n_images, chunk=chunk, batch_size=batch_size, seed=seed,
+    parameters = dict(k=k, n_images=n_images, chunk=requested, batch_size=batch_size, seed=seed,
                       kind=kind)
     ds.attrs = result_attrs("iwae", parameters, probe, dataset, len(indices), seed,
                             likelihood_kind=kind,
                             bpd_offset=units.bpd_offset(kind, probe.n_bits),
-                            n_bits=int(probe.n_bits))
+                            n_bits=int(probe.n_bits), chunk_used=int(chunk or 0))
     said = interpretation_warnings(probe, bpd=float(ds["bpd_mean"]),
                                    ess_mean=float(ds["ess"].mean()), k=k)
     ds.attrs = with_warnings(ds.attrs, said)
@@ -163,11 +188,14 @@ def _check_request(probe: Probe, k, chunk: int | None, batch_size: int,
     probe.require("vp.iwae", likelihood=True, posterior=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-    if chunk is None:
-        chunk = max(1, probe.rows_per_pass() // batch_size)
-    chunk = min(k, chunk)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (images per pass) must be an integer >= 1, got "
+                         f"{batch_size!r}")
+    if chunk is not None:
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be an integer >= 1 (draws per image per pass), got "
+                             f"{chunk!r}; or None to size it from the measured memory")
+        chunk = min(k, chunk)
     kind = kind or probe.likelihood_kind
     if kind not in ("discretized", "dequantized"):
         raise ValueError(f"kind must be 'discretized' or 'dequantized', got {kind!r}")

@@ -45,9 +45,11 @@ Each layer draw has a ``distribution`` (:data:`DISTRIBUTIONS`):
   ``posterior=True`` or ``prior=True``); reconstructions, spectra, latent statistics and
   numerics run.
 
-``generator`` is None, a ``torch.Generator`` or a list of them, one per image; with a list, each
-image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`), so results
-do not depend on how images are batched or draws chunked.
+``generator`` is None, a ``torch.Generator``, per-image counter-based streams
+(:func:`vaeprobe.random.image_streams`, what the analyses use: one vectorised draw per layer,
+the same numbers on CPU and CUDA) or a list of generators, one per image. With streams or a
+list, each image's noise comes from its own stream in a fixed layout (:mod:`vaeprobe.random`),
+so results do not depend on how images are batched or draws chunked.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from vaeprobe.probe_checks import (  # noqa: F401 (re-exported)
     nearest_multiples,
     per_layer_temperatures,
 )
-from vaeprobe.random import per_image_noise
+from vaeprobe.random import ImageStreams, per_image_noise
 
 LIKELIHOOD_KINDS = ("discretized", "dequantized", "none")
 POSTERIORS = ("sample", "mean")
@@ -106,7 +108,7 @@ class LayerDraw:
     p_log_probs: torch.Tensor | None = None
 
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Generators = torch.Generator | Sequence[torch.Generator] | ImageStreams | None
 
 
 @dataclass(frozen=True)
@@ -216,10 +218,22 @@ class Probe:
     def rows_per_pass(self) -> int:
         """A good number of rows (images x draws) per pass on this probe's device.
 
-        On CPU a pass gets slower per row once its activations outgrow the caches, so the
-        default is small; probes that know their activation width refine it.
+        On CUDA: as many as a share of the free device memory holds at
+        :meth:`activation_bytes_per_row` each (:mod:`vaeprobe.chunking`; ``vp.iwae`` measures
+        the bytes per row instead). On CPU a pass gets slower per row once its activations
+        outgrow the caches, so the default is small; probes that know their activation width
+        refine it.
         """
-        return 4096 if self.device.type == "cuda" else 64
+        if self.device.type == "cuda":
+            from vaeprobe.chunking import pass_budget, rows_within
+
+            return rows_within(self.activation_bytes_per_row(), pass_budget(self.device)[0])
+        return 64
+
+    def activation_bytes_per_row(self) -> int:
+        """Declared bytes of activations per row: by default 256 float32 channels at the
+        image's full resolution; probes that know their widths may say better."""
+        return 4 * 256 * self.image_shape[1] * self.image_shape[2]
 
     def noise(self, rows: int, n_samples: int, generator: Generators,
               posterior: str = "sample") -> list[torch.Tensor]:
@@ -235,7 +249,8 @@ class Probe:
             return [torch.randn((rows * n_samples, *shape), generator=generator,
                                 device=self.device) for shape in shapes]
         if len(generator) != rows:
-            raise ValueError(f"expected one generator per image ({rows}), got {len(generator)}")
+            raise ValueError(f"expected one generator (or stream) per image ({rows}), got "
+                             f"{len(generator)}")
         return per_image_noise(shapes, generator, n_samples, self.device)
 
     def encode(self, x, n_samples: int = 1, generator: Generators = None, *,

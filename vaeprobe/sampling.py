@@ -24,7 +24,7 @@ from vaeprobe import distributed
 from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
 from vaeprobe._deprecate import renamed
 from vaeprobe.probe import Probe, encode
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 from vaeprobe.validate import temperatures
 
 KINDS = ("mean", "stochastic", "reconstruction_mean", "reconstruction_stochastic")
@@ -182,11 +182,11 @@ def _draw(probe: Probe, kinds: Sequence[str], rows: list[int], temperature, seed
     prior = [k for k in kinds if k in PRIOR_KINDS]
     if prior:
         latents = probe.sample_prior(len(rows), temperature=temperature,
-                                     generator=image_generators(seed, rows, probe.device))
+                                     generator=image_streams(seed, rows, probe.device))
         out.update(_pixels(probe.decode(latents), prior, rows, seed, probe.device))
     reconstructions = [k for k in kinds if k not in PRIOR_KINDS]
     if reconstructions:
-        latents = encode(probe, inputs, 1, image_generators(seed, rows, probe.device), posterior)
+        latents = encode(probe, inputs, 1, image_streams(seed, rows, probe.device), posterior)
         out.update(_pixels(probe.decode(latents), reconstructions, rows, seed, probe.device))
     if return_primary:
         out[PRIMARY] = vdata.to_uint8(_primary_mean(probe, latents))
@@ -211,7 +211,7 @@ def _pixels(likelihood, kinds, rows, seed, device) -> dict[str, torch.Tensor]:
         if kind.endswith("mean"):
             out[kind] = vdata.to_uint8(likelihood.mean, clip=True)
         else:
-            out[kind] = likelihood.sample(image_generators(seed + 1, rows, device))
+            out[kind] = likelihood.sample(image_streams(seed + 1, rows, device))
     return out
 
 

@@ -79,10 +79,9 @@ def tiling_error(probe, data, *, tile_size: int | None = None, n_images: int | N
 
 
 def _compare(tiled: Probe, whole: Probe, x, generators, posterior: str) -> dict:
-    states = [g.get_state() for g in generators]
+    state = generators.get_state()
     latents = [encode(tiled, x, 1, generators, posterior)]
-    for g, state in zip(generators, states, strict=True):
-        g.set_state(state)  # the same noise in both passes
+    generators.set_state(state)  # the same noise in both passes
     latents.append(encode(whole, x, 1, generators, posterior))
     means = [p.decode(lat).mean.double() for p, lat in zip((tiled, whole), latents, strict=True)]
     difference = (means[0] - means[1]).flatten(1)

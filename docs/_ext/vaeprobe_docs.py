@@ -94,7 +94,7 @@ def _directive(full: str, obj) -> str:
     if inspect.ismodule(obj):
         return f".. automodule:: {full}\n   :no-members:\n"
     if inspect.isclass(obj):
-        options = "   :members:\n" if not issubclass(obj, BaseException) else ""
+        options = "" if issubclass(obj, BaseException) else "   :members:\n   :undoc-members:\n"
         return f".. autoclass:: {full}\n{options}"
     if callable(obj):
         return f".. autofunction:: {full}\n"
@@ -392,10 +392,12 @@ def missing_reference(app, env, node, contnode):
         return None
     target = node.get("reftarget", "")
     candidates = [target]
-    if node.get("py:module") and not target.startswith("vaeprobe"):
-        candidates.append(f"{node['py:module']}.{target}")
-    if node.get("refdoc") in HOMES and not target.startswith("vaeprobe"):
-        candidates.append(f"{HOMES[node['refdoc']]}.{target}")
+    if not target.startswith("vaeprobe"):  # relative to the module / class it is written in
+        contexts = [node.get("py:module"), HOMES.get(node.get("refdoc"))]
+        for context in filter(None, contexts):
+            if node.get("py:class"):
+                candidates.append(f"{context}.{node['py:class']}.{target}")
+            candidates.append(f"{context}.{target}")
     for candidate in candidates:
         if not candidate.startswith(("vaeprobe.", "trainers.", "analyses.")):
             continue
@@ -423,7 +425,25 @@ def generate(app) -> None:
     sections_page(out)
 
 
+def _numpydoc_warnings_are_sphinx_warnings() -> None:
+    """numpydoc reports an unknown or malformed section as a Python UserWarning, which ``-W``
+    does not see; say it through Sphinx's logger instead, so that it fails the build."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "numpydoc" in str(filename):
+            LOG.warning(f"numpydoc could not parse a docstring: {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", category=UserWarning, module=r"numpydoc\..*")
+
+
 def setup(app):
+    _numpydoc_warnings_are_sphinx_warnings()
     app.connect("builder-inited", generate)
     app.connect("missing-reference", missing_reference)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

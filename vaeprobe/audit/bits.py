@@ -14,7 +14,7 @@ import xarray as xr
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.arrays import rate_terms
-from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section_attrs
+from vaeprobe.audit._common import NamedData, ProbeFacts, fmt, per_dimension, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
@@ -275,8 +275,8 @@ def where_bits_go(probe: Probe, data, *, n_images: int | None = 256, seed: int =
 def summary(ds: xr.Dataset) -> str:
     a = ds.attrs
     collapsed = json.loads(a.get("collapsed_layers", "[]"))
-    text = (f"total rate {_fmt(ds['total_rate'], 4)} nats/image "
-            f"({_fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
+    text = (f"total rate {fmt(ds['total_rate'], 4)} nats/image "
+            f"({fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
             f"{int(ds['active_units'])}/{int(ds['channels'].sum())}; collapsed layers "
             f"(< {a.get('collapse_threshold')} nats): {len(collapsed)}"
             + (f" ({', '.join(collapsed[:6])}{' ...' if len(collapsed) > 6 else ''})"
@@ -296,16 +296,11 @@ def _map_line(rate: np.ndarray) -> str:
     top = max(1, round(0.1 * len(ordered)))
     share = ordered[:top].sum() / ordered.sum() if ordered.sum() > 0 else np.nan
     return (f"rate map {rate.shape[0]}x{rate.shape[1]}: the costliest {top} of {len(ordered)} "
-            f"positions carry {_fmt(100 * share, 3)}% of the rate")
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+            f"positions carry {fmt(100 * share, 3)}% of the rate")
 
 
 SECTION = register(Section(
     name="bits", title="Where the bits go", order=20, summary=summary,
     figure=("audit_bits", "audit_rate_map", "audit_rate_map_example"),
-    accumulator=BitsAccumulator,
+    function=where_bits_go, accumulator=BitsAccumulator,
     options=dict(active_threshold=0.01, collapse_threshold=0.1)))

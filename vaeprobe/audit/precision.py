@@ -18,11 +18,7 @@ compared with what was predicted.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import functools
 import json
-import time
 
 import numpy as np
 import torch
@@ -30,18 +26,27 @@ import xarray as xr
 from torch import nn
 
 from vaeprobe.audit._common import LocalHandle, NamedData, ProbeFacts, section_attrs
+from vaeprobe.audit.lowprecision import (
+    CPU_SLOWDOWN_LIMIT,
+    FLOAT16_MAX,
+    FLOAT16_TINY,
+    ActivationRange,
+    compare_outputs,
+    cpu_slowdown,
+    crop_probe,
+    crop_reference,
+    low_precision_pass,
+    posterior_means,
+    select_rows,
+)
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
-from vaeprobe.probe import LatentPass, Probe, encode
+from vaeprobe.probe import Probe
 
 DTYPES = ("float32", "bfloat16", "float16")
 STAGES = ("encode", "decode", "roundtrip")
-FLOAT16_MAX = float(torch.finfo(torch.float16).max)  # 65504
-FLOAT16_TINY = float(torch.finfo(torch.float16).tiny)  # 6.1e-5, smallest normal
 BFLOAT16_MAX = float(torch.finfo(torch.bfloat16).max)
 N_MODULES = 10  # modules with the largest activations kept in the Dataset
-CPU_SLOWDOWN_LIMIT = 4.0  # on CPU, run a dtype only when its convolutions are within this
-UNDERFLOW_SAMPLE = 65536  # values per module call behind the below-normal share
 CPU_CROP = 128  # on CPU, low precision runs on a centre crop of this side where the model allows
 
 PROTOCOL = ("prediction: forward hooks on every leaf module during the float32 shared pass "
@@ -63,168 +68,6 @@ def _modules(probe: Probe) -> list[nn.Module]:
     return [value for value in vars(probe).values() if isinstance(value, nn.Module)]
 
 
-def _posterior_means(latents: LatentPass) -> torch.Tensor:
-    """Every layer's posterior mean (z where a draw has none), flattened per row: (B, D)."""
-    return torch.cat([(d.q_mean if d.q_mean is not None else d.z).flatten(1).double()
-                      for d in latents.draws], 1)
-
-
-class _ActivationRange:
-    """Per leaf module: largest |output|, count above float16's max, non-zero and
-    below-normal counts; folded over every forward call."""
-
-    def __init__(self):
-        self.largest: dict[str, float] = {}
-        self.overflow: dict[str, int] = {}
-        self.small: dict[str, list[int]] = {}  # name -> [below float16 normal, non-zero]
-
-    def hook(self, label: str):
-        def record(module, inputs, output):
-            if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
-                return
-            flat = output.detach().reshape(-1)
-            low, high = torch.aminmax(flat)  # one pass over every value
-            value = max(-float(low), float(high))
-            self.largest[label] = max(self.largest.get(label, 0.0), value)
-            if value > FLOAT16_MAX:
-                over = int((flat.abs() > FLOAT16_MAX).sum())
-                self.overflow[label] = self.overflow.get(label, 0) + over
-            # the share of tiny values: a systematic sample of at most UNDERFLOW_SAMPLE values
-            magnitude = flat[::max(1, flat.numel() // UNDERFLOW_SAMPLE)].abs()
-            nonzero = int(torch.count_nonzero(magnitude))
-            counts = self.small.setdefault(label, [0, 0])
-            counts[0] += nonzero - int(torch.count_nonzero(magnitude >= FLOAT16_TINY))
-            counts[1] += nonzero
-        return record
-
-    def merge(self, other: _ActivationRange) -> None:
-        for label, value in other.largest.items():
-            self.largest[label] = max(self.largest.get(label, 0.0), value)
-        for label, value in other.overflow.items():
-            self.overflow[label] = self.overflow.get(label, 0) + value
-        for label, (below, nonzero) in other.small.items():
-            counts = self.small.setdefault(label, [0, 0])
-            counts[0] += below
-            counts[1] += nonzero
-
-
-@functools.cache
-def cpu_slowdown(dtype_name: str) -> float:
-    """How many times slower a 3x3 convolution (32 channels, 64x64) runs under CPU autocast
-    to ``dtype_name`` than in float32 (timed once per process; inf where it fails)."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(32, 32, 3, padding=1)
-    x = torch.randn(1, 32, 64, 64)
-
-    def timed(context) -> float:
-        with torch.no_grad(), context:
-            start = time.perf_counter()
-            conv(x)
-            return time.perf_counter() - start
-
-    fast = contextlib.nullcontext
-    try:
-        low_context = functools.partial(torch.autocast, "cpu", dtype=getattr(torch, dtype_name))
-        timed(fast()), timed(low_context())  # warm-up
-        reference, low = [], []
-        for _ in range(3):  # interleaved, fastest of each: a busy machine's preemptions drop out
-            reference.append(timed(fast()))
-            low.append(timed(low_context()))
-            if min(low) > 4 * CPU_SLOWDOWN_LIMIT * min(reference):
-                break  # clearly slow: no need to wait for more
-        reference, low = min(reference), min(low)
-    except RuntimeError:
-        return float("inf")
-    return low / max(reference, 1e-6)
-
-
-def _cast(probe: Probe, dtype: torch.dtype) -> Probe:
-    """A shallow copy of the probe whose nn.Modules are deep copies cast to ``dtype``."""
-    clone = copy.copy(probe)
-    for name, value in vars(probe).items():
-        if isinstance(value, nn.Module):
-            setattr(clone, name, copy.deepcopy(value).to(dtype))
-    return clone
-
-
-@torch.no_grad()
-def _stages(probe: Probe, x: torch.Tensor, reference: LatentPass) -> dict:
-    """The three stages' outputs (float64, CPU) under the current precision context."""
-    latents = encode(probe, x, 1, None, "mean")
-    rerun = LatentPass(reference.draws, reference.n_samples)  # no context: decoder reruns
-    return {"encode": _posterior_means(latents).cpu(),
-            "decode": probe.decode(rerun).mean.double().flatten(1).cpu(),
-            "roundtrip": probe.decode(latents).mean.double().flatten(1).cpu()}
-
-
-def _low_precision(probe: Probe, x, reference: LatentPass, dtype: torch.dtype
-                   ) -> tuple[dict | None, str, str]:
-    """(stages, method, skip reason): autocast first, then cast modules."""
-    try:
-        with torch.autocast(probe.device.type, dtype=dtype):
-            return _stages(probe, x, reference), "autocast", ""
-    except RuntimeError as autocast_error:
-        try:
-            return _stages(_cast(probe, dtype), x, reference), "cast", ""
-        except RuntimeError as cast_error:
-            return None, "none", (f"autocast: {str(autocast_error).splitlines()[0]}; cast "
-                                  f"modules: {str(cast_error).splitlines()[0]}")
-
-
-def _compare(low: torch.Tensor, high: torch.Tensor) -> tuple[int, int, float]:
-    """(NaN count, inf count, largest |low - high| over entries finite in both)."""
-    finite = torch.isfinite(low) & torch.isfinite(high)
-    deviation = float((low - high).abs()[finite].max()) if bool(finite.any()) else float("nan")
-    return int(torch.isnan(low).sum()), int(torch.isinf(low).sum()), deviation
-
-
-def _rows(latents: LatentPass, keep: torch.Tensor) -> LatentPass:
-    """The rows ``keep`` (bool mask) of a one-draw-per-image pass (no decoder context)."""
-    import dataclasses
-
-    def take(value):
-        return value[keep.to(value.device)] if isinstance(value, torch.Tensor) else value
-
-    draws = [dataclasses.replace(d, **{f.name: take(getattr(d, f.name))
-                                       for f in dataclasses.fields(d)}) for d in latents.draws]
-    return LatentPass(draws, latents.n_samples)
-
-
-def _crop_probe(probe: Probe, side: int) -> Probe | None:
-    """A shallow copy of a one-layer probe for ``side`` x ``side`` images (its latent grid
-    scaled alike), or None where the images are no bigger or the grid does not divide."""
-    import dataclasses
-
-    channels, height, width = probe.image_shape
-    if side >= min(height, width):
-        return None
-    multiple = getattr(probe, "size_multiple", None)
-    if multiple:  # a convolutional probe says which sizes it takes
-        return probe.at_image_size(side, side) if side % multiple == 0 else None
-    if len(probe.layers) != 1:
-        return None
-    info = probe.layers[0]
-    factor = height // info.resolution[0]
-    if factor * info.resolution[0] != height or width // factor != info.resolution[1] \
-            or side % factor:
-        return None
-    clone = copy.copy(probe)
-    clone.image_shape = (channels, side, side)
-    clone.layers = [dataclasses.replace(info, resolution=(side // factor, side // factor))]
-    return clone
-
-
-@torch.no_grad()
-def _crop_reference(probe: Probe, x: torch.Tensor, side: int):
-    """(centre-cropped images, their float32 posterior means, the float32 reference)."""
-    top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-    x = x[..., top:top + side, left:left + side].contiguous()
-    latents = encode(probe, x, 1, None, "mean")
-    decoded = probe.decode(LatentPass(latents.draws, latents.n_samples)).mean
-    return x, latents, {"encode": _posterior_means(latents).cpu(),
-                        "decode": decoded.double().flatten(1).cpu()}
-
-
 class PrecisionAccumulator:
     """Activation ranges over the shared pass; low-precision passes on a bounded subset."""
 
@@ -236,7 +79,7 @@ class PrecisionAccumulator:
             raise ValueError(f"dtypes must be among {DTYPES[1:]}, got {sorted(unknown)}")
         self.names = ["float32", *dtypes]
         self.runner = LocalHandle(probe)  # stays on this rank (only update runs it)
-        self.ranges = _ActivationRange()
+        self.ranges = ActivationRange()
         self.counts = np.zeros((len(self.names), len(STAGES), 2), dtype=np.int64)
         self.deviation = np.zeros((len(self.names), len(STAGES)))
         self.methods, self.skips, self.measured = {"float32": "reference"}, {}, 0
@@ -276,15 +119,15 @@ class PrecisionAccumulator:
             return
         x = batch.x[keep.to(batch.x.device)]
         runner = self.runner.value
-        reference_latents = _rows(batch.mean, keep)
-        reference = {"encode": _posterior_means(reference_latents).cpu(),
+        reference_latents = select_rows(batch.mean, keep)
+        reference = {"encode": posterior_means(reference_latents).cpu(),
                      "decode": batch.decoded["posterior_mean"].mean[keep.to(batch.x.device)]
                      .double().flatten(1).cpu()}
         if self.crop:  # a smaller problem for the slow device: the reference reruns on it
-            cropped = _crop_probe(runner, self.crop)
+            cropped = crop_probe(runner, self.crop)
             if cropped is not None:
                 try:
-                    x, reference_latents, reference = _crop_reference(cropped, x, self.crop)
+                    x, reference_latents, reference = crop_reference(cropped, x, self.crop)
                     runner, self.crop_used = cropped, f"a {self.crop}x{self.crop} centre crop"
                 except (RuntimeError, ValueError):  # not fully convolutional: full size
                     pass
@@ -296,14 +139,14 @@ class PrecisionAccumulator:
             if name == "float32":
                 result = reference
             else:
-                result, self.methods[name], reason = _low_precision(
+                result, self.methods[name], reason = low_precision_pass(
                     runner, x, reference_latents, getattr(torch, name))
                 if result is None:
                     self.skips[name] = reason
                     self.run_dtypes.remove(name)
                     continue
             for column, stage in enumerate(STAGES):
-                nan, inf, worst = _compare(result[stage], reference[stage])
+                nan, inf, worst = compare_outputs(result[stage], reference[stage])
                 self.counts[row, column] += (nan, inf)
                 self.deviation[row, column] = np.nanmax([self.deviation[row, column], worst])
 
@@ -321,7 +164,7 @@ class PrecisionAccumulator:
 
 
 class _Hooks:
-    def __init__(self, probe, ranges: _ActivationRange):
+    def __init__(self, probe, ranges: ActivationRange):
         self.probe, self.ranges, self.handles = probe, ranges, []
 
     def __enter__(self):
@@ -494,7 +337,7 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="precision", title="Numerical health", order=90, summary=summary,
-    figure="audit_precision", accumulator=PrecisionAccumulator,
+    figure="audit_precision", function=numerical_health, accumulator=PrecisionAccumulator,
     options=dict(dtypes=("bfloat16", "float16"), cpu_images=1, image_limit=32,
                  run_low_precision=True, cpu_slowdown_limit=CPU_SLOWDOWN_LIMIT,
                  cpu_crop=CPU_CROP),

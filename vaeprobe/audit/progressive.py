@@ -12,13 +12,13 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import batches, image_dims, squared_error
-from vaeprobe.audit._common import evaluation_images, section_attrs
+from vaeprobe.audit._common import evaluation_images, fmt, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 KINDS = ("mean", "sample")
-PRIOR_STREAM = 2  # image_generators stream of the prior draws of the later layers
+PRIOR_STREAM = 2  # image_streams stream of the prior draws of the later layers
 
 PROTOCOL = ("for k in a set of at most max_points values (0, L, every resolution boundary, then "
             "log-spaced; coord k): layers 1..k from the posterior given the image, layers k+1..L "
@@ -140,7 +140,7 @@ def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: 
         rows = indices[start:start + len(x)].tolist()
         start += len(x)
         for kind in KINDS:
-            prior = image_generators(seed, rows, probe.device, stream=PRIOR_STREAM)
+            prior = image_streams(seed, rows, probe.device, stream=PRIOR_STREAM)
             per_k, kl, means = progressive_pass(probe, x, generators, prior, kind, points)
             distortion[kind].append(per_k)
             if kind == "sample":
@@ -205,14 +205,9 @@ def summary(ds: xr.Dataset) -> str:
     mean = ds["distortion"].sel(kind="mean").values
     k = ds["k"].values
     half = k[int(np.argmax(mean <= (mean[0] + mean[-1]) / 2))]
-    return (f"distortion (means) from {_fmt(mean[0], 4)} at k=0 to {_fmt(mean[-1], 4)} at "
+    return (f"distortion (means) from {fmt(mean[0], 4)} at k=0 to {fmt(mean[-1], 4)} at "
             f"k={int(k[-1])}; half of the drop by k={int(half)} ({len(k)} points, "
             f"{int(ds.attrs.get('n_images', 0))} images)")
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

@@ -16,6 +16,7 @@ from vaeprobe.audit._common import (
     NamedData,
     ProbeFacts,
     feature_network,
+    fmt,
     lpips_network,
     section_attrs,
 )
@@ -29,10 +30,14 @@ SSIM_WINDOW = 7  # scikit-image's default side of the uniform window
 
 def _psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
     """Per-image PSNR in dB: 10 log10(data_range^2 / MSE), MSE over every pixel and channel
-    (inf for identical images)."""
-    mse = ((x.double() - y.double()) ** 2).flatten(1).mean(1).numpy()
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(data_range ** 2 / mse)
+    (inf for identical images); computed where the images are, per-image values come back."""
+    return _psnr_tensor(x, y, data_range).cpu().numpy()
+
+
+def _psnr_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
+                 ) -> torch.Tensor:
+    mse = ((x.double() - y.to(x.device).double()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse)
 
 
 def ssim_window(height: int, width: int) -> int:
@@ -42,14 +47,32 @@ def ssim_window(height: int, width: int) -> int:
 
 
 def _ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) by scikit-image's ``structural_similarity``, channels
-    averaged, uniform window (:func:`ssim_window`), sample covariance: its defaults."""
-    from skimage.metrics import structural_similarity
+    """Per-image SSIM (Wang et al. 2004) as scikit-image's ``structural_similarity`` computes
+    it with its defaults (channels averaged, uniform window :func:`ssim_window`, sample
+    covariance, K1 0.01, K2 0.03, the border of half a window left out), batched in float64
+    where the images are (tests check it against scikit-image)."""
+    return _ssim_tensor(x, y, data_range).cpu().numpy()
+
+
+def _ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
+                 ) -> torch.Tensor:
+    import torch.nn.functional as F
 
     window = ssim_window(*x.shape[-2:])
-    a, b = x.double().cpu().numpy(), y.double().cpu().numpy()
-    return np.array([structural_similarity(a[i], b[i], data_range=data_range, channel_axis=0,
-                                           win_size=window) for i in range(len(a))])
+    a, b = x.double(), y.to(x.device).double()
+    # a uniform filter read only where it does not reach the border: skimage's crop(S, pad)
+
+    def mean(t):
+        return F.avg_pool2d(t, window, stride=1)
+
+    ux, uy = mean(a), mean(b)
+    scale = window ** 2 / (window ** 2 - 1)  # sample covariance
+    vx = scale * (mean(a * a) - ux * ux)
+    vy = scale * (mean(b * b) - uy * uy)
+    vxy = scale * (mean(a * b) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(2).mean(2).mean(1)  # per channel, then channels averaged
 
 
 def protocol_text(height: int, width: int) -> str:
@@ -59,9 +82,10 @@ def protocol_text(height: int, width: int) -> str:
             f"(sum) and mse (mean) of squared error on the [0, 1] scale use the float decoder "
             f"mean; PSNR, SSIM, LPIPS and rFID use it quantised by round(clamp(x, 0, 1) * 255), "
             f"as a saved image; PSNR = 10 log10(255^2 / MSE) per image, averaged over images "
-            f"(psnr_dataset: from the mean MSE); SSIM by skimage.metrics.structural_similarity "
-            f"(data_range=255, channel_axis=0, win_size={ssim_window(height, width)}, uniform "
-            f"window, channels averaged); MS-SSIM by pytorch_msssim.ms_ssim (data_range=255, "
+            f"(psnr_dataset: from the mean MSE); SSIM as skimage.metrics.structural_similarity "
+            f"computes it, batched in float64 (data_range=255, channel_axis=0, "
+            f"win_size={ssim_window(height, width)}, uniform window, channels averaged); "
+            f"MS-SSIM by pytorch_msssim.ms_ssim (data_range=255, "
             f"11-px Gaussian window, sigma 1.5, five scales, published weights) where the "
             f"images have at least {MSSSIM_MIN_SIDE} px a side; LPIPS from the lpips package on "
             f"inputs in [-1, 1], "
@@ -85,10 +109,15 @@ def msssim_skip_reason(height: int, width: int) -> str:
 def _msssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
     """Per-image MS-SSIM (Wang et al. 2003) by pytorch-msssim's ``ms_ssim`` with its defaults
     (11-px Gaussian window, sigma 1.5, five scales with the published weights)."""
+    return _msssim_tensor(x, y, data_range).cpu().numpy()
+
+
+def _msssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
+                   ) -> torch.Tensor:
     from pytorch_msssim import ms_ssim
 
-    return ms_ssim(x.double(), y.double(), data_range=data_range, size_average=False,
-                   win_size=MSSSIM_WINDOW).numpy()
+    return ms_ssim(x.double(), y.to(x.device).double(), data_range=data_range,
+                   size_average=False, win_size=MSSSIM_WINDOW)
 
 
 class ReconstructionAccumulator:
@@ -120,30 +149,30 @@ class ReconstructionAccumulator:
         self.indices = []
 
     def update(self, batch) -> None:
+        """Every metric batched where the images are; only per-image values come back."""
         x = batch.x
-        x_cpu = x.cpu()
         extractor, lpips = self.nets.value
         self.indices.append(batch.indices)
         if extractor is not None:
             self.reference.append(extractor(x).cpu())
         for kind in KINDS:
             mean = batch.decoded[kind].mean
-            quantised = vdata.to_uint8(mean).cpu()
+            quantised = vdata.to_uint8(mean).to(x.device)
             row = self.rows[kind]
             row["distortion"].append(squared_error(x, mean).cpu())
-            row["psnr"].append(torch.as_tensor(_psnr(x_cpu, quantised)))
-            row["ssim"].append(torch.as_tensor(_ssim(x_cpu, quantised)))
+            row["psnr"].append(_psnr_tensor(x, quantised).cpu())
+            row["ssim"].append(_ssim_tensor(x, quantised).cpu())
             if not self.msssim_skipped:
-                row["msssim"].append(torch.as_tensor(_msssim(x_cpu, quantised)))
+                row["msssim"].append(_msssim_tensor(x, quantised).cpu())
             if lpips is not None:
                 row["lpips"].append(lpips(quantised.to(lpips.device),
                                           x.to(lpips.device)).cpu())
             if extractor is not None:
-                row["features"].append(extractor(quantised.to(x.device)).cpu())
+                row["features"].append(extractor(quantised).cpu())
             if sum(len(p) for p in self.previews[kind]) < self.n_preview:
-                self.previews[kind].append(quantised[:self.n_preview])
+                self.previews[kind].append(quantised[:self.n_preview].cpu())
         if sum(len(p) for p in self.inputs) < self.n_preview:
-            self.inputs.append(x_cpu[:self.n_preview])
+            self.inputs.append(x[:self.n_preview].cpu())
 
     def merge(self, other: ReconstructionAccumulator) -> ReconstructionAccumulator:
         for kind in KINDS:
@@ -296,11 +325,11 @@ def summary(ds: xr.Dataset) -> str:
     a, parts = ds.attrs, []
     for kind in ds["kind"].values:
         cell = ds.sel(kind=kind)
-        text = (f"{str(kind).replace('posterior_', '')}: PSNR {_fmt(cell['psnr_mean'], 4)} dB, "
-                f"SSIM {_fmt(cell['ssim_mean'])}")
+        text = (f"{str(kind).replace('posterior_', '')}: PSNR {fmt(cell['psnr_mean'], 4)} dB, "
+                f"SSIM {fmt(cell['ssim_mean'])}")
         if "msssim_mean" in cell and np.isfinite(float(cell["msssim_mean"])):
-            text += f", MS-SSIM {_fmt(cell['msssim_mean'])}"
-        parts.append(text + f", LPIPS {_fmt(cell['lpips_mean'])}, rFID {_fmt(cell['rfid'], 4)}")
+            text += f", MS-SSIM {fmt(cell['msssim_mean'])}"
+        parts.append(text + f", LPIPS {fmt(cell['lpips_mean'])}, rFID {fmt(cell['rfid'], 4)}")
     notes = [f"{m} skipped ({a.get(m + '_skipped')[:60]}...)"
              for m in ("lpips", "rfid", "msssim") if a.get(m + "_skipped")]
     if int(a.get("stand_in_network", 0)):
@@ -308,13 +337,9 @@ def summary(ds: xr.Dataset) -> str:
     return "; ".join(parts) + (f" [{'; '.join(notes)}]" if notes else "")
 
 
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
-
-
 SECTION = register(Section(
     name="reconstructions", title="Reconstructions", order=30, summary=summary,
-    figure="audit_reconstructions", accumulator=ReconstructionAccumulator,
+    figure="audit_reconstructions", function=reconstructions,
+    accumulator=ReconstructionAccumulator,
     networks=("feature_extractor", "weights", "lpips_trunk", "lpips_weights"),
     options=dict(n_preview=8)))

@@ -22,7 +22,7 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar
 from vaeprobe.probe import LatentPass, LayerDraw, Probe, SharedEncoderProbe, encode
-from vaeprobe.random import image_generators
+from vaeprobe.random import image_streams
 
 KINDS = ("posterior_mean", "posterior_sample")
 
@@ -114,7 +114,7 @@ def encode_both(probe: Probe, x: torch.Tensor, generators) -> tuple[LatentPass, 
 @torch.no_grad()
 def _batch(probe: Probe, x, positions, indices, seed, timing: PassTiming, monitors
            ) -> SharedBatch:
-    generators = image_generators(seed, indices.tolist(), probe.device)
+    generators = image_streams(seed, indices, probe.device)
     with contextlib.ExitStack() as stack:
         for monitor in monitors:
             stack.enter_context(monitor())
