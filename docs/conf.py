@@ -57,7 +57,7 @@ numpydoc_xref_param_type = False
 numpydoc_attributes_as_param_list = False
 autosummary_generate = False
 autodoc_typehints = "none"
-autodoc_default_options = {"members": False}
+autodoc_default_options = {"member-order": "bysource"}
 add_module_names = True
 
 # intersphinx: offline-first (see the module docstring)

@@ -37,7 +37,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     say_threads,
     show_default,
 )
-from vaeprobe._cli_bits import add_compare, add_compress, add_decompress, add_information
+from vaeprobe._cli_bits import add_compare, add_compress, add_decompress
 from vaeprobe._cli_nouns import add_nouns
 from vaeprobe._version import __version__
 from vaeprobe.audit.cli import add_audit
@@ -354,7 +354,7 @@ def _add_pca(sub) -> None:
 
 
 COMMANDS = [_add_data, add_nouns, _add_samples, _add_quality, _add_spectrum,
-            _add_pca, _add_weights, add_audit, add_information, add_compress, add_decompress,
+            _add_pca, _add_weights, add_audit, add_compress, add_decompress,
             add_compare]
 
 

@@ -345,7 +345,7 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     ----------
     model : nn.Module
         With ``encode(x)`` (see ``encoder_output`` and ``scale``; each part (B, D) or
-        (B, C, h, w)) and ``decode(z)`` (reshapeable to (B, *image_shape)).
+        (B, C, h, w)) and ``decode(z)`` (reshapeable to ``(B, *image_shape)``).
     image_shape : (C, H, W)
     pixel_range : (low, high)
         The scale the model's input is on: uint8 0 maps to ``low``, 255 to ``high``.

@@ -187,11 +187,17 @@ class TopDownLayer(nn.Module):
             draw.q_mean, draw.q_logstd = q_mean, q_logstd
             if z is None:
                 draw.z = q_mean + torch.exp(q_logstd) * noise
-            draw.kl = gaussian_kl(q_mean, q_logstd, p_mean, p_logstd)
+            draw.kl = gaussian_kl(*map(_full, (q_mean, q_logstd, p_mean, p_logstd)))
         elif z is None:
             draw.z = p_mean + temperature * torch.exp(p_logstd) * noise
         h = self.resnet(h + h_update + self.z_proj(draw.z))
         return h, draw
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 for a half-precision tensor (a bf16 autocast pass): the KL keeps full
+    precision; any other tensor as it is."""
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
 class HVAE(nn.Module):
