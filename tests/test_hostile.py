@@ -989,6 +989,38 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(tiny_run, tmp_path, ca
     CORPUS.append(("resume", "truncated last checkpoint"))
 
 
+# ---- first contact: the missing piece named, data that does not fit, Hub names ---------------
+
+def test_first_contact_refusals_name_the_missing_piece(tiny_run, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from vaeprobe.adapters.disvae import BurgessVAE
+
+    research = tmp_path / "results"
+    research.mkdir()
+    torch.save(BurgessVAE((1, 32, 32), 4).state_dict(), research / "model.pt")
+    for argv in ([str(research)], [str(research / "model.pt")],
+                 [str(research / "model.pt"), "--format", "disvae"]):
+        refused("first contact", ["rate", *argv, "--data", "digits8:test"], capsys,
+                research / "specs.json", "is missing")
+    bare = tmp_path / "vae.pth"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), bare)
+    refused("first contact", ["rate", str(bare), "--data", "digits8:test"], capsys, bare,
+            "bare state dict", "vp.Probe.from_module(", "model_config.json")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(2):
+        Image.new("RGB", (12, 10), (200, 30 * i, 90)).save(faces / f"{i}.png")
+    refused("first contact", ["rate", str(tiny_run), "--data", f"folder:{faces}",
+                              "--strict-data"], capsys, "converted to grey",
+            "resized from 10x12 to 8x8", "--strict-data")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    refused("first contact", ["rate", "nobody/no-such-vae", "--data", "digits8:test"], capsys,
+            "nobody/no-such-vae", tmp_path / "hub", "HF_HUB_OFFLINE=1")
+
+
 def test_corpus_size():
     """The corpus the tests above ran (the release note quotes it: pytest -s prints it)."""
     from collections import Counter

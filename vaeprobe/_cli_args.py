@@ -81,6 +81,9 @@ def add_common(parser, *, out: bool = True, plot: bool = True) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: 0 = OMP_NUM_THREADS when set, else "
                         "the usable cores; said on stderr)")
+    parser.add_argument("--strict-data", action="store_true", help="refuse data changed to "
+                        "fit the model (channels converted, resized, levels 0/1) instead of "
+                        "warning (default: warn)")
     if out:
         parser.add_argument("--out", default=None, help="write the results Dataset here "
                             "(netCDF, .nc; default: not written)")
@@ -224,10 +227,18 @@ def _headline_status(ds, command: str) -> int:
 
     bad = [name for name in HEADLINES.get(command, ()) if name in ds
            and ds[name].dtype.kind in "fc" and not np.isfinite(ds[name].values).all()]
+    return nonfinite_status(command, bad, "the result ", ", ",
+                            "; see the WARNING lines above")
+
+
+def nonfinite_status(command: str, bad: list[str], lead: str = "", sep: str = ", ",
+                     hint: str = "") -> int:
+    """The one policy for non-finite headline numbers: 0 when ``bad`` is empty, else the
+    names said on stderr and :data:`NAN_EXIT`."""
     if not bad:
         return 0
-    print(f"vaeprobe {command}: error: the result {', '.join(bad)} is not a number (NaN or "
-          f"inf); see the WARNING lines above (exit status {NAN_EXIT})", file=sys.stderr)
+    print(f"vaeprobe {command}: error: {lead}{sep.join(bad)} is not a number (NaN or inf)"
+          f"{hint} (exit status {NAN_EXIT})", file=sys.stderr)
     return NAN_EXIT
 
 

@@ -35,10 +35,15 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import MeanOnly, check_answer, probe_images
+from vaeprobe.adapters.bernoulli import (  # noqa: F401 (re-exported: module.Bernoulli ...)
+    BINARIZE_HINT,
+    FROM_MODULE_GAUSSIAN,
+    Bernoulli,
+    not_binary_message,
+)
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
@@ -46,58 +51,21 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
-    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
     gaussian_kl,
 )
-from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
 ENCODER_OUTPUTS = ("tuple", "halves", "interleaved")
 ENCODER_INPUTS = ("image", "flat")
 SCALES = ("logvar", "logstd", "std", "none")
 DECODER_OUTPUTS = ("mean", "probabilities", "logits")
-BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
-                 "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
-                 "grey / 255, seeded per image), on the command line --data NAME,binarize="
-                 "dynamic; or use likelihood='gaussian' for grey levels")
 
 
 class ModuleInputError(ValueError):
     """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
-
-
-class Bernoulli:
-    """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``.
-
-    Built from probabilities, or from ``logits`` (then log-probabilities are exact in the
-    tails: log sigmoid, not the log of a rounded probability).
-    """
-
-    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None):
-        self.logits = logits
-        self.mean = (torch.sigmoid(logits) if logits is not None else mean).clamp(0, 1)
-
-    def sample(self, generator=None) -> torch.Tensor:
-        uniform = per_row_random(torch.rand, self.mean.shape, generator, self.mean.device)
-        return ((uniform < self.mean).to(torch.uint8) * 255)
-
-    def log_prob(self, x: torch.Tensor, kind: str = "discretized",
-                 generator=None) -> torch.Tensor:
-        if kind != "discretized":
-            raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
-        if ((x != 0) & (x != 255)).any():
-            raise NotBinaryError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
-                             f"only), got grey levels; {BINARIZE_HINT}")
-        if self.logits is not None:
-            logits = self.logits.double()
-            log_p = torch.where(x == 255, F.logsigmoid(logits), F.logsigmoid(-logits))
-        else:
-            p = self.mean.double().clamp(1e-12, 1 - 1e-12)
-            log_p = torch.where(x == 255, torch.log(p), torch.log1p(-p))
-        return log_p.flatten(1).sum(1)
 
 
 def _choose(value, choices, name: str) -> str:
@@ -139,6 +107,7 @@ class ModuleProbe(SharedEncoderProbe):
                              "standard deviation on its output scale); other likelihoods take "
                              "no sigma")
         self.sigma = sigma
+        self.gaussian_hint = FROM_MODULE_GAUSSIAN  # how to choose a Gaussian (adapters: theirs)
         self.likelihood_kind = "none" if likelihood == "none" else "discretized"
         self.point_posterior = scale == "none"
         self.prior_is_generative = not self.point_posterior
@@ -334,7 +303,7 @@ class ModuleProbe(SharedEncoderProbe):
             log_sigma = torch.tensor(math.log(self.sigma / (high - low)), device=mean.device)
             return DiscretizedGaussian(mean, log_sigma, "fixed")
         if self.likelihood == "bernoulli":
-            return Bernoulli(mean, logits=logits)
+            return Bernoulli(mean, logits=logits, gaussian_hint=self.gaussian_hint)
         return MeanOnly(mean.clamp(0, 1), self.name)
 
     @torch.no_grad()
@@ -376,7 +345,7 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
     ----------
     model : nn.Module
         With ``encode(x)`` (see ``encoder_output`` and ``scale``; each part (B, D) or
-        (B, C, h, w)) and ``decode(z)`` (reshapeable to (B, *image_shape)).
+        (B, C, h, w)) and ``decode(z)`` (reshapeable to ``(B, *image_shape)``).
     image_shape : (C, H, W)
     pixel_range : (low, high)
         The scale the model's input is on: uint8 0 maps to ``low``, 255 to ``high``.

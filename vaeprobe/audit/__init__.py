@@ -65,23 +65,19 @@ from vaeprobe.audit.spectra import spectra
 from vaeprobe.audit.store import AuditMismatchError
 from vaeprobe.probe import Probe, UndefinedAnalysisError  # noqa: F401 (vaeprobe.audit.UndefinedAnalysisError)
 
-# section name -> its public function, in report order (a section registered later, e.g. by a
-# module imported after this one, is found by vp.audit through the registry all the same)
-SECTIONS = {"model_card": model_card, "bits": where_bits_go, "reconstructions": reconstructions,
-            "latents": latent_statistics, "progressive": progressive_coding,
-            "spectra": spectra, "likelihood": likelihood, "samples": samples,
-            "precision": numerical_health}
+# section name -> its public function, for every default section in report order (generated
+# from the registry; an opt-in section, or one registered later, is found by vp.audit and
+# run_section through the registry all the same)
+SECTIONS = {name: section.public for name, section in registered().items() if section.default}
 
 
 def run_section(name: str, probe: Probe, data, **kwargs) -> xr.Dataset:
     """One section by name through its public function; undefined -> a skipped Dataset, an
     error -> a failed one."""
-    function = SECTIONS.get(name)
-    if function is None:
-        section = registered().get(name)
-        if section is None:
-            raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
-        function = section.compute
+    section = registered().get(name)
+    if section is None:
+        raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
+    function = section.public
     return guarded(name, probe, lambda: function(probe, data, **kwargs))
 
 
