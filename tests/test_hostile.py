@@ -183,6 +183,37 @@ def test_the_memory_limit_is_an_option_and_an_environment_variable(tiny_run, mon
     assert vp.load(tiny_run, max_memory="1GB").layers  # the option wins over the variable
 
 
+def _research_folder(folder: Path, specs: dict) -> Path:
+    """A disentangling-vae / JointVAE folder: specs.json and a model.pt never read (the specs
+    are refused before it is)."""
+    folder.mkdir()
+    (folder / "specs.json").write_text(json.dumps(specs))
+    (folder / "model.pt").write_bytes(b"not read")
+    return folder
+
+
+def test_research_formats_are_sized_before_allocating(tmp_path, capsys):
+    burgess = dict(model_type="Burgess", img_size=[1, 32, 32], rec_dist="bernoulli")
+    cases = [("disvae", dict(burgess, latent_dim=1_500_000), ["--max-memory", "1GB"],
+              ["latent_dim", "asks for about", "GiB", "nothing was allocated"]),
+             ("disvae", dict(burgess, latent_dim=1e9), [], ["latent_dim", "nothing was allocated"]),
+             ("disvae", dict(burgess, latent_dim=1e12), [], ["latent_dim", "must be an integer"]),
+             ("disvae", dict(burgess, latent_dim=2.5), [], ["latent_dim", "must be an integer"]),
+             ("disvae", dict(burgess, img_size="big"), [], ["img_size"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10 ** 9, disc=[10])), [],
+              ["latent_spec", "nothing was allocated"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10, disc=[10 ** 9])), [],
+              ["latent_spec", "nothing was allocated"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=dict(cont=10, disc=["ten"])), [],
+              ["latent_spec.disc", "must be an integer"]),
+             ("jointvae", dict(dataset="mnist", latent_spec=[10, 10]), [],
+              ["latent_spec must be an object"])]
+    for index, (kind, specs, flags, words) in enumerate(cases):
+        folder = _research_folder(tmp_path / f"{kind}{index}", specs)
+        refused("allocation", ["rate", str(folder), "--data", "digits8:test", *flags], capsys,
+                folder / "specs.json", *words)
+
+
 @pytest.mark.parametrize("change, names", [
     (dict(latent_channels=-3), ["latent_channels", "-3"]),
     (dict(norm_num_groups=0), ["norm_num_groups", "0"]),
@@ -738,6 +769,70 @@ def test_from_module_accepts_honest_answers_and_a_declared_range():
                                 pixel_range=(-1, 1)).output_range == (-1.0, 1.0)
 
 
+# ---- the raw tracebacks and unclear words of issue 31: one line naming the file or argument ----
+
+def test_devices_batch_sizes_pointers_and_pickled_npz_are_one_line(tiny_run, tmp_path, capsys,
+                                                                 monkeypatch):
+    run = str(tiny_run)
+    refused("device", ["rate", run, "--data", "digits8:test", "--device", "potato"], capsys,
+            "'potato' is not a device", "cpu, cuda or cuda:N")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("rate", "compress"):
+        refused("device", [command, run, "--data", "digits8:test", "--device", "cuda"], capsys,
+                "'cuda'", "no usable CUDA GPU", "--device cpu")
+    refused("device", ["--preset", "tiny-8", "--data", "digits8", "--steps", "2", "--out",
+                       str(tmp_path / "t"), "--device", "cuda"], capsys, "no usable CUDA GPU",
+            main=_train)
+    refused("arguments", ["iwae", run, "--data", "digits8:test", "-k", "2", "--batch-size",
+                          "0"], capsys, "batch_size", ">= 1")
+    refused("arguments", ["pca", "digits8:test", "--n-images", "1"], capsys, "n_images=1",
+            "at least 2 images")
+    pointer = tmp_path / "vae.pt"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    refused("files", ["rate", str(pointer), "--data", "digits8:test"], capsys, pointer,
+            "git-LFS pointer", "git lfs pull")
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, images=np.array([{"a": 1}], dtype=object))
+    err = refused("data", ["rate", run, "--data", f"npz:{pickled}"], capsys, pickled,
+                  "never loads", absent=("Traceback", "allow_pickle"))
+    assert "uint8" in err
+
+
+def test_an_empty_or_garbage_lock_left_by_a_killed_trainer_is_taken_over(tiny_run, tmp_path,
+                                                                         capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    for content in ("", "garbage"):
+        (run / ".lock").write_text(content)
+        refused("lock", ["--out", str(run), "--resume", "--steps", "40"], capsys,
+                "another trainer", main=_train)  # a fresh one: its writer may be writing it
+        old = os.stat(run / ".lock").st_mtime - 60
+        os.utime(run / ".lock", (old, old))
+        assert _train(["--out", str(run), "--resume", "--steps", "40"]) == 0
+        assert "took over an unreadable lock" in capsys.readouterr().err
+        assert not (run / ".lock").exists()
+
+
+def test_a_zeroed_fidelity_cache_entry_is_recomputed(tiny_run, tmp_path, monkeypatch):
+    from conftest import STAND_IN_NETS
+
+    monkeypatch.setenv("VAEPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAEPROBE_OFFLINE", "1")
+    options = dict(n_images=24, kinds=("mean",), kid_subset_size=20, n_diversity_pairs=4,
+                   progress=False, feature_extractor=STAND_IN_NETS["feature_extractor"],
+                   prc_extractor=STAND_IN_NETS["prc_extractor"],
+                   lpips_trunk=STAND_IN_NETS["lpips_trunk"])
+    first = vp.sample_quality(tiny_run, "digits8:test", **options)
+    (entry,) = (tmp_path / "cache" / "fidelity").glob("reference-*.pt")
+    stored = torch.load(entry, weights_only=True)
+    torch.save({**stored, "features": torch.zeros_like(stored["features"])}, entry)
+    again = vp.sample_quality(tiny_run, "digits8:test", **options)
+    assert json.loads(again.attrs["reference_from_cache"]) == {
+        STAND_IN_NETS["feature_extractor"]: False}  # the zeroed entry was not used
+    assert float(again["fid"].sel(kind="mean")) == pytest.approx(
+        float(first["fid"].sel(kind="mean")), rel=1e-6)
+    CORPUS.append(("cache", "a zeroed fidelity-cache entry"))
+
+
 # ---- outputs: inputs are never overwritten, nothing is half-written ----------------------------
 
 def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
@@ -756,6 +851,25 @@ def test_an_output_that_is_an_input_is_refused(tiny_run, tmp_path, capsys):
     refused("outputs", ["rate", str(run), "--data", "digits8:test", "--plot", str(notes)],
             capsys, notes, "--overwrite")
     assert notes.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [
+    ["information", "{run}", "--data", "digits8:test"], ["iwae", "{run}", "--data",
+                                                         "digits8:test"],
+    ["spectrum", "{run}", "--data", "digits8:test"], ["samples", "{run}"],
+    ["pca", "digits8:test"], ["compress", "{run}", "--data", "digits8:test"]])
+def test_every_command_that_writes_refuses_inputs_and_unknown_files(command, tiny_run, tmp_path,
+                                                                     capsys):
+    run = _copy(tiny_run, tmp_path / "run")
+    checkpoint = vp.checkpoints(run)[-1][1]
+    digest = io.sha256_file(checkpoint)
+    argv = [str(run) if part == "{run}" else part for part in command]
+    if command[0] != "pca":
+        refused("outputs", argv + ["--out", str(checkpoint), "--overwrite"], capsys, checkpoint)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    refused("outputs", argv + ["--plot", str(notes)], capsys, notes, "--overwrite")
+    assert notes.read_text() == "mine" and io.sha256_file(checkpoint) == digest
 
 
 def test_vaeprobe_results_are_replaced_and_others_only_with_overwrite(tiny_run, tmp_path,
@@ -777,7 +891,6 @@ def test_vaeprobe_results_are_replaced_and_others_only_with_overwrite(tiny_run, 
 
 def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch, capsys):
     import matplotlib.figure
-    import xarray as xr
 
     def full(self, path, *args, **kwargs):
         Path(path).write_bytes(b"half")  # some bytes land, then the disk is full
@@ -788,12 +901,19 @@ def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch
         raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter "
                            "failed writing file data/0: file write failed")
 
-    monkeypatch.setattr(xr.Dataset, "to_netcdf", full)
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    write_bytes = Path.write_bytes
+
+    def full_bytes(self, data):  # vp.save encodes in memory, then writes the bytes
+        write_bytes(self, b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     out, plot = tmp_path / "r.nc", tmp_path / "r.png"
-    err = refused("full disk", ["rate", str(tiny_run), "--data", "digits8:test", "--n-images",
-                                "4", "--out", str(out), "--plot", str(plot)], capsys,
-                  out, plot, "No space left on device", code=1)
+    with monkeypatch.context() as disk:
+        disk.setattr(Path, "write_bytes", full_bytes)
+        disk.setattr(matplotlib.figure.Figure, "savefig", full)
+        err = refused("full disk", ["rate", str(tiny_run), "--data", "digits8:test",
+                                    "--n-images", "4", "--out", str(out), "--plot", str(plot)],
+                      capsys, out, plot, "No space left on device", code=1)
     assert "computed but not saved" in err
     assert not out.exists() and not plot.exists()
     _no_temporaries(tmp_path)
@@ -803,6 +923,14 @@ def test_a_full_disk_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch
         io.save_checkpoint(target, family="hvae", config={}, state_dict={}, step=1)
     assert not target.exists()
     _no_temporaries(tmp_path)
+    with monkeypatch.context() as disk:  # torch's writer may only say where it stopped
+        import shutil
+
+        disk.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9 vs 8")))
+        disk.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(9, 9, 0))
+        with pytest.raises(io.OutputError, match="No space left on device .0 bytes free"):
+            io.save_checkpoint(target, family="hvae", config={}, state_dict={}, step=1)
     run = _copy(tiny_run, tmp_path / "run")
     (run / "ckpt_step00000040.pt").unlink()
     refused("full disk", ["--out", str(run), "--resume", "--steps", "40"], capsys,

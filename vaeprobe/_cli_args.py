@@ -235,14 +235,14 @@ def check_outputs(args) -> None:
     """Every output path of the command, checked before any work: never one of its inputs (the
     model's files, its run directory's checkpoints and config, a data file), an existing file
     replaced only when it is a vaeprobe result (or --overwrite), and writable."""
-    from vaeprobe import io
+    from vaeprobe import outputs  # the one output policy
 
     inputs = _input_paths(args)
     for flag in ("out", "plot", "preview"):
         if flag == "out" and getattr(args, "out_is_directory", False):
             _check_directory(args.out, inputs)
         elif getattr(args, flag, None):
-            io.check_output(getattr(args, flag), f"--{flag}", inputs=inputs,
+            outputs.check_output(getattr(args, flag), f"--{flag}", inputs=inputs,
                             overwrite=getattr(args, "overwrite", False))
 
 

@@ -40,8 +40,13 @@ def save_checkpoint(path: str | os.PathLike, *, family: str, config: dict, state
         try:
             torch.save(payload, tmp)
         except RuntimeError as error:  # torch's C++ writer: a full disk is a RuntimeError
-            raise OSError(errno.ENOSPC if disk_error(error) else errno.EIO,
-                          str(error).splitlines()[0]) from None
+            import shutil
+
+            free = shutil.disk_usage(tmp.parent).free
+            if disk_error(error) or free < (1 << 20):  # its text may only say "pos"
+                raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free in "
+                              f"{tmp.parent}; torch: {str(error).splitlines()[0]})") from None
+            raise OSError(errno.EIO, str(error).splitlines()[0]) from None
     return Path(path)
 
 
@@ -76,12 +81,20 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05
 def _check_torch_file(path: Path) -> None:
     """Refuse a file that is not a torch checkpoint at all (text, an image, empty...)."""
     with open(path, "rb") as handle:
-        head = handle.read(4)
+        head = handle.read(64)
     if not any(head.startswith(magic) for magic in _TORCH_MAGIC):
-        what = "it is empty" if not head else f"it starts with {head!r}"
+        if head.startswith(b"version https://git-lfs"):
+            raise CheckpointError(f"{path} is a git-LFS pointer (a small text file standing for "
+                                  f"the weights), not the weights: fetch them with `git lfs "
+                                  f"pull` in its repository, or download the file itself")
+        text = head.isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+        what = ("it is empty" if not head else "it is a text file" if text else
+                f"it starts with {head[:4]!r}")
+        fix = ("pass a ckpt_step*.pt file written by vaeprobe's trainer, or a run directory"
+               if path.name.startswith("ckpt_step") else "download or copy the weights again "
+               "(a failed or partial download looks like this)")
         raise CheckpointError(f"{path} is not a checkpoint: {what}, not a torch.save archive "
-                              f"(zip) or a safetensors file; pass a ckpt_step*.pt file written "
-                              f"by vaeprobe's trainer, or a run directory")
+                              f"(zip) or a safetensors file; {fix}")
 
 
 def load_torch_file(path: Path, what: str = "torch file"):

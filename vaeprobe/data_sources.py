@@ -279,6 +279,10 @@ def _npz(path: Path) -> ImageTensorDataset:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib_error()) as error:
         if isinstance(error, (FileNotFoundError, KeyError)) or str(path) in str(error):
             raise
+        if "allow_pickle" in str(error):  # numpy's advice would run the pickle: never quoted
+            raise ValueError(f"{path}: its 'images' array holds Python objects (a pickle), "
+                             f"which vaeprobe never loads; save the images as a uint8 array "
+                             f"(np.savez(path, images=x.astype(np.uint8)))") from None
         raise ValueError(f"cannot read npz file {path}: truncated or corrupt ({error})") from None
     if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW

@@ -60,7 +60,21 @@ def default_device() -> torch.device:
 def resolve_device(device=None) -> torch.device:
     """``device`` as a torch.device; None: :func:`default_device` (the one rule every model and
     analysis follows)."""
-    return torch.device(device) if device is not None else default_device()
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device; use cpu, cuda or cuda:N (or no "
+                         f"--device: CUDA when available, else the CPU)") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r} asked for, but this machine has "
+                             f"{count or 'no'} usable CUDA GPU(s) (torch.cuda.is_available() "
+                             f"is {torch.cuda.is_available()}); use device 'cpu' (--device "
+                             f"cpu), or no device to take CUDA when there is one")
+    return resolved
 
 
 def init(device=None) -> tuple[int, int]:

@@ -11,7 +11,7 @@ safetensors), so a file whose unpickling would run code is refused without runni
 from __future__ import annotations
 
 import datetime
-import errno
+import io as _io
 import json
 import os
 import re
@@ -170,14 +170,13 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     if Path(path).is_file() and not overwrite and not is_result(path):
         raise OutputError(f"refusing to replace {path}: it exists and is not a vaeprobe result; "
                           f"choose another path or pass overwrite=True")
+    # encoded in memory, then written with plain file I/O: a full disk is then an OSError of
+    # ours, never an HDF5 file left half-open (which crashed the interpreter at exit)
+    buffer = _io.BytesIO()
+    ds.to_netcdf(buffer, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
     try:
         with atomic_path(path, ".nc.tmp") as tmp:
-            try:
-                ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding, invalid_netcdf=False)
-            except (RuntimeError, ValueError) as error:  # h5py's own write failures
-                if not disk_error(error):
-                    raise
-                raise OSError(errno.ENOSPC, str(error)) from None
+            tmp.write_bytes(buffer.getvalue())
     except OutputError as error:
         raise OutputError(f"{error}; nothing was written, the Dataset is unchanged in memory "
                           f"(save it elsewhere)") from None

@@ -188,6 +188,9 @@ def _check_request(probe: Probe, k, chunk: int | None, batch_size: int,
     probe.require("vp.iwae", likelihood=True, posterior=True)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (images per pass) must be an integer >= 1, got "
+                         f"{batch_size!r}")
     if chunk is not None:
         if not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (draws per image per pass), got "

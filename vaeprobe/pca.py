@@ -149,7 +149,10 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
         finite(spectrum_distortion, "spectrum_distortion", low=0, low_open=True)
     dataset = vdata.as_dataset(_training_data(data))
     indices = vdata.select(dataset, n_images, seed)
-    device = torch.device(device or distributed.default_device())
+    if len(indices) < 2:
+        raise ValueError(f"pca_baseline needs at least 2 images for a covariance, got "
+                         f"{len(indices)} (n_images={n_images}); use more images")
+    device = distributed.resolve_device(device)
     covariance = _Covariance()
     local = distributed.shard(indices, device)  # this rank's block under torchrun
     bar = progress_bar(len(local), "pca: covariance", progress, unit="img")
@@ -182,7 +185,7 @@ def _pca_dataset(values: np.ndarray, ks: np.ndarray, targets) -> xr.Dataset:
     dims = len(values)
     distortion = pca_distortion(values, ks)
     total = float(values.sum())
-    rd_grid = np.geomspace(max(total * 1e-4, 1e-12), total, 64)
+    rd_grid = np.geomspace(max(total * 1e-4, 1e-12), max(total, 1e-12), 64)  # 0: constant
     return xr.Dataset(
         {
             "eigenvalues": ("component", values, {"units": "variance on [0, 1]"}),

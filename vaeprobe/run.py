@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ LOG_UNITS = {
 
 
 LOCK_NAME = ".lock"  # held by the trainer writing the run (host and pid)
+LOCK_GRACE_S = 5.0  # an empty or garbage lock older than this was left by a killed writer
 
 
 class RunBusyError(io.OutputError):
@@ -143,7 +145,9 @@ class Run:
         """Take the run's lock (``.lock``: host and pid of the writer) for this process.
 
         A second writer refuses with :class:`RunBusyError`; a lock left by a process that is
-        gone (same host) is taken over. Returns what was done ("taken" or a sentence saying
+        gone (same host), or one that is empty or unreadable and older than
+        :data:`LOCK_GRACE_S` (a writer killed between creating and writing it), is taken
+        over. Returns what was done ("taken" or a sentence saying
         whose stale lock was taken over). Release it with :meth:`unlock`.
         """
         self.path.mkdir(parents=True, exist_ok=True)
@@ -161,6 +165,13 @@ class Run:
                         os.unlink(self.lock_path)
                     said = f"took over the stale lock of process {pid}, which is gone"
                     continue
+                age = self._lock_age()
+                if pid is None and age > LOCK_GRACE_S:  # a writer killed before writing it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.lock_path)
+                    said = (f"took over an unreadable lock ({self.lock_path}: empty or not "
+                            f"'host pid', {age:.0f} s old)")
+                    continue
                 raise RunBusyError(
                     f"{self.path} is being written by another trainer (process {pid} on "
                     f"{host}, {self.lock_path}); wait for it to finish or choose another "
@@ -171,6 +182,12 @@ class Run:
             return said
         raise RunBusyError(f"could not take the lock {self.lock_path}: other processes keep "
                            f"taking it")
+
+    def _lock_age(self) -> float:
+        try:
+            return time.time() - self.lock_path.stat().st_mtime
+        except OSError:
+            return 0.0
 
     def _lock_owner(self) -> tuple[str, int | None]:
         try:

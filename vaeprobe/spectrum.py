@@ -341,7 +341,7 @@ def _data_spectrum(images, n_images, window, channels, cutoff, batch_size, seed,
     dataset = vdata.as_dataset(images)
     indices = vdata.select(dataset, n_images, seed)
     accumulator = SpectrumAccumulator(window, channels)
-    device = torch.device(device or distributed.default_device())
+    device = distributed.resolve_device(device)
     # no model to run: batches only bound memory, and bigger ones keep the FFT threads busy
     local = distributed.shard(indices, device)  # this rank's block under torchrun
     for x in vdata.iterate_batches(dataset, max(batch_size, 2048), local, device=device):

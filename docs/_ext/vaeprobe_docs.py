@@ -423,7 +423,25 @@ def generate(app) -> None:
     sections_page(out)
 
 
+def _numpydoc_warnings_are_sphinx_warnings() -> None:
+    """numpydoc reports an unknown or malformed section as a Python UserWarning, which ``-W``
+    does not see; say it through Sphinx's logger instead, so that it fails the build."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "numpydoc" in str(filename):
+            LOG.warning(f"numpydoc could not parse a docstring: {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", category=UserWarning, module=r"numpydoc\..*")
+
+
 def setup(app):
+    _numpydoc_warnings_are_sphinx_warnings()
     app.connect("builder-inited", generate)
     app.connect("missing-reference", missing_reference)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -128,7 +128,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     >>> load("sd-vae-ft-mse/", image_size=256).source["format"]  # doctest: +SKIP
     'diffusers'
     """
-    from vaeprobe.distributed import default_device
+    from vaeprobe.distributed import resolve_device
 
     path = Path(path)
     if format is None:
@@ -143,7 +143,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
         raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
                           f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
-    device = device if device is not None else default_device()  # cuda:LOCAL_RANK (torchrun)
+    device = resolve_device(device)  # None: cuda:LOCAL_RANK (torchrun), else the CPU
     # defaults keep a policy set around the call (e.g. the CLI's around vp.spectrum of a run)
     policy = validate.load_policy(max_memory=max_memory, allow_nonfinite=allow_nonfinite) if (
         max_memory is not None or allow_nonfinite) else contextlib.nullcontext()

@@ -47,6 +47,26 @@ def read_specs(path: Path, what: str) -> tuple[Path, Path, dict]:
     return specs_path, weights_path, specs
 
 
+MAX_SPEC_INT = 2 ** 31 - 1  # a size field of a specs.json: anything larger is damage
+
+
+def spec_int(value, key: str, path: Path, *, low: int = 1) -> int:
+    """An integer size field of a ``specs.json``, typed and bounded before anything is sized
+    from it (a JSON 1.5e6 is accepted as 1500000; 2.5, "ten", true, NaN are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
+            float(value).is_integer() or not low <= value <= MAX_SPEC_INT:
+        raise validate.ConfigError(f"{path}: {key} must be an integer in {low}..{MAX_SPEC_INT},"
+                                   f" got {value!r}; the file is damaged or not this format's")
+    return int(value)
+
+
+def check_size(build, activations: int, path: Path, key: str) -> None:
+    """Refuse a model past the memory limit before building it: ``build()`` is counted on the
+    meta device (nothing allocated), plus ``activations`` values for one image."""
+    validate.check_budget(parameters=validate.count_parameters(build), activations=activations,
+                          file=path, key=key)
+
+
 def refuse_pickles(path: Path, format_name: str) -> None:
     """Refuse files that can only be read by unpickling arbitrary objects (cloudpickles)."""
     if Path(path).suffix in PICKLE_SUFFIXES:

@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from vaeprobe.adapters._common import (
+    check_size,
     file_source,
     read_specs,
     read_tensors,
     sniff_specs,
+    spec_int,
 )
 from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import ModuleProbe
@@ -137,11 +139,16 @@ def _check_specs(specs: dict, path: Path) -> tuple[tuple[int, int, int], int]:
     if str(specs.get("model_type", "")).lower() != "burgess":
         raise ValueError(f"{path}: model_type {specs.get('model_type')!r} is not supported; "
                          f"disentangling-vae's only architecture is 'Burgess'")
-    image_shape = tuple(int(v) for v in specs.get("img_size", ()))
-    if len(image_shape) != 3 or image_shape[1:] not in SIZES:
+    size = specs.get("img_size")
+    image_shape = tuple(spec_int(v, "img_size", path) for v in size) \
+        if isinstance(size, list) and len(size) == 3 else ()
+    if len(image_shape) != 3 or image_shape[0] > 4 or image_shape[1:] not in SIZES:
         raise ValueError(f"{path}: img_size must be (C, 32, 32) or (C, 64, 64) (the Burgess "
-                         f"architecture's sizes), got {specs.get('img_size')!r}")
-    return image_shape, int(specs["latent_dim"])
+                         f"architecture's sizes, C at most 4), got {size!r}")
+    latent_dim = spec_int(specs.get("latent_dim"), "latent_dim", path)
+    check_size(lambda: BurgessVAE(image_shape, latent_dim), 8 * math.prod(image_shape)
+               + 4 * latent_dim + 4 * HIDDEN_UNITS, path, "latent_dim")
+    return image_shape, latent_dim
 
 
 def open_disvae(path: Path, *, device=None) -> ModuleProbe:

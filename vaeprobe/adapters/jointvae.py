@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import (
+    check_size,
     file_source,
     read_specs,
     read_tensors,
     sniff_specs,
+    spec_int,
 )
 from vaeprobe.adapters.format_registry import Format, formats
 from vaeprobe.adapters.module import Bernoulli
@@ -58,6 +60,7 @@ from vaeprobe.probe import (
 IMAGE_SHAPES = {"mnist": (1, 32, 32), "fashion_mnist": (1, 32, 32), "dsprites": (1, 64, 64),
                 "chairs": (1, 64, 64), "celeba": (3, 64, 64)}  # as JointVAE's load_model
 HIDDEN, FEATURES = 256, (64, 4, 4)
+MAX_DISCRETE = 1024  # discrete latents in one latent_spec
 
 
 def _conv(c_in, c_out):
@@ -178,14 +181,22 @@ def sniff(path: Path) -> bool:
 
 def _spec(specs: dict, path: Path) -> tuple[tuple, int, list[int]]:
     dataset, latent_spec = specs.get("dataset"), specs.get("latent_spec") or {}
-    if dataset not in IMAGE_SHAPES:
+    if not isinstance(dataset, str) or dataset not in IMAGE_SHAPES:
         raise ValueError(f"{path}: dataset {dataset!r} has no known image size; JointVAE's "
                          f"datasets are {sorted(IMAGE_SHAPES)}")
-    continuous, discrete = int(latent_spec.get("cont", 0)), [int(k) for k in
-                                                             latent_spec.get("disc", [])]
+    disc = latent_spec.get("disc", []) if isinstance(latent_spec, dict) else None
+    if not isinstance(disc, list) or len(disc) > MAX_DISCRETE:
+        raise ValueError(f"{path}: latent_spec must be an object {{\"cont\": D, \"disc\": "
+                         f"[K1, ...]}} with at most {MAX_DISCRETE} discrete latents, got "
+                         f"{latent_spec!r}"[:400])
+    continuous = spec_int(latent_spec.get("cont", 0), "latent_spec.cont", path, low=0)
+    discrete = [spec_int(k, "latent_spec.disc", path, low=2) for k in disc]
     if not continuous and not discrete:
         raise ValueError(f"{path}: latent_spec needs 'cont' and/or 'disc', got {latent_spec!r}")
-    return IMAGE_SHAPES[dataset], continuous, discrete
+    shape = IMAGE_SHAPES[dataset]
+    check_size(lambda: JointVAE(shape, continuous, discrete), 8 * math.prod(shape)
+               + 4 * (continuous + sum(discrete)) + 4 * HIDDEN, path, "latent_spec")
+    return shape, continuous, discrete
 
 
 def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:

@@ -39,11 +39,9 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
-    Probe,
     RepeatedRows,
+    SharedEncoderProbe,
     check_n_fixed,
-    check_n_samples,
-    check_posterior,
     gaussian_kl,
     per_layer_temperatures,
 )
@@ -202,7 +200,7 @@ def check_budget(config: VDVAEHparams, where: str) -> None:
 
 # ---- the probe ---------------------------------------------------------------------------------
 
-class VDVAEProbe(Probe):
+class VDVAEProbe(SharedEncoderProbe):
     """Probe over a :class:`~vaeprobe.models.vdvae.VDVAE`: one layer per decoder block."""
 
     likelihood_kind = "discretized"
@@ -230,27 +228,16 @@ class VDVAEProbe(Probe):
             self.model.output_params(features), 3, self.model.hparams.num_mixtures,
             layout="vdvae", n_bits=self.n_bits)
 
-    @torch.no_grad()
-    def encode(self, x, n_samples: int = 1, generator: Generators = None, *,
-               posterior: str = "sample") -> LatentPass:
-        return next(self.encode_chunks(x, n_samples, n_samples, generator, posterior=posterior))
+    def _shared(self, x):
+        """The bottom-up pass, once per image; repeated per draw (image-major rows: row
+        i * k + j is draw j of image i)."""
+        return RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
 
-    @torch.no_grad()
-    def encode_chunks(self, x, n_samples: int, chunk: int, generator: Generators = None, *,
-                      posterior: str = "sample"):
-        """K draws per image in chunks; the bottom-up pass runs once per image."""
-        check_posterior(posterior)
-        check_n_samples(n_samples)
-        x = self.check_images(x)
-        # per image, repeated per draw (image-major rows: row i * k + j is draw j of image i)
-        contexts = RepeatedRows(self.model.posterior_contexts(self.model.bottom_up(x)))
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            noise = None if posterior == "mean" else self.noise(x.shape[0], k, generator)
-            features, draws = self.model.top_down(batch=x.shape[0] * k, contexts=contexts.rows(k),
-                                                  noise=noise, posterior_mean=posterior == "mean")
-            yield LatentPass([_layer_draw(d) for d in draws], k,
-                             {"features": features, "posterior": posterior})
+    def _draw(self, contexts, k: int, noise) -> LatentPass:
+        # the posterior mean comes as zero noise (Probe.noise): q_mean + q_std * 0 = q_mean
+        features, draws = self.model.top_down(batch=noise[0].shape[0], contexts=contexts.rows(k),
+                                              noise=noise)
+        return LatentPass([_layer_draw(d) for d in draws], k, {"features": features})
 
     @torch.no_grad()
     def encode_given(self, x, zs, n_samples: int = 1) -> LatentPass:

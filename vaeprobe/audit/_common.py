@@ -117,6 +117,12 @@ def failed(section: str, error: BaseException, probe: Probe | None = None) -> xr
     return ds
 
 
+def fmt(value, digits: int = 3) -> str:
+    """A number for a section's one-line summary: ``digits`` significant digits, or "nan"."""
+    value = float(value)
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
 def guarded(name: str, probe: Probe | None, compute) -> xr.Dataset:
     """``compute()`` under the audit's one policy: a section undefined for the model
     (:class:`~vaeprobe.probe.UndefinedAnalysisError`) gives a skipped Dataset, any other error a

@@ -14,7 +14,7 @@ import xarray as xr
 from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
 from vaeprobe.accumulate import check_mergeable
 from vaeprobe.arrays import rate_terms
-from vaeprobe.audit._common import NamedData, ProbeFacts, per_dimension, section_attrs
+from vaeprobe.audit._common import NamedData, ProbeFacts, fmt, per_dimension, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
@@ -275,8 +275,8 @@ def where_bits_go(probe: Probe, data, *, n_images: int | None = 256, seed: int =
 def summary(ds: xr.Dataset) -> str:
     a = ds.attrs
     collapsed = json.loads(a.get("collapsed_layers", "[]"))
-    text = (f"total rate {_fmt(ds['total_rate'], 4)} nats/image "
-            f"({_fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
+    text = (f"total rate {fmt(ds['total_rate'], 4)} nats/image "
+            f"({fmt(ds['rate_bpd'].sum(), 3)} bits/dim); active units "
             f"{int(ds['active_units'])}/{int(ds['channels'].sum())}; collapsed layers "
             f"(< {a.get('collapse_threshold')} nats): {len(collapsed)}"
             + (f" ({', '.join(collapsed[:6])}{' ...' if len(collapsed) > 6 else ''})"
@@ -285,11 +285,6 @@ def summary(ds: xr.Dataset) -> str:
         text += (f"; active dimensions {int(ds['n_active_dims'])}/{ds.sizes['dim']} "
                  f"(> {a.get('active_threshold')} nats)")
     return text
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

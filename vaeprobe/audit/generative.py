@@ -11,7 +11,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import progress_bar
-from vaeprobe.audit._common import evaluation_images, feature_network, restamp, section_attrs
+from vaeprobe.audit._common import evaluation_images, feature_network, fmt, restamp, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.likelihood import iwae
 from vaeprobe.probe import Probe
@@ -194,24 +194,19 @@ def samples_cost(probe, n_images: int, options: dict) -> float:
 
 def likelihood_summary(ds: xr.Dataset) -> str:
     return (f"IWAE K={int(ds['k'].values[-1])} on {int(ds.attrs.get('n_images', 0))} images: "
-            f"{_fmt(ds['bpd_mean'], 5)} ± {_fmt(ds['bpd_se'], 2)} bits/dim (ELBO "
-            f"{_fmt(ds['elbo_bpd_mean'], 5)}); ESS/K {_fmt(ds['ess_fraction'])}")
+            f"{fmt(ds['bpd_mean'], 5)} ± {fmt(ds['bpd_se'], 2)} bits/dim (ELBO "
+            f"{fmt(ds['elbo_bpd_mean'], 5)}); ESS/K {fmt(ds['ess_fraction'])}")
 
 
 def samples_summary(ds: xr.Dataset) -> str:
     a, fid = ds.attrs, ds["fid"]
     text = f"{ds.sizes['temperature']} temperatures x {', '.join(map(str, ds['kind'].values))}"
     if np.isfinite(fid.values).any():
-        text += "; FID " + ", ".join(f"T={float(t):g} {_fmt(fid.sel(temperature=t).min(), 4)}"
+        text += "; FID " + ", ".join(f"T={float(t):g} {fmt(fid.sel(temperature=t).min(), 4)}"
                                      for t in ds["temperature"].values)
     elif a.get("fid_skipped"):
         text += f"; FID skipped ({a.get('fid_skipped')[:60]}...)"
     return text
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 LIKELIHOOD = register(Section(

@@ -13,6 +13,7 @@ import xarray as xr
 from vaeprobe.audit._common import (
     NamedData,
     ProbeFacts,
+    fmt,
     layer_coords,
     per_dimension,
     section_attrs,
@@ -264,21 +265,16 @@ def _dataset(probe, means, samples, posterior_std) -> xr.Dataset:
 def summary(ds: xr.Dataset) -> str:
     scale, shift = ds["recommended_scaling_factor"].values, ds["recommended_shift_factor"].values
     own, own_shift = float(ds["checkpoint_scaling_factor"]), float(ds["checkpoint_shift_factor"])
-    text = (f"scale 1/std {_fmt(scale[0], 5)}, shift {_fmt(shift[0], 4)}" if len(scale) == 1
-            else f"scale 1/std per layer {_fmt(np.nanmin(scale))} .. {_fmt(np.nanmax(scale))}")
+    text = (f"scale 1/std {fmt(scale[0], 5)}, shift {fmt(shift[0], 4)}" if len(scale) == 1
+            else f"scale 1/std per layer {fmt(np.nanmin(scale))} .. {fmt(np.nanmax(scale))}")
     if np.isfinite(own):
-        text += f" (checkpoint: scaling_factor {_fmt(own, 5)}" + (
-            f", shift_factor {_fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
+        text += f" (checkpoint: scaling_factor {fmt(own, 5)}" + (
+            f", shift_factor {fmt(own_shift, 5)})" if np.isfinite(own_shift) else ")")
     if "posterior_std_per_dim" in ds:
         std = ds["posterior_std_per_dim"].values
-        text += (f"; posterior std per dim {_fmt(std.min())} .. {_fmt(std.max())} over "
+        text += (f"; posterior std per dim {fmt(std.min())} .. {fmt(std.max())} over "
                  f"{len(std)} dims")
     return text
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

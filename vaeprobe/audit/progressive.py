@@ -12,7 +12,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe._analysis import batches, image_dims, squared_error
-from vaeprobe.audit._common import evaluation_images, section_attrs
+from vaeprobe.audit._common import evaluation_images, fmt, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode
 from vaeprobe.random import image_streams
@@ -205,14 +205,9 @@ def summary(ds: xr.Dataset) -> str:
     mean = ds["distortion"].sel(kind="mean").values
     k = ds["k"].values
     half = k[int(np.argmax(mean <= (mean[0] + mean[-1]) / 2))]
-    return (f"distortion (means) from {_fmt(mean[0], 4)} at k=0 to {_fmt(mean[-1], 4)} at "
+    return (f"distortion (means) from {fmt(mean[0], 4)} at k=0 to {fmt(mean[-1], 4)} at "
             f"k={int(k[-1])}; half of the drop by k={int(half)} ({len(k)} points, "
             f"{int(ds.attrs.get('n_images', 0))} images)")
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

@@ -16,6 +16,7 @@ from vaeprobe.audit._common import (
     NamedData,
     ProbeFacts,
     feature_network,
+    fmt,
     lpips_network,
     section_attrs,
 )
@@ -326,21 +327,16 @@ def summary(ds: xr.Dataset) -> str:
     a, parts = ds.attrs, []
     for kind in ds["kind"].values:
         cell = ds.sel(kind=kind)
-        text = (f"{str(kind).replace('posterior_', '')}: PSNR {_fmt(cell['psnr_mean'], 4)} dB, "
-                f"SSIM {_fmt(cell['ssim_mean'])}")
+        text = (f"{str(kind).replace('posterior_', '')}: PSNR {fmt(cell['psnr_mean'], 4)} dB, "
+                f"SSIM {fmt(cell['ssim_mean'])}")
         if "msssim_mean" in cell and np.isfinite(float(cell["msssim_mean"])):
-            text += f", MS-SSIM {_fmt(cell['msssim_mean'])}"
-        parts.append(text + f", LPIPS {_fmt(cell['lpips_mean'])}, rFID {_fmt(cell['rfid'], 4)}")
+            text += f", MS-SSIM {fmt(cell['msssim_mean'])}"
+        parts.append(text + f", LPIPS {fmt(cell['lpips_mean'])}, rFID {fmt(cell['rfid'], 4)}")
     notes = [f"{m} skipped ({a.get(m + '_skipped')[:60]}...)"
              for m in ("lpips", "rfid", "msssim") if a.get(m + "_skipped")]
     if int(a.get("stand_in_network", 0)):
         notes.append("STAND-IN networks")
     return "; ".join(parts) + (f" [{'; '.join(notes)}]" if notes else "")
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 SECTION = register(Section(

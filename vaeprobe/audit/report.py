@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from vaeprobe.audit._common import fmt
 from vaeprobe.io import atomic_path, clean_attrs
 
 
@@ -89,11 +90,6 @@ def open_audit(path: str | os.PathLike) -> AuditReport:
 
 # ---------------------------------------------------------------------------------------------
 # summary
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
 def _line(name: str, ds: xr.Dataset) -> str:
@@ -189,7 +185,7 @@ def _close(figure) -> None:
 
 def _value(value) -> str:
     if isinstance(value, (float, np.floating)):
-        return _fmt(value, 5)
+        return fmt(value, 5)
     return str(value)
 
 
@@ -214,7 +210,7 @@ def _tables(ds: xr.Dataset) -> str:
     for dims, names in groups.items():
         frame = ds[names].to_dataframe()  # coordinates (layer names ...) come as columns
         out.append(f"<p class=dim>by {html.escape(dims)}</p><div class=wide>"
-                   + frame.to_html(float_format=lambda v: _fmt(v, 5), border=0) + "</div>")
+                   + frame.to_html(float_format=lambda v: fmt(v, 5), border=0) + "</div>")
     return "\n".join(out)
 
 

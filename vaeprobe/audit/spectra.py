@@ -11,7 +11,7 @@ import xarray as xr
 from vaeprobe import data as vdata
 from vaeprobe._analysis import squared_error
 from vaeprobe._fourier import band_energies, ratio_standard_error, window_2d
-from vaeprobe.audit._common import NamedData, ProbeFacts, section_attrs
+from vaeprobe.audit._common import NamedData, ProbeFacts, fmt, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
@@ -170,14 +170,9 @@ def _latent_dataset(probe, spatial, accumulators, cutoff) -> xr.Dataset:
 
 
 def summary(ds: xr.Dataset) -> str:
-    return (f"high-frequency fraction {_fmt(ds['high_frequency_fraction'].values.ravel()[0])} "
-            f"(data {_fmt(ds['high_frequency_fraction_data'])}); relative power at Nyquist "
-            f"{_fmt(np.ravel(ds['relative_power'].values)[-1])}")
-
-
-def _fmt(value, digits: int = 3) -> str:
-    value = float(value)
-    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+    return (f"high-frequency fraction {fmt(ds['high_frequency_fraction'].values.ravel()[0])} "
+            f"(data {fmt(ds['high_frequency_fraction_data'])}); relative power at Nyquist "
+            f"{fmt(np.ravel(ds['relative_power'].values)[-1])}")
 
 
 SECTION = register(Section(

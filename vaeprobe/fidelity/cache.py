@@ -42,7 +42,7 @@ def reference_features(dataset, indices, extractor: Extractor, batch_size: int, 
     key = reference_key(identity, indices, len(indices), tuple(dataset[0].shape[1:]),
                         extractor.name, extractor.weights_sha256)
     path = _cache_path(key)
-    cached = _read(path)
+    cached = _read(path, key, len(indices))
     # under torchrun the ranks agree first (one reads the entry only if all can), then each
     # featurises its block and rank 0 writes the whole
     if distributed.all_true(cached is not None):
@@ -55,17 +55,31 @@ def reference_features(dataset, indices, extractor: Extractor, batch_size: int, 
     if distributed.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            torch.save({"features": features}, tmp)
+            torch.save({"features": features, "key": key,
+                        "sha256": _digest(features)}, tmp)
     return features, False
 
 
-def _read(path: Path) -> torch.Tensor | None:
-    """The features of a cache entry; None when missing or damaged (then recomputed)."""
+def _digest(features: torch.Tensor) -> str:
+    """sha256 of the features' float32 bytes: a cache entry proves its contents."""
+    return hashlib.sha256(features.detach().float().cpu().contiguous().numpy().tobytes()
+                          ).hexdigest()
+
+
+def _read(path: Path, key: str, n: int) -> torch.Tensor | None:
+    """The features of a cache entry; None (then recomputed) when missing, damaged, of
+    another key or count, or when its bytes do not match the sha256 written with them (an
+    entry zeroed or edited on disk; entries of older versions carry no digest)."""
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True)["features"]
-    except (RuntimeError, OSError, KeyError, EOFError):
+        entry = torch.load(path, weights_only=True)
+        features = entry["features"]
+        if entry.get("key") != key or len(features) != n or entry.get("sha256") != \
+                _digest(features):
+            return None
+        return features
+    except (RuntimeError, OSError, KeyError, EOFError, AttributeError, TypeError, ValueError):
         return None
 
 
