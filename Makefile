@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs clean-venv
+.PHONY: demo test lint bench bench-gpu docs clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check vaeprobe trainers analyses tests benchmarks
+
+# the GPU suite (benchmarks/gpu_suite.py): trainer vs bare model per precision mode, eval's GPU rows
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu_suite --json gpu_suite.json
 
 # the site into docs/_build/html: warnings are errors, every reference must resolve (nitpicky),
 # the gallery's scripts run (see docs/conf.py for what happens to intersphinx offline)

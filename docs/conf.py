@@ -39,7 +39,7 @@ extensions = [
 ]
 
 exclude_patterns = ["_build", "generated/*.rst", "paper-patches32/README.md",
-                    "paper-patches32/claims.md",
+                    "paper-patches32/claims.md", "realworld-audits/README.md",
                     "gallery/README.txt", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -57,7 +57,7 @@ numpydoc_xref_param_type = False
 numpydoc_attributes_as_param_list = False
 autosummary_generate = False
 autodoc_typehints = "none"
-autodoc_default_options = {"members": False}
+autodoc_default_options = {"member-order": "bysource"}
 add_module_names = True
 
 # intersphinx: offline-first (see the module docstring)

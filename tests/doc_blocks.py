@@ -68,6 +68,8 @@ def commands(block: str) -> list[list[str]]:
 
 def _parser_for(words: list[str]):
     """(parse function, argv) for a command this project defines, else None."""
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # OMP_NUM_THREADS=1 ...
+        words = words[1:]
     if words[:1] == ["torchrun"]:
         words = words[words.index("-m"):] if "-m" in words else []
         words = ["python", *words]

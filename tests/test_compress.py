@@ -28,8 +28,10 @@ def test_round_trip_file_and_bits(tiny_run, digits_test, tmp_path):
     images = decompress(path, tiny_run, progress=False)
     dataset, indices = vp.data.as_dataset(digits_test), vp.data.select(digits_test, 8, 0)
     assert torch.equal(images, torch.stack([dataset[int(i)] for i in indices]))
-    # the coder spends what the quantised PMFs say (ANS: a few bits in all) ...
-    assert abs(float(ds.coder_overhead_fraction)) < 0.01
+    # the coder spends what the quantised PMFs say (ANS: a few bits in all; the stack is whole
+    # 32-bit words, so up to ~32 bits over ~3,000: 1.03% on the tiny run of issue 28's trainer)
+    assert abs(float(ds.coded_bits.sum() - ds.symbol_bits.sum())) < 64
+    assert abs(float(ds.coder_overhead_fraction)) < 0.02
     assert float(ds.file_bits) == float(ds.initial_bits + ds.coded_bits.sum())
     assert path.stat().st_size * 8 > float(ds.file_bits)  # + the header
     # ... and the -ELBO splits into its pixel and latent terms

@@ -9,8 +9,7 @@ import doc_blocks
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts
-               and "paper-patches32" not in path.parts)
+PAGES = sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts)
 TUTORIALS = [page for page in PAGES if page.parent.name == "tutorials"]
 
 
@@ -51,3 +50,11 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_the_command_check_can_fail():
+    bad = doc_blocks.commands("OMP_NUM_THREADS=1 vaeprobe rate runs/demo --data digits8 \\\n"
+                              "    --no-such-flag 3\npython -m trainers.train --gama 4\n")
+    problems = [doc_blocks.check_command(words) for words in bad]
+    assert all(problems) and "--no-such-flag" in problems[0] and "--gama" in problems[1]
+    assert doc_blocks.check_command(["make", "docs"]) is None  # not ours to check

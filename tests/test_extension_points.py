@@ -144,3 +144,12 @@ def test_a_new_noun_is_one_function_plus_one_table_row(tmp_path, capsys, monkeyp
         assert "(default: 1.0)" in capsys.readouterr().out
     finally:
         _cli_nouns.nouns._entries.pop("toy")
+
+
+def test_the_section_list_is_generated_from_the_registry():
+    from vaeprobe.audit import SECTIONS, registry
+
+    defaults = [name for name, section in registry.sections().items() if section.default]
+    assert list(SECTIONS) == defaults
+    assert all(callable(function) for function in SECTIONS.values())
+    assert SECTIONS["bits"] is vp.audit.SECTIONS["bits"] is registry.get("bits").function

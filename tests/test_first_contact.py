@@ -1,6 +1,8 @@
 """First contact with real models: numbers that mean what their names say, checked on the
 disentangling-vae MNIST models of ../shared/realworld (skipped, saying why, without it)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import realworld
@@ -160,3 +162,131 @@ def test_a_bare_state_dict_names_the_formats_it_is_not_and_the_from_module_call(
     exec(code, namespace)
     rate = float(vp.rate(namespace["probe"], IMAGES, progress=False)["total_rate"])
     assert rate == pytest.approx(float(model.true_kl(IMAGES).mean()), rel=1e-5)
+
+
+# ---- the decoder likelihood as a format option; a NotBinaryError hint that can be followed ----
+
+def _discretized_gaussian(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> np.ndarray:
+    """log P(x) per image of a Gaussian around ``mean`` on [0, 1] binned over the 256 levels,
+    the edge bins taking the tails (scipy, float64): an independent implementation."""
+    from scipy.stats import norm
+
+    level, mean = x.double().numpy() / 255.0, mean.double().numpy()
+    upper = np.where(x.numpy() == 255, np.inf, (level + 0.5 / 255 - mean) / sigma)
+    lower = np.where(x.numpy() == 0, -np.inf, (level - 0.5 / 255 - mean) / sigma)
+    mass = norm.cdf(upper) - norm.cdf(lower)
+    return np.log(mass).reshape(len(x), -1).sum(1)
+
+
+@pytest.mark.parametrize("project", ["disentangling-vae/VAE_mnist", "joint-vae/mnist"])
+def test_the_not_binary_hint_is_followed_to_a_gaussian_bound(project, capsys):
+    folder = realworld.path("models", *project.split("/"))
+    grey = torch.from_numpy(np.load(realworld.path("mnist", "mnist_test_32.npz"))["images"][:8])
+    with pytest.raises(vp.probe.NotBinaryError) as caught:
+        vp.iwae(vp.load(folder, device="cpu"), grey, k=2, progress=False)
+    message = str(caught.value)
+    assert "got grey levels" in message and "RGB" not in message
+    assert f"vp.load({str(folder)!r}, likelihood='gaussian', sigma=S)" in message
+    assert "--option likelihood=gaussian --option sigma=S" in message
+    # the next step is clear: a Gaussian needs its sigma, a choice the model does not make
+    with pytest.raises(ValueError, match="needs sigma=S"):
+        vp.load(folder, likelihood="gaussian", device="cpu")
+    probe = vp.load(folder, likelihood="gaussian", sigma=0.1, device="cpu")
+    assert probe.source["likelihood_choice"] == "gaussian" and probe.source["decoder_sigma"] == 0.1
+    likelihood = probe.decode(probe.encode(grey, posterior="mean"))
+    np.testing.assert_allclose(likelihood.log_prob(grey).numpy(),
+                               _discretized_gaussian(grey, likelihood.mean, 0.1), rtol=1e-5)
+    bound = vp.iwae(probe, grey, k=4, progress=False)
+    assert np.isfinite(bound["bpd"].values).all()
+    # the command line takes the same option (it used to answer "its options: none")
+    from vaeprobe.cli import main
+
+    assert main(["iwae", str(folder), "--data", str(realworld.path("mnist", "mnist_test_32.npz"))
+                 .join(("npz:", "")), "-k", "2", "--n-images", "4", "--option",
+                 "likelihood=gaussian", "--option", "sigma=0.1", "--device", "cpu"]) == 0
+
+
+def test_not_binary_says_colour_or_grey():
+    from vaeprobe.adapters.bernoulli import Bernoulli
+    from vaeprobe.probe import NotBinaryError
+
+    for channels, said, unsaid in ((3, "RGB colour images", "got grey levels"),
+                                   (1, "got grey levels", "RGB")):
+        x = torch.full((2, channels, 4, 4), 128, dtype=torch.uint8)
+        with pytest.raises(NotBinaryError) as caught:
+            Bernoulli(torch.full(x.shape, 0.5)).log_prob(x)
+        assert said in str(caught.value) and unsaid not in str(caught.value)
+        assert "likelihood='gaussian', sigma=S" in str(caught.value)  # from_module's option
+
+
+def test_the_model_card_names_the_likelihood_exactly():
+    from vaeprobe.audit import run_section
+    from vaeprobe.audit.card import likelihood_name, summary
+
+    folder = realworld.path("models", "disentangling-vae", "VAE_mnist")
+    x = _mnist32(4)
+    bernoulli = run_section("model_card", vp.load(folder, device="cpu"), x, progress=False)
+    text = summary(bernoulli)
+    assert "likelihood Bernoulli (binary images only" in text and "bits)" not in text
+    gaussian = run_section("model_card", vp.load(folder, likelihood="gaussian", sigma=0.1,
+                                                 device="cpu"), x, progress=False)
+    assert gaussian.attrs["likelihood"] == ("Gaussian of fixed sigma 0.1 on [0, 1], "
+                                            "discretized over 256 levels")
+    module = vp.Probe.from_module(Signed("logvar"), (1, 4, 4), device="cpu",
+                                  likelihood="gaussian", sigma=0.5, output_range=(-1, 1))
+    assert likelihood_name(module).startswith("Gaussian of fixed sigma 0.25 ")
+
+
+# ---- data that does not match the model: said before any number, refused when strict -------
+
+def _faces(folder: Path, mode: str = "RGB", size=(6, 5)) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(folder / f"face{i}.png")
+    return folder
+
+
+def test_data_changed_to_fit_the_model_is_said_before_any_number(tmp_path):
+    from vaeprobe.data_checks import DataMismatchError, DataMismatchWarning
+
+    probe = vp.Probe.from_module(Signed("logvar"), (1, 4, 4), device="cpu")
+    faces = f"folder:{_faces(tmp_path / 'faces')}"
+    with pytest.warns(DataMismatchWarning) as said:
+        ds = vp.rate(probe, faces, progress=False)
+    text = " ".join(str(w.message) for w in said if w.category is DataMismatchWarning)
+    assert "3 colour image(s) converted to grey" in text
+    assert "3 image(s) resized from 5x6 to 4x4 (HxW; resize=crop)" in text
+    assert np.isfinite(float(ds["total_rate"]))
+    with pytest.raises(DataMismatchError, match="converted to grey"):
+        vp.rate(probe, faces, strict_data=True, progress=False)
+    with vp.data_checks.strict_data(), pytest.raises(DataMismatchError):
+        vp.iwae(probe.__class__(Signed("logvar"), (1, 4, 4), device="cpu",
+                                likelihood="gaussian", sigma=0.1), faces, k=2, progress=False)
+    # data that fits is not warned about, strict or not
+    fits = f"folder:{_faces(tmp_path / 'grey', 'L', (4, 4))}"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        vp.rate(probe, fits, strict_data=True, progress=False)
+    # levels 0/1 (binary data not scaled to 0/255)
+    with pytest.warns(DataMismatchWarning, match="levels are 0 and 1 only"):
+        vp.rate(probe, (IMAGES > 127).to(torch.uint8), progress=False)
+
+
+def test_strict_data_on_the_command_line(tmp_path, capsys):
+    from vaeprobe.cli import main
+
+    folder = realworld.path("models", "disentangling-vae", "VAE_mnist")
+    faces = f"folder:{_faces(tmp_path / 'faces', size=(40, 48))}"
+    assert main(["rate", str(folder), "--data", faces, "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "converted to grey" in err and "resized from 48x40 to 32x32" in err
+    assert main(["rate", str(folder), "--data", faces, "--device", "cpu",
+                 "--strict-data"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "--strict-data" in err and "Traceback" not in err

@@ -543,6 +543,23 @@ def test_damaged_and_edited_vpbb_files_are_refused_before_decoding(tiny_run, tmp
     assert images_digest(np.load(images)["images"]) == header["images_sha256"]
 
 
+def test_a_bit_flipped_anywhere_in_a_vpbb_is_refused(tiny_run, tmp_path):
+    from vaeprobe.compress import CompressedFileError
+
+    good = tmp_path / "good.vpbb"
+    vp.compress(tiny_run, "digits8:test", n_images=2, out=good, progress=False)
+    blob = good.read_bytes()
+    positions = np.random.default_rng(0).choice(len(blob) * 8, size=48, replace=False)
+    for bit in positions:
+        flipped = bytearray(blob)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        damaged = tmp_path / "flipped.vpbb"
+        damaged.write_bytes(bytes(flipped))
+        with pytest.raises(CompressedFileError):
+            vp.decompress(damaged, tiny_run, progress=False)
+    CORPUS.append(("vpbb", "48 single bit flips across the file"))
+
+
 def test_a_vpbb_decodes_only_with_the_load_options_it_was_coded_with(tmp_path):
     from vaeprobe.compress import CompressedFileError
 
@@ -787,6 +804,12 @@ def test_devices_batch_sizes_pointers_and_pickled_npz_are_one_line(tiny_run, tmp
                           "0"], capsys, "batch_size", ">= 1")
     refused("arguments", ["pca", "digits8:test", "--n-images", "1"], capsys, "n_images=1",
             "at least 2 images")
+    refused("arguments", ["audit", run, "--data", "digits8:test", "--batch-size", "0", "--out",
+                          str(tmp_path / "audit")], capsys, "batch_size", ">= 1")
+    pythae = _copy(PYTHAE, tmp_path / "pythae")
+    torch.save({"model_state_dict": [1, 2, 3]}, pythae / "model.pt")
+    refused("files", ["rate", str(pythae), "--data", "digits8:test"], capsys,
+            pythae / "model.pt", "'model_state_dict' dict of tensors", "found a list")
     pointer = tmp_path / "vae.pt"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
     refused("files", ["rate", str(pointer), "--data", "digits8:test"], capsys, pointer,
@@ -964,6 +987,38 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(tiny_run, tmp_path, ca
     assert "skipping the checkpoint of step 40" in err and "step 30" in err
     assert io.read_checkpoint(last)["step"] == 40  # redone from step 30, written whole
     CORPUS.append(("resume", "truncated last checkpoint"))
+
+
+# ---- first contact: the missing piece named, data that does not fit, Hub names ---------------
+
+def test_first_contact_refusals_name_the_missing_piece(tiny_run, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from vaeprobe.adapters.disvae import BurgessVAE
+
+    research = tmp_path / "results"
+    research.mkdir()
+    torch.save(BurgessVAE((1, 32, 32), 4).state_dict(), research / "model.pt")
+    for argv in ([str(research)], [str(research / "model.pt")],
+                 [str(research / "model.pt"), "--format", "disvae"]):
+        refused("first contact", ["rate", *argv, "--data", "digits8:test"], capsys,
+                research / "specs.json", "is missing")
+    bare = tmp_path / "vae.pth"
+    torch.save(torch.nn.Linear(4, 2).state_dict(), bare)
+    refused("first contact", ["rate", str(bare), "--data", "digits8:test"], capsys, bare,
+            "bare state dict", "vp.Probe.from_module(", "model_config.json")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(2):
+        Image.new("RGB", (12, 10), (200, 30 * i, 90)).save(faces / f"{i}.png")
+    refused("first contact", ["rate", str(tiny_run), "--data", f"folder:{faces}",
+                              "--strict-data"], capsys, "converted to grey",
+            "resized from 10x12 to 8x8", "--strict-data")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    refused("first contact", ["rate", "nobody/no-such-vae", "--data", "digits8:test"], capsys,
+            "nobody/no-such-vae", tmp_path / "hub", "HF_HUB_OFFLINE=1")
 
 
 def test_corpus_size():

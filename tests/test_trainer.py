@@ -225,8 +225,8 @@ def test_two_stage_log_has_both_stages_and_their_total(tiny_run, tmp_path):
     trainer = Trainer(config)
     indices = trainer.batch_indices(0)
     x = trainer.fetch(indices)
-    result = trainer.train_step(x, indices)  # the losses before the update, and grad_norm
-    noise, _ = trainer.example_noise(0, indices)  # the same per-example noise again
+    result = trainer.train_step(x)  # the losses before the update, and grad_norm
+    noise, _ = trainer.noise.draw(config.seed, 0)  # the same step's noise again
     n_primary = len(trainer.model.primary.latent_shapes())
     with torch.no_grad():  # the oracle: the frozen primary's own pass on the same batch
         _, draws = trainer.model.primary.posterior_pass(x, noise=noise[:n_primary])
@@ -312,10 +312,10 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path, monkeypatc
     from trainers.train import Trainer, TrainingInterrupted
 
     original = Trainer.train_step
-    def step_then_signal(self, x, indices):
+    def step_then_signal(self, x):
         if self.step == 13:
             os.kill(os.getpid(), signal.SIGTERM)  # handled at the step boundary
-        return original(self, x, indices)
+        return original(self, x)
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     with pytest.raises(TrainingInterrupted) as stopped:
         train(tiny_config(tmp_path / "r", steps=100, ckpt_every=10))
@@ -349,7 +349,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 def test_lagrangian_default_head_is_optimal_and_changes_no_weight(tmp_path):
     """The Lagrangian's loss never reads sigma: an optimal head trains the same weights as the
     fixed sigma = 1 head; its saved EMA sigma is sqrt(MSE) of the EMA on training images."""
-    from trainers.train import CALIBRATION_IMAGES
+    from trainers._checkpoint import CALIBRATION_IMAGES
 
     optimal = train(tiny_config(tmp_path / "o", gamma=2.0, steps=20, ckpt_every=20))
     fixed = train(tiny_config(tmp_path / "f", gamma=2.0, steps=20, ckpt_every=20,

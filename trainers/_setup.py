@@ -13,6 +13,7 @@ from trainers.objectives import objectives
 from vaeprobe import io
 from vaeprobe.checkpoint import load_model
 from vaeprobe.models import HVAE, TwoStageVAE, preset, secondary_config
+from vaeprobe.models.hvae import Block, TopDownLayer
 from vaeprobe.run import LOCK_NAME, Run
 
 
@@ -88,3 +89,19 @@ def _load_primary(path: str):
         raise TrainingError(f"--primary {path} holds a {payload['family']} model; the primary "
                             f"of a two-stage run must be an hvae run")
     return model, payload
+
+
+def compile_regions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``torch.compile`` the repeated blocks of ``model`` in place (regional compilation): every
+    top-down layer, and the encoder's residual blocks outside them. All instances of a block
+    share its code, so one compiled graph serves them all (a new one per distinct shape, e.g.
+    per resolution), and compiling takes seconds where the whole model took minutes; the
+    modules stay plain ``nn.Module`` s (state dicts, EMA copies and checkpoints unchanged).
+    Returns the compiled modules."""
+    inside = {id(block) for layer in model.modules() if isinstance(layer, TopDownLayer)
+              for block in layer.modules()}
+    regions = [m for m in model.modules() if isinstance(m, TopDownLayer) or
+               (isinstance(m, Block) and id(m) not in inside)]
+    for module in regions:
+        module.compile()
+    return regions

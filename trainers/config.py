@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from trainers.objectives import objectives
 from vaeprobe.models import PRESETS as MODEL_PRESETS
-from vaeprobe.models.hvae import training_defaults
 from vaeprobe.models.likelihoods import LIKELIHOODS
 
 OBJECTIVES = tuple(objectives)  # registration order: the CLI's choices
@@ -145,9 +144,15 @@ class TrainConfig:
                 if k not in self.RESUMABLE_CHANGES and stored.get(k, defaults[k]) != v}
 
 
-# Training presets: defaults per model preset, applied under explicit flags (one source:
-# vaeprobe.models.hvae.PRESET_TABLE).
-PRESETS = {name: training_defaults(name) for name in MODEL_PRESETS}
+# Training presets: the trainer's defaults per model preset (vaeprobe.models.PRESETS), applied
+# under explicit flags (TrainConfig field -> value).
+PRESETS = {
+    "tiny-8": dict(batch_size=32, ckpt_every=100, lambda_lr=1e-2, lr=2e-3, steps=300),
+    "tiny-16": dict(batch_size=32, ckpt_every=100, lambda_lr=1e-2, lr=2e-3, steps=300),
+    "demo-cpu": dict(batch_size=32, ckpt_every=250, lambda_lr=5e-3, lr=1e-3, steps=2000),
+    "paper-svhn": dict(batch_size=32, ckpt_every=10_000, steps=350_000),
+    "paper-celeba": dict(batch_size=16, ckpt_every=10_000, steps=350_000),
+}
 
 
 # flags with a fixed set of values: argparse lists them in --help and refuses others

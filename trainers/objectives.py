@@ -37,9 +37,15 @@ from vaeprobe.registry import Registry
 
 def lambda_step(lam: torch.Tensor, optimizer: torch.optim.Optimizer, distortion: torch.Tensor,
                 gamma: float, low: float = 1e-4, high: float = 0.9999) -> None:
-    """Eq. 10: gradient ascent on lambda (D - gamma), projected into [low, high]."""
-    optimizer.zero_grad(set_to_none=True)
-    (-(lam * (distortion.detach() - gamma))).backward()
+    """Eq. 10: gradient ascent on lambda (D - gamma), projected into [low, high].
+
+    All on the device, with no host read: ``optimizer`` is a fused Adam, whose ``found_inf``
+    leaves lambda (and its moments) as they are when D is not finite (NaN would poison it).
+    """
+    distortion = distortion.detach()
+    finite = torch.isfinite(distortion)
+    lam.grad = torch.where(finite, gamma - distortion, 0.0).to(lam.dtype).reshape(lam.shape)
+    optimizer.found_inf = (~finite).float()
     optimizer.step()
     with torch.no_grad():
         lam.clamp_(low, high)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vaeprobe import data as vdata
-from vaeprobe import distributed
+from vaeprobe import data_checks, distributed
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe
 from vaeprobe.random import image_streams
@@ -21,6 +21,7 @@ def fit_probe(probe: Probe, data) -> tuple[Probe, object]:
     the model was opened with ``pad="reflect"``). A fixed-size probe refuses other sizes.
     """
     dataset = vdata.as_dataset(data, image_shape=probe.image_shape, check=False)
+    data_checks.report(data_checks.scale_changes(dataset[0]), vdata.dataset_name(dataset))
     shape = tuple(dataset[0].shape)
     if shape[0] != probe.image_shape[0] or (probe.size_multiple is None
                                             and shape != tuple(probe.image_shape)):

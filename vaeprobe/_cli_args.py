@@ -81,6 +81,9 @@ def add_common(parser, *, out: bool = True, plot: bool = True) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: 0 = OMP_NUM_THREADS when set, else "
                         "the usable cores; said on stderr)")
+    parser.add_argument("--strict-data", action="store_true", help="refuse data changed to "
+                        "fit the model (channels converted, resized, levels 0/1) instead of "
+                        "warning (default: warn)")
     if out:
         parser.add_argument("--out", default=None, help="write the results Dataset here "
                             "(netCDF, .nc; default: not written)")

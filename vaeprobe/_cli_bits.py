@@ -1,45 +1,10 @@
-"""``vaeprobe information``, ``compress``, ``decompress`` and ``compare``: the subcommands of
-:mod:`vaeprobe.cli` over :mod:`vaeprobe.information`, :mod:`vaeprobe.compress` and
-:mod:`vaeprobe.compare`, their defaults read from the functions' signatures."""
+"""``vaeprobe compress``, ``decompress`` and ``compare``: the subcommands of :mod:`vaeprobe.cli`
+over :mod:`vaeprobe.compress` and :mod:`vaeprobe.compare`, their defaults read from the
+functions' signatures (``information`` is a row of :mod:`vaeprobe._cli_nouns`)."""
 
 from __future__ import annotations
 
 import sys
-
-
-def _cmd_information(args) -> int:
-    import vaeprobe as vp
-    from vaeprobe._cli_args import finish, load_probe
-
-    ds = vp.information(load_probe(args), args.data, n_images=args.n_images,
-                        batch_size=args.batch_size, seed=args.seed)
-    print(f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]")
-    for index in range(ds.sizes["layer"]):
-        row = ds.isel(layer=index)
-        print(f"{str(row['name'].values):<24} {float(row.rate):>10.3f} "
-              f"{float(row.mutual_information):>13.3f} {float(row.marginal_kl):>12.3f}")
-    print(f"rate {float(ds.total_rate):.3f} (analytic; of the draws "
-          f"{float(ds.rate_sampled.sum()):.3f}) = I(x; z) "
-          f"{float(ds.total_mutual_information):.3f} ± {float(ds.total_mutual_information_se):.3f}"
-          f" + marginal KL {float(ds.total_marginal_kl):.3f} ± "
-          f"{float(ds.total_marginal_kl_se):.3f} nats (log N ceiling "
-          f"{float(ds.attrs['log_n_ceiling']):.3f}; identity holds: "
-          f"{'yes' if int(ds.attrs['identity_holds']) else 'NO'})")
-    if "total_correlation" in ds:
-        print(f"total correlation {float(ds.total_correlation):.3f}, dimension-wise KL "
-              f"{float(ds.dimension_wise_kl):.3f} nats")
-    return finish(ds, args, vp.plot.information)
-
-
-def add_information(sub) -> None:
-    import vaeprobe as vp
-    from vaeprobe._cli_args import model_command
-
-    parser, _ = model_command(
-        sub, "information", vp.information, "rate split into I(x; z) and the marginal KL "
-        "KL(q(z) || p(z)) per layer (one-layer models: total correlation, dimension-wise KL)",
-        "vaeprobe information runs/demo --data patches32:test --n-images 500 --plot info.png")
-    parser.set_defaults(run=_cmd_information)
 
 
 def _cmd_compress(args) -> int:

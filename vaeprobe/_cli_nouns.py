@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vaeprobe._cli_args import ApiArguments, finish, load_probe, model_command
+from vaeprobe.information import information
 from vaeprobe.io import parameters
 from vaeprobe.likelihood import iwae
 from vaeprobe.probe import POSTERIORS
@@ -113,3 +114,30 @@ nouns.register("iwae", Noun(
     iwae, "importance-weighted bound on log p(x), in bits/dim",
     "vaeprobe iwae runs/demo -k 1000 --data patches32:test --n-images 200 --plot iwae.png",
     _iwae_summary, "iwae_convergence", _iwae_flags))
+
+
+def _information_summary(ds) -> str:
+    lines = [f"{'layer':<24} {'rate':>10} {'I(x;z_l|z<l)':>13} {'marginal KL':>12}  [nats]"]
+    for index in range(ds.sizes["layer"]):
+        row = ds.isel(layer=index)
+        lines.append(f"{str(row['name'].values):<24} {float(row.rate):>10.3f} "
+                     f"{float(row.mutual_information):>13.3f} {float(row.marginal_kl):>12.3f}")
+    lines.append(
+        f"rate {float(ds.total_rate):.3f} (analytic; of the draws "
+        f"{float(ds.rate_sampled.sum()):.3f}) = I(x; z) "
+        f"{float(ds.total_mutual_information):.3f} ± {float(ds.total_mutual_information_se):.3f}"
+        f" + marginal KL {float(ds.total_marginal_kl):.3f} ± "
+        f"{float(ds.total_marginal_kl_se):.3f} nats (log N ceiling "
+        f"{float(ds.attrs['log_n_ceiling']):.3f}; identity holds: "
+        f"{'yes' if int(ds.attrs['identity_holds']) else 'NO'})")
+    if "total_correlation" in ds:
+        lines.append(f"total correlation {float(ds.total_correlation):.3f}, dimension-wise KL "
+                     f"{float(ds.dimension_wise_kl):.3f} nats")
+    return "\n".join(lines)
+
+
+nouns.register("information", Noun(
+    information, "rate split into I(x; z) and the marginal KL KL(q(z) || p(z)) per layer "
+    "(one-layer models: total correlation, dimension-wise KL)",
+    "vaeprobe information runs/demo --data patches32:test --n-images 500 --plot info.png",
+    _information_summary, "information"))

@@ -37,7 +37,7 @@ from vaeprobe._cli_args import (  # noqa: F401
     say_threads,
     show_default,
 )
-from vaeprobe._cli_bits import add_compare, add_compress, add_decompress, add_information
+from vaeprobe._cli_bits import add_compare, add_compress, add_decompress
 from vaeprobe._cli_nouns import add_nouns
 from vaeprobe._version import __version__
 from vaeprobe.audit.cli import add_audit
@@ -354,7 +354,7 @@ def _add_pca(sub) -> None:
 
 
 COMMANDS = [_add_data, add_nouns, _add_samples, _add_quality, _add_spectrum,
-            _add_pca, _add_weights, add_audit, add_information, add_compress, add_decompress,
+            _add_pca, _add_weights, add_audit, add_compress, add_decompress,
             add_compare]
 
 
@@ -381,14 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"vaeprobe {args.command}: warning: {message}", file=sys.stderr)
 
-    from vaeprobe import distributed
+    from vaeprobe import data_checks, distributed
 
     # under torchrun (torchrun --nproc_per_node=N -m vaeprobe.cli ...) the ranks share the
     # images; all compute the same Dataset, rank 0 alone prints and writes
     quiet = contextlib.nullcontext() if distributed.is_main() else \
         contextlib.redirect_stdout(StringIO())
     try:
-        with warnings.catch_warnings(), quiet:
+        with warnings.catch_warnings(), quiet, \
+                data_checks.strict_data(getattr(args, "strict_data", False)):
             warnings.showwarning = one_line
             check_outputs(args)
             say_threads(args)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vaeprobe import data_checks
 from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
 from vaeprobe.binarize import BinarizedDataset, split_name
 from vaeprobe.binarize import binarize as _binarize
@@ -186,6 +187,8 @@ def as_dataset(data, *, image_shape: tuple[int, int, int] | None = None,
     elif isinstance(data, str) and data.startswith("folder:") and image_shape is not None:
         dataset = _load_path("folder", data[len("folder:"):], tuple(image_shape[1:]),
                              grey=int(image_shape[0]) == 1)
+        # channels converted, images resized: a warning before any number (or an error)
+        data_checks.report(getattr(dataset, "changes", []), dataset_name(dataset))
     elif isinstance(data, str):
         dataset = load(data)
     elif isinstance(data, (torch.Tensor, np.ndarray)):

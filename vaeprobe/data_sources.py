@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe._patches import PATCH_STRIDES, load_patches
+from vaeprobe.data_checks import folder_changes
 from vaeprobe.data_path import iterate_batches
 from vaeprobe.images import ImageTensorDataset, dataset_name
 from vaeprobe.registry import Registry
@@ -239,7 +240,10 @@ def _image_folder(path: Path, size, grey: bool = False, resize: str = "crop",
     chosen = (("resize", resize, "crop"), ("orient", orient, None), ("filter", filter, "box"))
     options = ",".join(f"{key}={value}" for key, value, default in chosen if value != default)
     name = f"folder:{path}" + (f",{options}" if options else "")
-    return materialize(files_dataset, name=name)
+    dataset = materialize(files_dataset, name=name)
+    dataset.changes = folder_changes(files, files_dataset.size, grey, resize,
+                                     lambda size: turned(size, orient))  # said by as_dataset
+    return dataset
 
 
 def _check_one_size(files: list[Path], orient: str | None, folder: Path) -> None:

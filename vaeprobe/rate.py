@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import distributed, units
+from vaeprobe import data_checks, distributed, units
 from vaeprobe._analysis import (
     batches,
     evaluation_set,
@@ -111,7 +113,8 @@ def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sam
 
 def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 64,
          seed: int = 0, active_threshold: float = 0.01, per_image: bool = False,
-         posterior: str = "sample", progress: bool = True) -> xr.Dataset:
+         posterior: str = "sample", strict_data: bool = False,
+         progress: bool = True) -> xr.Dataset:
     """Rate (KL of the posterior from the prior) per latent layer, resolution and channel.
 
     Parameters
@@ -140,6 +143,10 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
         log p(x | posterior mean), a point evaluation that is higher than E_q log p(x|z) and is
         no term of any bound. The KL is analytic where the model's posterior and prior are
         Gaussian, else sampled at the draw (``kl_analytic`` per layer says which).
+    strict_data : bool
+        Refuse data that had to be changed to fit the model (channels converted, images
+        resized, levels on the wrong scale: :mod:`vaeprobe.data_checks`) instead of warning.
+        Any noun does this inside ``with vp.data_checks.strict_data(): ...``.
 
     Returns
     -------
@@ -166,8 +173,9 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
 
     probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
     probe.require("vp.rate", posterior=True)
-    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
+    with data_checks.strict_data() if strict_data else contextlib.nullcontext():
+        probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
+        dataset, indices = evaluation_set(probe, data, n_images, seed)
     totals = _RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):

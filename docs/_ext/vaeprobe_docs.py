@@ -94,7 +94,7 @@ def _directive(full: str, obj) -> str:
     if inspect.ismodule(obj):
         return f".. automodule:: {full}\n   :no-members:\n"
     if inspect.isclass(obj):
-        options = "   :members:\n" if not issubclass(obj, BaseException) else ""
+        options = "" if issubclass(obj, BaseException) else "   :members:\n   :undoc-members:\n"
         return f".. autoclass:: {full}\n{options}"
     if callable(obj):
         return f".. autofunction:: {full}\n"
@@ -392,10 +392,12 @@ def missing_reference(app, env, node, contnode):
         return None
     target = node.get("reftarget", "")
     candidates = [target]
-    if node.get("py:module") and not target.startswith("vaeprobe"):
-        candidates.append(f"{node['py:module']}.{target}")
-    if node.get("refdoc") in HOMES and not target.startswith("vaeprobe"):
-        candidates.append(f"{HOMES[node['refdoc']]}.{target}")
+    if not target.startswith("vaeprobe"):  # relative to the module / class it is written in
+        contexts = [node.get("py:module"), HOMES.get(node.get("refdoc"))]
+        for context in filter(None, contexts):
+            if node.get("py:class"):
+                candidates.append(f"{context}.{node['py:class']}.{target}")
+            candidates.append(f"{context}.{target}")
     for candidate in candidates:
         if not candidate.startswith(("vaeprobe.", "trainers.", "analyses.")):
             continue

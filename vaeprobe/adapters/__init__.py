@@ -48,8 +48,10 @@ def sniff_format(path: str | os.PathLike) -> str:
     if found:
         raise FormatError(f"{path} looks like several formats {found}; choose one with "
                           f"format=..., e.g. vp.load(path, format={found[0]!r})")
-    raise FormatError(_missing_piece(path) or
-                      f"cannot tell the format of {path}. Known formats: {known()}. Pass "
+    missing = _missing_piece(path)
+    if missing:
+        raise MissingPieceError(missing)
+    raise FormatError(f"cannot tell the format of {path}. Known formats: {known()}. Pass "
                       f"format='<name>' (CLI: --format NAME) if the files are one of these")
 
 
@@ -58,6 +60,11 @@ def _missing_piece(path: Path) -> str | None:
     from vaeprobe.adapters.diagnose import missing_piece
 
     return missing_piece(path)
+
+
+class MissingPieceError(FormatError, io.CheckpointError):
+    """A model file that no format opens, with what it lacks (:mod:`.diagnose`): a format
+    error and a checkpoint error (it is not a vaeprobe checkpoint either)."""
 
 
 def _check_options(name: str, entry: Format, options: dict) -> None:
@@ -79,7 +86,8 @@ def _describe(value) -> str:
 
 
 def load(path: str | os.PathLike, format: str | None = None, *, device=None,
-         max_memory=None, allow_nonfinite: bool = False, **options) -> Probe:
+         max_memory=None, allow_nonfinite: bool = False, revision: str | None = None,
+         subfolder: str | None = None, **options) -> Probe:
     """Open a checkpoint of any registered format as a Probe.
 
     The format is chosen first (``format``, or sniffed from the files), then its opener
@@ -93,7 +101,15 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
         A file or folder of the format: a vaeprobe run directory or ``ckpt_step*.pt``; a
         diffusers AutoencoderKL folder; a pythae model folder; an openai/vdvae ``*.th`` file;
         a disentangling-vae results folder; a JointVAE model folder; a TAESD-family
-        encoder/decoder pair or a diffusers AutoencoderTiny folder.
+        encoder/decoder pair or a diffusers AutoencoderTiny folder. Or a Hugging Face Hub
+        name, ``"org/name"`` (when no local path of that name exists: a local path always
+        wins), fetched into the user's Hub cache with only the VAE's files
+        (:mod:`vaeprobe.hub`; needs ``huggingface_hub``, the ``hub`` extra); honours
+        ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE``; a pipeline repository opens its ``vae/``.
+    revision : str, optional
+        The Hub revision (branch, tag or commit) of a Hub name; default ``main``.
+    subfolder : str, optional
+        The folder of the model inside a Hub repository (e.g. ``"vae"``) or a local folder.
     format : str, optional
         One of ``vaeprobe.adapters.formats.names()``; sniffed when None.
     device : str or torch.device, optional
@@ -130,7 +146,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     """
     from vaeprobe.distributed import resolve_device
 
-    path = Path(path)
+    path, hub_source = _resolve_path(path, revision, subfolder)
     if format is None:
         format = sniff_format(path)
     elif format not in formats:
@@ -139,7 +155,7 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
     others = claimants(path) if path.exists() else []
     if others and format not in others:
         if others == ["vaeprobe"] and (missing := _missing_piece(path)):
-            raise FormatError(missing)  # any .pt file sniffs as 'vaeprobe': say more
+            raise MissingPieceError(missing)  # any .pt file sniffs as 'vaeprobe': say more
         raise FormatError(f"{path} looks like a {others[0]!r} checkpoint, not {format!r} "
                           f"({entry.files}); pass format={others[0]!r} or format=None")
     _check_options(format, entry, options)
@@ -153,13 +169,27 @@ def load(path: str | os.PathLike, format: str | None = None, *, device=None,
         except io.CheckpointError:  # a .pt file sniffs as 'vaeprobe': a bare state dict?
             missing = _missing_piece(path) if format == "vaeprobe" else None
             if missing:
-                raise FormatError(missing) from None
+                raise MissingPieceError(missing) from None
             raise
     probe.source.update(format=format, options=json.dumps(options, default=_describe,
-                                                          sort_keys=True))
+                                                          sort_keys=True), **hub_source)
     if allow_nonfinite:
         probe.source["allow_nonfinite"] = 1
     return probe
+
+
+def _resolve_path(path, revision: str | None, subfolder: str | None) -> tuple[Path, dict]:
+    """(local path, Hub provenance): a Hub name ``org/name`` fetched (:mod:`vaeprobe.hub`),
+    a local path as it is (plus ``subfolder``)."""
+    from vaeprobe import hub
+
+    if hub.is_hub_name(path):
+        return hub.resolve(str(path), revision, subfolder)
+    if revision is not None:
+        raise FormatError(f"revision={revision!r} is for a Hub name ('org/name'); {path} is a "
+                          f"local path")
+    path = Path(path)
+    return (path / subfolder if subfolder else path), {}
 
 
 def as_probe(source, format: str | None = None, *, device=None, max_memory=None,
@@ -209,5 +239,5 @@ def as_probe(source, format: str | None = None, *, device=None, max_memory=None,
                 allow_nonfinite=allow_nonfinite, **options)
 
 
-__all__ = ["Format", "FormatError", "as_probe", "formats", "load", "load_model", "probe_for",
-           "sniff_format"]
+__all__ = ["Format", "FormatError", "MissingPieceError", "as_probe", "formats", "load",
+           "load_model", "probe_for", "sniff_format"]

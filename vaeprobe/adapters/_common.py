@@ -4,6 +4,7 @@ files read, and the decoder output of a model without a likelihood."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -105,6 +106,45 @@ def file_source(checkpoint: Path, files: list[Path]) -> dict:
                 files_sha256=json.dumps(digests, sort_keys=True))
 
 
+LIKELIHOODS = ("bernoulli", "gaussian", "none")  # the likelihood= option of disvae / jointvae
+
+
+def gaussian_hint(folder: Path) -> str:
+    """How to evaluate a research-format model with a Gaussian likelihood instead."""
+    return (f"vp.load({str(folder)!r}, likelihood='gaussian', sigma=S) (command line: --option "
+            f"likelihood=gaussian --option sigma=S), S the decoder's standard deviation on "
+            f"[0, 1], e.g. 0.1")
+
+
+def choose_likelihood(likelihood: str | None, sigma, trained: str,
+                      trained_sigma: float | None = None) -> tuple[str, float | None]:
+    """(likelihood, sigma) of a research-format model: ``likelihood`` None follows the loss
+    it was ``trained`` with (sigma ``trained_sigma`` for a Gaussian); "gaussian" needs a
+    ``sigma`` > 0 on [0, 1] unless the model was trained with one; others take no sigma."""
+    chosen = trained if likelihood is None else likelihood
+    if chosen not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS} (or None: as trained, "
+                         f"{trained!r}), got {likelihood!r}")
+    if chosen != "gaussian":
+        if sigma is not None:
+            raise ValueError(f"sigma is the Gaussian's standard deviation; likelihood "
+                             f"{chosen!r} takes none (add likelihood='gaussian')")
+        return chosen, None
+    sigma = trained_sigma if sigma is None and trained == "gaussian" else sigma
+    if sigma is None:
+        raise ValueError(f"likelihood='gaussian' on a model trained with a {trained!r} loss "
+                         f"needs sigma=S, its standard deviation on [0, 1] (e.g. sigma=0.1; "
+                         f"command line --option sigma=0.1): the model has none of its own")
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a number > 0 (the Gaussian's standard deviation on "
+                         f"[0, 1]), got {sigma!r}")
+    return chosen, sigma
+
+
 class MeanOnly:
     """The decoder output of a model without a likelihood: a mean image and nothing to sample
     or evaluate (``likelihood_kind="none"``)."""
@@ -122,3 +162,27 @@ class MeanOnly:
 
     def log_prob(self, x, kind: str = "discretized", generator=None) -> torch.Tensor:
         self._refuse("log p(x|z)")
+
+
+# ---- Probe.from_module's dry run -----------------------------------------------------------
+def probe_images(image_shape, device) -> torch.Tensor:
+    """The dry run's images: black, mid-grey, white and seeded noise (uint8, (4, C, H, W))."""
+    noise = torch.randint(0, 256, image_shape, generator=torch.Generator().manual_seed(0)
+                          ).to(torch.uint8)
+    flat = [torch.full(image_shape, level, dtype=torch.uint8) for level in (0, 128, 255)]
+    return torch.stack([*flat, noise]).to(device)
+
+
+def check_answer(model, value, n: int, what: str) -> None:
+    """One tensor of ``encode``'s answer: floating, one row per image of the batch."""
+    name = type(model).__name__
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name}.encode(x) gave its {what} as "
+                        f"{getattr(value, 'dtype', type(value).__name__)}; it must be a "
+                        f"floating tensor (an integer {what} rounds every rate to nothing): "
+                        f"return float values (e.g. drop a .long() / .round())")
+    if value.ndim == 0 or value.shape[0] != n:
+        raise ValueError(f"{name}.encode(x) gave a {what} of shape {tuple(value.shape)} for "
+                         f"a batch of {n} images; it must give one row per image (B first): "
+                         f"reshape with x.shape[0] (not a fixed batch size), and do not "
+                         f"reduce over the batch")

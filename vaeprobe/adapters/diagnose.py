@@ -78,8 +78,9 @@ def missing_piece(path: Path) -> str | None:
                     f"(format {format_name!r}). Copy the {SPECS} of the run that trained it "
                     f"into {folder}, then vp.load({str(folder)!r})")
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    return (f"{weights} is a bare state dict ({len(names)} tensors: {shown}): no vaeprobe "
-            f"checkpoint header (format 'vaeprobe'), no {SPECS} beside it (disvae, jointvae), "
+    return (f"{weights} is a bare state dict ({len(names)} tensors: {shown}), not a vaeprobe "
+            f"checkpoint (no format='vaeprobe-checkpoint' header), no {SPECS} beside it "
+            f"(disvae, jointvae), "
             f"no model_config.json (pythae), no config.json (diffusers), not a TAESD "
             f"*_encoder.pth / *_decoder.pth pair, not a VDVAE *-model.th. Only the code that "
             f"saved it can build the network; build it and wrap it:\n"

@@ -13,7 +13,9 @@ written here with the same state-dict keys (``encoder.conv1..3``, ``conv_64`` at
 
 It opens through :class:`~vaeprobe.adapters.module.ModuleProbe` with
 ``encoder_output="interleaved"``, ``scale="logvar"``, inputs on [0, 1]. The decoder likelihood
-follows the loss it was trained with (``rec_dist``):
+is the format's option ``likelihood`` (``vp.load(path, likelihood="gaussian", sigma=0.1)``,
+command line ``--option likelihood=gaussian --option sigma=0.1``); by default it follows the
+loss the model was trained with (``rec_dist``):
 
 - ``"bernoulli"`` (binary cross-entropy): a Bernoulli likelihood with the sigmoid output as the
   probability of level 255. These models are usually trained on grey-level images, where BCE is
@@ -34,7 +36,9 @@ from torch import nn
 
 from vaeprobe.adapters._common import (
     check_size,
+    choose_likelihood,
     file_source,
+    gaussian_hint,
     read_specs,
     read_tensors,
     sniff_specs,
@@ -124,15 +128,14 @@ def sniff(path: Path) -> bool:
     return specs is not None and "model_type" in specs and "rec_dist" in specs
 
 
-def _likelihood(rec_dist: str) -> dict:
-    if rec_dist == "bernoulli":
-        return dict(likelihood="bernoulli")
-    if rec_dist == "gaussian":
-        return dict(likelihood="gaussian", sigma=GAUSSIAN_SIGMA)
-    if rec_dist == "laplace":
-        return dict(likelihood="none")
-    raise ValueError(f"specs.json rec_dist must be 'bernoulli', 'gaussian' or 'laplace', got "
-                     f"{rec_dist!r}")
+def _likelihood(rec_dist: str, likelihood: str | None, sigma) -> dict:
+    """ModuleProbe's likelihood options: as trained (``rec_dist``) unless chosen."""
+    trained = {"bernoulli": "bernoulli", "gaussian": "gaussian", "laplace": "none"}.get(rec_dist)
+    if trained is None:
+        raise ValueError(f"specs.json rec_dist must be 'bernoulli', 'gaussian' or 'laplace', "
+                         f"got {rec_dist!r}")
+    chosen, sigma = choose_likelihood(likelihood, sigma, trained, GAUSSIAN_SIGMA)
+    return dict(likelihood=chosen, sigma=sigma)
 
 
 def _check_specs(specs: dict, path: Path) -> tuple[tuple[int, int, int], int]:
@@ -151,13 +154,23 @@ def _check_specs(specs: dict, path: Path) -> tuple[tuple[int, int, int], int]:
     return image_shape, latent_dim
 
 
-def open_disvae(path: Path, *, device=None) -> ModuleProbe:
+def open_disvae(path: Path, *, likelihood: str | None = None, sigma: float | None = None,
+                device=None) -> ModuleProbe:
     """Open a disentangling-vae results folder (``specs.json`` + ``model.pt``) as a Probe.
 
     Parameters
     ----------
     path : Path
         The folder (e.g. ``results/btcvae_mnist``) or its ``model.pt``.
+    likelihood : {None, "bernoulli", "gaussian", "none"}
+        The decoder likelihood. None (default): as trained, from ``rec_dist`` (bernoulli:
+        Bernoulli, binary images only; gaussian: a Gaussian of sigma sqrt(1/510) on [0, 1];
+        laplace: none). ``"gaussian"`` evaluates grey levels with a discretized Gaussian around
+        the decoder's output; ``"bernoulli"`` treats it as the probability of level 255.
+    sigma : float, optional
+        The Gaussian's standard deviation on [0, 1]; required with ``likelihood="gaussian"``
+        unless the model was trained with ``rec_dist="gaussian"`` (its own sigma). A choice:
+        the bound depends on it.
     device : str or torch.device, optional
 
     Examples
@@ -165,20 +178,24 @@ def open_disvae(path: Path, *, device=None) -> ModuleProbe:
     >>> probe = vp.load("results/btcvae_mnist")  # doctest: +SKIP
     >>> probe.layers[0].channels, probe.likelihood_kind  # doctest: +SKIP
     (10, 'discretized')
+    >>> grey = vp.load("results/btcvae_mnist", likelihood="gaussian", sigma=0.1)  # doctest: +SKIP
     """
     specs_path, weights_path, specs = read_specs(path, "a disentangling-vae results folder")
     image_shape, latent_dim = _check_specs(specs, specs_path)
+    chosen = _likelihood(specs.get("rec_dist"), likelihood, sigma)
     model = BurgessVAE(image_shape, latent_dim)
     state = read_tensors(weights_path)
     check_state_dict(model, state, weights_path)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     source = file_source(weights_path, [specs_path, weights_path])
-    source.update(rec_dist=str(specs["rec_dist"]), loss=str(specs.get("loss", "")))
-    if specs["rec_dist"] == "gaussian":  # a fixed sigma: interpretation warnings say so
-        source.update(decoder_likelihood="fixed", decoder_sigma=GAUSSIAN_SIGMA)
-    return ModuleProbe(model, image_shape, encoder_output="interleaved", scale="logvar",
-                       decoder_output="probabilities", device=device, source=source,
-                       **_likelihood(specs["rec_dist"]))
+    source.update(rec_dist=str(specs["rec_dist"]), loss=str(specs.get("loss", "")),
+                  likelihood_choice=chosen["likelihood"])
+    if chosen["likelihood"] == "gaussian":  # a fixed sigma: interpretation warnings say so
+        source.update(decoder_likelihood="fixed", decoder_sigma=chosen["sigma"])
+    probe = ModuleProbe(model, image_shape, encoder_output="interleaved", scale="logvar",
+                        decoder_output="probabilities", device=device, source=source, **chosen)
+    probe.gaussian_hint = gaussian_hint(weights_path.parent)
+    return probe
 
 
 __all__ = ["BurgessVAE", "open_disvae", "sniff"]

@@ -11,7 +11,8 @@ concatenation [continuous z, one-hot of each discrete latent].
 As a Probe, layers in that order: ``cont`` (D, 1, 1), a Gaussian layer with prior N(0, I), and
 ``disc0``, ``disc1``, ... (K, 1, 1), **categorical** layers whose prior is uniform; the KL of
 each is analytic (``vp.rate`` shows both kinds per layer, as JointVAE's loss computes them).
-The decoder is a Bernoulli likelihood (JointVAE trains with binary cross-entropy); images are
+The decoder is a Bernoulli likelihood (JointVAE trains with binary cross-entropy) unless the
+format's option ``likelihood="gaussian"`` (with ``sigma``) asks for a Gaussian; images are
 on [0, 1] (MNIST and Fashion-MNIST at 32x32; dSprites, chairs at 64x64; CelebA (3, 64, 64)).
 
 The discrete latents are **sampled**, not marginalised, and not relaxed: a posterior draw
@@ -33,17 +34,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaeprobe.adapters._common import (
+    MeanOnly,
     check_size,
+    choose_likelihood,
     file_source,
+    gaussian_hint,
     read_specs,
     read_tensors,
     sniff_specs,
     spec_int,
 )
+from vaeprobe.adapters.bernoulli import FROM_MODULE_GAUSSIAN, Bernoulli
 from vaeprobe.adapters.format_registry import Format, formats
-from vaeprobe.adapters.module import Bernoulli
 from vaeprobe.distributed import resolve_device
 from vaeprobe.io import check_state_dict
+from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
     Generators,
     LatentPass,
@@ -112,8 +117,12 @@ class JointVAEProbe(SharedEncoderProbe):
     """A JointVAE: a Gaussian layer ``cont`` and categorical layers ``disc0``, ...; see the
     module docstring for how the discrete latents are drawn."""
 
-    def __init__(self, model: JointVAE, image_shape: tuple, device=None, source=None):
+    def __init__(self, model: JointVAE, image_shape: tuple, device=None, source=None,
+                 likelihood: str = "bernoulli", sigma: float | None = None):
         super().__init__(source)
+        self.likelihood, self.sigma = likelihood, sigma  # see open_jointvae
+        self.likelihood_kind = "none" if likelihood == "none" else "discretized"
+        self.gaussian_hint = FROM_MODULE_GAUSSIAN
         self.image_shape = tuple(image_shape)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -156,9 +165,15 @@ class JointVAEProbe(SharedEncoderProbe):
                          p_log_probs=p_log_probs)
 
     @torch.no_grad()
-    def decode(self, latents: LatentPass) -> Bernoulli:
+    def decode(self, latents: LatentPass):
         latent = torch.cat([draw.z.flatten(1) for draw in latents.draws], dim=1)
-        return Bernoulli(self.model.decode(latent).float())
+        mean = self.model.decode(latent).float()  # (B, C, H, W) on [0, 1]
+        if self.likelihood == "gaussian":
+            log_sigma = torch.tensor(math.log(self.sigma), device=mean.device)
+            return DiscretizedGaussian(mean, log_sigma, "fixed")
+        if self.likelihood == "none":
+            return MeanOnly(mean, self.name)
+        return Bernoulli(mean, gaussian_hint=self.gaussian_hint)
 
     @torch.no_grad()
     def sample_prior(self, n: int, temperature=1.0, generator: Generators = None) -> LatentPass:
@@ -199,13 +214,21 @@ def _spec(specs: dict, path: Path) -> tuple[tuple, int, list[int]]:
     return shape, continuous, discrete
 
 
-def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:
+def open_jointvae(path: Path, *, likelihood: str | None = None, sigma: float | None = None,
+                  device=None) -> JointVAEProbe:
     """Open a JointVAE ``trained_models/<name>`` folder (``specs.json`` + ``model.pt``).
 
     Parameters
     ----------
     path : Path
         The folder or its ``model.pt``.
+    likelihood : {None, "bernoulli", "gaussian", "none"}
+        The decoder likelihood. None (default): Bernoulli, as JointVAE trains (binary
+        cross-entropy; binary images only). ``"gaussian"``: a discretized Gaussian of standard
+        deviation ``sigma`` on [0, 1] around the decoder's output, for grey or colour levels.
+    sigma : float, optional
+        Required with ``likelihood="gaussian"`` (JointVAE has no sigma of its own: a choice,
+        and the bound depends on it).
     device : str or torch.device, optional
 
     Examples
@@ -216,14 +239,20 @@ def open_jointvae(path: Path, *, device=None) -> JointVAEProbe:
     """
     specs_path, weights_path, specs = read_specs(path, "a JointVAE model folder")
     image_shape, continuous, discrete = _spec(specs, specs_path)
+    chosen, sigma = choose_likelihood(likelihood, sigma, "bernoulli")
     model = JointVAE(image_shape, continuous, discrete)
     state = read_tensors(weights_path)
     check_state_dict(model, state, weights_path)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     source = file_source(weights_path, [specs_path, weights_path])
     source.update(latent_spec=json.dumps(specs["latent_spec"], sort_keys=True),
-                  discrete_latents="sampled (exact one-hot draws of q(c|x); prior uniform)")
-    return JointVAEProbe(model, image_shape, device, source)
+                  discrete_latents="sampled (exact one-hot draws of q(c|x); prior uniform)",
+                  likelihood_choice=chosen)
+    if chosen == "gaussian":
+        source.update(decoder_likelihood="fixed", decoder_sigma=sigma)
+    probe = JointVAEProbe(model, image_shape, device, source, chosen, sigma)
+    probe.gaussian_hint = gaussian_hint(weights_path.parent)
+    return probe
 
 
 __all__ = ["JointVAE", "JointVAEProbe", "open_jointvae", "sniff"]

@@ -35,10 +35,15 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vaeprobe.adapters._common import MeanOnly
+from vaeprobe.adapters._common import MeanOnly, check_answer, probe_images
+from vaeprobe.adapters.bernoulli import (  # noqa: F401 (re-exported: module.Bernoulli ...)
+    BINARIZE_HINT,
+    FROM_MODULE_GAUSSIAN,
+    Bernoulli,
+    not_binary_message,
+)
 from vaeprobe.distributed import resolve_device
 from vaeprobe.models.likelihoods import DiscretizedGaussian
 from vaeprobe.probe import (
@@ -46,58 +51,21 @@ from vaeprobe.probe import (
     LatentPass,
     LayerDraw,
     LayerInfo,
-    NotBinaryError,
     RepeatedRows,
     SharedEncoderProbe,
     check_image_size,
     gaussian_kl,
 )
-from vaeprobe.random import per_row_random
 
 LIKELIHOODS = ("none", "gaussian", "bernoulli")
 ENCODER_OUTPUTS = ("tuple", "halves", "interleaved")
 ENCODER_INPUTS = ("image", "flat")
 SCALES = ("logvar", "logstd", "std", "none")
 DECODER_OUTPUTS = ("mean", "probabilities", "logits")
-BINARIZE_HINT = ("binarize the data first: vp.data.binarize(data, 'threshold') (level >= 128 "
-                 "-> 255) or vp.data.binarize(data, 'dynamic') (255 with probability "
-                 "grey / 255, seeded per image), on the command line --data NAME,binarize="
-                 "dynamic; or use likelihood='gaussian' for grey levels")
 
 
 class ModuleInputError(ValueError):
     """A module's ``encode`` failed on the input vaeprobe gave it (its shape or range)."""
-
-
-class Bernoulli:
-    """Independent Bernoulli pixels for binary images: level 255 with probability ``mean``.
-
-    Built from probabilities, or from ``logits`` (then log-probabilities are exact in the
-    tails: log sigmoid, not the log of a rounded probability).
-    """
-
-    def __init__(self, mean: torch.Tensor | None = None, logits: torch.Tensor | None = None):
-        self.logits = logits
-        self.mean = (torch.sigmoid(logits) if logits is not None else mean).clamp(0, 1)
-
-    def sample(self, generator=None) -> torch.Tensor:
-        uniform = per_row_random(torch.rand, self.mean.shape, generator, self.mean.device)
-        return ((uniform < self.mean).to(torch.uint8) * 255)
-
-    def log_prob(self, x: torch.Tensor, kind: str = "discretized",
-                 generator=None) -> torch.Tensor:
-        if kind != "discretized":
-            raise ValueError("a Bernoulli likelihood is a PMF: kind must be 'discretized'")
-        if ((x != 0) & (x != 255)).any():
-            raise NotBinaryError(f"a Bernoulli likelihood needs binary images (levels 0 and 255 "
-                             f"only), got grey levels; {BINARIZE_HINT}")
-        if self.logits is not None:
-            logits = self.logits.double()
-            log_p = torch.where(x == 255, F.logsigmoid(logits), F.logsigmoid(-logits))
-        else:
-            p = self.mean.double().clamp(1e-12, 1 - 1e-12)
-            log_p = torch.where(x == 255, torch.log(p), torch.log1p(-p))
-        return log_p.flatten(1).sum(1)
 
 
 def _choose(value, choices, name: str) -> str:
@@ -139,6 +107,7 @@ class ModuleProbe(SharedEncoderProbe):
                              "standard deviation on its output scale); other likelihoods take "
                              "no sigma")
         self.sigma = sigma
+        self.gaussian_hint = FROM_MODULE_GAUSSIAN  # how to choose a Gaussian (adapters: theirs)
         self.likelihood_kind = "none" if likelihood == "none" else "discretized"
         self.point_posterior = scale == "none"
         self.prior_is_generative = not self.point_posterior
@@ -147,7 +116,7 @@ class ModuleProbe(SharedEncoderProbe):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         with torch.no_grad():  # a dry run on one image: the latent shape
-            probed = self._moments(_probe_images(self.image_shape, self.device)[:1])[0].shape[1:]
+            probed = self._moments(probe_images(self.image_shape, self.device)[:1])[0].shape[1:]
         channels, height, width = (int(v) for v in latent_shape or probed)
         self.layers = [LayerInfo("z", (height, width), channels)]
         if size_multiple is not None:
@@ -158,7 +127,7 @@ class ModuleProbe(SharedEncoderProbe):
     def _check_answers(self) -> None:
         """A dry run on four images: encoder and decoder answers (floating, one row per image,
         image-shaped), the decoded means within RANGE_TOLERANCE of ``output_range``."""
-        x = _probe_images(self.image_shape, self.device)
+        x = probe_images(self.image_shape, self.device)
         mean = self._moments(x)[0]
         z = mean.flatten(1) if self.layers[0].resolution == (1, 1) else mean
         out = self._decoded(z, x.shape[0])
@@ -272,13 +241,13 @@ class ModuleProbe(SharedEncoderProbe):
                 raise TypeError(f"scale='none': {type(self.model).__name__}.encode(x) must "
                                 f"return the latent, one tensor (B, D) or (B, C, h, w); got "
                                 f"{getattr(out, 'shape', type(out).__name__)}")
-            _check_answer(self.model, out, x.shape[0], "latent")
+            check_answer(self.model, out, x.shape[0], "latent")
             mean = out.float()
             mean = mean[:, :, None, None] if mean.ndim == 2 else mean
             return mean, torch.full_like(mean, -math.inf)
         mean, scale = self._split(out)
-        _check_answer(self.model, mean, x.shape[0], "mean")
-        _check_answer(self.model, scale, x.shape[0], self.scale)
+        check_answer(self.model, mean, x.shape[0], "mean")
+        check_answer(self.model, scale, x.shape[0], self.scale)
         if mean.shape != scale.shape or mean.ndim not in (2, 4):
             raise ValueError(f"encode(x) must give a mean and a {self.scale} of one shape, "
                              f"(B, D) or (B, C, H, W); got {tuple(mean.shape)} and "
@@ -334,7 +303,7 @@ class ModuleProbe(SharedEncoderProbe):
             log_sigma = torch.tensor(math.log(self.sigma / (high - low)), device=mean.device)
             return DiscretizedGaussian(mean, log_sigma, "fixed")
         if self.likelihood == "bernoulli":
-            return Bernoulli(mean, logits=logits)
+            return Bernoulli(mean, logits=logits, gaussian_hint=self.gaussian_hint)
         return MeanOnly(mean.clamp(0, 1), self.name)
 
     @torch.no_grad()
@@ -346,29 +315,6 @@ class ModuleProbe(SharedEncoderProbe):
 
 
 RANGE_TOLERANCE = 0.5  # decoder output may pass its declared range by this fraction of it
-
-
-def _probe_images(image_shape, device) -> torch.Tensor:
-    """The dry run's images: black, mid-grey, white and seeded noise (uint8, (4, C, H, W))."""
-    noise = torch.randint(0, 256, image_shape, generator=torch.Generator().manual_seed(0)
-                          ).to(torch.uint8)
-    flat = [torch.full(image_shape, level, dtype=torch.uint8) for level in (0, 128, 255)]
-    return torch.stack([*flat, noise]).to(device)
-
-
-def _check_answer(model, value, n: int, what: str) -> None:
-    """One tensor of ``encode``'s answer: floating, one row per image of the batch."""
-    name = type(model).__name__
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name}.encode(x) gave its {what} as "
-                        f"{getattr(value, 'dtype', type(value).__name__)}; it must be a "
-                        f"floating tensor (an integer {what} rounds every rate to nothing): "
-                        f"return float values (e.g. drop a .long() / .round())")
-    if value.ndim == 0 or value.shape[0] != n:
-        raise ValueError(f"{name}.encode(x) gave a {what} of shape {tuple(value.shape)} for "
-                         f"a batch of {n} images; it must give one row per image (B first): "
-                         f"reshape with x.shape[0] (not a fixed batch size), and do not "
-                         f"reduce over the batch")
 
 
 def _check_range(value, name: str) -> tuple[float, float]:
@@ -389,11 +335,17 @@ def from_module(model: nn.Module, image_shape, *, pixel_range=(0.0, 1.0), output
                 encoder_input: str = "image", device=None) -> ModuleProbe:
     """A Probe over a plain single-latent VAE (or deterministic autoencoder) module.
 
+    The module's answers are checked on a dry run of four images (black, grey, white, noise)
+    when the Probe is made, and the shapes on every call: ``encode``'s parts floating with one
+    row per image, ``decode``'s output floating and (B, C, H, W) or (B, C*H*W), and the decoded
+    means within half a range of ``output_range`` (``RANGE_TOLERANCE``); each error names the
+    fix (the option to declare, or the line to change in the module).
+
     Parameters
     ----------
     model : nn.Module
         With ``encode(x)`` (see ``encoder_output`` and ``scale``; each part (B, D) or
-        (B, C, h, w)) and ``decode(z)`` (reshapeable to (B, *image_shape)).
+        (B, C, h, w)) and ``decode(z)`` (reshapeable to ``(B, *image_shape)``).
     image_shape : (C, H, W)
     pixel_range : (low, high)
         The scale the model's input is on: uint8 0 maps to ``low``, 255 to ``high``.

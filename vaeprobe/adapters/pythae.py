@@ -202,9 +202,12 @@ def open_pythae(path: Path, *, pixel_range=(0.0, 1.0), likelihood: str = "none",
     encoder, decoder, custom = _networks(folder, config, encoder, decoder)
     model = PythaeVAE(encoder, decoder, custom)
     payload = read_tensors(weights_path)
-    if not isinstance(payload, dict) or "model_state_dict" not in payload:
-        raise io.CheckpointError(f"{weights_path} has no 'model_state_dict': not a pythae "
-                                 f"model.pt")
+    if not isinstance(payload, dict) or not isinstance(payload.get("model_state_dict"), dict):
+        found = type(payload.get("model_state_dict")).__name__ if isinstance(payload, dict) \
+            else type(payload).__name__
+        raise io.CheckpointError(f"{weights_path} has no 'model_state_dict' dict of tensors "
+                                 f"(found a {found}): not a pythae model.pt (pythae's "
+                                 f"model.save writes {{'model_state_dict': {{name: tensor}}}})")
     state = {k: v for k, v in payload["model_state_dict"].items()
              if not k.startswith(SKIPPED_PREFIXES)}
     check_state_dict(model, state, weights_path)

@@ -65,23 +65,19 @@ from vaeprobe.audit.spectra import spectra
 from vaeprobe.audit.store import AuditMismatchError
 from vaeprobe.probe import Probe, UndefinedAnalysisError  # noqa: F401 (vaeprobe.audit.UndefinedAnalysisError)
 
-# section name -> its public function, in report order (a section registered later, e.g. by a
-# module imported after this one, is found by vp.audit through the registry all the same)
-SECTIONS = {"model_card": model_card, "bits": where_bits_go, "reconstructions": reconstructions,
-            "latents": latent_statistics, "progressive": progressive_coding,
-            "spectra": spectra, "likelihood": likelihood, "samples": samples,
-            "precision": numerical_health}
+# section name -> its public function, for every default section in report order (generated
+# from the registry; an opt-in section, or one registered later, is found by vp.audit and
+# run_section through the registry all the same)
+SECTIONS = {name: section.public for name, section in registered().items() if section.default}
 
 
 def run_section(name: str, probe: Probe, data, **kwargs) -> xr.Dataset:
     """One section by name through its public function; undefined -> a skipped Dataset, an
     error -> a failed one."""
-    function = SECTIONS.get(name)
-    if function is None:
-        section = registered().get(name)
-        if section is None:
-            raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
-        function = section.compute
+    section = registered().get(name)
+    if section is None:
+        raise ValueError(f"unknown section {name!r}; sections: {', '.join(registered())}")
+    function = section.public
     return guarded(name, probe, lambda: function(probe, data, **kwargs))
 
 
@@ -146,6 +142,9 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     >>> report = vp.audit("runs/demo", "patches32:test", out="audit/")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
+    from vaeprobe.checks import positive_int
+
+    positive_int(batch_size, "batch_size", allow_none=True)  # before the model is opened
     return run_audit(source, data, n_images=n_images, seed=seed, sections=sections,
                      device=device, progress=progress, out=out, format=format,
                      options=options, settings=settings, quick=quick, batch_size=batch_size,

@@ -290,5 +290,5 @@ def summary(ds: xr.Dataset) -> str:
 SECTION = register(Section(
     name="bits", title="Where the bits go", order=20, summary=summary,
     figure=("audit_bits", "audit_rate_map", "audit_rate_map_example"),
-    accumulator=BitsAccumulator,
+    function=where_bits_go, accumulator=BitsAccumulator,
     options=dict(active_threshold=0.01, collapse_threshold=0.1)))

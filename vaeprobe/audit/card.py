@@ -119,6 +119,7 @@ def model_card(probe: Probe, data=None, *, n_images: int | None = None, seed: in
         "audit.model_card", {}, section="model_card", status="ok", protocol=PROTOCOL,
         **source, probe_class=f"{type(probe).__module__}.{type(probe).__name__}",
         likelihood_kind=str(probe.likelihood_kind), n_bits=int(probe.n_bits),
+        likelihood=likelihood_name(probe),
         prior_is_generative=bool(probe.prior_is_generative),
         image_shape=json.dumps(list(probe.image_shape)), model_config=_model_config(probe),
         parameter_dtypes=json.dumps(dtypes), device=str(getattr(probe, "device", "cpu")),
@@ -126,12 +127,33 @@ def model_card(probe: Probe, data=None, *, n_images: int | None = None, seed: in
     return ds
 
 
+def likelihood_name(probe: Probe) -> str:
+    """The decoder likelihood in words, exactly: Bernoulli, a Gaussian with its sigma, a
+    discretized or dequantized family, or none."""
+    from vaeprobe._analysis import decoder_head
+
+    kind, levels = probe.likelihood_kind, 2 ** int(probe.n_bits)
+    chosen = getattr(probe, "likelihood", None)  # from_module, disvae, jointvae say
+    if kind == "none" or chosen == "none":
+        return "none (the decoder gives a mean image only)"
+    if chosen == "bernoulli":
+        return "Bernoulli (binary images only: levels 0 and 255)"
+    head, sigma = decoder_head(probe)
+    if chosen == "gaussian" and sigma is None:  # from_module: sigma on its output scale
+        low, high = getattr(probe, "output_range", (0.0, 1.0))
+        sigma = float(probe.sigma) / (high - low)
+    if chosen == "gaussian" or head == "fixed":
+        return f"Gaussian of fixed sigma {sigma:g} on [0, 1], discretized over {levels} levels"
+    if kind == "dequantized":
+        return f"{head or 'a'} density on uniformly dequantized {probe.n_bits}-bit data"
+    return f"{head + ' ' if head else ''}discretized over {levels} levels ({probe.n_bits} bits)"
+
+
 def summary(ds: xr.Dataset) -> str:
     a = ds.attrs
     return (f"{a.get('format', '?')} {a.get('checkpoint', '')}; {int(ds['n_layers'])} latent "
             f"layers, {int(ds['latent_dims_total'])} dims, {int(ds['n_parameters']):,} "
-            f"parameters; likelihood {a.get('likelihood_kind')}"
-            + (f" ({a.get('n_bits')} bits)" if a.get("likelihood_kind") != "none" else "")
+            f"parameters; likelihood {a.get('likelihood', a.get('likelihood_kind'))}"
             + f"; prior generative: {'yes' if int(a.get('prior_is_generative', 0)) else 'no'}")
 
 

@@ -279,4 +279,4 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="latents", title="Latent statistics", order=40, summary=summary,
-    figure="audit_latents", accumulator=LatentAccumulator))
+    figure="audit_latents", function=latent_statistics, accumulator=LatentAccumulator))

@@ -337,7 +337,7 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="precision", title="Numerical health", order=90, summary=summary,
-    figure="audit_precision", accumulator=PrecisionAccumulator,
+    figure="audit_precision", function=numerical_health, accumulator=PrecisionAccumulator,
     options=dict(dtypes=("bfloat16", "float16"), cpu_images=1, image_limit=32,
                  run_low_precision=True, cpu_slowdown_limit=CPU_SLOWDOWN_LIMIT,
                  cpu_crop=CPU_CROP),

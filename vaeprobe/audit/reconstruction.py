@@ -341,6 +341,7 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="reconstructions", title="Reconstructions", order=30, summary=summary,
-    figure="audit_reconstructions", accumulator=ReconstructionAccumulator,
+    figure="audit_reconstructions", function=reconstructions,
+    accumulator=ReconstructionAccumulator,
     networks=("feature_extractor", "weights", "lpips_trunk", "lpips_weights"),
     options=dict(n_preview=8)))

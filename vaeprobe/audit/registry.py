@@ -72,6 +72,7 @@ class Section:
     quick: dict = field(default_factory=dict)  # options under --quick
     needs_images: bool = True  # False: the model card
     default: bool = True  # run when no sections are named (False: only when asked for)
+    function: Callable | None = None  # shared pass: its public function (probe, data, ...)
 
     def __post_init__(self):
         if (self.accumulator is None) == (self.compute is None):
@@ -81,6 +82,12 @@ class Section:
         if unknown:
             raise ValueError(f"section {self.name!r}: quick options {sorted(unknown)} are not "
                              f"among its options {sorted(self.options)}")
+
+    @property
+    def public(self) -> Callable | None:
+        """The section's public function ``f(probe, data, **options) -> Dataset``: ``compute``,
+        or for a shared-pass section its ``function``."""
+        return self.compute if self.compute is not None else self.function
 
     @property
     def shared(self) -> bool:

@@ -178,4 +178,5 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="spectra", title="Spectra", order=60, summary=summary, figure="audit_spectra",
-    accumulator=SpectraAccumulator, options=dict(window="hann", cutoff=0.25, n_preview=8)))
+    function=spectra, accumulator=SpectraAccumulator,
+    options=dict(window="hann", cutoff=0.25, n_preview=8)))

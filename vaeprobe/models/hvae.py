@@ -187,11 +187,17 @@ class TopDownLayer(nn.Module):
             draw.q_mean, draw.q_logstd = q_mean, q_logstd
             if z is None:
                 draw.z = q_mean + torch.exp(q_logstd) * noise
-            draw.kl = gaussian_kl(q_mean, q_logstd, p_mean, p_logstd)
+            draw.kl = gaussian_kl(*map(_full, (q_mean, q_logstd, p_mean, p_logstd)))
         elif z is None:
             draw.z = p_mean + temperature * torch.exp(p_logstd) * noise
         h = self.resnet(h + h_update + self.z_proj(draw.z))
         return h, draw
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 for a half-precision tensor (a bf16 autocast pass): the KL keeps full
+    precision; any other tensor as it is."""
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
 class HVAE(nn.Module):
@@ -328,54 +334,45 @@ class HVAE(nn.Module):
         return terms(likelihood, draws, x, generator)
 
 
+PRESETS = {  # name -> HVAEConfig (the trainer keeps its own settings per preset)
+    # tiny test-size models: grey 8x8 (digits8) and RGB 16x16 (patches16)
+    "tiny-8": HVAEConfig(image_channels=1, image_size=8, width=16, bottleneck=8,
+                         latent_channels=2, layers=((1, 1), (4, 1), (8, 1)), encoder_blocks=1),
+    "tiny-16": HVAEConfig(image_channels=3, image_size=16, width=16, bottleneck=8,
+                          latent_channels=4, layers=((1, 1), (4, 1), (8, 1), (16, 1)),
+                          encoder_blocks=1),
+    # tiny: trains in minutes on 2 CPU cores
+    "demo-cpu": HVAEConfig(image_channels=3, image_size=32, width=32, bottleneck=16,
+                           latent_channels=4, layers=((1, 1), (4, 2), (8, 2), (16, 2), (32, 1)),
+                           encoder_blocks=1),
+    # Appendix A.1: 2 @ 1x1, 4 @ 4x4, 10 @ 8x8, 16 @ 16x16, 16 @ 32x32; width 128, bottleneck 32
+    "paper-svhn": HVAEConfig(image_channels=3, image_size=32, width=128, bottleneck=32,
+                             latent_channels=16, encoder_blocks=3),
+    # CelebA: the SVHN layout plus 8 layers at 64x64
+    "paper-celeba": HVAEConfig(image_channels=3, image_size=64, width=128, bottleneck=32,
+                               latent_channels=16, encoder_blocks=3,
+                               layers=((1, 2), (4, 4), (8, 10), (16, 16), (32, 16), (64, 8))),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
-    """A named model with the training settings it is meant for (the one source of presets:
-    the trainer's defaults per preset are read from here)."""
+    """Deprecated: a named model; the training settings per preset are the trainer's
+    (``trainers.config.PRESETS``)."""
 
     model: HVAEConfig
-    training: tuple[tuple[str, object], ...] = ()  # TrainConfig overrides, e.g. (("lr", 1e-3),)
+    training: tuple[tuple[str, object], ...] = ()
 
 
-def _preset(model: HVAEConfig, **training) -> Preset:
-    return Preset(model, tuple(sorted(training.items())))
+def __getattr__(name: str):
+    if name == "PRESET_TABLE":
+        import warnings
 
-
-PRESET_TABLE = {
-    # tiny test-size models: grey 8x8 (digits8) and RGB 16x16 (patches16)
-    "tiny-8": _preset(HVAEConfig(image_channels=1, image_size=8, width=16, bottleneck=8,
-                                 latent_channels=2, layers=((1, 1), (4, 1), (8, 1)),
-                                 encoder_blocks=1),
-                      batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
-    "tiny-16": _preset(HVAEConfig(image_channels=3, image_size=16, width=16, bottleneck=8,
-                                  latent_channels=4, layers=((1, 1), (4, 1), (8, 1), (16, 1)),
-                                  encoder_blocks=1),
-                       batch_size=32, lambda_lr=1e-2, lr=2e-3, ckpt_every=100, steps=300),
-    # tiny: trains in minutes on 2 CPU cores
-    "demo-cpu": _preset(HVAEConfig(image_channels=3, image_size=32, width=32, bottleneck=16,
-                                   latent_channels=4,
-                                   layers=((1, 1), (4, 2), (8, 2), (16, 2), (32, 1)),
-                                   encoder_blocks=1),
-                        batch_size=32, lambda_lr=5e-3, lr=1e-3, ckpt_every=250, steps=2000),
-    # Appendix A.1: 2 @ 1x1, 4 @ 4x4, 10 @ 8x8, 16 @ 16x16, 16 @ 32x32; width 128, bottleneck 32
-    "paper-svhn": _preset(HVAEConfig(image_channels=3, image_size=32, width=128, bottleneck=32,
-                                     latent_channels=16, encoder_blocks=3),
-                          batch_size=32, steps=350_000, ckpt_every=10_000),
-    # CelebA: the SVHN layout plus 8 layers at 64x64
-    "paper-celeba": _preset(HVAEConfig(image_channels=3, image_size=64, width=128, bottleneck=32,
-                                       latent_channels=16, encoder_blocks=3,
-                                       layers=((1, 2), (4, 4), (8, 10), (16, 16), (32, 16),
-                                               (64, 8))),
-                            batch_size=16, steps=350_000, ckpt_every=10_000),
-}
-PRESETS = {name: entry.model for name, entry in PRESET_TABLE.items()}  # name -> HVAEConfig
-
-
-def training_defaults(name: str) -> dict:
-    """The trainer's settings for a preset (TrainConfig field -> value)."""
-    if name not in PRESET_TABLE:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESET_TABLE)}")
-    return dict(PRESET_TABLE[name].training)
+        warnings.warn("vaeprobe.models.PRESET_TABLE is deprecated: the model configs are "
+                      "vaeprobe.models.PRESETS, the training settings per preset "
+                      "trainers.config.PRESETS", DeprecationWarning, stacklevel=2)
+        return {name: Preset(config) for name, config in PRESETS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset(name: str, **overrides) -> HVAEConfig:

@@ -134,19 +134,22 @@ class DiscretizedGaussian:
         return _quantise(self.loc + self.log_sigma.exp() * noise)
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Nats per image, float64. Per pixel in float64 too: in float32 the PMF over the 256
-        levels sums to 1 within 4.5e-8 only (3e-15 in float64; sigma 0.2,
-        tests/test_likelihoods.py), and on CPU ``log_ndtr`` costs the same in both dtypes.
-        ``"discretized"`` evaluates one interval per pixel (:func:`log_bin_probability`), the
-        edge bins as intervals reaching to -inf / inf."""
-        loc, log_sigma = self.loc.double(), self.log_sigma.double()
+                 generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Nats per image. Per pixel in float64: in float32 the PMF over the 256 levels sums
+        to 1 within 4.5e-8 only (3e-15 in float64; sigma 0.2, tests/test_likelihoods.py), and on
+        CPU ``log_ndtr`` costs the same in both dtypes. ``dtype`` sets the precision of a
+        dequantized density only (the trainer's float32). ``"discretized"`` evaluates one
+        interval per pixel (:func:`log_bin_probability`), the edge bins as intervals reaching
+        to -inf / inf."""
         if kind == "dequantized":
-            y = _dequantise(x, generator).double()
+            loc, log_sigma = self.loc.to(dtype), self.log_sigma.to(dtype)
+            y = _dequantise(x, generator).to(dtype)
             log_density = (-0.5 * ((y - loc) / log_sigma.exp()) ** 2 - log_sigma
                            - 0.5 * math.log(2 * math.pi))
             return log_density.flatten(1).sum(1)
         _check_kind(kind)
+        loc = self.loc.double()
         inv_sigma = torch.exp(-self._log_sigma.to(loc.device, torch.float64))
         centre = (x.double().div_(255.0) - loc).mul_(inv_sigma)  # standardised bin centre
         half = HALF_BIN * inv_sigma
@@ -163,7 +166,16 @@ def _check_kind(kind: str) -> None:
 
 
 def _dequantise(x: torch.Tensor, generator) -> torch.Tensor:
-    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1]."""
+    """y = (x + u) / 256 with u ~ U(0, 1): uniform dequantisation onto [0, 1].
+
+    ``generator``: one, a list with one per image, or the draws u themselves (a float tensor
+    shaped like ``x``: the trainer draws them for its whole global batch at once).
+    """
+    if isinstance(generator, torch.Tensor):
+        if generator.shape != x.shape:
+            raise ValueError(f"dequantisation noise must be shaped like the images "
+                             f"{tuple(x.shape)}, got {tuple(generator.shape)}")
+        return (x.float() + generator) / 256.0
     return (x.float() + per_row_random(torch.rand, x.shape, generator, x.device)) / 256.0
 
 
@@ -227,15 +239,16 @@ class DiscretizedLogisticMixture:
         mean11 = (component * weights[:, None]).sum(2)
         return ((mean11 + 1) / 2).clamp(0, 1)
 
-    def _log_component(self, x: torch.Tensor, kind: str, generator) -> torch.Tensor:
+    def _log_component(self, x: torch.Tensor, kind: str, generator,
+                       dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Per-pixel log-probability of every component, summed over channels: (B, M, H, W)."""
         if kind == "dequantized":
             if self.n_bits != 8:
                 raise ValueError(f"a {self.n_bits}-bit likelihood is a PMF over "
                                  f"{2 ** self.n_bits} levels: use kind='discretized'")
-            y11 = (_dequantise(x, generator) * 2 - 1).double()[:, :, None]
-            centred = y11 - self._channel_means(y11[:, :, 0]).double()
-            log_scales = self.log_scales.double()
+            y11 = (_dequantise(x, generator) * 2 - 1).to(dtype)[:, :, None]
+            centred = y11 - self._channel_means(y11[:, :, 0]).to(dtype)
+            log_scales = self.log_scales.to(dtype)
             scaled = centred * torch.exp(-log_scales)
             log_pdf = -scaled - log_scales - 2 * F.softplus(-scaled) + math.log(2)  # on [0, 1]
             return log_pdf.sum(1)
@@ -259,9 +272,14 @@ class DiscretizedLogisticMixture:
         return log_p.sum(1)
 
     def log_prob(self, x: torch.Tensor, kind: str = "discretized",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        log_weights = torch.log_softmax(self.logits.double(), dim=1)
-        log_p = torch.logsumexp(self._log_component(x, kind, generator) + log_weights, dim=1)
+                 generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Per-image log-likelihood in nats; ``dtype``: the precision of a dequantized
+        density (the trainer's float32); the discretized PMF is always float64."""
+        dtype = dtype if kind == "dequantized" else torch.float64
+        log_weights = torch.log_softmax(self.logits.to(dtype), dim=1)
+        log_p = torch.logsumexp(self._log_component(x, kind, generator, dtype) + log_weights,
+                                dim=1)
         return log_p.flatten(1).sum(1)
 
     def sample(self, generator=None) -> torch.Tensor:
@@ -331,8 +349,11 @@ class LikelihoodHead(nn.Module):
             log_sigma = softclip_min(params[:, self.channels:], LOG_SIGMA_MIN)
         elif self.sigma_source == "running" and target is not None:
             log_sigma = self.optimal_log_sigma(loc, target)
-            with torch.no_grad():  # running estimate used when no target is given
-                self.log_sigma.lerp_(log_sigma.detach(), 0.01)
+            with torch.no_grad():  # running estimate used when no target is given; a
+                #                    non-finite batch (a skipped update) leaves it as it is
+                estimate = log_sigma.detach()
+                self.log_sigma.lerp_(torch.where(torch.isfinite(estimate), estimate,
+                                                 self.log_sigma), 0.01)
         elif self.sigma_source == "parameter":
             log_sigma = softclip_min(self.log_sigma, LOG_SIGMA_MIN)
         else:

@@ -34,25 +34,28 @@ class Terms:
     def sigma(self) -> torch.Tensor:
         """The decoder's mean sigma (a scalar, no gradient); NaN for heads without one."""
         if not hasattr(self.likelihood, "log_sigma"):
-            return torch.tensor(float("nan"))
+            return torch.full((), float("nan"), device=self.rate.device)
         return self.likelihood.log_sigma.float().mean().exp().detach()
 
 
 def layer_rate(draws) -> torch.Tensor:
     """Per-image KL (nats) summed over the layers of ``draws``: ``(B,)``."""
-    return sum(d.kl.flatten(1).sum(1) for d in draws)
+    return sum(d.kl.float().flatten(1).sum(1) for d in draws)
 
 
-def terms(likelihood, draws, x: torch.Tensor, generator=None, **stage_rates) -> Terms:
+def terms(likelihood, draws, x: torch.Tensor, generator=None, dtype=torch.float32,
+          **stage_rates) -> Terms:
     """The :class:`Terms` of a pass that gave ``likelihood`` and ``draws`` for uint8 ``x``.
 
-    ``generator``: for the dequantization noise; one, or a list with one per image. Computed
-    outside any autocast region: the loss terms keep full precision.
+    ``generator``: for the dequantization noise; one, a list with one per image, or the
+    uniform draws themselves (shaped like ``x``). Computed outside any autocast region, in
+    ``dtype`` (float32: a bf16 pass still gets float32 loss terms; float64 is not needed for a
+    training loss and is slow on GPUs).
     """
     with torch.autocast(x.device.type, enabled=False):
         rate = layer_rate(draws)
         # Gaussian heads: the unclamped loc, so the gradient does not vanish outside [0, 1]
         prediction = likelihood.loc if hasattr(likelihood, "loc") else likelihood.mean
-        distortion = ((x.float() / 255.0 - prediction) ** 2).flatten(1).sum(1)
-        log_px = likelihood.log_prob(x, kind="dequantized", generator=generator)
+        distortion = ((x.to(dtype) / 255.0 - prediction.to(dtype)) ** 2).flatten(1).sum(1)
+        log_px = likelihood.log_prob(x, kind="dequantized", generator=generator, dtype=dtype)
     return Terms(likelihood, draws, rate, distortion, log_px, stage_rates)
