@@ -62,8 +62,8 @@ def _ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANG
     a, b = x.double(), y.to(x.device).double()
     # a uniform filter read only where it does not reach the border: skimage's crop(S, pad)
 
-    def mean(t):
-        return F.avg_pool2d(t, window, stride=1)
+    def mean(t):  # separable: a row mean, then a column mean
+        return F.avg_pool2d(F.avg_pool2d(t, (1, window), stride=1), (window, 1), stride=1)
 
     ux, uy = mean(a), mean(b)
     scale = window ** 2 / (window ** 2 - 1)  # sample covariance
