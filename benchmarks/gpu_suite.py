@@ -152,9 +152,10 @@ def training_rows(args, flops: float) -> list[dict]:
     rows = []
     for batch in args.batches:
         for mode in args.modes:
+            timeout = args.row_timeout * (2 if "compile" in mode else 1)
             result = _child(["benchmarks.gpu_suite", "--row", mode, str(batch),
                              "--preset", args.preset, "--data", args.data, "--steps",
-                             str(args.steps), "--device", args.device], args.row_timeout)
+                             str(args.steps), "--device", args.device], timeout)
             row = dict(kind="train", preset=args.preset, mode=mode, batch=batch, **result)
             if "trainer_images_s" in row:
                 row["trainer_tflops"] = row["trainer_images_s"] * flops / 1e12
@@ -201,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    parser.add_argument("--row-timeout", type=float, default=150.0, help="seconds per row")
+    parser.add_argument("--row-timeout", type=float, default=120.0,
+                        help="seconds per row (twice that for a compiled row)")
     parser.add_argument("--json", default="gpu_suite.json", help="every row's numbers")
     parser.add_argument("--no-eval", action="store_true", help="training rows only")
     parser.add_argument("--quick", action="store_true",

@@ -13,6 +13,7 @@ from test_audit import ConvProbe
 import vaeprobe as vp
 from conftest import STAND_IN_NETS
 from vaeprobe.audit import latent_statistics, where_bits_go
+from vaeprobe.audit.bits import summary as bits_summary
 from vaeprobe.plot import audit_page, audit_panels, axes
 from vaeprobe.validate import ConfigError
 
@@ -53,6 +54,9 @@ def test_rate_map_of_a_known_posterior_is_its_closed_form_at_every_position(digi
     np.testing.assert_allclose(ds["rate_map"].values, per_position, rtol=1e-6)
     np.testing.assert_allclose(ds["rate_map_example"].values, per_position, rtol=1e-6)
     np.testing.assert_allclose(ds["rate_map_se"].values, 0, atol=1e-6)  # same KL every image
+    # a flat map: the costliest 6 of 64 positions carry 6/64 of the rate
+    assert "rate map 8x8: the costliest 6 of 64 positions carry 9.38% of the rate" in \
+        bits_summary(ds)
     np.testing.assert_allclose(ds["rate_per_channel"].values[0],
                                [64 * gaussian_kl(m, s) for m, s in zip(means, stds,
                                                                        strict=True)], rtol=1e-6)

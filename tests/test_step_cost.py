@@ -76,3 +76,23 @@ def test_cuda_steps_never_synchronize(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trainer.sync(None)["skipped"] == 0
+
+
+def test_a_bf16_pass_keeps_its_loss_terms_in_float32():
+    """Under bf16 autocast the convolutions run in bf16; rate (KL), distortion and log p(x|z)
+    stay float32, and agree with the float32 pass to bf16's precision."""
+    from vaeprobe.models import HVAE, preset
+
+    torch.manual_seed(0)
+    model = HVAE(preset("tiny-8"))
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    noise = [torch.randn(4, *shape) for shape in model.latent_shapes()]
+    uniform = torch.rand(4, 1, 8, 8)
+    full = model(x, noise=noise, generator=uniform)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(x, noise=noise, generator=uniform)
+    assert half.draws[-1].q_mean.dtype == torch.bfloat16  # the network did run in bf16
+    for name in ("rate", "distortion", "log_px"):
+        assert getattr(half, name).dtype == torch.float32, name
+        torch.testing.assert_close(getattr(half, name), getattr(full, name), rtol=0.05,
+                                   atol=0.5)

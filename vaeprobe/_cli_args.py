@@ -227,10 +227,18 @@ def _headline_status(ds, command: str) -> int:
 
     bad = [name for name in HEADLINES.get(command, ()) if name in ds
            and ds[name].dtype.kind in "fc" and not np.isfinite(ds[name].values).all()]
+    return nonfinite_status(command, bad, "the result ", ", ",
+                            "; see the WARNING lines above")
+
+
+def nonfinite_status(command: str, bad: list[str], lead: str = "", sep: str = ", ",
+                     hint: str = "") -> int:
+    """The one policy for non-finite headline numbers: 0 when ``bad`` is empty, else the
+    names said on stderr and :data:`NAN_EXIT`."""
     if not bad:
         return 0
-    print(f"vaeprobe {command}: error: the result {', '.join(bad)} is not a number (NaN or "
-          f"inf); see the WARNING lines above (exit status {NAN_EXIT})", file=sys.stderr)
+    print(f"vaeprobe {command}: error: {lead}{sep.join(bad)} is not a number (NaN or inf)"
+          f"{hint} (exit status {NAN_EXIT})", file=sys.stderr)
     return NAN_EXIT
 
 

@@ -156,22 +156,17 @@ _DEFINED_BY = {"rate": "bits", "distortion": "reconstructions", "bpd": "likeliho
 def _compare_status(ds) -> int:
     """0, or 3 (said) when a model's number is NaN or inf where its section was defined."""
     import json
-    import sys
 
     import numpy as np
 
-    from vaeprobe._cli_args import NAN_EXIT
+    from vaeprobe._cli_args import nonfinite_status
 
     undefined = json.loads(ds.attrs.get("undefined", "{}"))
     bad = [f"{model}: {name}" for name, section in _DEFINED_BY.items()
            for model, value in zip(ds["model"].values, ds[name].values, strict=True)
            if not np.isfinite(value) and not any(
                said.startswith(f"{section}:") for said in undefined.get(str(model), []))]
-    if not bad:
-        return 0
-    print(f"vaeprobe compare: error: not a number (NaN or inf): {'; '.join(bad)} (exit status "
-          f"{NAN_EXIT})", file=sys.stderr)
-    return NAN_EXIT
+    return nonfinite_status("compare", bad, sep="; ")
 
 
 def add_compare(sub) -> None:

@@ -284,7 +284,19 @@ def summary(ds: xr.Dataset) -> str:
     if "n_active_dims" in ds:
         text += (f"; active dimensions {int(ds['n_active_dims'])}/{ds.sizes['dim']} "
                  f"(> {a.get('active_threshold')} nats)")
+    if "rate_map" in ds:
+        text += "; " + _map_line(ds["rate_map"].values)
     return text
+
+
+def _map_line(rate: np.ndarray) -> str:
+    """How concentrated the rate map is: the share of the rate in the costliest tenth of the
+    latent positions."""
+    ordered = np.sort(rate.ravel())[::-1]
+    top = max(1, round(0.1 * len(ordered)))
+    share = ordered[:top].sum() / ordered.sum() if ordered.sum() > 0 else np.nan
+    return (f"rate map {rate.shape[0]}x{rate.shape[1]}: the costliest {top} of {len(ordered)} "
+            f"positions carry {fmt(100 * share, 3)}% of the rate")
 
 
 SECTION = register(Section(
