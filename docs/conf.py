@@ -103,6 +103,9 @@ for _name, _url in INTERSPHINX.items():
         intersphinx_skipped.append(_name)
     if _name not in intersphinx_mapping:
         nitpick_ignore_regex += [(r"py:.*", pattern) for pattern in EXTERNAL_PATTERNS[_name]]
+if intersphinx_skipped:  # said once, at the top of the build log (not a warning: expected offline)
+    print(f"intersphinx: no inventory reachable or cached for {', '.join(intersphinx_skipped)}; "
+          f"their names render as code (cache one as docs/_intersphinx/<name>.inv)")
 # plain words numpydoc turns into references in "Parameters" types ("int or None", "shape (N,)")
 nitpick_ignore_regex += [(r"py:.*", r"(or|of|shape|optional|default|None|array-like|"
                                     r"file-like|path-like|\(.*|.*\))")]

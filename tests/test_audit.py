@@ -556,10 +556,10 @@ def test_msssim_is_pytorch_msssim_and_skipped_with_the_reason_for_small_images()
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (2, 3, 176, 176), dtype=torch.uint8, generator=generator)
     y = (x.int() + torch.randint(-20, 20, x.shape, generator=generator)).clamp(0, 255).byte()
-    np.testing.assert_allclose(_msssim(x, x), 1.0, rtol=1e-12)
-    value = _msssim(x, y)
+    np.testing.assert_allclose(_msssim(x, x), 1.0, rtol=1e-6)
+    value = _msssim(x, y)  # in float32: 2.2e-6 from pytorch-msssim in float64 here
     np.testing.assert_allclose(value, ms_ssim(x.double(), y.double(), data_range=255,
-                                              size_average=False).numpy(), rtol=1e-12)
+                                              size_average=False).numpy(), rtol=0, atol=1e-5)
     assert ((0 < value) & (value < 1)).all()
     assert msssim_skip_reason(176, 200) == ""
     assert "at least 161x161" in msssim_skip_reason(160, 512)

@@ -86,11 +86,16 @@ def test_an_audit_runs_twice_into_one_out_and_refuses_other_options(tiny_run, tm
     out.mkdir()  # an existing (empty) directory is fine
     options = dict(n_images=6, sections=["model_card", "bits"], progress=False)
     first = vp.audit(tiny_run, DATA, out=out, **options)
+    written = {name: (out / name).stat().st_mtime_ns
+               for name in ("audit.nc", "audit.png", "audit.html")}
     again = vp.audit(tiny_run, DATA, out=out, **options)
     assert again.attrs["computed_sections"] == "[]"
     np.testing.assert_array_equal(first["bits"]["rate"], again["bits"]["rate"])
+    # nothing computed: the report on disk is current and is not rendered again
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written
     more = vp.audit(tiny_run, DATA, out=out, **{**options, "sections": ["bits", "latents"]})
     assert more.attrs["computed_sections"] == '["latents"]'
+    assert all((out / name).stat().st_mtime_ns > mtime for name, mtime in written.items())
     with pytest.raises(AuditMismatchError, match=r"n_images: 6 before, 7 now"):
         vp.audit(tiny_run, DATA, out=out, **{**options, "n_images": 7})
     with pytest.raises(AuditMismatchError, match=r"active_threshold"):

@@ -2,6 +2,7 @@ import json
 import os
 import stat
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,10 +43,12 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "r.nc"
     vp.save(_result(), path)
     before = path.read_bytes()
-    def crash(self, *args, **kwargs):
-        open(args[0], "wb").write(b"half")
+    write_bytes = Path.write_bytes
+
+    def crash(self, data):  # vp.save writes the encoded bytes to a temporary, then renames
+        write_bytes(self, b"half")
         raise KeyboardInterrupt
-    monkeypatch.setattr(xr.Dataset, "to_netcdf", crash)
+    monkeypatch.setattr(Path, "write_bytes", crash)
     with pytest.raises(KeyboardInterrupt):
         vp.save(_result(), path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.nc"]

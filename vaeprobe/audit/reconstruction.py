@@ -62,8 +62,8 @@ def _ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANG
     a, b = x.double(), y.to(x.device).double()
     # a uniform filter read only where it does not reach the border: skimage's crop(S, pad)
 
-    def mean(t):
-        return F.avg_pool2d(t, window, stride=1)
+    def mean(t):  # separable: a row mean, then a column mean
+        return F.avg_pool2d(F.avg_pool2d(t, (1, window), stride=1), (window, 1), stride=1)
 
     ux, uy = mean(a), mean(b)
     scale = window ** 2 / (window ** 2 - 1)  # sample covariance
@@ -85,7 +85,7 @@ def protocol_text(height: int, width: int) -> str:
             f"(psnr_dataset: from the mean MSE); SSIM as skimage.metrics.structural_similarity "
             f"computes it, batched in float64 (data_range=255, channel_axis=0, "
             f"win_size={ssim_window(height, width)}, uniform window, channels averaged); "
-            f"MS-SSIM by pytorch_msssim.ms_ssim (data_range=255, "
+            f"MS-SSIM by pytorch_msssim.ms_ssim in float32 (data_range=255, "
             f"11-px Gaussian window, sigma 1.5, five scales, published weights) where the "
             f"images have at least {MSSSIM_MIN_SIDE} px a side; LPIPS from the lpips package on "
             f"inputs in [-1, 1], "
@@ -116,8 +116,10 @@ def _msssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RA
                    ) -> torch.Tensor:
     from pytorch_msssim import ms_ssim
 
-    return ms_ssim(x.double(), y.to(x.device).double(), data_range=data_range,
-                   size_average=False, win_size=MSSSIM_WINDOW)
+    # float32: 3.4e-7 from float64 on Kodak crops, 2.2e-6 on noise (tests/test_audit.py);
+    # 2.3x faster on CPU (float64 convolutions have no fast CPU kernels)
+    return ms_ssim(x.float(), y.to(x.device).float(), data_range=data_range,
+                   size_average=False, win_size=MSSSIM_WINDOW).double()
 
 
 class ReconstructionAccumulator:

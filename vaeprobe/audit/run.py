@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -295,9 +296,23 @@ def assemble(plan: AuditPlan) -> AuditReport:
         resumed_sections=json.dumps(plan.resumed), quick=int(plan.quick),
         timing=json.dumps(report.timing, default=float),
         device=str(getattr(plan.probe, "device", "cpu")), torch_threads=torch.get_num_threads())
-    if store is not None and distributed.is_main():
+    computed = [name for name in chosen if name in plan.todo]
+    if store is not None and distributed.is_main() and not _report_is_current(store, computed,
+                                                                              shown):
         write_report(report, store.out)
     return report
+
+
+def _report_is_current(store, computed: list, shown: list) -> bool:
+    """Nothing computed now, and audit.nc / .png / .html are newer than every section file
+    shown: rewriting them would only restamp the same report (a resumed audit with nothing
+    to do then costs the checks and the reads, not a re-rendering)."""
+    outputs = [Path(store.out) / f"audit.{suffix}" for suffix in ("nc", "png", "html")]
+    if computed or not all(path.is_file() for path in outputs):
+        return False
+    sections = [store.path(name) for name in shown if store.path(name).is_file()]
+    newest = max((path.stat().st_mtime_ns for path in sections), default=0)
+    return min(path.stat().st_mtime_ns for path in outputs) >= newest
 
 
 def run_audit(source, data, *, n_images, seed, sections, device, progress, out, format,

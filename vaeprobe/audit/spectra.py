@@ -58,7 +58,8 @@ class SpectraAccumulator:
             self.rate += float(batch.sample.kl_per_layer().double().sum())
         self.count += x.shape[0]
         if sum(len(p[0]) for p in self.previews) < self.n_preview:
-            self.previews.append((x.cpu(), vdata.to_uint8(mean.float().cpu(), clip=True)))
+            n = self.n_preview  # only the previews come back from the device
+            self.previews.append((x[:n].cpu(), vdata.to_uint8(mean[:n].float(), clip=True).cpu()))
         for index, accumulator in self.latent.items():
             draw = batch.mean.draws[index]
             accumulator.update((draw.q_mean if draw.q_mean is not None else draw.z).double())
