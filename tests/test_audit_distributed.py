@@ -15,7 +15,9 @@ from vaeprobe.audit.store import load_section, save_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "digits8:test"
-SETTINGS = {"likelihood": {"k": 3, "n_images": 5}, "progressive": {"n_images": 5}}
+# precision: a fixed dtype decision (audit_job.PRECISION), not one timed under this machine's load
+SETTINGS = {"likelihood": {"k": 3, "n_images": 5}, "progressive": {"n_images": 5},
+            "precision": {"dtypes": ["bfloat16"], "cpu_slowdown_limit": 1e9}}
 # differ between calls by nature: time, and this CPU's measured float16 slowdown
 VOLATILE = ("created_at", "elapsed_seconds", "cpu_slowdown", "dtype_skipped")
 
