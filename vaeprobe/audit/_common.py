@@ -7,7 +7,6 @@ import time
 import traceback
 
 import numpy as np
-import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
@@ -209,7 +208,3 @@ def _cached(key: tuple, build) -> tuple[object | None, str]:
         except _NETWORK_ERRORS as error:
             _NETWORKS[key] = (None, f"{type(error).__name__}: {error}")
     return _NETWORKS[key]
-
-
-def device_of(probe: Probe) -> torch.device:
-    return torch.device(getattr(probe, "device", "cpu"))
