@@ -132,12 +132,25 @@ def log_bin_series(centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
     probabilists' Hermite polynomials. No difference of two CDFs: no cancellation in float32,
     however far out the bin. The first term left out is below 1e-8 relative where
     h <= :data:`SERIES_HALF` and h |c| <= :data:`SERIES_REACH`."""
+    return _series_shape(centre, half).add_(_series_level(half).to(centre.dtype))
+
+
+def _series_level(half: torch.Tensor) -> torch.Tensor:
+    """log(2 h) - log(2 pi) / 2 of :func:`log_bin_series`, in float64 (a per-pixel constant
+    rounded to float32 would add up over the pixels)."""
+    return torch.log(2 * half.double()) - 0.5 * math.log(2 * math.pi)
+
+
+def _series_shape(centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """log1p(h^2/3! He2 + h^4/5! He4 + h^6/7! He6) - c^2 / 2 of :func:`log_bin_series`."""
+    h2 = half * half  # the series as a cubic in c^2, its coefficients from h alone
+    a3 = h2 * h2 * h2 / 5040
+    a2 = h2 * h2 / 120 - 15 * a3
+    a1 = h2 / 6 - h2 * h2 / 20 + 45 * a3
+    a0 = -h2 / 6 + h2 * h2 / 40 - 15 * a3
     c2 = centre * centre
-    h2 = half * half
-    he2, he4 = c2 - 1, c2 * (c2 - 6) + 3
-    he6 = c2 * (c2 * (c2 - 15) + 45) - 15
-    terms = h2 * (he2 / 6 + h2 * (he4 / 120 + h2 * he6 / 5040))
-    return torch.log(2 * half) - 0.5 * c2 - 0.5 * math.log(2 * math.pi) + torch.log1p(terms)
+    terms = (c2 * a3).add_(a2).mul_(c2).add_(a1).mul_(c2).add_(a0)  # Horner
+    return torch.log1p_(terms).add_(c2, alpha=-0.5)
 
 
 def _quantise(x01: torch.Tensor) -> torch.Tensor:
@@ -187,16 +200,32 @@ class DiscretizedGaussian:
         loc = self.loc.to(pixel)
         inv_sigma = torch.exp(-self._log_sigma.to(loc.device, pixel))
         centre = (x.to(pixel).div_(255.0) - loc).mul_(inv_sigma)  # standardised bin centre
-        half = (HALF_BIN * inv_sigma).expand_as(centre)
+        half = HALF_BIN * inv_sigma  # as sigma: one number, or one per pixel
         if pixel == torch.float64:
-            return _log_bins(x, centre, half).flatten(1).sum(1, dtype=total)
-        edge = (x == 0) | (x == 255)
-        series = (half <= SERIES_HALF) & (centre.abs() * half <= SERIES_REACH) & ~edge
-        out = log_bin_series(centre, half)
-        rest = ~series
-        if bool(rest.any()):  # edge bins, wide bins, far-out wide bins
-            out[rest] = _log_bins(x[rest], centre[rest], half[rest])
-        return out.flatten(1).sum(1, dtype=total)
+            return _log_bins(x, centre, half.expand_as(centre)).flatten(1).sum(1, dtype=total)
+        return _series_log_prob(x.expand_as(centre), centre, half)
+
+
+def _series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor
+                     ) -> torch.Tensor:
+    """Nats per image (float64) of levels ``x`` at standardised ``centre`` (float32): the
+    series where it serves, :func:`_log_bins` on the rest; the series' level
+    (:func:`_series_level`) added in float64 after the sum over pixels."""
+    rest = (centre.abs() * half > SERIES_REACH).logical_or_(half > SERIES_HALF)
+    rest.logical_or_(x == 0).logical_or_(x == 255)  # the edge bins take the tails
+    level = _series_level(half)
+    out = _series_shape(centre, half)
+    where = rest.reshape(-1).nonzero().squeeze(1)  # edge bins, wide bins, far-out wide bins
+    if where.numel():
+
+        def pick(t):
+            return t.expand_as(centre).reshape(-1)[where]
+
+        exact = _log_bins(pick(x), pick(centre), pick(half)).double() - pick(level)
+        out.view(-1)[where] = exact.to(out.dtype)
+    levels = level.expand_as(centre).flatten(1).sum(1) if level.numel() > 1 else \
+        level.reshape(()) * centre[0].numel()
+    return out.flatten(1).sum(1, dtype=torch.float64) + levels
 
 
 def _log_bins(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
