@@ -67,3 +67,14 @@ def test_blocks_do_not_change_a_result(monkeypatch):
     for f, expected in zip((similarity.ssim, similarity.ms_ssim), whole, strict=True):
         torch.testing.assert_close(f(x, y), expected, rtol=0, atol=0)
         torch.testing.assert_close(f(x[2:3], y[2:3]), expected[2:3], rtol=0, atol=0)
+
+
+def test_sample_pixel_moments_are_the_float_mean_and_std():
+    from vaeprobe.audit.generative import _pixel_moments
+
+    images = torch.randint(0, 256, (5, 3, 17, 9), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(2))
+    scaled = images.double() / 255
+    mean, std = _pixel_moments(images)
+    np.testing.assert_allclose([mean, std], [float(scaled.mean()), float(scaled.std())],
+                               rtol=1e-12)
