@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe import data_checks
-from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
+from vaeprobe._patches import PHOTOS, build_patches, load_patches
 from vaeprobe.binarize import BinarizedDataset, split_name
 from vaeprobe.binarize import binarize as _binarize
+from vaeprobe.cache import cache_dir
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
