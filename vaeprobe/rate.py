@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import data_checks, distributed, units
+from vaeprobe import distributed, units
 from vaeprobe._analysis import (
+    Evaluation,
     batches,
-    evaluation_set,
-    fit_probe,
     flag_nonfinite,
     image_dims,
     interpretation_warnings,
+    resolve,
     result_attrs,
     squared_error,
     with_warnings,
@@ -169,13 +167,44 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     >>> ds = rate(vp.load("runs/demo"), "patches32:test", n_images=256)  # doctest: +SKIP
     >>> ds["rate_by_resolution"].to_series()  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
+    evaluation = resolve(probe, data, n_images=n_images, seed=seed, check=_check,
+                         strict_data=strict_data)
+    return compute_rate(evaluation, batch_size=batch_size, active_threshold=active_threshold,
+                        per_image=per_image, posterior=posterior, progress=progress)
 
-    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+
+def _check(probe: Probe) -> None:
     probe.require("vp.rate", posterior=True)
-    with data_checks.strict_data() if strict_data else contextlib.nullcontext():
-        probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
-        dataset, indices = evaluation_set(probe, data, n_images, seed)
+
+
+def compute_rate(evaluation: Evaluation, *, batch_size: int = 64,
+                 active_threshold: float = 0.01, per_image: bool = False,
+                 posterior: str = "sample", progress: bool = True) -> xr.Dataset:
+    """The core of :func:`rate` on an already resolved model and subset of images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        The fitted Probe, the dataset and the seeded subset (:func:`vaeprobe._analysis.resolve`
+        makes one from what :func:`rate` takes); its ``seed`` keys the posterior draws and its
+        ``n_images`` is recorded.
+    batch_size, active_threshold, per_image, posterior, progress
+        As in :func:`rate`.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`rate` returns for the same request (the same Dataset).
+
+    Examples
+    --------
+    >>> from vaeprobe._analysis import resolve  # doctest: +SKIP
+    >>> evaluation = resolve("runs/demo", "patches32:test", n_images=64, seed=0)  # doctest: +SKIP
+    >>> compute_rate(evaluation)["total_rate"]  # doctest: +SKIP
+    """
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
+    _check(probe)
     totals = _RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):

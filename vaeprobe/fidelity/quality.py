@@ -17,10 +17,10 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import (
-    evaluation_set,
-    fit_probe,
+    evaluation_of,
     flag_nonfinite,
     progress_bar,
+    resolve_source,
     result_attrs,
 )
 from vaeprobe._deprecate import renamed
@@ -171,16 +171,14 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     >>> ds = sample_quality("runs/demo", "patches32:test", n_images=10000)  # doctest: +SKIP
     >>> ds[["fid", "lpips"]].to_dataframe()  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
-
-    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe = resolve_source(probe)  # a Probe, a run directory, a checkpoint or a model folder
     kinds, metrics = list(kinds), list(metrics)
     _check_request(probe, kinds, metrics, n_images)
     temperatures(temperature)  # finite and > 0: NaN would draw black images
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
-    probe, reference = fit_probe(probe, reference)  # a convolutional model takes the data's size
-    dataset, indices = evaluation_set(probe, reference, n_images, seed)
+    evaluation = evaluation_of(probe, reference, n_images, seed)  # fitted to the data's size
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
     fid_net, prc_net, lpips = _networks(metrics, feature_extractor, prc_extractor, lpips_trunk,
                                         weights, prc_weights, lpips_weights, probe.device)
     nets = list({net.name: net for net in (fid_net, prc_net) if net is not None}.values())
