@@ -28,9 +28,13 @@ def _same(noun: xr.Dataset, core: xr.Dataset) -> None:
 def _nouns(run, images):
     """(noun call, the same through the core on an Evaluation resolved by hand) per noun."""
     from vaeprobe.compress import compress, compress_images
+    from vaeprobe.fidelity.quality import compute_sample_quality
     from vaeprobe.information import compute_information, information
     from vaeprobe.rate import compute_rate, rate
     from vaeprobe.sampling import compute_samples, samples
+
+    quality = dict(kinds=("mean", "reconstruction_stochastic"), metrics=("lpips",),
+                   lpips_trunk="random-TEST-ONLY", progress=False)
 
     def evaluation(n_images, seed, **options):
         return resolve(run, images, n_images=n_images, seed=seed, **options)
@@ -50,10 +54,13 @@ def _nouns(run, images):
                         progress=False)),
         "compress": (lambda: compress(run, images, n_images=3, seed=4, progress=False),
                      lambda: compress_images(evaluation(3, 4, device="cpu"), progress=False)),
+        "sample_quality": (lambda: vp.sample_quality(run, images, n_images=4, **quality),
+                           lambda: compute_sample_quality(evaluation(4, 0), **quality)),
     }
 
 
-@pytest.mark.parametrize("noun", ["rate", "information", "samples", "compress"])
+@pytest.mark.parametrize("noun", ["rate", "information", "samples", "compress",
+                                  "sample_quality"])
 def test_a_core_on_a_resolved_evaluation_gives_the_nouns_dataset(noun, tiny_run, images):
     if noun == "compress":
         pytest.importorskip("constriction")
