@@ -79,6 +79,17 @@ def test_spectrum_core_gives_the_row_of_the_noun(tiny_run, images):
     xr.testing.assert_identical(ds.drop_attrs(), assemble_spectra([row], 0.25).drop_attrs())
 
 
+def test_pca_core_gives_the_nouns_dataset():
+    from vaeprobe.pca import compute_pca, pca_baseline
+
+    noun = pca_baseline("digits8:test", n_images=60, spectrum_distortion=4.0, seed=2,
+                        progress=False)
+    dataset = vp.data.as_dataset("digits8:test")
+    core = compute_pca(dataset, vp.data.select(dataset, 60, seed=2), n_images=60,
+                       spectrum_distortion=4.0, seed=2, progress=False)
+    _same(noun, core)
+
+
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of vaeprobe.as_probe (the model) and fit_probe (the images) calls."""
