@@ -157,3 +157,19 @@ def test_resolve_checks_the_model_before_reading_any_image(tiny_run):
     assert (evaluation.n_images, evaluation.seed, len(evaluation.indices)) == (3, 7, 3)
     np.testing.assert_array_equal(evaluation.indices,
                                   vp.data.select(evaluation.dataset, 3, seed=7))
+
+
+def test_tiling_core_gives_the_nouns_dataset_and_the_noun_resolves_once(counted):
+    from pathlib import Path
+
+    from vaeprobe.tiling import compute_tiling_error, tiling_error
+
+    folder = Path(__file__).parent / "fixtures" / "diffusers" / "tiny_vae"
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    noun = tiling_error(folder, x, tile_size=16, n_images=2, seed=1)
+    assert counted == {"as_probe": 1, "fit_probe": 1}
+    evaluation = resolve(vp.load(folder), x, n_images=2, seed=1)
+    core = compute_tiling_error(evaluation, tile_size=16)
+    assert float(core.max_abs_difference_max) > 0  # it did tile
+    _same(noun, core)
