@@ -71,8 +71,9 @@ class Setup:
 
     def train_values(self, name: str, **values) -> dict:
         """The trainer config of run ``name``: the shared settings under ``values``."""
-        base = dict(preset=self.preset, data=self.data, data_root=self.root, steps=self.steps,
-                    seed=self.seed, out=str(self.run_dir(name)), progress=False)
+        base = dict(preset=self.preset, data=self.data, data_root=self.root or None,
+                    steps=self.steps, seed=self.seed, out=str(self.run_dir(name)),
+                    progress=False)
         if self.device:
             base["device"] = self.device
         base.update(values)
@@ -152,6 +153,8 @@ def command_line(values: dict) -> list[str]:
     argv = []
     for key, value in values.items():
         flag = "--" + key.replace("_", "-")
+        if value is None:  # unset: the flag absent
+            continue
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + key.replace("_", "-"))
         else:

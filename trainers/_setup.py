@@ -36,9 +36,9 @@ def prepare_run_dir(config: TrainConfig) -> Run:
     return run
 
 
-def decoder_likelihood(config: TrainConfig) -> str:
+def decoder_likelihood(config: TrainConfig) -> str | None:
     """The decoder head: --likelihood; else the objective's (``optimal`` for the Lagrangian
-    objectives) unless --sigma is set; else the preset's (empty).
+    objectives) unless --sigma is set; else None (the preset's).
 
     The Lagrangian's loss never uses the decoder sigma, so the head changes no weight; with
     ``optimal`` the checkpoint evaluates at sigma^2 = MSE (sigma-VAE's optimum, calibrated on
@@ -49,7 +49,7 @@ def decoder_likelihood(config: TrainConfig) -> str:
     objective = objectives.get(config.objective)
     if objective.decoder and config.sigma == 1.0:
         return objective.decoder
-    return ""
+    return None
 
 
 def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:

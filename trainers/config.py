@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from trainers.objectives import objectives
@@ -15,20 +16,46 @@ def _help(text: str, default=None):
     return field(default=default, metadata={"help": text})
 
 
+def field_type(item: dataclasses.Field) -> tuple[type, bool]:
+    """(the declared type, whether None is allowed) of a TrainConfig field: ``str | None``
+    gives ``(str, True)``."""
+    kind = eval(item.type) if isinstance(item.type, str) else item.type  # noqa: S307
+    members = typing.get_args(kind)
+    if members:
+        return next(member for member in members if member is not type(None)), \
+            type(None) in members
+    return kind, False
+
+
+def unset(name: str, value):
+    """A stored value as this version reads it: ``""`` in a field whose unset value is None
+    (how the config.json of runs trained by earlier versions stored "unset") reads as None."""
+    if value == "" and name in OPTIONAL:
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """The trainer's settings, one field per ``python -m trainers.train`` flag.
+
+    A field typed ``str | None`` is None when unset (the flag absent): the preset's or the
+    automatic choice, as its help says. An empty string there, as ``--device ""`` or a
+    config.json written by an earlier version gives it, reads as None.
+    """
+
     preset: str = _help("model preset: " + ", ".join(MODEL_PRESETS), "demo-cpu")
     objective: str = _help("; ".join(f"{name}: {objectives.get(name).help}"
                                      for name in OBJECTIVES), "distortion")
-    likelihood: str = _help("decoder: fixed | learned | optimal | per_pixel | dmol (empty: "
-                            "optimal for distortion and two-stage, whose loss never uses sigma; "
-                            "the preset's for elbo)", "")
+    likelihood: str | None = _help("decoder: fixed | learned | optimal | per_pixel | dmol "
+                                   "(unset: optimal for distortion and two-stage, whose loss "
+                                   "never uses sigma; the preset's for elbo)")
     sigma: float = _help("decoder sigma on the [0, 1] scale for likelihood=fixed", 1.0)
-    merge: str = _help("posterior merge: precision | concat (empty: the preset's)", "")
+    merge: str | None = _help("posterior merge: precision | concat (unset: the preset's)")
     gamma: float = _help("distortion target: per-image sum of squared error on [0, 1]", 8.0)
     beta: float = _help("KL weight of the elbo objective (1 = the true ELBO)", 1.0)
     data: str = _help("training data (train split), e.g. patches32, digits8", "patches32")
-    data_root: str = _help("directory of a torchvision dataset", "")
+    data_root: str | None = _help("directory of a torchvision dataset")
     steps: int = _help("optimizer steps in all", 3000)
     batch_size: int = _help("global batch (split across processes)", 32)
     lr: float = _help("Adam learning rate of the model", 2e-4)
@@ -44,9 +71,10 @@ class TrainConfig:
     ckpt_every: int = _help("checkpoint every N steps (plus log-spaced early ones from 100)",
                             1000)
     log_every: int = _help("append to metrics.jsonl every N steps", 10)
-    primary: str = _help("two-stage: the primary run directory (its EMA weights, frozen)", "")
+    primary: str | None = _help("two-stage: the primary run directory (its EMA weights, "
+                                "frozen)")
     seed: int = _help("seed of weights, data order and noise", 0)
-    device: str = _help("cpu | cuda | cuda:N (empty: cuda when available)", "")
+    device: str | None = _help("cpu | cuda | cuda:N (unset: cuda when available)")
     workers: int = _help("loader processes for data decoded per item (image files); tensor "
                          "data (embedded, npz, folders, SVHN/CIFAR/MNIST) stays on the device", 2)
     compile: bool = _help("torch.compile the model (CUDA)", False)
@@ -61,6 +89,8 @@ class TrainConfig:
     resume: bool = _help("continue the run in --out from its latest checkpoint", False)
 
     def __post_init__(self):
+        for name in OPTIONAL:  # "" from an earlier version's config.json: unset
+            object.__setattr__(self, name, unset(name, getattr(self, name)))
         self._check_types()
         self._check_numbers()
         if self.objective not in objectives:  # the registry now: one registered after import
@@ -95,9 +125,9 @@ class TrainConfig:
         """Every field of its declared type (an edited config.json or a Python caller may
         give a string for a number); ints are accepted where floats are declared."""
         for item in dataclasses.fields(self):
-            kind = item.type if isinstance(item.type, type) else eval(item.type)  # noqa: S307
+            kind, optional = field_type(item)
             value = getattr(self, item.name)
-            ok = (isinstance(value, bool) if kind is bool else
+            ok = (optional and value is None) or (isinstance(value, bool) if kind is bool else
                   isinstance(value, (int, float)) and not isinstance(value, bool)
                   if kind is float else
                   isinstance(value, int) and not isinstance(value, bool) if kind is int else
@@ -140,8 +170,14 @@ class TrainConfig:
         mine = self.to_dict()
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         # a field added after the run was written is read as its default
-        return {k: (stored.get(k, defaults[k]), v) for k, v in mine.items()
-                if k not in self.RESUMABLE_CHANGES and stored.get(k, defaults[k]) != v}
+        stored = {k: unset(k, stored.get(k, defaults[k])) for k in mine}
+        return {k: (stored[k], v) for k, v in mine.items()
+                if k not in self.RESUMABLE_CHANGES and stored[k] != v}
+
+
+# fields whose unset value is None (typed ``str | None``)
+OPTIONAL = tuple(item.name for item in dataclasses.fields(TrainConfig)
+                 if field_type(item)[1])
 
 
 # Training presets: the trainer's defaults per model preset (vaeprobe.models.PRESETS), applied
@@ -208,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
     default_preset = PRESETS[TrainConfig.preset]
     for item in dataclasses.fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
-        kind = item.type if isinstance(item.type, type) else eval(item.type)  # noqa: S307
+        kind, _ = field_type(item)
         text = item.metadata["help"]
         if kind is bool:
             result.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
@@ -220,8 +256,7 @@ def parser() -> argparse.ArgumentParser:
                      if isinstance(default, float) else
                      f"default: from --preset, {default} for {TrainConfig.preset}")
         else:
-            shown = f"default: {item.default!r}" if item.default == "" else \
-                f"default: {item.default}"
+            shown = "default: unset" if item.default is None else f"default: {item.default}"
         choices = CHOICES.get(item.name)
         result.add_argument(flag, type=kind, default=None, choices=choices,
                             metavar="{" + ",".join(choices) + "}" if choices else None,

@@ -1,6 +1,17 @@
-"""Shared plumbing of the analyses: evaluation sets, provenance, progress bars."""
+"""Shared plumbing of the analyses: evaluation sets, provenance, progress bars.
+
+Resolve at the edge, compute in a core: a noun (``vp.rate``, ``vp.iwae``...) turns what the
+user gave into an :class:`Evaluation` once, with :func:`resolve` (the model through
+:func:`resolve_source`, the one caller of ``vaeprobe.as_probe`` among the nouns; the data
+through :func:`evaluation_of`), and then calls its public core (``compute_rate``,
+``compute_iwae``...), which takes the resolved :class:`Evaluation` and never resolves again.
+The audit's sections call the same cores on the images they already hold.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -41,6 +52,66 @@ def evaluation_set(probe: Probe, data, n_images: int | None, seed: int):
     """
     dataset = vdata.as_dataset(data, image_shape=probe.image_shape)
     return dataset, vdata.select(dataset, n_images, seed)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a noun evaluates, resolved once: the model, the images, the seeded subset.
+
+    Attributes
+    ----------
+    probe : Probe
+        The model, fitted to the images' size (:func:`fit_probe`).
+    dataset : Dataset
+        The images (uint8 ``(C, H, W)`` items), checked against the probe's image shape.
+    indices : torch.Tensor
+        The dataset indices of the evaluated subset (int64, sorted), on every rank.
+    n_images : int or None
+        The subset's size as it was asked for (None: all images); recorded in provenance.
+    seed : int
+        The seed that drew the subset; the cores also key their per-image draws by it.
+    """
+
+    probe: Probe
+    dataset: object
+    indices: torch.Tensor
+    n_images: int | None
+    seed: int
+
+
+def resolve_source(source, *args, **options) -> Probe:
+    """A Probe from what a noun was given: :func:`vaeprobe.as_probe` (a Probe as it is, a run
+    directory, a checkpoint file or a model folder; ``args`` / ``options`` are its format and
+    loading options). The nouns resolve their model here and nowhere else."""
+    from vaeprobe.adapters import as_probe  # adapters sit above the analyses' plumbing
+
+    return as_probe(source, *args, **options)
+
+
+def evaluation_of(probe: Probe, data, n_images: int | None, seed: int, *,
+                  strict_data: bool = False, cycle: bool = False) -> Evaluation:
+    """An :class:`Evaluation` of a resolved ``probe``: ``data`` resolved at its image size
+    (:func:`fit_probe`; a convolutional model takes the data's size) and a seeded subset of
+    ``n_images`` (:func:`evaluation_set`). ``strict_data``: refuse data changed to fit the
+    model instead of warning (:func:`vaeprobe.data_checks.strict_data`). ``cycle``: an
+    ``n_images`` above the dataset's size takes all its images, silently (for a caller that
+    cycles through them, as :func:`vaeprobe.samples` does)."""
+    with data_checks.strict_data() if strict_data else contextlib.nullcontext():
+        probe, dataset = fit_probe(probe, data)
+        subset = min(n_images, len(dataset)) if cycle and n_images is not None else n_images
+        dataset, indices = evaluation_set(probe, dataset, subset, seed)
+    return Evaluation(probe, dataset, indices, n_images, seed)
+
+
+def resolve(source, data, *, n_images: int | None, seed: int, check=None,
+            strict_data: bool = False, **options) -> Evaluation:
+    """The edge of a noun: its model (:func:`resolve_source`, with ``options``), checked by
+    ``check(probe)`` before any image is read (the noun's refusals come first), then its
+    images (:func:`evaluation_of`). Everything after works on the returned Evaluation."""
+    probe = resolve_source(source, **options)
+    if check is not None:
+        check(probe)
+    return evaluation_of(probe, data, n_images, seed, strict_data=strict_data)
 
 
 def batches(dataset, indices: torch.Tensor, batch_size: int, seed: int, device,

@@ -55,6 +55,23 @@ class ApiArguments:
         self.parser.add_argument(*flags, default=default,
                                  help=f"{help} (default: {shown}{unit})", **options)
 
+    def bind(self, dest: str, param: str | None = None, of: str = "") -> None:
+        """Pass the parsed ``dest`` (a flag or positional added with ``parser.add_argument``,
+        whose help and default are its own) as ``param`` of the function ``of``."""
+        parameters = inspect.signature(self.functions[of]).parameters
+        if (param or dest) not in parameters:
+            raise KeyError(f"cannot bind {dest!r}: {self.functions[of].__name__} has no "
+                           f"parameter {param or dest!r}; name one of {list(parameters)}")
+        self.renames[dest] = (of, param or dest)
+
+
+def bound_arguments(args, of: str = "") -> dict:
+    """The keyword arguments of a command's function ``of`` ("" its own) from the parsed
+    flags: every flag :class:`ApiArguments` added (or bound) for a parameter of it (the
+    loading flags, of :func:`vaeprobe.load`, are :func:`load_probe`'s)."""
+    return {param: getattr(args, dest) for dest, (function, param) in args.api_renames.items()
+            if function == of}
+
 
 def dest_of(flags) -> str:
     """argparse's dest: the first long flag (else the first short), dashes as underscores."""
@@ -165,16 +182,24 @@ def model_command(sub, name: str, function, help: str, example: str) -> tuple:
 
     parser = add_subparser(sub, name, help, example)
     api = ApiArguments(parser, function, load=vp.load)
+    model_arguments(parser, api)
+    return parser, api
+
+
+def model_arguments(parser, api: ApiArguments) -> None:
+    """The arguments of a command over one model (:func:`model_command`): CHECKPOINT, --data
+    (bound to the function's ``data``), --n-images, --batch-size, --seed, the loading flags,
+    --threads, --strict-data, --out, --plot, --overwrite."""
     parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="evaluation images: a dataset name "
                         "(e.g. patches32:test; folder:PATH is read at the model's image size)")
+    api.bind("data")
     api.add("--n-images", type=int, help="evaluate a seeded random subset of this many images")
     api.add("--batch-size", type=int, units="images", help="images per pass (memory)")
     api.add("--seed", type=int, help="seeds the subset and every draw (results do not depend "
             "on --batch-size)")
     add_load_arguments(parser, api)
     add_common(parser)
-    return parser, api
 
 
 # ---- running a command ----------------------------------------------------------------------

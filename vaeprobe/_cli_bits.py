@@ -1,6 +1,14 @@
 """``vaeprobe compress``, ``decompress`` and ``compare``: the subcommands of :mod:`vaeprobe.cli`
 over :mod:`vaeprobe.compress` and :mod:`vaeprobe.compare`, their defaults read from the
-functions' signatures (``information`` is a row of :mod:`vaeprobe._cli_nouns`)."""
+functions' signatures and their flags bound to the parameters
+(:func:`~vaeprobe._cli_args.bound_arguments`).
+
+Why they are not rows of the noun table (:mod:`vaeprobe._cli_nouns`): ``compress`` checks its
+``--file`` before the model opens and turns a model with non-finite PMFs into an exit status
+(not a Dataset), and prints what it wrote; ``decompress`` returns images, not a Dataset, and
+writes an .npz; ``compare`` takes several models and writes a folder (its --out), not one
+Dataset and one figure. Only the negated flags (``--no-verify``, ``--no-information``) are
+forwarded by hand."""
 
 from __future__ import annotations
 
@@ -18,13 +26,10 @@ def _cmd_compress(args) -> int:
         outputs.check_output(args.file, "--file", inputs=outputs.source_paths(
             args.checkpoint, args.data), overwrite=args.overwrite)
     from vaeprobe._bits_back import NonFiniteModelError
-    from vaeprobe._cli_args import NAN_EXIT
+    from vaeprobe._cli_args import NAN_EXIT, bound_arguments
 
     try:
-        ds = vp.compress(load_probe(args), args.data, n_images=args.n_images,
-                         latent_bits=args.latent_bits,
-                         seed=args.seed, out=args.file, verify=not args.no_verify,
-                         overwrite=args.overwrite)
+        ds = vp.compress(load_probe(args), **bound_arguments(args), verify=not args.no_verify)
     except NonFiniteModelError as error:
         print(f"WARNING: {error}")
         print(f"vaeprobe compress: error: {error} (exit status {NAN_EXIT})", file=sys.stderr)
@@ -64,16 +69,19 @@ def add_compress(sub) -> None:
     parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="the images to code, e.g. "
                         "patches32:test")
+    api.bind("data")
     api.add("--n-images", type=int, help="code a seeded random subset of this many images")
     api.add("--latent-bits", type=int, units="bits", help="bins per latent element: "
             "2^latent_bits of equal prior mass")
     api.add("--seed", type=int, help="seeds the subset and the initial random bits")
     parser.add_argument("--file", default=None, help="write the compressed images here (.vpbb;"
                         " `vaeprobe decompress` reads it; default: not written)")
+    api.bind("file", "out")
     parser.add_argument("--no-verify", action="store_true", help="skip decoding the chain "
                         "again (no round-trip check, no decode speed)")
     add_load_arguments(parser, api)
     add_common(parser)
+    api.bind("overwrite")
     parser.set_defaults(run=_cmd_compress)
 
 
@@ -85,7 +93,9 @@ def _cmd_decompress(args) -> int:
         header_model = _file_model(args.file)
         outputs.check_output(args.images, "--images", inputs=outputs.source_paths(
             args.file, args.model, header_model), overwrite=args.overwrite)
-    images = vp.decompress(args.file, args.model)
+    from vaeprobe._cli_args import bound_arguments
+
+    images = vp.decompress(**bound_arguments(args))
     print(f"decoded {images.shape[0]} images of shape {tuple(images.shape[1:])} from "
           f"{args.file} (their sha256 matches the file's)")
     if args.images:
@@ -113,6 +123,7 @@ def add_decompress(sub) -> None:
                         "vaeprobe decompress test.vpbb --model runs/demo --images test.npz")
     parser.add_argument("file", help="a .vpbb file")
     api = ApiArguments(parser, vp.decompress)
+    api.bind("file", "path")
     api.add("--model", param="source", help="the model it was coded with (a run directory or "
             "checkpoint); another model is refused")
     parser.add_argument("--images", default=None, help="write the images here as .npz "
@@ -125,12 +136,9 @@ def add_decompress(sub) -> None:
 
 def _cmd_compare(args) -> int:
     import vaeprobe as vp
+    from vaeprobe._cli_args import bound_arguments
 
-    ds = vp.compare(args.sources, args.data, n_images=args.n_images, seed=args.seed,
-                    information=not args.no_information,
-                    information_images=args.information_images, out=args.out_dir,
-                    feature_extractor=args.feature_extractor, lpips_trunk=args.lpips_trunk,
-                    overwrite=args.overwrite)
+    ds = vp.compare(**bound_arguments(args), information=not args.no_information)
     from vaeprobe.compare import COLUMNS
 
     table = ds[list(COLUMNS)].to_dataframe()[list(COLUMNS)]
@@ -182,6 +190,8 @@ def add_compare(sub) -> None:
     parser.add_argument("sources", nargs="+", help="run directories, checkpoints, model "
                         "folders or saved audits (a folder with audit.nc)")
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
+    api.bind("sources")
+    api.bind("data")
     api.add("--n-images", type=int, units="images", help="a seeded subset for the audits run")
     api.add("--seed", type=int, help="seeds the subset and every draw")
     api.add("--information-images", type=int, units="images", help="images of the "
@@ -193,8 +203,10 @@ def add_compare(sub) -> None:
             "random-TEST-ONLY: a flagged stand-in)")
     parser.add_argument("--out", dest="out_dir", default=None, help="a folder for compare.nc, "
                         "compare.png, compare.html and the audits run (default: not written)")
+    api.bind("out_dir", "out")
     parser.add_argument("--overwrite", action="store_true", help="replace compare.nc / .png "
                         "/ .html in --out that vaeprobe did not write (default: refuse)")
+    api.bind("overwrite")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 "
                         "= OMP_NUM_THREADS when set, else the usable cores; said on stderr)")
     parser.set_defaults(run=_cmd_compare)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
+
+from vaeprobe.cache import cache_dir
 
 # The colour photographs scikit-image ships. The split is by photograph: no test patch comes
 # from a training photograph. The motorcycle pair is one stereo scene, so both stay in train.
@@ -20,14 +20,6 @@ TEST_PHOTOS = ("chelsea", "coffee")
 PATCH_SCALES = (1, 2, 4)  # area-downsampling factors
 PATCH_STRIDES = {16: 8, 32: 12, 64: 24}  # pixels between patch corners, per patch size
 _PATCH_RECIPE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """``$VAEPROBE_CACHE``, else ``$XDG_CACHE_HOME/vaeprobe``, else ``~/.cache/vaeprobe``."""
-    if os.environ.get("VAEPROBE_CACHE"):
-        return Path(os.environ["VAEPROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vaeprobe"
 
 
 def _load_photo(name: str) -> np.ndarray:

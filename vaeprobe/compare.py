@@ -72,10 +72,11 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
     overwrite : bool
         Replace ``compare.nc`` / ``.png`` / ``.html`` in ``out`` that vaeprobe did not write.
 
-    Every model is opened and checked against the data's image size before any audit runs;
-    an error names the model. An audit on disk is reused only when its protocol (images,
-    seed, section settings, networks, not ``--quick``) is this call's; ``attrs["reused_audits"]``
-    names the files reused and ``attrs["audits_not_reused"]`` says why others were not.
+    Every model is opened (once) and checked against the data's image size before any audit
+    runs, and stays open until the table is done; an error names the model. An audit on disk
+    is reused only when its protocol (images, seed, section settings, networks, not
+    ``--quick``) is this call's; ``attrs["reused_audits"]`` names the files reused and
+    ``attrs["audits_not_reused"]`` says why others were not.
 
     Returns
     -------
@@ -102,12 +103,12 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
     labels = _labels(sources)
     if out is not None:
         _check_out(Path(out), sources, data, overwrite)
-    _open_all(labels, sources, dataset)  # every model opened and sized before any audit runs
+    probes = _open_all(labels, sources, dataset)  # every model opened and sized before any audit
     protocol = _protocol(dataset, n_images, seed, feature_extractor, lpips_trunk)
     rows, undefined, reused, not_reused = [], {}, {}, {}
-    for label, source in zip(labels, sources, strict=True):
+    for label, source, probe in zip(labels, sources, probes, strict=True):
         try:
-            row, said = _row(label, source, dataset, out, dict(
+            row, said = _row(label, source, probe, dataset, out, dict(
                 n_images=n_images, seed=seed, information=information,
                 information_images=information_images, feature_extractor=feature_extractor,
                 lpips_trunk=lpips_trunk, progress=progress), protocol)
@@ -159,23 +160,28 @@ def _check_out(out: Path, sources, data, overwrite: bool) -> None:
                           overwrite=overwrite)
 
 
-def _open_all(labels, sources, dataset) -> None:
+def _open_all(labels, sources, dataset) -> list[Probe | None]:
     """Open every model (or saved audit) and check it takes the data's images, naming the
-    model in any error: nothing is audited before all are known to open."""
-    from vaeprobe._analysis import fit_probe
-    from vaeprobe.adapters import as_probe
+    model in any error: nothing is audited before all are known to open. Returns each
+    source's Probe (None for a saved audit), opened once and used for its row (so every
+    model stays open until the table is done)."""
+    from vaeprobe._analysis import fit_probe, resolve_source
     from vaeprobe.audit import open_audit
 
+    probes = []
     for label, source in zip(labels, sources, strict=True):
         try:
             saved = _is_audit(source)
             if saved is not None:
                 open_audit(saved)
+                probes.append(None)
             else:
-                fit_probe(as_probe(source), dataset)
+                probes.append(resolve_source(source))
+                fit_probe(probes[-1], dataset)
         except (ValueError, OSError, KeyError, TypeError) as error:
             raise CompareError(f"model {label} ({source}): {_text(error)}; nothing was "
                                f"audited (every model is checked first)") from None
+    return probes
 
 
 def _protocol(dataset, n_images, seed, feature_extractor, lpips_trunk) -> dict:
@@ -244,19 +250,17 @@ def _is_audit(source) -> Path | None:
     return path if path.is_file() and path.name.endswith(".nc") else None
 
 
-def _row(label: str, source, dataset, out, options: dict,
+def _row(label: str, source, probe: Probe | None, dataset, out, options: dict,
          protocol: dict) -> tuple[dict, list[str]]:
-    """One model's facts and numbers, and what was undefined for it (why)."""
-    from vaeprobe.adapters import as_probe
+    """One model's facts and numbers, and what was undefined for it (why); ``probe`` is the
+    source opened by :func:`_open_all` (None: ``source`` is a saved audit)."""
     from vaeprobe.audit import audit, open_audit
 
-    saved = _is_audit(source)
-    probe, said, not_reused = None, [], ""
-    if saved is not None:
-        report, found = open_audit(saved), saved
+    said, not_reused = [], ""
+    if probe is None:
+        report, found = open_audit(_is_audit(source)), _is_audit(source)
         facts = dict(report.attrs)
     else:
-        probe = as_probe(source)
         facts = dict(probe.source)
         found, not_reused = _find_audit(source, probe, dataset, out, label, protocol)
         if found is not None:

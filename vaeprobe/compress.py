@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe._analysis import evaluation_set, fit_probe, image_dims, result_attrs
+from vaeprobe._analysis import Evaluation, evaluation_of, image_dims, resolve_source, result_attrs
 from vaeprobe._bits_back import (
     PRECISION,
     Chain,
@@ -96,9 +96,8 @@ def _check_likelihood(probe: Probe, chain: Chain) -> None:
 
 
 def _open_probe(source) -> Probe:
-    from vaeprobe.adapters import as_probe
-
-    return as_probe(source) if isinstance(source, Probe) else as_probe(source, device="cpu")
+    """The model, opened on the CPU (a Probe as it is)."""
+    return resolve_source(source, **({} if isinstance(source, Probe) else {"device": "cpu"}))
 
 
 def _constriction_version() -> str:
@@ -195,7 +194,7 @@ def compress(source, data, *, n_images: int | None = 100, latent_bits: int = 8, 
     >>> ds = compress("runs/demo", "patches32:test", n_images=50)  # doctest: +SKIP
     >>> float(ds.coded_bpd), float(ds.elbo_bpd), int(ds.attrs["round_trip"])  # doctest: +SKIP
     """
-    import constriction
+    import constriction  # noqa: F401  (a missing coder is refused before the model opens)
 
     from vaeprobe import outputs
 
@@ -204,9 +203,37 @@ def compress(source, data, *, n_images: int | None = 100, latent_bits: int = 8, 
                              overwrite=overwrite)
     probe = _open_probe(source)
     _check_probe(probe, latent_bits)
-    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
+    evaluation = evaluation_of(probe, data, n_images, seed)
+    return compress_images(evaluation, latent_bits=latent_bits, out=out, verify=verify,
+                           progress=progress)
+
+
+def compress_images(evaluation: Evaluation, *, latent_bits: int = 8, out=None,
+                    verify: bool = True, progress: bool = True) -> xr.Dataset:
+    """The core of :func:`compress` on an already resolved model and subset of images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        The Probe (on the CPU, fitted to the images), the dataset and the seeded subset,
+        coded in one chain in the subset's order; its ``seed`` seeds the initial bits.
+    latent_bits, verify, progress
+        As in :func:`compress`.
+    out : str or Path, optional
+        Also write the compressed file here, as given: :func:`compress` checks it against
+        the inputs (and an existing file) before it opens the model.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`compress` returns for the same request (the same Dataset).
+    """
+    import constriction
+
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
+    _check_probe(probe, latent_bits)
     chain = Chain(probe, latent_bits)
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
     images = torch.cat(list(iterate_batches(dataset, 64, indices)))
     with one_thread(), torch.no_grad():
         _check_likelihood(probe, chain)
@@ -349,8 +376,6 @@ def _decoding_probe(path, header: dict, source) -> Probe:
                                     f"{header['model_sha256']})")
     if isinstance(source, Probe):
         return _open_probe(source)
-    from vaeprobe.adapters import as_probe
-
     model_format = header["model_format"]
-    return as_probe(source, None if model_format == "memory" else model_format, device="cpu",
+    return resolve_source(source, None if model_format == "memory" else model_format, device="cpu",
                     **header["load_options"])

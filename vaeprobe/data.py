@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vaeprobe import data_checks
-from vaeprobe._patches import PHOTOS, build_patches, cache_dir, load_patches
+from vaeprobe._patches import PHOTOS, build_patches, load_patches
 from vaeprobe.binarize import BinarizedDataset, split_name
 from vaeprobe.binarize import binarize as _binarize
+from vaeprobe.cache import cache_dir
 from vaeprobe.data_path import default_workers, gather, iterate_batches, load_batches
 from vaeprobe.data_sources import (
     ImageFiles,
@@ -39,9 +40,9 @@ from vaeprobe.images import ImageTensorDataset, check_images, dataset_name, to_u
 # the public names of vaeprobe.data; each lives in the module it is imported from above
 __all__ = ["PHOTOS", "SPLITS", "ImageFiles", "ImageTensorDataset", "as_dataset", "binarize",
            "build_patches", "cache_dir", "check_images", "dataset_identity", "dataset_name",
-           "datasets", "default_workers", "gather", "in_memory", "iterate_batches", "load",
-           "load_batches", "load_patches", "materialize", "names", "path_datasets", "select",
-           "to_uint8"]
+           "datasets", "default_workers", "draw_order", "gather", "in_memory", "iterate_batches",
+           "load", "load_batches", "load_patches", "materialize", "names", "path_datasets",
+           "select", "to_uint8"]
 
 SPLITS = ("train", "test")
 
@@ -225,16 +226,35 @@ def dataset_identity(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
-def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n_images`` images drawn without replacement by ``seed``, sorted (None: all)."""
+def _subset_size(dataset: Dataset, n_images: int | None) -> int:
+    """The dataset's size, after checking ``n_images`` (a warning when it asks for more)."""
     from vaeprobe.validate import positive_int
 
     total = len(dataset)
     positive_int(n_images, "n_images", allow_none=True)
+    if n_images is not None and n_images > total:
+        warnings.warn(f"n_images={n_images} but {dataset_name(dataset)!r} has only {total} "
+                      f"images: using all {total}", UserWarning, stacklevel=4)
+    return total
+
+
+def draw_order(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n_images`` images drawn without replacement by ``seed``, in the order drawn
+    (None, or more than the dataset holds: every image, in the seeded order).
+
+    The subsets of one seed are nested: the first k of the order, sorted, are
+    ``select(dataset, k, seed)`` for every k. The audit draws its images once this way and
+    gives a section capped at k images the first k.
+    """
+    total = _subset_size(dataset, n_images)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order if n_images is None else order[:n_images]
+
+
+def select(dataset: Dataset, n_images: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n_images`` images drawn without replacement by ``seed``, sorted (None: all):
+    the first ``n_images`` of :func:`draw_order`, sorted."""
+    total = _subset_size(dataset, n_images)
     if n_images is None or n_images >= total:
-        if n_images is not None and n_images > total:
-            warnings.warn(f"n_images={n_images} but {dataset_name(dataset)!r} has only {total} "
-                          f"images: using all {total}", UserWarning, stacklevel=3)
         return torch.arange(total)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(total, generator=generator)[:n_images].sort().values
+    return draw_order(dataset, n_images, seed).sort().values

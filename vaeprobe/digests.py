@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from vaeprobe.cache import cache_dir
+
 _MEMORY: dict[str, tuple[tuple, str]] = {}
 
 
@@ -25,17 +27,9 @@ def _identity(path: Path) -> tuple:
     return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
 
 
-def _cache_dir() -> Path:
-    """As :func:`vaeprobe.data.cache_dir` (not imported: :mod:`vaeprobe.io` imports this)."""
-    if os.environ.get("VAEPROBE_CACHE"):
-        return Path(os.environ["VAEPROBE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vaeprobe"
-
-
 def _entry(resolved: str) -> Path:
     name = hashlib.sha256(resolved.encode()).hexdigest()[:32]
-    return _cache_dir() / "sha256" / f"{name}.json"
+    return cache_dir() / "sha256" / f"{name}.json"
 
 
 def _hash(path: Path, chunk: int = 1 << 20) -> str:

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import batches, evaluation_set, fit_probe, result_attrs, with_warnings
+from vaeprobe._analysis import Evaluation, batches, resolve, result_attrs, with_warnings
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode, gaussian_log_density
 
 NEAR_CEILING = 0.9  # an I(x; z) above this share of log N is reported as near the ceiling
@@ -91,12 +91,31 @@ def information(source, data, *, n_images: int | None = 1000, batch_size: int = 
     >>> ds = information("runs/demo", "patches32:test", n_images=500)  # doctest: +SKIP
     >>> ds[["rate", "mutual_information", "marginal_kl"]].to_dataframe()  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
+    evaluation = resolve(source, data, n_images=n_images, seed=seed, check=_check_probe)
+    return compute_information(evaluation, batch_size=batch_size, progress=progress)
 
-    probe = as_probe(source)
+
+def compute_information(evaluation: Evaluation, *, batch_size: int = 64,
+                        progress: bool = True) -> xr.Dataset:
+    """The core of :func:`information` on an already resolved model and subset of images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        The fitted Probe, the dataset and the seeded subset (the empirical data
+        distribution; :func:`vaeprobe._analysis.resolve` makes one from what
+        :func:`information` takes); its ``seed`` keys the posterior draws.
+    batch_size, progress
+        As in :func:`information`.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`information` returns for the same request (the same Dataset).
+    """
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
     _check_probe(probe)
-    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
     if len(indices) < 2:
         raise ValueError(f"vp.information needs at least 2 images (the aggregate posterior is "
                          f"a mixture over them), got {len(indices)}")

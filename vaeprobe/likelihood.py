@@ -15,11 +15,10 @@ import xarray as xr
 from vaeprobe import distributed, units
 from vaeprobe._analysis import (
     batches,
-    evaluation_set,
-    fit_probe,
     flag_nonfinite,
     image_dims,
     interpretation_warnings,
+    resolve,
     result_attrs,
     with_warnings,
 )
@@ -160,12 +159,10 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     >>> ds = iwae(vp.load("runs/demo"), "patches32:test", k=1000, n_images=100)  # doctest: +SKIP
     >>> float(ds["bpd_mean"]), float(ds["bpd_se"])  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
-
-    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
-    probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
+    evaluation = resolve(probe, data, n_images=n_images, seed=seed, check=lambda model:
+                         _check_request(model, k, chunk, batch_size, kind))  # before the data
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
     chunk, kind = _check_request(probe, k, chunk, batch_size, kind)
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
     offset = units.offset_nats(image_dims(probe), kind, probe.n_bits)
     local = distributed.shard(indices, probe.device)  # the images ``batches`` gives this rank

@@ -143,12 +143,46 @@ def pca_baseline(data, *, n_images: int | None = None, ks=None, targets=(1, 2, 4
     ...     ds.components_needed.sel(order="bottom", target=2))
     True
     """
+    _check_targets(targets, spectrum_distortion)
+    dataset = vdata.as_dataset(_training_data(data))  # the edge: images resolved once, here
+    return compute_pca(dataset, vdata.select(dataset, n_images, seed), n_images=n_images,
+                       ks=ks, targets=targets, spectrum_distortion=spectrum_distortion,
+                       n_spectrum_images=n_spectrum_images, window=window, cutoff=cutoff,
+                       batch_size=batch_size, seed=seed, device=device, progress=progress)
+
+
+def _check_targets(targets, spectrum_distortion) -> None:
     for target in np.atleast_1d(np.asarray(targets, dtype=object)):
         finite(target, "targets (distortions, sums of squares on [0, 1])", low=0)
     if spectrum_distortion is not None:
         finite(spectrum_distortion, "spectrum_distortion", low=0, low_open=True)
-    dataset = vdata.as_dataset(_training_data(data))
-    indices = vdata.select(dataset, n_images, seed)
+
+
+def compute_pca(dataset, indices: torch.Tensor, *, n_images: int | None = None, ks=None,
+                targets=(1, 2, 4, 8, 16, 32, 64), spectrum_distortion: float | None = None,
+                n_spectrum_images: int = 512, window: str = "hann", cutoff: float = 0.25,
+                batch_size: int = 1024, seed: int = 0, device=None,
+                progress: bool = True) -> xr.Dataset:
+    """The core of :func:`pca_baseline` on already resolved images.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The images (uint8 ``(C, H, W)`` items, e.g. from :func:`vaeprobe.data.as_dataset`).
+    indices : torch.Tensor
+        The dataset indices of the covariance's images (sharded across ranks under torchrun).
+    n_images : int, optional
+        The subset's size as it was asked for (recorded in provenance; it selects nothing).
+    ks, targets, spectrum_distortion, n_spectrum_images, window, cutoff, batch_size, seed,
+    device, progress
+        As in :func:`pca_baseline` (``seed`` draws the spectrum's images).
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`pca_baseline` returns for the same request (the same Dataset).
+    """
+    _check_targets(targets, spectrum_distortion)
     if len(indices) < 2:
         raise ValueError(f"pca_baseline needs at least 2 images for a covariance, got "
                          f"{len(indices)} (n_images={n_images}); use more images")

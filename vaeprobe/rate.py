@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe import data_checks, distributed, units
+from vaeprobe import distributed, units
 from vaeprobe._analysis import (
+    Evaluation,
     batches,
-    evaluation_set,
-    fit_probe,
     flag_nonfinite,
     image_dims,
     interpretation_warnings,
+    resolve,
     result_attrs,
     squared_error,
     with_warnings,
@@ -46,11 +44,11 @@ class Moments(Reducing):
         return np.asarray(mean), np.asarray((variance / self.n).sqrt())
 
 
-class _RateTotals(Reducing):
-    """Everything :func:`rate` sums over images: moments per layer, channel, distortion, total
-    rate, E_q log p(x|z), ELBO and log p(x | posterior mean); per-image rates when asked; the
-    per-layer ``kl_analytic`` flags and why log p(x|z) is undefined (facts of the model, from
-    the first batch that has them)."""
+class RateTotals(Reducing):
+    """Everything :func:`rate` (and the audit's "bits" section) sums over images: moments per
+    layer, channel, distortion, total rate, E_q log p(x|z), ELBO and log p(x | posterior
+    mean); per-image rates when asked; the per-layer ``kl_analytic`` flags and why log p(x|z)
+    is undefined (facts of the model, from the first batch that has them)."""
 
     states = {"layer": "merge", "channel": "merge", "distortion": "merge", "total": "merge",
               "log_px": "merge", "elbo": "merge", "log_px_at_mean": "merge", "images": "cat",
@@ -64,7 +62,7 @@ class _RateTotals(Reducing):
         self.images = [torch.empty(0, n_layers, dtype=torch.float64)]
 
     def update(self, terms: dict) -> None:
-        """Fold in :func:`_rate_terms` of one batch."""
+        """Fold in :func:`batch_rate_terms` of one batch."""
         self.kl_analytic = terms["kl_analytic"]
         self.layer.update(terms["layer"])
         self.channel.update(terms["channel"])
@@ -81,19 +79,51 @@ class _RateTotals(Reducing):
             self.images.append(terms["layer"].cpu())
 
 
+def batch_rate_terms(latents, x: torch.Tensor, mean: torch.Tensor,
+                     log_px: torch.Tensor | None = None, log_px_error: str = "") -> dict:
+    """The per-image terms :class:`RateTotals` sums, from one posterior draw per image.
+
+    Parameters
+    ----------
+    latents : LatentPass
+        One posterior draw per image (``probe.encode(x, 1, generators)``).
+    x : torch.Tensor
+        The images, uint8 (B, C, H, W).
+    mean : torch.Tensor
+        The decoder mean that ``distortion`` measures, on [0, 1] (B, C, H, W).
+    log_px : torch.Tensor, optional
+        log p(x|z) at the draw (B,), where the probe has a likelihood.
+    log_px_error : str
+        Why log p(x|z) is undefined for these images ("" when it is not).
+
+    Returns
+    -------
+    dict
+        ``layer`` (B, L) KL per layer, ``channel`` (B, L, C) KL per layer and channel,
+        ``distortion`` (B,) sum of squared error on [0, 1], ``kl_analytic`` (per layer);
+        ``log_px`` (B, float64 on the CPU) when given, ``log_px_undefined`` when said.
+    """
+    terms = dict(layer=latents.kl_per_layer().double(),
+                 channel=rate_terms([draw.kl for draw in latents.draws])["channel"],
+                 distortion=squared_error(x, mean), kl_analytic=latents.kl_analytic)
+    if log_px is not None:
+        terms["log_px"] = log_px.double().cpu()
+    if log_px_error:
+        terms["log_px_undefined"] = log_px_error
+    return terms
+
+
 def _rate_terms(probe: Probe, x: torch.Tensor, generators, posterior: str = "sample") -> dict:
-    """Per image: KL per layer (B, L), KL per layer and channel (B, L, C), distortion (B,);
-    where the probe has a likelihood, ``log_px`` (B,): log p(x|z) at one posterior draw (an
-    unbiased estimate of E_q log p(x|z)), and with ``posterior="mean"`` ``log_px_at_mean`` (B,):
-    log p(x | posterior mean), which is not a term of the ELBO.
+    """:func:`batch_rate_terms` of one batch, encoded and decoded here; where the probe has a
+    likelihood, ``log_px`` (B,): log p(x|z) at one posterior draw (an unbiased estimate of
+    E_q log p(x|z)), and with ``posterior="mean"`` ``log_px_at_mean`` (B,): log p(x |
+    posterior mean), which is not a term of the ELBO.
 
     The KL and ``log_px`` always come from a posterior draw (for hierarchical or sampled-KL
     layers the KL depends on it); ``posterior`` chooses where ``distortion`` decodes from."""
     latents = encode(probe, x, 1, generators, "sample")
-    per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"]
     likelihood = probe.decode(latents)
-    terms = dict(layer=latents.kl_per_layer().double(), channel=per_channel,
-                 distortion=squared_error(x, likelihood.mean), kl_analytic=latents.kl_analytic)
+    terms = batch_rate_terms(latents, x, likelihood.mean)
     at_mean = None
     if check_posterior(posterior) == "mean":
         at_mean = probe.decode(encode(probe, x, 1, generators, "mean"))
@@ -169,14 +199,45 @@ def rate(probe: Probe, data, *, n_images: int | None = None, batch_size: int = 6
     >>> ds = rate(vp.load("runs/demo"), "patches32:test", n_images=256)  # doctest: +SKIP
     >>> ds["rate_by_resolution"].to_series()  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
+    evaluation = resolve(probe, data, n_images=n_images, seed=seed, check=_check,
+                         strict_data=strict_data)
+    return compute_rate(evaluation, batch_size=batch_size, active_threshold=active_threshold,
+                        per_image=per_image, posterior=posterior, progress=progress)
 
-    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+
+def _check(probe: Probe) -> None:
     probe.require("vp.rate", posterior=True)
-    with data_checks.strict_data() if strict_data else contextlib.nullcontext():
-        probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
-        dataset, indices = evaluation_set(probe, data, n_images, seed)
-    totals = _RateTotals(len(probe.layers), per_image)
+
+
+def compute_rate(evaluation: Evaluation, *, batch_size: int = 64,
+                 active_threshold: float = 0.01, per_image: bool = False,
+                 posterior: str = "sample", progress: bool = True) -> xr.Dataset:
+    """The core of :func:`rate` on an already resolved model and subset of images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        The fitted Probe, the dataset and the seeded subset (:func:`vaeprobe._analysis.resolve`
+        makes one from what :func:`rate` takes); its ``seed`` keys the posterior draws and its
+        ``n_images`` is recorded.
+    batch_size, active_threshold, per_image, posterior, progress
+        As in :func:`rate`.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`rate` returns for the same request (the same Dataset).
+
+    Examples
+    --------
+    >>> from vaeprobe._analysis import resolve  # doctest: +SKIP
+    >>> evaluation = resolve("runs/demo", "patches32:test", n_images=64, seed=0)  # doctest: +SKIP
+    >>> compute_rate(evaluation)["total_rate"]  # doctest: +SKIP
+    """
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
+    _check(probe)
+    totals = RateTotals(len(probe.layers), per_image)
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, progress,
                                  "rate", shard=True):
         totals.update(_rate_terms(probe, x, generators, posterior))

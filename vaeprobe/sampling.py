@@ -21,7 +21,7 @@ import xarray as xr
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import fit_probe, progress_bar, result_attrs
+from vaeprobe._analysis import Evaluation, evaluation_of, progress_bar, resolve_source, result_attrs
 from vaeprobe._deprecate import renamed
 from vaeprobe.probe import Probe, encode
 from vaeprobe.random import image_streams
@@ -79,33 +79,59 @@ def samples(probe: Probe, n_images: int, *, kind: str = "mean", temperature=1.0,
     >>> ds["images"].dtype  # doctest: +SKIP
     dtype('uint8')
     """
-    from vaeprobe.adapters import as_probe
-
-    probe = as_probe(probe)  # a Probe, a run directory, a checkpoint or a model folder
+    probe = resolve_source(probe)  # a Probe, a run directory, a checkpoint or a model folder
     _check_request(kind, n_images, data)
     temperatures(temperature)  # finite and > 0, before any work
     require(probe, "vp.samples", [kind])
-    dataset = indices = None
-    if data is not None:
-        probe, dataset = fit_probe(probe, data)  # a convolutional model takes the data's size
-        # n_images above the dataset's size is no mistake here: row i reconstructs image i % size
-        indices = vdata.select(dataset, min(n_images, len(dataset)), seed)
+    # n_images above the dataset's size is no mistake here: row i reconstructs image i % size
+    images = None if data is None else evaluation_of(probe, data, n_images, seed, cycle=True)
+    return compute_samples(probe if images is None else images.probe, n_images, kind=kind,
+                           temperature=temperature, seed=seed, images=images,
+                           batch_size=batch_size, return_primary=return_primary,
+                           progress=progress)
+
+
+def compute_samples(probe: Probe, n_images: int, *, kind: str = "mean", temperature=1.0,
+                    seed: int = 0, images: Evaluation | None = None, batch_size: int = 100,
+                    return_primary: bool = False, progress: bool = True) -> xr.Dataset:
+    """The core of :func:`samples` on an already resolved model (and input images).
+
+    Parameters
+    ----------
+    probe : Probe
+        A resolved Probe (for the reconstruction kinds, the one fitted to the images:
+        ``images.probe``).
+    n_images, kind, temperature, seed, batch_size, return_primary, progress
+        As in :func:`samples`.
+    images : vaeprobe._analysis.Evaluation, optional
+        The reconstruction kinds' inputs: the dataset and the seeded subset (row i
+        reconstructs ``images.indices[i % len(indices)]``); None for the prior kinds.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`samples` returns for the same request (the same Dataset).
+    """
+    _check_request(kind, n_images, images)
+    temperatures(temperature)
+    require(probe, "vp.samples", [kind])
+    dataset, indices = (None, None) if images is None else (images.dataset, images.indices)
     parts = [torch.empty(0, dtype=torch.uint8)]
     primary = [torch.empty(0, dtype=torch.uint8)]
     bar = progress_bar(len(distributed.shard(torch.arange(n_images), probe.device)),
                        f"samples ({kind})", progress, unit="img")
-    for rows, images, _ in sample_batches(probe, [kind], n_images, batch_size, temperature, seed,
-                                          dataset, indices, return_primary=return_primary,
-                                          shard=True):
-        parts.append(images[kind].cpu())
+    for rows, drawn, _ in sample_batches(probe, [kind], n_images, batch_size, temperature, seed,
+                                         dataset, indices, return_primary=return_primary,
+                                         shard=True):
+        parts.append(drawn[kind].cpu())
         if return_primary:
-            primary.append(images[PRIMARY].cpu())
+            primary.append(drawn[PRIMARY].cpu())
         bar.update(len(rows))
     bar.close()
-    images = distributed.cat(torch.cat(parts[1:]) if len(parts) > 1 else parts[0])
+    drawn = distributed.cat(torch.cat(parts[1:]) if len(parts) > 1 else parts[0])
     parameters = dict(n_images=n_images, kind=kind, temperature=temperature, seed=seed,
                       batch_size=batch_size, return_primary=return_primary)
-    ds = _samples_dataset(probe, images.numpy(), kind, temperature, seed, dataset, indices,
+    ds = _samples_dataset(probe, drawn.numpy(), kind, temperature, seed, dataset, indices,
                           parameters)
     if return_primary:
         primary = distributed.cat(torch.cat(primary[1:]) if len(primary) > 1 else primary[0])

@@ -1,7 +1,8 @@
 """Radially averaged power spectra of images, reconstructions and residuals, across checkpoints.
 
 Loading apart from the maths: a source (run directory, checkpoint, Probe) becomes (step, Probe)
-pairs (``_load``, through ``vaeprobe.Run``), and ``_spectra`` computes on the pairs.
+pairs (``_load``, through ``vaeprobe.Run``), and ``_spectra`` computes on the pairs, one
+model at a time with the public core :func:`checkpoint_spectra`.
 
 The estimator: float64; per-image (per-channel) mean removed; a separable window scaled to
 mean square 1 (so white noise of variance s^2 has flat power s^2); |FFT|^2 with orthonormal
@@ -26,10 +27,10 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed, io
 from vaeprobe._analysis import (
     batches,
-    evaluation_set,
-    fit_probe,
+    evaluation_of,
     flag_nonfinite,
     progress_bar,
+    resolve_source,
     result_attrs,
     squared_error,
 )
@@ -49,8 +50,9 @@ from vaeprobe.probe import Probe
 from vaeprobe.run import Run
 
 # vp.spectrum, and the estimator it is made of (defined in vaeprobe._fourier) for analyses
-__all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "high_frequency_fraction", "power_2d",
-           "radial_bins", "radial_profile", "ratio_standard_error", "spectrum", "window_2d"]
+__all__ = ["CHANNEL_MODES", "WINDOWS", "band_energies", "checkpoint_spectra",
+           "high_frequency_fraction", "power_2d", "radial_bins", "radial_profile",
+           "ratio_standard_error", "spectrum", "window_2d"]
 
 
 class SpectrumAccumulator(Reducing):
@@ -79,13 +81,11 @@ def _load(source, device) -> tuple[list[tuple[int, Probe]] | Iterator, int, Run 
     A run directory gives one pair per checkpoint, each Probe loaded when reached; a checkpoint
     file or a Probe gives one pair, at the step its provenance names (0 when none does).
     """
-    from vaeprobe.adapters import as_probe
-
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() \
             and Run(source).checkpoints():  # a run directory: every checkpoint
         run = Run(source)
         return _run_probes(run, device), len(run.checkpoints()), run
-    probe = as_probe(source, device=device)  # a Probe, or one model of any format, sniffed
+    probe = resolve_source(source, device=device)  # a Probe, or one model of any format
     return [(int(probe.source.get("step", 0)), probe)], 1, None
 
 
@@ -213,13 +213,14 @@ def _spectra(pairs, count: int, data, n_images, window, channels, cutoff, batch_
             bar.update(1)
             continue
         if dataset is None:  # the first model fixes the evaluation images for all
-            probe, data = fit_probe(probe, data)  # a convolutional model takes the data's size
-            dataset, indices = evaluation_set(probe, data, n_images, seed)
+            evaluation = evaluation_of(probe, data, n_images, seed)
+            probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
             window_2d(*probe.image_shape[1:], window)  # refuse a window before any pass
             single = probe if count == 1 else None
         probe = probe.at_image_size(*dataset[0].shape[1:])  # later checkpoints: the same size
-        row = _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff,
-                                  batch_size, seed, n_preview, with_data=not rows)
+        row = checkpoint_spectra(probe, dataset, indices, window=window, channels=channels,
+                                 cutoff=cutoff, batch_size=batch_size, seed=seed,
+                                 n_preview=n_preview, with_data=not rows)
         row.update(step=int(step), source=dict(probe.source))
         rows.append(row)
         bar.update(1)
@@ -256,10 +257,33 @@ def _provenance_coords(sources: list[dict], taken) -> dict:
 
 
 @torch.no_grad()
-def _checkpoint_spectra(probe, dataset, indices, window, channels, cutoff, batch_size, seed,
-                        n_preview, with_data: bool) -> dict:
-    """Spectra of one checkpoint; the data's own spectrum (the same images every time) only
-    ``with_data``."""
+def checkpoint_spectra(probe: Probe, dataset, indices: torch.Tensor, *, window: str = "hann",
+                       channels: str = "per_channel", cutoff: float = 0.25,
+                       batch_size: int = 128, seed: int = 0, n_preview: int = 8,
+                       with_data: bool = True) -> dict:
+    """The core of :func:`spectrum` for one model: its spectra on already resolved images.
+
+    Parameters
+    ----------
+    probe : Probe
+        A resolved Probe, fitted to the images' size.
+    dataset : Dataset
+        The images (uint8 ``(C, H, W)`` items).
+    indices : torch.Tensor
+        The evaluated subset's dataset indices (sharded across ranks under torchrun).
+    window, channels, cutoff, batch_size, seed, n_preview
+        As in :func:`spectrum` (``seed`` keys the per-image posterior draws).
+    with_data : bool
+        Also the data's own spectrum (the same images for every checkpoint: the first only).
+
+    Returns
+    -------
+    dict
+        One row of :func:`assemble_spectra`: ``frequency``, ``n_modes``,
+        ``power_reconstruction``, ``power_residual``, ``power_data`` (None without
+        ``with_data``), ``high_frequency_fraction_se``, ``distortion``, ``rate``, ``mse``,
+        ``preview_data``, ``preview_reconstruction``.
+    """
     recon, residual, data_power = (SpectrumAccumulator(window, channels) for _ in range(3))
     distortion, rate, count, previews, energies = 0.0, 0.0, 0, [], []
     for x, generators in batches(dataset, indices, batch_size, seed, probe.device, False, "",

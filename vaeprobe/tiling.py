@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe._analysis import batches, evaluation_set, fit_probe, result_attrs
+from vaeprobe._analysis import Evaluation, batches, resolve, result_attrs
 from vaeprobe.probe import Probe, UndefinedAnalysisError, check_posterior, encode
 
 
@@ -56,26 +56,51 @@ def tiling_error(probe, data, *, tile_size: int | None = None, n_images: int | N
     >>> err = vp.tiling_error(probe, "folder:kodak,resize=none,orient=landscape")  # doctest: +SKIP
     >>> float(err.psnr_min), float(err.max_abs_difference_max)  # doctest: +SKIP
     """
-    from vaeprobe.adapters import as_probe
-
-    probe = as_probe(probe)
     check_posterior(posterior)
+    evaluation = resolve(probe, data, n_images=n_images, seed=seed, check=_check_tiles)
+    return compute_tiling_error(evaluation, tile_size=tile_size, posterior=posterior,
+                                batch_size=batch_size, progress=progress)
+
+
+def _check_tiles(probe: Probe) -> None:
     if not hasattr(probe, "with_tiling"):
         raise UndefinedAnalysisError(
             f"tiling_error is undefined for {probe.name}: {type(probe).__name__} does not tile "
             f"(no with_tiling); open a diffusers AutoencoderKL with tile_size=...")
-    probe, data = fit_probe(probe, data)
+
+
+def compute_tiling_error(evaluation: Evaluation, *, tile_size: int | None = None,
+                         posterior: str = "mean", batch_size: int = 1,
+                         progress: bool = False) -> xr.Dataset:
+    """The core of :func:`tiling_error` on an already resolved model and subset of images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        A tiling Probe fitted to the images, the dataset and the seeded subset
+        (:func:`vaeprobe._analysis.resolve` makes one from what :func:`tiling_error` takes).
+    tile_size, posterior, batch_size, progress
+        As in :func:`tiling_error`.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`tiling_error` returns for the same request (the same Dataset).
+    """
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    check_posterior(posterior)
+    _check_tiles(probe)
     tile_size = int(tile_size or getattr(probe, "tile_size", 0))
     if tile_size <= 0:
         raise ValueError("tile_size is needed: the probe does not tile (tile_size=0); pass "
                          "tile_size=, e.g. 512 for Stable Diffusion's VAE")
     tiled, whole = probe.with_tiling(tile_size), probe.with_tiling(0)
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
     rows = [_compare(tiled, whole, x, generators, posterior)
-            for x, generators in batches(dataset, indices, batch_size, seed, probe.device,
-                                         progress, "tiling error")]
+            for x, generators in batches(dataset, indices, batch_size, evaluation.seed,
+                                         probe.device, progress, "tiling error")]
     values = {key: torch.cat([row[key] for row in rows]).numpy() for key in rows[0]}
-    return _dataset(values, indices, tiled, probe, dataset, n_images, seed, posterior)
+    return _dataset(values, indices, tiled, probe, dataset, evaluation.n_images,
+                    evaluation.seed, posterior)
 
 
 def _compare(tiled: Probe, whole: Probe, x, generators, posterior: str) -> dict:
@@ -121,4 +146,4 @@ def _dataset(values: dict, indices, tiled: Probe, probe: Probe, dataset, n_image
     return ds
 
 
-__all__ = ["tiling_error"]
+__all__ = ["compute_tiling_error", "tiling_error"]

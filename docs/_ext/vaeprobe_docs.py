@@ -306,7 +306,7 @@ def sections_page(out: Path) -> None:
              "build could run one).\n\n")
     numbered = titles()
     variables = _section_variables()
-    skip = {"name", "title", "summary", "accumulator", "compute", "cost", "check"}
+    skip = {"name", "title", "summary", "accumulator", "compute", "core", "cost", "check"}
     for name, section in sections().items():
         text += f".. _section-{name}:\n\n" + _title(numbered[name], "-") + "\n"
         text += f"Key ``{name}`` (in ``audit.nc``, ``settings`` and ``--sections``); "
@@ -314,6 +314,9 @@ def sections_page(out: Path) -> None:
         for item in dataclasses.fields(section):
             value = getattr(section, item.name)
             if item.name in skip or value in (None, "", (), {}) or item.name == "default":
+                continue
+            if callable(value):  # e.g. an image limit that depends on the model
+                text += f"- **{item.name.replace('_', ' ')}**: {_first_line(value)}\n"
                 continue
             text += f"- **{item.name.replace('_', ' ')}**: ``{value!r}``\n"
         how = "from the shared pass" if section.shared else "by its own work"

@@ -95,10 +95,12 @@ def audit(source, data, *, n_images: int = 256, seed: int = 0, sections=None, de
     data : str, Dataset or uint8 tensor
         Evaluation images, e.g. ``"patches32:test"``.
     n_images : int
-        A seeded random subset of this many images: the shared pass reads all of them; the
-        costly sections use a subset sized to their ``budget`` (a multiple of the floor, one
-        encode + one decode of these images) and their ``image_limit``, unless ``settings``
-        gives their ``n_images``.
+        A seeded random subset of this many images, drawn once (its sha256 is in the attrs,
+        ``subset_sha256``, and in a resumed audit's fingerprint): the shared pass reads all of
+        them; a costly section reads the first k drawn (a seeded random subset of them, the
+        images ``vp.data.select(data, k, seed)`` gives), k sized to its ``budget`` (a
+        multiple of the floor, one encode + one decode of these images) and its
+        ``image_limit``, or its ``n_images`` in ``settings``, and never above ``n_images``.
     seed : int
     sections : sequence of str, optional
         A subset of the registered sections (default: all, in report order).

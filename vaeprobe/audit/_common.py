@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import evaluation_set, result_attrs
+from vaeprobe._analysis import result_attrs
 from vaeprobe.io import provenance
 from vaeprobe.probe import Probe, UndefinedAnalysisError
 
@@ -141,12 +141,6 @@ def _source(probe: Probe | None) -> dict:
     source = dict(probe.source) if probe is not None else {}
     source.setdefault("checkpoint", "in-memory model")
     return source
-
-
-def evaluation_images(probe: Probe, data, n_images: int | None, seed: int):
-    """(dataset, indices, uint8 images (N, C, H, W) on CPU) of the seeded evaluation subset."""
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
-    return dataset, indices, vdata.gather(dataset, indices)
 
 
 def layer_coords(probe: Probe) -> dict:

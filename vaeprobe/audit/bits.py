@@ -11,14 +11,19 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vaeprobe._analysis import image_dims, interpretation_warnings, squared_error, with_warnings
+from vaeprobe._analysis import image_dims, interpretation_warnings, with_warnings
 from vaeprobe.accumulate import check_mergeable
-from vaeprobe.arrays import rate_terms
 from vaeprobe.audit._common import NamedData, ProbeFacts, fmt, per_dimension, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import run_shared
 from vaeprobe.probe import Probe
-from vaeprobe.rate import Moments, rate_dataset, reconstruction_terms
+from vaeprobe.rate import (
+    Moments,
+    RateTotals,
+    batch_rate_terms,
+    rate_dataset,
+    reconstruction_terms,
+)
 
 PROTOCOL = ("vp.rate's estimator on the audit's shared pass: KL(q(z_l | x, z_<l) || p(z_l | "
             "z_<l)) per image in nats, one posterior draw per image (per-image generators keyed "
@@ -32,7 +37,8 @@ THUMBNAIL = 256  # the example image's thumbnail: at most this many pixels along
 
 
 class BitsAccumulator:
-    """vp.rate's running sums over the shared pass (+ per-dimension KL for flat models)."""
+    """vp.rate's running sums over the shared pass (its :class:`~vaeprobe.rate.RateTotals` of
+    :func:`~vaeprobe.rate.batch_rate_terms`), + per-dimension KL for flat models."""
 
     def __init__(self, probe: Probe, context, *, active_threshold: float = 0.01,
                  collapse_threshold: float = 0.1):
@@ -42,55 +48,41 @@ class BitsAccumulator:
         self.probe, self.data = ProbeFacts(probe), NamedData(context.dataset)
         self.seed, self.n_images = context.seed, context.n_images
         self.active_threshold, self.collapse_threshold = active_threshold, collapse_threshold
-        self.moments = {name: Moments() for name in ("layer", "channel", "distortion", "total",
-                                                      "log_px", "elbo", "dim")}
-        self.kl_analytic, self.per_dim = None, per_dimension(probe)
+        self.totals = RateTotals(len(probe.layers), per_image=False)
+        self.dims, self.per_dim = Moments(), per_dimension(probe)
         self.rate_map = RateMap() if spatial_map(probe) else None
         self.log_px_skipped = ""
 
     def update(self, batch) -> None:
         latents, x = batch.sample, batch.x
-        per_channel = rate_terms([draw.kl for draw in latents.draws])["channel"].cpu()
-        layer = latents.kl_per_layer().double().cpu()
-        m = self.moments
-        m["layer"].update(layer)
-        m["channel"].update(per_channel)
-        m["distortion"].update(squared_error(x, batch.decoded["posterior_sample"].mean))
-        m["total"].update(layer.sum(1))
+        self.totals.update(batch_rate_terms(latents, x, batch.decoded["posterior_sample"].mean,
+                                            batch.log_px, batch.log_px_error))
         self.log_px_skipped = self.log_px_skipped or batch.log_px_error
-        if batch.log_px is not None:
-            m["log_px"].update(batch.log_px)
-            m["elbo"].update(batch.log_px - layer.sum(1))
         if self.per_dim:
-            m["dim"].update(latents.draws[0].kl.double().flatten(1).cpu())
+            self.dims.update(latents.draws[0].kl.double().flatten(1).cpu())
         if self.rate_map is not None:
             self.rate_map.update(latents.draws[0].kl, x, batch.positions, batch.indices)
-        self.kl_analytic = latents.kl_analytic
 
     def merge(self, other: BitsAccumulator) -> BitsAccumulator:
         check_mergeable(self, other, "active_threshold", "collapse_threshold")
-        for name, moments in self.moments.items():
-            if other.moments[name].n:
-                if moments.n:
-                    moments.merge(other.moments[name])
-                else:
-                    self.moments[name] = other.moments[name]
+        self.totals.merge(other.totals)
+        if other.dims.n:
+            self.dims = self.dims.merge(other.dims) if self.dims.n else other.dims
         if self.rate_map is not None:
             self.rate_map.merge(other.rate_map)
-        self.kl_analytic = self.kl_analytic or other.kl_analytic
         self.log_px_skipped = self.log_px_skipped or other.log_px_skipped
         return self
 
     def compute(self) -> xr.Dataset:
-        m, probe = self.moments, self.probe
-        ds = rate_dataset(probe, m["layer"], m["channel"], m["distortion"], m["total"],
-                           self.active_threshold)
-        kl_analytic = self.kl_analytic or [True] * len(probe.layers)
+        totals, probe = self.totals, self.probe
+        ds = rate_dataset(probe, totals.layer, totals.channel, totals.distortion, totals.total,
+                          self.active_threshold)
+        kl_analytic = totals.kl_analytic or [True] * len(probe.layers)
         ds = ds.assign_coords(kl_analytic=("layer", np.array(kl_analytic, dtype=np.int8)))
-        ds["rate_per_channel_se"] = (("layer", "channel"), m["channel"].compute()[1], {
+        ds["rate_per_channel_se"] = (("layer", "channel"), totals.channel.compute()[1], {
             "units": "nats", "long_name": "standard error of rate_per_channel over images"})
-        if m["log_px"].n:
-            ds = ds.assign(reconstruction_terms(m["log_px"], m["elbo"], image_dims(probe),
+        if totals.log_px.n:
+            ds = ds.assign(reconstruction_terms(totals.log_px, totals.elbo, image_dims(probe),
                                                  probe.likelihood_kind, probe.n_bits))
         collapsed = (ds["rate"].values < self.collapse_threshold).astype(np.int8)
         ds["collapsed"] = ("layer", collapsed, {"units": "1", "long_name":
@@ -100,8 +92,8 @@ class BitsAccumulator:
                                  {"units": "1", "long_name": "share of the layer's channels "
                                   "active"})
         ds["n_collapsed"] = ((), int(collapsed.sum()), {"units": "layers"})
-        if m["dim"].n:
-            ds = ds.assign(_per_dimension(m["dim"], self.active_threshold))
+        if self.dims.n:
+            ds = ds.assign(_per_dimension(self.dims, self.active_threshold))
         if self.rate_map is not None and self.rate_map.moments.n:
             ds = ds.assign(self.rate_map.compute(probe))
         names = ds["name"].values[collapsed == 1].tolist()
@@ -113,7 +105,7 @@ class BitsAccumulator:
                                  active_threshold=self.active_threshold,
                                  collapsed_layers=json.dumps(names), posterior="sample",
                                  likelihood_kind=probe.likelihood_kind,
-                                 per_dimension=int(bool(m["dim"].n)),
+                                 per_dimension=int(bool(self.dims.n)),
                                  rate_map=int("rate_map" in ds),
                                  log_px_skipped=self.log_px_skipped)
         bpd = float(ds["elbo_bpd"]) if "elbo_bpd" in ds else None

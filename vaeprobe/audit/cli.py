@@ -1,5 +1,9 @@
 """``vaeprobe audit``: the audit subcommand of ``vaeprobe.cli``, its defaults read from
-``vp.audit``'s signature like every other subcommand's."""
+``vp.audit``'s signature like every other subcommand's and its flags bound to the parameters
+(:func:`vaeprobe._cli_args.bound_arguments`). Not a row of the noun table
+(:mod:`vaeprobe._cli_nouns`): it writes a directory (--out, resumed) and prints the report's
+summary instead of one Dataset and one figure; ``--settings`` (JSON) and ``--quiet`` are
+forwarded by hand."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def _cmd_audit(args) -> int:
     from pathlib import Path
 
     import vaeprobe as vp
-    from vaeprobe._cli_args import load_probe
+    from vaeprobe._cli_args import bound_arguments, load_probe
 
     try:
         settings = json.loads(args.settings) if args.settings else None
@@ -27,12 +31,8 @@ def _cmd_audit(args) -> int:
     if args.resume and not (Path(args.out) / "audit.json").is_file():
         raise ValueError(f"--resume: {args.out} holds no audit to resume (no audit.json there);"
                          f" drop --resume to start one, or name the audit's --out")
-    report = vp.audit(load_probe(args), args.data, n_images=args.n_images, seed=args.seed,
-                      sections=args.sections, progress=not args.quiet, out=args.out,
-                      feature_extractor=args.feature_extractor, weights=args.weights,
-                      lpips_trunk=args.lpips_trunk, lpips_weights=args.lpips_weights,
-                      settings=settings, quick=args.quick, batch_size=args.batch_size,
-                      overwrite=args.overwrite)
+    report = vp.audit(load_probe(args), **bound_arguments(args), progress=not args.quiet,
+                      settings=settings)
     from vaeprobe import distributed
 
     if distributed.is_main():
@@ -65,6 +65,7 @@ def add_audit(sub) -> None:
     api = ApiArguments(parser, vp.audit, load=vp.load)
     parser.add_argument("checkpoint", help=checkpoint_help())
     parser.add_argument("--data", required=True, help="evaluation images, e.g. patches32:test")
+    api.bind("data")
     api.add("--n-images", type=int, help="a seeded random subset of this many images "
             "(the costly sections use fewer; see --settings)")
     api.add("--seed", type=int, help="seeds the subset and every draw")
@@ -82,13 +83,16 @@ def add_audit(sub) -> None:
     parser.add_argument("--quick", action="store_true", help="a small profile: at most 32 "
                         "images, progressive coding at 4 points, IWAE K=16, one sample "
                         "temperature, precision predicted only (stated in attrs)")
+    api.bind("quick")
     parser.add_argument("--out", default="audit", help="output directory, new or existing: "
                         "an audit of the same model, data and options there is resumed "
                         "(only missing sections computed) (default: ./audit)")
+    api.bind("out")
     parser.add_argument("--resume", action="store_true", help="resume the audit in --out "
                         "(the default whenever --out holds one; this flag only says so)")
     parser.add_argument("--overwrite", action="store_true", help="replace an audit in --out "
                         "made for another model, data or options")
+    api.bind("overwrite")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common(parser, out=False, plot=False)
     parser.set_defaults(run=_cmd_audit, out_is_directory=True)

@@ -11,8 +11,8 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import progress_bar
-from vaeprobe.audit._common import evaluation_images, feature_network, fmt, restamp, section_attrs
+from vaeprobe._analysis import Evaluation, evaluation_of, progress_bar
+from vaeprobe.audit._common import feature_network, fmt, restamp, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.likelihood import iwae
 from vaeprobe.probe import Probe
@@ -114,6 +114,20 @@ def samples(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
     >>> ds = samples(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
     >>> ds["fid"].to_series()  # doctest: +SKIP
     """
+    probe.require("prior samples", prior=True)  # before any image is read
+    return samples_core(evaluation_of(probe, data, n_images, seed), temperatures=temperatures,
+                        n_grid=n_grid, metrics=metrics, feature_extractor=feature_extractor,
+                        weights=weights, batch_size=batch_size, progress=progress)
+
+
+def samples_core(evaluation: Evaluation, *, temperatures=(1.0, 0.8, 0.6), n_grid: int = 32,
+                 metrics: bool = True, feature_extractor: str = "inception-v3-compat",
+                 weights=None, batch_size: int = 64, progress: bool = True) -> xr.Dataset:
+    """:func:`samples` on images already chosen: ``evaluation.indices`` of
+    ``evaluation.dataset`` are the FID's reference images, and as many samples are drawn
+    (what the audit calls, with its own images)."""
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
     probe.require("prior samples", prior=True)
     kinds, kinds_skipped = ["mean"], ""
     try:
@@ -121,7 +135,7 @@ def samples(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
         kinds.append("stochastic")
     except ValueError as error:
         kinds_skipped = f"stochastic: {error}"
-    dataset, indices, reference_images = evaluation_images(probe, data, n_images, seed)
+    reference_images = vdata.gather(dataset, indices)
     n = len(indices)
     extractor, fid_skipped = (feature_network(feature_extractor, weights, probe.device)
                               if metrics else (None, "metrics=False"))
@@ -229,7 +243,8 @@ LIKELIHOOD = register(Section(
     options=dict(k=64, budget=16.0), quick=dict(k=16, budget=2.0)))
 SAMPLES = register(Section(
     name="samples", title="Samples", order=80, summary=samples_summary,
-    figure="audit_samples", compute=samples, cost=samples_cost, image_limit=256,
+    figure="audit_samples", compute=samples, core=samples_core, cost=samples_cost,
+    image_limit=256,
     check=lambda probe: probe.require("prior samples", prior=True),
     networks=("feature_extractor", "weights"),
     options=dict(temperatures=(1.0, 0.8, 0.6), n_grid=32), quick=dict(temperatures=(1.0,))))

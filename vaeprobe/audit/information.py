@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import xarray as xr
 
+from vaeprobe._analysis import Evaluation, evaluation_of
 from vaeprobe.audit._common import restamp
 from vaeprobe.audit.registry import Section, register
-from vaeprobe.information import information as _information
+from vaeprobe.information import compute_information
 
 PROTOCOL = ("rate = I(x; z) + KL(q(z) || p(z)) per layer (vp.information): one posterior draw "
             "per image scored against the aggregate posterior of all N images (logsumexp); "
@@ -30,11 +31,27 @@ def information_split(probe, data, *, n_images: int = 256, seed: int = 0, progre
     on at most ``hierarchical_images`` of them for a model with several latent layers."""
     if len(probe.layers) > 1:
         n_images = min(n_images, hierarchical_images)
-    ds = _information(probe, data, n_images=n_images, seed=seed, batch_size=batch_size,
-                      progress=progress)
-    return restamp(ds, "information", dict(n_images=n_images, seed=seed,
+    return information_core(evaluation_of(probe, data, n_images, seed), batch_size=batch_size,
+                            hierarchical_images=hierarchical_images, progress=progress)
+
+
+def information_core(evaluation: Evaluation, *, batch_size: int = 64,
+                     hierarchical_images: int = 32, progress: bool = True) -> xr.Dataset:
+    """:func:`information_split` on images already chosen: all of ``evaluation.indices``
+    (the audit gives a hierarchical model at most ``hierarchical_images``, its
+    :func:`image_limit`, unless its settings name ``n_images``)."""
+    ds = compute_information(evaluation, batch_size=batch_size, progress=progress)
+    return restamp(ds, "information", dict(n_images=evaluation.n_images, seed=evaluation.seed,
                                            hierarchical_images=hierarchical_images),
                    PROTOCOL)
+
+
+def image_limit(probe, options: dict) -> int:
+    """The audit's images this section takes at most: 256, and ``hierarchical_images`` for a
+    model with several latent layers (its cost grows as the square of its images there)."""
+    if len(probe.layers) > 1:
+        return min(256, options.get("hierarchical_images", 32))
+    return 256
 
 
 def summary(ds: xr.Dataset) -> str:
@@ -60,7 +77,8 @@ def check(probe) -> None:
 
 SECTION = register(Section(
     name="information", title="Information and prior mismatch", order=95, summary=summary,
-    figure="information", compute=information_split, cost=cost, check=check, image_limit=256,
+    figure="information", compute=information_split, core=information_core, cost=cost,
+    check=check, image_limit=image_limit,
     options=dict(batch_size=64, hierarchical_images=32), default=False,
     quick=dict(hierarchical_images=16)))
 

@@ -11,8 +11,8 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
-from vaeprobe._analysis import batches, image_dims, squared_error
-from vaeprobe.audit._common import evaluation_images, fmt, section_attrs
+from vaeprobe._analysis import Evaluation, batches, evaluation_of, image_dims, squared_error
+from vaeprobe.audit._common import fmt, section_attrs
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.probe import Probe, UndefinedAnalysisError, encode
 from vaeprobe.random import image_streams
@@ -129,9 +129,19 @@ def progressive_coding(probe: Probe, data, *, n_images: int | None = 256, seed: 
     >>> ds = progressive_coding(vp.load("runs/demo"), "patches32:test")  # doctest: +SKIP
     >>> ds["distortion"].sel(kind="mean").to_series()  # doctest: +SKIP
     """
+    check(probe)  # before any image is read
+    return progressive_core(evaluation_of(probe, data, n_images, seed), max_points=max_points,
+                            batch_size=batch_size, n_preview=n_preview, progress=progress)
+
+
+def progressive_core(evaluation: Evaluation, *, max_points: int = 8, batch_size: int = 64,
+                     n_preview: int = 6, progress: bool = True) -> xr.Dataset:
+    """:func:`progressive_coding` on images already chosen (``evaluation.indices`` of
+    ``evaluation.dataset``: what the audit calls, with its own images)."""
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
     check(probe)
     points = progressive_points(probe.layers, max_points)
-    dataset, indices, _ = evaluation_images(probe, data, n_images, seed)
     distortion = {kind: [] for kind in KINDS}
     previews = {kind: [] for kind in KINDS}
     rates, inputs, start = [], [], 0
@@ -212,7 +222,8 @@ def summary(ds: xr.Dataset) -> str:
 
 SECTION = register(Section(
     name="progressive", title="Progressive coding", order=50, summary=summary,
-    figure="audit_progressive", compute=progressive_coding, cost=cost, check=check,
+    figure="audit_progressive", compute=progressive_coding, core=progressive_core, cost=cost,
+    check=check,
     image_limit=128,
     options=dict(max_points=8, n_preview=6, budget=8.0),
     quick=dict(max_points=4, budget=1.0)))

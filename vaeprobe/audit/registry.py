@@ -18,9 +18,17 @@ Write one module ``vaeprobe/audit/<name>.py`` (and its test) that
      (forward hooks). Its public function is then one line:
      ``return run_shared("<name>", probe, data, n_images=..., seed=..., **options)``;
    - **by its own extra work** (IWAE, progressive coding, prior samples): give ``compute``,
-     the public function ``compute(probe, data, *, n_images, seed, progress, **options)``.
-     Give ``cost`` too, ``cost(probe, n_images, options) -> floor multiples`` (the work in
-     units of one encode + decode of one image), so the audit can print its estimate first,
+     the public function ``compute(probe, data, *, n_images, seed, progress, **options)``,
+     and ``core``, ``core(evaluation, *, progress, **options)``, the same work on images
+     already chosen: ``evaluation`` is a :class:`vaeprobe._analysis.Evaluation` (the probe,
+     the dataset, ``indices``, the dataset indices to evaluate, ``n_images``, their count,
+     and ``seed``). The audit calls ``core`` with its own images (the first ``n`` it drew,
+     :mod:`vaeprobe.audit.subset`); ``compute`` resolves what a user gives into an
+     Evaluation (:func:`vaeprobe._analysis.resolve`) and calls ``core``. A section without
+     ``core`` is called through ``compute`` on the audit's dataset with ``n_images`` and
+     ``seed`` (which select the same images). Give ``cost`` too, ``cost(probe, n_images,
+     options) -> floor multiples`` (the work in units of one encode + decode of one image),
+     so the audit can print its estimate first,
      and ``check(probe)``, which raises UndefinedAnalysisError at once where the section is
      undefined (so that no estimate counts it);
 
@@ -31,7 +39,8 @@ Write one module ``vaeprobe/audit/<name>.py`` (and its test) that
    ``f(ds, ax=None)``, a tuple of names for several panels, main panel first, or "" for
    none; a function with a ``needs`` attribute, a tuple of variable names, is drawn only
    where the Dataset has them: see :func:`vaeprobe.plot.audit_panels`), ``image_limit`` (at
-   most this many of the audit's images), ``networks`` (the audit options it needs, e.g.
+   most this many of the audit's images; or a function ``(probe, options) -> int | None``
+   when the limit depends on the model), ``networks`` (the audit options it needs, e.g.
    ``("feature_extractor", "weights")``), ``options`` (defaults of its own keyword options,
    settable through ``settings={"<name>": {...}}`` and ``--settings``; ``quick`` overrides
    them under ``--quick``), ``default`` (False: an opt-in section, run only when ``sections`` /
@@ -64,9 +73,10 @@ class Section:
     figure: str | tuple[str, ...] = ""  # vaeprobe.plot function(s) drawing its panel(s)
     accumulator: Callable | None = None  # shared pass: (probe, context, **options) -> acc
     compute: Callable | None = None  # own work: (probe, data, *, n_images, seed, ...) -> ds
+    core: Callable | None = None  # own work on chosen images: (evaluation, *, ...) -> ds
     cost: Callable | None = None  # (probe, n_images, options) -> floor multiples (own work)
     check: Callable | None = None  # (probe) -> None, or raise UndefinedAnalysisError (fast)
-    image_limit: int | None = None  # at most this many of the audit's images
+    image_limit: int | Callable | None = None  # at most this many images; or (probe, options)
     networks: tuple[str, ...] = ()  # audit options passed to it (feature_extractor ...)
     options: dict = field(default_factory=dict)  # its own options and their defaults
     quick: dict = field(default_factory=dict)  # options under --quick
@@ -78,6 +88,9 @@ class Section:
         if (self.accumulator is None) == (self.compute is None):
             raise ValueError(f"section {self.name!r}: give exactly one of accumulator= (the "
                              f"shared pass) or compute= (its own work)")
+        if self.core is not None and self.compute is None:
+            raise ValueError(f"section {self.name!r}: core= is the own-work section's core; "
+                             f"give compute= (its public function) too")
         unknown = set(self.quick) - set(self.options)
         if unknown:
             raise ValueError(f"section {self.name!r}: quick options {sorted(unknown)} are not "
@@ -88,6 +101,12 @@ class Section:
         """The section's public function ``f(probe, data, **options) -> Dataset``: ``compute``,
         or for a shared-pass section its ``function``."""
         return self.compute if self.compute is not None else self.function
+
+    def limit(self, probe, options: dict) -> int | None:
+        """At most this many of the audit's images for ``probe`` (None: no limit)."""
+        if callable(self.image_limit):
+            return self.image_limit(probe, options)
+        return self.image_limit
 
     @property
     def shared(self) -> bool:

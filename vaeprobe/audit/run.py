@@ -15,6 +15,7 @@ import torch
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
+from vaeprobe._analysis import Evaluation
 from vaeprobe.audit._common import failed, guarded, skipped
 from vaeprobe.audit.registry import Section
 from vaeprobe.audit.registry import sections as registered
@@ -26,6 +27,7 @@ from vaeprobe.audit.store import (
     load_section,
     model_fingerprint,
 )
+from vaeprobe.audit.subset import ImageSubset, choose_subset
 from vaeprobe.io import provenance
 from vaeprobe.probe import UndefinedAnalysisError
 
@@ -75,11 +77,12 @@ def _say(progress: bool, text: str) -> None:
 
 
 def _sized(section: Section, probe, n_audit: int, options: dict) -> int:
-    """Images for a costly section: its own n_images, else what its budget (floor multiples
-    of the audit's n_audit images) allows, within its image limit."""
-    limit = min(n_audit, section.image_limit or n_audit)
+    """Images for a costly section, at most the audit's n_audit (it takes the first that many
+    drawn): its own n_images, else what its budget (floor multiples of the audit's n_audit
+    images) allows, within its image limit."""
+    limit = min(n_audit, section.limit(probe, options) or n_audit)
     if options.get("n_images") is not None:
-        return int(options["n_images"])
+        return min(int(options["n_images"]), n_audit)
     if section.cost is None or "budget" not in options:
         return limit
     per_image = section.cost(probe, 1, options)
@@ -119,27 +122,39 @@ def _shared_sections(names, registry, probe, context, resolved, results, timing,
     return list(names)
 
 
-def _own_section(name, section, probe, dataset, options, n_images, seed, progress, networks):
-    kwargs = {key: value for key, value in options.items() if key not in AUDIT_KEYS}
-    kwargs.update({key: networks[key] for key in section.networks})
-    if section.needs_images:
-        kwargs.update(n_images=n_images, seed=seed)
-    return guarded(name, probe,
-                   lambda: section.compute(probe, dataset, progress=progress, **kwargs))
+def _own_section(plan: AuditPlan, name: str, progress: bool):
+    """Section ``name`` by its own work: its core on the first ``plan.sizes[name]`` images of
+    the plan's subset (a section without a core: its public function, given the count)."""
+    section, probe = plan.registry[name], plan.probe
+    kwargs = {key: value for key, value in plan.resolved[name].items() if key not in AUDIT_KEYS}
+    kwargs.update({key: plan.networks[key] for key in section.networks})
+    if not section.needs_images:
+        return guarded(name, probe, lambda: section.compute(probe, plan.dataset,
+                                                            progress=progress, **kwargs))
+    n = plan.sizes[name]
+    if section.core is not None:
+        images = Evaluation(probe, plan.dataset, plan.subset.first(n), n, plan.seed)
+        return guarded(name, probe, lambda: section.core(images, progress=progress, **kwargs))
+    return guarded(name, probe, lambda: section.compute(
+        probe, plan.dataset, n_images=n, seed=plan.seed, progress=progress, **kwargs))
 
 
 @dataclass
 class AuditPlan:
     """What an audit will do, decided before any section runs: the model, data and image subset
     (resolved once), the sections chosen and their settings, what is on disk already, and the
-    image count of each costly section. :func:`execute` fills ``results`` and ``timing``."""
+    image count of each costly section. :func:`execute` fills ``results`` and ``timing``.
+
+    ``subset`` is drawn once (:func:`~vaeprobe.audit.subset.choose_subset`): the shared pass
+    reads all of it (``indices``), a costly section of ``sizes[name]`` images the first that
+    many drawn (``subset.first(n)``); nothing else draws images."""
 
     registry: dict[str, Section]
     chosen: list[str]  # report order
     resolved: dict[str, dict]  # section -> its options
     probe: object
     dataset: object
-    indices: list[int]  # the audit's image subset, chosen once
+    subset: ImageSubset  # the audit's images, drawn once
     n_images: int  # as asked, capped under --quick
     seed: int
     quick: bool
@@ -151,6 +166,11 @@ class AuditPlan:
     costly: list[str] = field(default_factory=list)  # own work on images, defined here
     sizes: dict[str, int] = field(default_factory=dict)  # costly section -> its images
     timing: dict = field(default_factory=dict)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        """The audit's images (sorted dataset indices): what the shared pass reads."""
+        return self.subset.indices
 
 
 def choose_sections(registry: dict, sections) -> list[str]:
@@ -177,10 +197,10 @@ def plan_audit(source, data, *, n_images, seed, sections, device, out, format, o
     # resolved (and decoded) once; a convolutional model takes the data's own size
     probe, dataset = fit_probe(probe, data)
     n_images = min(n_images, QUICK_IMAGES) if quick else n_images
-    indices = vdata.select(dataset, n_images, seed)
+    subset = choose_subset(dataset, n_images, seed)  # the only draw of images in an audit
     networks = {key: str(value) if value is not None else None
                 for key, value in networks.items()}
-    plan = AuditPlan(registry, chosen, resolved, probe, dataset, indices, n_images, seed, quick,
+    plan = AuditPlan(registry, chosen, resolved, probe, dataset, subset, n_images, seed, quick,
                      networks)
     if out is not None:
         _resume(plan, out, settings, overwrite)
@@ -199,7 +219,7 @@ def plan_audit(source, data, *, n_images, seed, sections, device, out, format, o
             plan.results[name] = skipped(name, str(error), probe)
             plan.results[name].attrs["elapsed_seconds"] = 0.0
             plan.costly.remove(name)
-    plan.sizes = {name: _sized(registry[name], probe, len(indices), resolved[name])
+    plan.sizes = {name: _sized(registry[name], probe, len(subset), resolved[name])
                   for name in plan.costly}
     return plan
 
@@ -208,7 +228,8 @@ def _resume(plan: AuditPlan, out, settings, overwrite) -> None:
     """Open the audit's store and load the sections already on disk for this very audit."""
     registry = plan.registry
     fingerprint = dict(model=model_fingerprint(plan.probe),
-                       data=data_fingerprint(plan.dataset, plan.indices),
+                       data=dict(data_fingerprint(plan.dataset, plan.indices),
+                                 subset_sha256=plan.subset.digest),
                        options=dict(seed=plan.seed, quick=int(plan.quick),
                                     networks=plan.networks,
                                     sections=resolve_settings(registry, list(registry),
@@ -236,9 +257,7 @@ def execute(plan: AuditPlan, *, progress: bool, batch_size: int) -> None:
     for name in [n for n in plan.todo if n in results]:  # skipped by their check
         save(name)
     for name in [n for n in plan.todo if not registry[n].needs_images]:
-        results[name] = _own_section(name, registry[name], probe, plan.dataset,
-                                     plan.resolved[name], None, plan.seed, progress,
-                                     plan.networks)
+        results[name] = _own_section(plan, name, progress)
         save(name)
     shared = [name for name in plan.todo if registry[name].shared]
     if shared:
@@ -255,9 +274,7 @@ def execute(plan: AuditPlan, *, progress: bool, batch_size: int) -> None:
         estimate(timing["floor_seconds_per_image"], "shared pass done")
     for name in plan.costly:
         _say(progress, f"{name} on {plan.sizes[name]} images")
-        results[name] = _own_section(name, registry[name], probe, plan.dataset,
-                                     plan.resolved[name], plan.sizes[name], plan.seed,
-                                     progress, plan.networks)
+        results[name] = _own_section(plan, name, progress)
         timing[f"{name}_seconds"] = results[name].attrs["elapsed_seconds"]
         save(name)
 
@@ -290,7 +307,8 @@ def assemble(plan: AuditPlan) -> AuditReport:
     report.attrs = provenance(
         "audit", dict(n_images=plan.n_images, seed=plan.seed, sections=chosen,
                       settings=plan.resolved, quick=int(plan.quick), **plan.networks),
-        dataset=vdata.dataset_name(plan.dataset), n_images=len(plan.indices), seed=plan.seed,
+        dataset=vdata.dataset_name(plan.dataset), n_images=len(plan.subset), seed=plan.seed,
+        subset_sha256=plan.subset.digest,
         **source_facts, status={name: ds.attrs.get("status") for name, ds in report.items()},
         computed_sections=json.dumps([name for name in chosen if name in plan.todo]),
         resumed_sections=json.dumps(plan.resumed), quick=int(plan.quick),
