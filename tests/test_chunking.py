@@ -36,6 +36,18 @@ def test_budget_and_rows():
     assert facts["bytes_per_row"] == 1001 and chunk == 4  # 39 rows / 8 images
 
 
+def test_cpu_plan_trusts_declared_bytes_when_they_fit_four_times_over():
+    def never():
+        raise AssertionError("measured although the declared bytes fit")
+
+    chunk, facts = chunking.plan_draws(never, 4, 2, 100, "cpu", 8, max_memory=4 * 1000 * 8,
+                                       declared=1000)
+    assert (chunk, facts["measured"], facts["bytes_per_row"]) == (4, False, 1000)
+    chunk, facts = chunking.plan_draws(lambda: torch.ones(4, 250).sum(), 4, 2, 100, "cpu", 8,
+                                       max_memory=4 * 1000 * 8 - 1, declared=1000)
+    assert facts["measured"] and facts["bytes_per_row"] == 1001 and chunk == 4
+
+
 def test_iwae_chunk_follows_max_memory_and_the_numbers_do_not(tiny, digits_test):
     results = {}
     for max_memory in ("1MB", "20MB", "1GB"):  # ~0.24 MB per row

@@ -78,17 +78,24 @@ def rows_within(bytes_per_row: int, budget: int, preference: int | None = None) 
 
 
 def plan_draws(run_one, images: int, batch_size: int, k: int, device,
-               preference: int | None, max_memory=None) -> tuple[int, dict]:
+               preference: int | None, max_memory=None, declared: int | None = None
+               ) -> tuple[int, dict]:
     """(draws per image per pass, facts) for ``k`` draws per image in batches of
     ``batch_size`` images.
 
     ``run_one()`` runs one draw of ``images`` images (one row each) and is measured; on CUDA
-    the probe's preference does not cap the rows (memory does).
+    the probe's preference does not cap the rows (memory does). On CPU, where ``declared``
+    bytes per row (the probe's :meth:`~vaeprobe.probe.Probe.activation_bytes_per_row`) fit the
+    budget four times over at the preferred rows, nothing is measured: the preference binds
+    anyway, and the first measurement costs seconds (a dispatch mode's imports).
     """
-    per_row = measure_bytes_per_row(run_one, images, device)
     budget, source = pass_budget(device, max_memory)
     cap = None if torch.device(device).type == "cuda" else preference
+    if cap is not None and declared is not None and 4 * declared * cap <= budget:
+        per_row, measured = int(declared), False
+    else:
+        per_row, measured = measure_bytes_per_row(run_one, images, device), True
     rows = rows_within(per_row, budget, cap)
     chunk = max(1, min(k, rows // max(1, batch_size)))
     return chunk, dict(bytes_per_row=per_row, memory_budget=budget, memory_source=source,
-                       rows_per_pass=chunk * batch_size)
+                       rows_per_pass=chunk * batch_size, measured=measured)

@@ -95,7 +95,7 @@ def _plan_chunk(probe: Probe, x: torch.Tensor, k: int, batch_size: int, kind: st
         preference = probe.rows_per_pass()
         per_pass = batch_size if probe.device.type == "cuda" else min(batch_size, preference)
         chunk, _ = plan_draws(one_draw, len(x), per_pass, k, probe.device, preference,
-                              max_memory)
+                              max_memory, declared=probe.activation_bytes_per_row())
     return chunk
 
 
