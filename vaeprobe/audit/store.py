@@ -202,10 +202,25 @@ def save_section(ds: xr.Dataset, path: Path) -> Path:
     return path
 
 
+_LOADED: dict[tuple, xr.Dataset] = {}  # (path, inode, size, mtime) -> the section as read
+_LOADED_MAX = 64
+
+
 def load_section(path: Path, keep_stamp: bool = False) -> xr.Dataset:
-    """A section file as written; its fingerprint stamp removed unless ``keep_stamp``."""
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        ds = ds.load()
+    """A section file as written; its fingerprint stamp removed unless ``keep_stamp``.
+
+    A file read before and not changed since (same inode, size and modification time: the
+    store replaces files by renaming) is not read again: a resumed audit checks, plans and
+    assembles from one read of each section."""
+    status = os.stat(path)
+    key = (str(Path(path).resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+    if key not in _LOADED:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            if len(_LOADED) >= _LOADED_MAX:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = ds.load()
+    ds = _LOADED[key].copy(deep=False)
+    ds.attrs = dict(ds.attrs)
     if not keep_stamp:
         ds.attrs.pop(STAMP, None)
         ds.attrs.pop(STAMP_MODEL, None)
