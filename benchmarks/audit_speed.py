@@ -19,7 +19,8 @@ minutes. ``--null`` audits :class:`NullVAE` (8x average pooling to a 4-channel l
 upsampling back, a Gaussian decoder): its floor is nearly free, so the printed ms per image is
 the audit's own cost (issue 29's goal on CPU, one thread: <= 250 ms per image at 256 px).
 ``--device cuda`` runs everything on the GPU; ``--resume-check`` reruns the audit into the same
-directory (nothing to compute) and prints its time as ``resume_s``. Weights for LPIPS /
+directory (nothing to compute; the sections read before are forgotten, as in a new process) and
+prints its time as ``resume_s``. Weights for LPIPS /
 Inception are not downloaded: those metrics are skipped with
 their reason. The process CPU time and the load average are printed beside the wall time:
 the machine may be shared.
@@ -190,6 +191,7 @@ def audit_and_report(label: str, probe, images, args) -> int:
         audit_wall, audit_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         resume = float("nan")
         if args.resume_check:  # the same audit into the same directory: nothing to compute
+            sys.modules["vaeprobe.audit.store"].forget_loaded()  # as a new process: cold
             start = time.perf_counter()
             vp.audit(probe, images, n_images=len(images), device=args.device, progress=False,
                      out=out, quick=args.quick, **args.networks)

@@ -206,6 +206,11 @@ _LOADED: dict[tuple, xr.Dataset] = {}  # (path, inode, size, mtime) -> the secti
 _LOADED_MAX = 64
 
 
+def forget_loaded() -> None:
+    """Forget every section read so far (the next :func:`load_section` reads the file)."""
+    _LOADED.clear()
+
+
 def load_section(path: Path, keep_stamp: bool = False) -> xr.Dataset:
     """A section file as written; its fingerprint stamp removed unless ``keep_stamp``.
 
