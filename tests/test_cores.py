@@ -30,6 +30,7 @@ def _nouns(run, images):
     from vaeprobe.compress import compress, compress_images
     from vaeprobe.fidelity.quality import compute_sample_quality
     from vaeprobe.information import compute_information, information
+    from vaeprobe.likelihood import compute_iwae
     from vaeprobe.rate import compute_rate, rate
     from vaeprobe.sampling import compute_samples, samples
 
@@ -44,6 +45,8 @@ def _nouns(run, images):
                               posterior="mean", progress=False),
                  lambda: compute_rate(evaluation(8, 3), per_image=True, posterior="mean",
                                       progress=False)),
+        "iwae": (lambda: vp.iwae(run, images, k=6, n_images=5, seed=2, progress=False),
+                 lambda: compute_iwae(evaluation(5, 2), k=6, progress=False)),
         "information": (lambda: information(run, images, n_images=10, seed=1, progress=False),
                         lambda: compute_information(evaluation(10, 1), progress=False)),
         "samples": (lambda: samples(run, 5, kind="reconstruction_stochastic", data=images,
@@ -59,7 +62,7 @@ def _nouns(run, images):
     }
 
 
-@pytest.mark.parametrize("noun", ["rate", "information", "samples", "compress",
+@pytest.mark.parametrize("noun", ["rate", "iwae", "information", "samples", "compress",
                                   "sample_quality"])
 def test_a_core_on_a_resolved_evaluation_gives_the_nouns_dataset(noun, tiny_run, images):
     if noun == "compress":

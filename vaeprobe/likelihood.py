@@ -14,6 +14,7 @@ import xarray as xr
 
 from vaeprobe import distributed, units
 from vaeprobe._analysis import (
+    Evaluation,
     batches,
     flag_nonfinite,
     image_dims,
@@ -161,7 +162,18 @@ def iwae(probe: Probe, data, *, k: int = 1000, n_images: int | None = None,
     """
     evaluation = resolve(probe, data, n_images=n_images, seed=seed, check=lambda model:
                          _check_request(model, k, chunk, batch_size, kind))  # before the data
+    return compute_iwae(evaluation, k=k, chunk=chunk, batch_size=batch_size, kind=kind,
+                        progress=progress, max_memory=max_memory)
+
+
+def compute_iwae(evaluation: Evaluation, *, k: int = 1000, chunk: int | None = None,
+                 batch_size: int = 16, kind: str | None = None, progress: bool = True,
+                 max_memory=None) -> xr.Dataset:
+    """:func:`iwae` on images already chosen (the core that :func:`iwae` and the audit's
+    likelihood section share): every image of ``evaluation.indices``, its draws keyed by
+    ``evaluation.seed``; the other parameters and the Dataset as :func:`iwae` has them."""
     probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
     chunk, kind = _check_request(probe, k, chunk, batch_size, kind)
     # a density on [0, 1] data -> a bound on the PMF over 2^n_bits levels: + n_bits bits/dim
     offset = units.offset_nats(image_dims(probe), kind, probe.n_bits)

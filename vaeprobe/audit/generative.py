@@ -14,7 +14,7 @@ from vaeprobe import data as vdata
 from vaeprobe._analysis import Evaluation, evaluation_of, progress_bar
 from vaeprobe.audit._common import feature_network, fmt, restamp, section_attrs
 from vaeprobe.audit.registry import Section, register
-from vaeprobe.likelihood import iwae
+from vaeprobe.likelihood import compute_iwae, iwae
 from vaeprobe.probe import Probe
 from vaeprobe.sampling import sample_batches
 
@@ -57,8 +57,18 @@ def likelihood(probe: Probe, data, *, n_images: int | None = 256, seed: int = 0,
     >>> ds = likelihood(vp.load("runs/demo"), "patches32:test", k=64)  # doctest: +SKIP
     >>> ds["bpd_by_k"].to_series()  # doctest: +SKIP
     """
-    ds = iwae(probe, data, k=k, n_images=n_images, batch_size=batch_size, seed=seed,
-              progress=progress)
+    return _with_ess(iwae(probe, data, k=k, n_images=n_images, batch_size=batch_size, seed=seed,
+                          progress=progress), k)
+
+
+def likelihood_core(evaluation: Evaluation, *, k: int = 64, batch_size: int = 16,
+                    progress: bool = True) -> xr.Dataset:
+    """:func:`likelihood` on images already chosen (what the audit calls, with its own images:
+    :func:`vaeprobe.likelihood.compute_iwae`, the core under ``vp.iwae``)."""
+    return _with_ess(compute_iwae(evaluation, k=k, batch_size=batch_size, progress=progress), k)
+
+
+def _with_ess(ds: xr.Dataset, k: int) -> xr.Dataset:
     ds["ess_mean"] = ((), float(ds["ess"].mean()), {"units": "samples"})
     ds["ess_fraction"] = ((), float(ds["ess"].mean()) / k, {"units": "1"})
     ds["bound_gap_bpd"] = ((), float(ds["elbo_bpd_mean"] - ds["bpd_mean"]),
@@ -238,7 +248,8 @@ def samples_summary(ds: xr.Dataset) -> str:
 
 LIKELIHOOD = register(Section(
     name="likelihood", title="Likelihood", order=70, summary=likelihood_summary,
-    figure="iwae_convergence", compute=likelihood, cost=likelihood_cost, image_limit=32,
+    figure="iwae_convergence", compute=likelihood, core=likelihood_core, cost=likelihood_cost,
+    image_limit=32,
     check=lambda probe: probe.require("vp.iwae", likelihood=True),
     options=dict(k=64, budget=16.0), quick=dict(k=16, budget=2.0)))
 SAMPLES = register(Section(
