@@ -66,7 +66,10 @@ def test_binding_a_name_the_function_lacks_is_refused():
 
     from vaeprobe._cli_args import ApiArguments
 
-    api = ApiArguments(argparse.ArgumentParser(), lambda probe, data, *, seed=0: None)
+    def noun(probe, data, *, seed=0):
+        return None
+
+    api = ApiArguments(argparse.ArgumentParser(), noun)
     api.bind("data")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"noun has no parameter 'dataa'; name one of \['probe'"):
         api.bind("dataa")

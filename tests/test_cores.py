@@ -28,9 +28,13 @@ def _same(noun: xr.Dataset, core: xr.Dataset) -> None:
 def _nouns(run, images):
     """(noun call, the same through the core on an Evaluation resolved by hand) per noun."""
     from vaeprobe.compress import compress, compress_images
+    from vaeprobe.fidelity.quality import compute_sample_quality
     from vaeprobe.information import compute_information, information
     from vaeprobe.rate import compute_rate, rate
     from vaeprobe.sampling import compute_samples, samples
+
+    quality = dict(kinds=("mean", "reconstruction_stochastic"), metrics=("lpips",),
+                   lpips_trunk="random-TEST-ONLY", progress=False)
 
     def evaluation(n_images, seed, **options):
         return resolve(run, images, n_images=n_images, seed=seed, **options)
@@ -50,10 +54,13 @@ def _nouns(run, images):
                         progress=False)),
         "compress": (lambda: compress(run, images, n_images=3, seed=4, progress=False),
                      lambda: compress_images(evaluation(3, 4, device="cpu"), progress=False)),
+        "sample_quality": (lambda: vp.sample_quality(run, images, n_images=4, **quality),
+                           lambda: compute_sample_quality(evaluation(4, 0), **quality)),
     }
 
 
-@pytest.mark.parametrize("noun", ["rate", "information", "samples", "compress"])
+@pytest.mark.parametrize("noun", ["rate", "information", "samples", "compress",
+                                  "sample_quality"])
 def test_a_core_on_a_resolved_evaluation_gives_the_nouns_dataset(noun, tiny_run, images):
     if noun == "compress":
         pytest.importorskip("constriction")
@@ -150,3 +157,19 @@ def test_resolve_checks_the_model_before_reading_any_image(tiny_run):
     assert (evaluation.n_images, evaluation.seed, len(evaluation.indices)) == (3, 7, 3)
     np.testing.assert_array_equal(evaluation.indices,
                                   vp.data.select(evaluation.dataset, 3, seed=7))
+
+
+def test_tiling_core_gives_the_nouns_dataset_and_the_noun_resolves_once(counted):
+    from pathlib import Path
+
+    from vaeprobe.tiling import compute_tiling_error, tiling_error
+
+    folder = Path(__file__).parent / "fixtures" / "diffusers" / "tiny_vae"
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    noun = tiling_error(folder, x, tile_size=16, n_images=2, seed=1)
+    assert counted == {"as_probe": 1, "fit_probe": 1}
+    evaluation = resolve(vp.load(folder), x, n_images=2, seed=1)
+    core = compute_tiling_error(evaluation, tile_size=16)
+    assert float(core.max_abs_difference_max) > 0  # it did tile
+    _same(noun, core)

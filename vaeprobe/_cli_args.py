@@ -58,7 +58,10 @@ class ApiArguments:
     def bind(self, dest: str, param: str | None = None, of: str = "") -> None:
         """Pass the parsed ``dest`` (a flag or positional added with ``parser.add_argument``,
         whose help and default are its own) as ``param`` of the function ``of``."""
-        inspect.signature(self.functions[of]).parameters[param or dest]  # a KeyError: a typo
+        parameters = inspect.signature(self.functions[of]).parameters
+        if (param or dest) not in parameters:
+            raise KeyError(f"cannot bind {dest!r}: {self.functions[of].__name__} has no "
+                           f"parameter {param or dest!r}; name one of {list(parameters)}")
         self.renames[dest] = (of, param or dest)
 
 

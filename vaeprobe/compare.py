@@ -72,10 +72,11 @@ def compare(sources, data, *, n_images: int = 256, seed: int = 0, information: b
     overwrite : bool
         Replace ``compare.nc`` / ``.png`` / ``.html`` in ``out`` that vaeprobe did not write.
 
-    Every model is opened and checked against the data's image size before any audit runs;
-    an error names the model. An audit on disk is reused only when its protocol (images,
-    seed, section settings, networks, not ``--quick``) is this call's; ``attrs["reused_audits"]``
-    names the files reused and ``attrs["audits_not_reused"]`` says why others were not.
+    Every model is opened (once) and checked against the data's image size before any audit
+    runs, and stays open until the table is done; an error names the model. An audit on disk
+    is reused only when its protocol (images, seed, section settings, networks, not
+    ``--quick``) is this call's; ``attrs["reused_audits"]`` names the files reused and
+    ``attrs["audits_not_reused"]`` says why others were not.
 
     Returns
     -------

@@ -55,8 +55,16 @@ def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
 
     ``generators`` feed the latent noise and ``dequantize_generators`` (an independent stream
     per image) the dequantisation noise: each consumed draw by draw, so L_K does not depend on
-    ``chunk`` or on the batch.
+    ``chunk`` or on the batch. A pass takes ``chunk`` draws of at most
+    ``probe.rows_per_pass() // chunk`` images.
     """
+    step = max(1, probe.rows_per_pass() // chunk)  # images per pass (CPU: within the caches)
+    if len(x) > step and hasattr(generators, "subset"):
+        parts = [_log_weights(probe, x[first:first + step], k, chunk,
+                              generators.subset(slice(first, first + step)), kind,
+                              _subset(dequantize_generators, slice(first, first + step)))
+                 for first in range(0, len(x), step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     parts, reconstruction, images = [], [], RepeatedRows([x])
     for latents in probe.encode_chunks(x, k, chunk, generators):
         n = latents.n_samples
@@ -66,6 +74,10 @@ def _log_weights(probe: Probe, x: torch.Tensor, k: int, chunk: int, generators,
         parts.append(log_w.reshape(x.shape[0], n).cpu())
         reconstruction.append(log_px.double().reshape(x.shape[0], n).cpu())
     return torch.cat(parts, dim=1), torch.cat(reconstruction, dim=1)
+
+
+def _subset(generators, rows):
+    return generators.subset(rows) if hasattr(generators, "subset") else generators
 
 
 def _plan_chunk(probe: Probe, x: torch.Tensor, k: int, batch_size: int, kind: str,
@@ -80,8 +92,10 @@ def _plan_chunk(probe: Probe, x: torch.Tensor, k: int, batch_size: int, kind: st
         _log_weights(probe, x, 1, 1, streams, kind, dequantize)
 
     with torch.no_grad():
-        chunk, _ = plan_draws(one_draw, len(x), batch_size, k, probe.device,
-                              probe.rows_per_pass(), max_memory)
+        preference = probe.rows_per_pass()
+        per_pass = batch_size if probe.device.type == "cuda" else min(batch_size, preference)
+        chunk, _ = plan_draws(one_draw, len(x), per_pass, k, probe.device, preference,
+                              max_memory)
     return chunk
 
 

@@ -220,15 +220,15 @@ class Probe:
 
         On CUDA: as many as a share of the free device memory holds at
         :meth:`activation_bytes_per_row` each (:mod:`vaeprobe.chunking`; ``vp.iwae`` measures
-        the bytes per row instead). On CPU a pass gets slower per row once its activations
-        outgrow the caches, so the default is small; probes that know their activation width
-        refine it.
+        the bytes per row instead). On CPU a pass slows once its tensors outgrow the caches and
+        the allocator's heap (larger ones are mapped afresh, page by page, by every operation):
+        at most 64 rows and 2^19 image values (2 rows of 256x256 RGB) unless the probe knows.
         """
         if self.device.type == "cuda":
             from vaeprobe.chunking import pass_budget, rows_within
 
             return rows_within(self.activation_bytes_per_row(), pass_budget(self.device)[0])
-        return 64
+        return max(1, min(64, 2 ** 19 // torch.Size(self.image_shape).numel()))
 
     def activation_bytes_per_row(self) -> int:
         """Declared bytes of activations per row: by default 256 float32 channels at the

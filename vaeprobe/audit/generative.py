@@ -4,6 +4,7 @@ and effective sample size, and prior samples (mean and stochastic) at several te
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ def _draw(probe: Probe, kinds: list[str], n: int, temperature: float, seed: int,
     """uint8 prior samples (n, C, H, W) of each kind, as :func:`vaeprobe.samples` draws them
     (the kinds share their latents)."""
     parts = {kind: [] for kind in kinds}
+    batch_size = max(1, min(batch_size, probe.rows_per_pass()))  # CPU: within the caches
     for _, images, _ in sample_batches(probe, kinds, n, batch_size, temperature, seed):
         for kind in kinds:
             parts[kind].append(images[kind].cpu())
@@ -154,8 +156,7 @@ def samples_core(evaluation: Evaluation, *, temperatures=(1.0, 0.8, 0.6), n_grid
         for column, kind in enumerate(kinds):
             images = drawn[kind]
             grids[row, column] = images[:n_grid].numpy()
-            scaled = images.double() / 255.0
-            pixel_mean[row, column], pixel_std[row, column] = scaled.mean(), scaled.std()
+            pixel_mean[row, column], pixel_std[row, column] = _pixel_moments(images)
             if reference is not None:
                 from vaeprobe.fidelity import fid_from_features
 
@@ -164,7 +165,7 @@ def samples_core(evaluation: Evaluation, *, temperatures=(1.0, 0.8, 0.6), n_grid
                 fid[row, column] = fid_from_features(features, reference)
         bar.update(1)
     bar.close()
-    data_scaled = reference_images.double() / 255.0
+    data_mean, data_std = _pixel_moments(reference_images)
     one = {"units": "1"}
     ds = xr.Dataset(
         {
@@ -173,8 +174,8 @@ def samples_core(evaluation: Evaluation, *, temperatures=(1.0, 0.8, 0.6), n_grid
             "fid": (("temperature", "kind"), fid, one),
             "pixel_mean": (("temperature", "kind"), pixel_mean, {"units": "[0, 1] scale"}),
             "pixel_std": (("temperature", "kind"), pixel_std, {"units": "[0, 1] scale"}),
-            "data_pixel_mean": ((), float(data_scaled.mean()), {"units": "[0, 1] scale"}),
-            "data_pixel_std": ((), float(data_scaled.std()), {"units": "[0, 1] scale"}),
+            "data_pixel_mean": ((), data_mean, {"units": "[0, 1] scale"}),
+            "data_pixel_std": ((), data_std, {"units": "[0, 1] scale"}),
         },
         coords={"temperature": np.asarray(temperatures), "kind": kinds,
                 "image": np.arange(grids.shape[2])},
@@ -192,6 +193,18 @@ def samples_core(evaluation: Evaluation, *, temperatures=(1.0, 0.8, 0.6), n_grid
         warning=("FID with a stand-in (randomly initialised) network: NOT comparable to "
                  "published figures") if extractor is not None and extractor.stand_in else "")
     return ds
+
+
+def _pixel_moments(images: torch.Tensor) -> tuple[float, float]:
+    """(mean, sample standard deviation) of uint8 images on the [0, 1] scale, from the counts
+    of the 256 levels (one pass over the bytes, no float copy)."""
+    counts = torch.bincount(images.reshape(-1).to(torch.int64) if images.dtype != torch.uint8
+                            else images.reshape(-1), minlength=256).double().cpu()
+    levels = torch.arange(counts.numel(), dtype=torch.float64) / 255.0
+    n = float(counts.sum())
+    mean = float((counts * levels).sum()) / n
+    squares = float((counts * (levels - mean) ** 2).sum())
+    return mean, math.sqrt(squares / (n - 1)) if n > 1 else float("nan")
 
 
 def likelihood_cost(probe, n_images: int, options: dict) -> float:

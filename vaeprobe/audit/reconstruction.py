@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 
 from vaeprobe import data as vdata
+from vaeprobe import similarity
 from vaeprobe._analysis import image_dims, squared_error
 from vaeprobe.audit._common import (
     LocalHandle,
@@ -23,56 +24,19 @@ from vaeprobe.audit._common import (
 from vaeprobe.audit.registry import Section, register
 from vaeprobe.audit.shared import KINDS, run_shared
 from vaeprobe.probe import Probe
+from vaeprobe.similarity import MSSSIM_MIN_SIDE, MSSSIM_WINDOW, msssim_skip_reason, ssim_window
 
 DATA_RANGE = 255  # PSNR and SSIM compare uint8 images
-SSIM_WINDOW = 7  # scikit-image's default side of the uniform window
 
 
 def _psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image PSNR in dB: 10 log10(data_range^2 / MSE), MSE over every pixel and channel
-    (inf for identical images); computed where the images are, per-image values come back."""
-    return _psnr_tensor(x, y, data_range).cpu().numpy()
-
-
-def _psnr_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
-                 ) -> torch.Tensor:
-    mse = ((x.double() - y.to(x.device).double()) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse)
-
-
-def ssim_window(height: int, width: int) -> int:
-    """scikit-image's 7-pixel window, shrunk to the largest odd side that fits the image."""
-    side = min(SSIM_WINDOW, height, width)
-    return side if side % 2 else side - 1
+    """Per-image PSNR in dB (:func:`vaeprobe.similarity.psnr`), on the host."""
+    return similarity.psnr(x, y, data_range).cpu().numpy()
 
 
 def _ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) as scikit-image's ``structural_similarity`` computes
-    it with its defaults (channels averaged, uniform window :func:`ssim_window`, sample
-    covariance, K1 0.01, K2 0.03, the border of half a window left out), batched in float64
-    where the images are (tests check it against scikit-image)."""
-    return _ssim_tensor(x, y, data_range).cpu().numpy()
-
-
-def _ssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
-                 ) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    window = ssim_window(*x.shape[-2:])
-    a, b = x.double(), y.to(x.device).double()
-    # a uniform filter read only where it does not reach the border: skimage's crop(S, pad)
-
-    def mean(t):  # separable: a row mean, then a column mean
-        return F.avg_pool2d(F.avg_pool2d(t, (1, window), stride=1), (window, 1), stride=1)
-
-    ux, uy = mean(a), mean(b)
-    scale = window ** 2 / (window ** 2 - 1)  # sample covariance
-    vx = scale * (mean(a * a) - ux * ux)
-    vy = scale * (mean(b * b) - uy * uy)
-    vxy = scale * (mean(a * b) - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return s.flatten(2).mean(2).mean(1)  # per channel, then channels averaged
+    """Per-image SSIM as scikit-image computes it (:func:`vaeprobe.similarity.ssim`)."""
+    return similarity.ssim(x, y, data_range).cpu().numpy()
 
 
 def protocol_text(height: int, width: int) -> str:
@@ -83,9 +47,10 @@ def protocol_text(height: int, width: int) -> str:
             f"mean; PSNR, SSIM, LPIPS and rFID use it quantised by round(clamp(x, 0, 1) * 255), "
             f"as a saved image; PSNR = 10 log10(255^2 / MSE) per image, averaged over images "
             f"(psnr_dataset: from the mean MSE); SSIM as skimage.metrics.structural_similarity "
-            f"computes it, batched in float64 (data_range=255, channel_axis=0, "
+            f"computes it (vaeprobe.similarity.ssim, float64; data_range=255, channel_axis=0, "
             f"win_size={ssim_window(height, width)}, uniform window, channels averaged); "
-            f"MS-SSIM by pytorch_msssim.ms_ssim in float32 (data_range=255, "
+            f"MS-SSIM as pytorch_msssim.ms_ssim computes it (vaeprobe.similarity.ms_ssim, "
+            f"float32; data_range=255, "
             f"11-px Gaussian window, sigma 1.5, five scales, published weights) where the "
             f"images have at least {MSSSIM_MIN_SIDE} px a side; LPIPS from the lpips package on "
             f"inputs in [-1, 1], "
@@ -93,33 +58,13 @@ def protocol_text(height: int, width: int) -> str:
             f"and the same input images")
 
 
-MSSSIM_WINDOW = 11  # pytorch-msssim's default Gaussian window (sigma 1.5), five scales
-MSSSIM_MIN_SIDE = (MSSSIM_WINDOW - 1) * 2 ** 4 + 1  # smallest side its four downsamplings allow
-
-
-def msssim_skip_reason(height: int, width: int) -> str:
-    """Why MS-SSIM cannot be computed at this size ("" when it can)."""
-    if min(height, width) >= MSSSIM_MIN_SIDE:
-        return ""
-    return (f"MS-SSIM needs images of at least {MSSSIM_MIN_SIDE}x{MSSSIM_MIN_SIDE} px for its "
-            f"five scales with an {MSSSIM_WINDOW}-px window (pytorch-msssim); these are "
-            f"{height}x{width}")
+SSIM_LIBRARY = "vaeprobe.similarity.ssim (as skimage.metrics.structural_similarity, defaults)"
+MSSSIM_LIBRARY = "vaeprobe.similarity.ms_ssim (as pytorch_msssim.ms_ssim, defaults)"
 
 
 def _msssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image MS-SSIM (Wang et al. 2003) by pytorch-msssim's ``ms_ssim`` with its defaults
-    (11-px Gaussian window, sigma 1.5, five scales with the published weights)."""
-    return _msssim_tensor(x, y, data_range).cpu().numpy()
-
-
-def _msssim_tensor(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE
-                   ) -> torch.Tensor:
-    from pytorch_msssim import ms_ssim
-
-    # float32: 3.4e-7 from float64 on Kodak crops, 2.2e-6 on noise (tests/test_audit.py);
-    # 2.3x faster on CPU (float64 convolutions have no fast CPU kernels)
-    return ms_ssim(x.float(), y.to(x.device).float(), data_range=data_range,
-                   size_average=False, win_size=MSSSIM_WINDOW).double()
+    """Per-image MS-SSIM as pytorch-msssim computes it (:func:`vaeprobe.similarity.ms_ssim`)."""
+    return similarity.ms_ssim(x, y, data_range).cpu().numpy()
 
 
 class ReconstructionAccumulator:
@@ -162,10 +107,10 @@ class ReconstructionAccumulator:
             quantised = vdata.to_uint8(mean).to(x.device)
             row = self.rows[kind]
             row["distortion"].append(squared_error(x, mean).cpu())
-            row["psnr"].append(_psnr_tensor(x, quantised).cpu())
-            row["ssim"].append(_ssim_tensor(x, quantised).cpu())
+            row["psnr"].append(similarity.psnr(x, quantised).cpu())
+            row["ssim"].append(similarity.ssim(x, quantised).cpu())
             if not self.msssim_skipped:
-                row["msssim"].append(_msssim_tensor(x, quantised).cpu())
+                row["msssim"].append(similarity.ms_ssim(x, quantised).cpu())
             if lpips is not None:
                 row["lpips"].append(lpips(quantised.to(lpips.device),
                                           x.to(lpips.device)).cpu())
@@ -200,8 +145,8 @@ class ReconstructionAccumulator:
             "reconstructions", parameters, probe, self.data, len(indices), self.seed,
             protocol_text(height, width), resolution=f"{height}x{width}", crop="none",
             psnr_data_range=DATA_RANGE, ssim_data_range=DATA_RANGE,
-            ssim_win_size=ssim_window(height, width), ssim_library=_skimage_version(),
-            msssim_library=_msssim_version(), msssim_win_size=MSSSIM_WINDOW,
+            ssim_win_size=ssim_window(height, width), ssim_library=SSIM_LIBRARY,
+            msssim_library=MSSSIM_LIBRARY, msssim_win_size=MSSSIM_WINDOW,
             msssim_skipped=self.msssim_skipped,
             feature_extractor=net["extractor_name"],
             feature_extractor_weights_sha256=net["extractor_sha256"],
@@ -261,18 +206,6 @@ def reconstructions(probe: Probe, data, *, n_images: int | None = 256, seed: int
     return run_shared("reconstructions", probe, data, n_images=n_images, seed=seed,
                       batch_size=batch_size, progress=progress, networks=networks,
                       n_preview=n_preview)
-
-
-def _msssim_version() -> str:
-    from importlib.metadata import version
-
-    return f"pytorch-msssim {version('pytorch-msssim')}"
-
-
-def _skimage_version() -> str:
-    import skimage
-
-    return f"scikit-image {skimage.__version__}"
 
 
 def _dataset(probe, rows, indices, reference, inputs, previews, n_preview) -> xr.Dataset:

@@ -144,22 +144,85 @@ def _png(figure) -> bytes:
 
 def _section_pngs(name: str, ds: xr.Dataset) -> list[bytes]:
     """One PNG per panel of the section (as on the one-page figure), main panel first."""
-    from vaeprobe.plot import audit_panels, audit_section, axes
-
     if name == "model_card":  # the card is its tables
         return []
-    pngs = []
-    for panel in range(len(audit_panels(name, ds, _panels()))):
-        ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
-        try:
-            audit_section(name, ds, ax=ax, panels=_panels(), panel=panel)
+    return [png for panel in range(len(_audit_panels(name, ds)))
+            if (png := _panel_png(name, ds, panel, tight=True)) is not None]
+
+
+def _audit_panels(name: str, ds: xr.Dataset) -> list:
+    from vaeprobe.plot import audit_panels
+
+    return audit_panels(name, ds, _panels())
+
+
+def _panel_png(name: str, ds: xr.Dataset, panel: int, tight: bool) -> bytes | None:
+    """Panel ``panel`` of a section as PNG bytes (its status text where it has no panel);
+    None where the Dataset cannot be drawn."""
+    from vaeprobe.plot import audit_section, axes
+
+    ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
+    try:
+        audit_section(name, ds, ax=ax, panels=_panels(), panel=panel)
+        if tight:
             ax.figure.tight_layout()
-            pngs.append(_png(ax.figure))
-        except (KeyError, ValueError, IndexError):
-            continue
-        finally:
-            _close(ax.figure)
-    return pngs
+        return _png(ax.figure)
+    except (KeyError, ValueError, IndexError):
+        return None
+    finally:
+        _close(ax.figure)
+
+
+COLUMNS = 3  # panels per row of audit.png
+
+
+def page_png(report: AuditReport, pngs: dict[str, list[bytes]], title: str = "") -> bytes:
+    """``audit.png``: every section's panels (``pngs``, as drawn for the HTML; the model card,
+    a skipped or a failed section as its text) on one page, :data:`COLUMNS` to a row, in
+    report order, under ``title``. The panels are drawn once, for both files."""
+    from PIL import Image
+
+    cells = []
+    for name, ds in report.items():
+        cells += pngs.get(name) or [_panel_png(name, ds, 0, tight=False) or b""]
+    images = [Image.open(_io.BytesIO(cell)).convert("RGB") for cell in cells if cell]
+    width = max((image.width for image in images), default=650)
+    height = max((image.height for image in images), default=420)
+    header = Image.open(_io.BytesIO(_title_png(title, width * COLUMNS))).convert("RGB") \
+        if title else None
+    top = header.height if header else 0
+    rows = max(1, -(-len(images) // COLUMNS))
+    page = Image.new("RGB", (width * COLUMNS, top + height * rows), "white")
+    if header:
+        page.paste(header, (0, 0))
+    for position, image in enumerate(images):
+        row, column = divmod(position, COLUMNS)
+        page.paste(image, (column * width, top + row * height))
+    buffer = _io.BytesIO()
+    page.save(buffer, format="png", pnginfo=_png_info())
+    return buffer.getvalue()
+
+
+def _title_png(title: str, width_px: int) -> bytes:
+    from vaeprobe.plot import axes
+
+    ax = axes(None, figsize=(width_px / 100, 0.45))
+    try:
+        ax.set_axis_off()
+        ax.figure.text(0.5, 0.5, title, ha="center", va="center", fontsize=11)
+        return _png(ax.figure)
+    finally:
+        _close(ax.figure)
+
+
+def _png_info():
+    from PIL.PngImagePlugin import PngInfo
+
+    from vaeprobe._version import __version__
+
+    info = PngInfo()
+    info.add_text("Software", f"vaeprobe {__version__}")
+    return info
 
 
 def _previews_png(name: str, ds: xr.Dataset) -> bytes | None:
@@ -230,8 +293,10 @@ td.u{color:#777}.skipped{color:#666;background:#f4f4f4;padding:.5em}
 img{max-width:100%}.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}"""
 
 
-def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
-    """The whole report as one HTML document (no external resources)."""
+def render_html(report: AuditReport, page_png: bytes | None = None,
+                pngs: dict[str, list[bytes]] | None = None) -> str:
+    """The whole report as one HTML document (no external resources); ``pngs``: section ->
+    its panels' PNGs where already drawn."""
     title = f"vaeprobe audit: {report.attrs.get('checkpoint', 'model')}"
     from vaeprobe.outputs import HTML_MARK
 
@@ -264,7 +329,8 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
                 if value and value not in ("{}", "[]"):
                     parts.append(f"<p class=skipped>{html.escape(key)}: {html.escape(str(value))}"
                                  "</p>")
-            for png in (*_section_pngs(name, ds), _previews_png(name, ds)):
+            drawn = pngs[name] if pngs is not None and name in pngs else _section_pngs(name, ds)
+            for png in (*drawn, _previews_png(name, ds)):
                 if png:
                     parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,"
                                  f"{base64.b64encode(png).decode()}'>")
@@ -277,18 +343,12 @@ def render_html(report: AuditReport, page_png: bytes | None = None) -> str:
 
 def write_report(report: AuditReport, out: str | os.PathLike) -> dict[str, Path]:
     """Write ``out/audit.nc``, ``out/audit.png`` and ``out/audit.html`` (each atomically)."""
-    from vaeprobe.plot import audit_page
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"nc": save_netcdf(report, out / "audit.nc")}
-    figure = audit_page(report, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}",
-                        panels=_panels())
-    try:
-        page = _png(figure)
-    finally:
-        _close(figure)
-    for suffix, content in (("png", page), ("html", render_html(report, page).encode())):
+    pngs = {name: _section_pngs(name, ds) for name, ds in report.items()}
+    page = page_png(report, pngs, title=f"vaeprobe audit: {report.attrs.get('checkpoint', '')}")
+    for suffix, content in (("png", page), ("html", render_html(report, page, pngs).encode())):
         path = out / f"audit.{suffix}"
         with atomic_path(path, f".{suffix}.tmp") as tmp:
             tmp.write_bytes(content)

@@ -149,7 +149,11 @@ def run_pass(probe: Probe, dataset, indices: torch.Tensor, accumulators: dict, *
     Returns (name -> merged accumulator, name -> the exception that stopped it, timing). An
     accumulator whose update raises is dropped (its error kept); the others go on.
     ``on_first_batch(floor seconds per image)`` is called once the first batch is timed.
+    Batches hold at most ``batch_size`` images and at most :meth:`Probe.rows_per_pass` (on
+    CPU: a few MiB of image values, which keeps the pass in the caches); no result depends
+    on the batch.
     """
+    batch_size = max(1, min(batch_size, probe.rows_per_pass()))
     positions = distributed.shard(torch.arange(len(indices)), probe.device)
     live, errors, timing = dict(accumulators), {}, PassTiming()
     bar = progress_bar(len(positions), "audit: shared pass", progress, unit="img")

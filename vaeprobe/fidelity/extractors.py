@@ -51,21 +51,26 @@ def build_extractor(name: str, weights=None, device="cpu") -> Extractor:
     return extractors.get(name)(weights=weights, device=device)
 
 
-def _torch_fidelity_extractor(network_class, name: str, layer: str, weights_key: str,
+def _torch_fidelity_extractor(network_class: str, name: str, layer: str, weights_key: str,
                               weights, device) -> Extractor:
-    """One of torch-fidelity's feature networks, with verified weights found by vaeprobe."""
+    """One of torch-fidelity's feature networks (``network_class``: "module:Class" within
+    torch_fidelity), with verified weights found by vaeprobe. A missing weights file is
+    refused before torch-fidelity (and torchvision, ~1.5 s) is imported."""
+    import importlib
+
     path = vweights.resolve(weights_key, weights)
     vweights.load_state_dict(path)  # refuses files that would execute code
-    network = network_class(name, [layer], feature_extractor_weights_path=str(path))
+    module, cls = network_class.split(":")
+    network = getattr(importlib.import_module(f"torch_fidelity.{module}"), cls)
+    network = network(name, [layer], feature_extractor_weights_path=str(path))
     return Extractor(name, network.to(device), sha256_file(path))
 
 
 @extractors.register("inception-v3-compat")
 def _inception(weights=None, device="cpu") -> Extractor:
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    return _torch_fidelity_extractor(FeatureExtractorInceptionV3, "inception-v3-compat", "2048",
-                                     "inception-v3-compat", weights, device)
+    return _torch_fidelity_extractor("feature_extractor_inceptionv3:FeatureExtractorInceptionV3",
+                                     "inception-v3-compat", "2048", "inception-v3-compat",
+                                     weights, device)
 
 
 _inception.weights_key = "inception-v3-compat"  # which vaeprobe.weights file it needs
@@ -73,10 +78,8 @@ _inception.weights_key = "inception-v3-compat"  # which vaeprobe.weights file it
 
 @extractors.register("vgg16-fc2")
 def _vgg16(weights=None, device="cpu") -> Extractor:
-    from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
-
-    return _torch_fidelity_extractor(FeatureExtractorVGG16, "vgg16-fc2", "fc2_relu", "vgg16",
-                                     weights, device)
+    return _torch_fidelity_extractor("feature_extractor_vgg16:FeatureExtractorVGG16",
+                                     "vgg16-fc2", "fc2_relu", "vgg16", weights, device)
 
 
 _vgg16.weights_key = "vgg16"

@@ -17,6 +17,7 @@ from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe import weights as vweights
 from vaeprobe._analysis import (
+    Evaluation,
     evaluation_of,
     flag_nonfinite,
     progress_bar,
@@ -178,7 +179,49 @@ def sample_quality(probe: Probe, reference, *, n_images: int = 10000, kinds=KIND
     _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
                      prc_weights, lpips_weights)
     evaluation = evaluation_of(probe, reference, n_images, seed)  # fitted to the data's size
+    return compute_sample_quality(
+        evaluation, kinds=kinds, temperature=temperature, metrics=metrics,
+        feature_extractor=feature_extractor, prc_extractor=prc_extractor,
+        lpips_trunk=lpips_trunk, weights=weights, prc_weights=prc_weights,
+        lpips_weights=lpips_weights, batch_size=batch_size, n_preview=n_preview,
+        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+        n_diversity_pairs=n_diversity_pairs, posterior=posterior, progress=progress)
+
+
+def compute_sample_quality(evaluation: Evaluation, *, kinds=KINDS, temperature=1.0,
+                           metrics=METRICS, feature_extractor: str = "inception-v3-compat",
+                           prc_extractor: str = "vgg16-fc2", lpips_trunk: str = "alexnet",
+                           weights=None, prc_weights=None, lpips_weights=None,
+                           batch_size: int = 100, n_preview: int = 16,
+                           kid_subset_size: int = 1000, kid_subsets: int = 100,
+                           n_diversity_pairs: int = 500, posterior: str = "sample",
+                           progress: bool = True) -> xr.Dataset:
+    """The core of :func:`sample_quality` on an already resolved model and reference images.
+
+    Parameters
+    ----------
+    evaluation : vaeprobe._analysis.Evaluation
+        The fitted Probe, the reference dataset and its seeded subset; ``n_images`` (as asked)
+        is also the number of images per kind, ``seed`` seeds every sample.
+    kinds, temperature, metrics, feature_extractor, prc_extractor, lpips_trunk
+        As in :func:`sample_quality`.
+    weights, prc_weights, lpips_weights, batch_size, n_preview, kid_subset_size
+        As in :func:`sample_quality`.
+    kid_subsets, n_diversity_pairs, posterior, progress
+        As in :func:`sample_quality`.
+
+    Returns
+    -------
+    xarray.Dataset
+        What :func:`sample_quality` returns for the same request (the same Dataset).
+    """
     probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
+    n_images, seed = evaluation.n_images, evaluation.seed
+    kinds, metrics = list(kinds), list(metrics)
+    _check_request(probe, kinds, metrics, n_images)
+    temperatures(temperature)
+    _require_weights(metrics, feature_extractor, prc_extractor, lpips_trunk, weights,
+                     prc_weights, lpips_weights)
     fid_net, prc_net, lpips = _networks(metrics, feature_extractor, prc_extractor, lpips_trunk,
                                         weights, prc_weights, lpips_weights, probe.device)
     nets = list({net.name: net for net in (fid_net, prc_net) if net is not None}.values())
