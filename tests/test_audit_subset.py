@@ -98,3 +98,35 @@ def test_a_resumed_audit_refuses_another_subset_of_the_same_images(tiny_run, tmp
     monkeypatch.setattr(audit_run, "choose_subset", reversed_order)
     with pytest.raises(AuditMismatchError, match="subset_sha256"):
         vp.audit(tiny_run, DATA, out=tmp_path / "a", **options)
+
+
+def test_a_new_section_with_a_core_gets_the_first_images_drawn(tiny_run, counted):
+    import xarray as xr
+
+    from vaeprobe.audit import registry
+
+    seen = []
+
+    def core(evaluation, *, progress=True, scale=1.0):
+        seen.append(evaluation)
+        return xr.Dataset({"n": ((), len(evaluation.indices) * scale)}, attrs={"status": "ok"})
+
+    def public(probe, data, *, n_images=4, seed=0, progress=True, scale=1.0):
+        raise AssertionError("the audit calls the core, not the public function")
+
+    section = registry.Section(name="toy_core", title="Toy core", order=96,
+                               summary=lambda ds: "", compute=public, core=core,
+                               image_limit=lambda probe, options: 3, default=False)
+    registry.register(section)
+    try:
+        report = vp.audit(tiny_run, DATA, sections=["toy_core"], n_images=10, seed=2,
+                          settings={"toy_core": {"scale": 2.0}}, progress=False)
+    finally:
+        registry._REGISTRY.pop("toy_core")
+    assert float(report["toy_core"]["n"]) == 6.0
+    subset = counted["choose"][0]
+    assert torch.equal(seen[0].indices, subset.first(3)) and seen[0].n_images == 3
+    assert seen[0].seed == 2 and counted["select"] == 0
+    with pytest.raises(ValueError, match="give compute= .* too"):
+        registry.Section(name="x", title="x", order=1, summary=str, core=core,
+                         accumulator=object)
