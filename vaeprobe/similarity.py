@@ -61,12 +61,11 @@ def ssim_window(height: int, width: int) -> int:
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255) -> torch.Tensor:
     """Per-image SSIM as scikit-image computes it, ``(N,)`` float64 (see the module
-    docstring). For integer images the window sums are taken in float32, where they are exact
-    (at most 49 x 255^2 < 2^24), and the rest in float64."""
+    docstring). For uint8 images the window sums are taken in float32, where they are exact
+    (at most 49 x 255^2 < 2^24), and the rest in float64; other images in float64."""
     _check_pair(x, y)
     window = ssim_window(*x.shape[-2:])
-    exact = not x.is_floating_point() and not y.is_floating_point() and (
-        window ** 2 * 255 ** 2 < 2 ** 24 and int(max(x.max(), y.max(), 0)) <= 255)
+    exact = x.dtype == y.dtype == torch.uint8 and window ** 2 * 255 ** 2 < 2 ** 24
     return _blocked(_ssim_block, x, y.to(x.device), torch.float32 if exact else torch.float64,
                     window=window, data_range=data_range)
 
