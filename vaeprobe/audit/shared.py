@@ -20,7 +20,7 @@ import torch
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import progress_bar
+from vaeprobe._analysis import progress_bar, resolve
 from vaeprobe.probe import LatentPass, LayerDraw, Probe, SharedEncoderProbe, encode
 from vaeprobe.random import image_streams
 
@@ -185,13 +185,12 @@ def run_shared(name: str, probe, data, *, n_images: int | None = 256, seed: int 
                batch_size: int = 64, progress: bool = True, networks: dict | None = None,
                **options):
     """One shared section on its own: resolve the model and data, run the pass, compute."""
-    from vaeprobe._analysis import evaluation_set, fit_probe
-    from vaeprobe.adapters import as_probe
     from vaeprobe.audit.registry import get
 
     section = get(name)
-    probe, data = fit_probe(as_probe(probe), data)  # a convolutional model takes the data's size
-    dataset, indices = evaluation_set(probe, data, n_images, seed)
+    # the model and the images, once (a convolutional model takes the data's size)
+    evaluation = resolve(probe, data, n_images=n_images, seed=seed)
+    probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
     context = SectionContext(dataset, indices, seed, dict(networks or {}))
     accumulator = section.accumulator(probe, context, **options)
     merged, errors, _ = run_pass(probe, dataset, indices, {name: accumulator},
