@@ -45,8 +45,24 @@ def test_the_digest_follows_the_order_and_repeats_are_refused():
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Calls of the audit's subset chooser (and what it chose), and of data.select."""
-    calls = {"choose": [], "select": 0}
+    """Calls of the audit's subset chooser (and what it chose), of data.select, of as_probe
+    (the model) and of fit_probe (the images at the model's size)."""
+    import vaeprobe.adapters
+    from vaeprobe import _analysis
+
+    calls = {"choose": [], "select": 0, "as_probe": 0, "fit_probe": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(vaeprobe.adapters, "as_probe",
+                        counting("as_probe", vaeprobe.adapters.as_probe))
+    fit = counting("fit_probe", _analysis.fit_probe)
+    monkeypatch.setattr(_analysis, "fit_probe", fit)
+    monkeypatch.setattr(audit_run, "fit_probe", fit)
 
     def choose(dataset, n_images, seed):
         calls["choose"].append(choose_subset(dataset, n_images, seed))
@@ -72,9 +88,8 @@ def test_one_draw_per_audit_and_every_section_reads_it(tiny_run, counted):
                       feature_extractor="random-convnet-TEST-ONLY")
     assert len(counted["choose"]) == 1  # one draw for the whole audit
     subset = counted["choose"][0]
-    # no section drew images of its own (the likelihood section calls compute_iwae, the core
-    # under vp.iwae, on the audit's images)
-    assert counted["select"] == 0
+    assert counted["select"] == 0  # no section drew images of its own
+    assert counted["as_probe"] == counted["fit_probe"] == 1  # nor resolved the model again
     assert all(ds.attrs["status"] == "ok" for ds in report.values()), \
         {name: ds.attrs.get("error") for name, ds in report.items()}
     np.testing.assert_array_equal(report["reconstructions"]["image"], subset.indices)

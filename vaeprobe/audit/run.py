@@ -15,7 +15,7 @@ import torch
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import Evaluation
+from vaeprobe._analysis import Evaluation, fit_probe, resolve_source
 from vaeprobe.audit._common import failed, guarded, skipped
 from vaeprobe.audit.registry import Section
 from vaeprobe.audit.registry import sections as registered
@@ -187,13 +187,10 @@ def plan_audit(source, data, *, n_images, seed, sections, device, out, format, o
                settings, quick, overwrite, networks, progress=False) -> AuditPlan:
     """Resolve the model, the data and the image subset once, choose and configure the
     sections, resume what is on disk, and size the costly sections (nothing is computed)."""
-    from vaeprobe._analysis import fit_probe
-    from vaeprobe.adapters import as_probe
-
     registry = registered()
     chosen = choose_sections(registry, sections)
     resolved = resolve_settings(registry, chosen, settings, quick)
-    probe = as_probe(source, format, device=device, **(options or {}))
+    probe = resolve_source(source, format, device=device, **(options or {}))
     # resolved (and decoded) once; a convolutional model takes the data's own size
     probe, dataset = fit_probe(probe, data)
     n_images = min(n_images, QUICK_IMAGES) if quick else n_images

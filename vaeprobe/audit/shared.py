@@ -20,7 +20,7 @@ import torch
 
 from vaeprobe import data as vdata
 from vaeprobe import distributed
-from vaeprobe._analysis import progress_bar
+from vaeprobe._analysis import progress_bar, resolve
 from vaeprobe.probe import LatentPass, LayerDraw, Probe, SharedEncoderProbe, encode
 from vaeprobe.random import image_streams
 
@@ -186,8 +186,6 @@ def run_shared(name: str, probe, data, *, n_images: int | None = 256, seed: int 
                **options):
     """One shared section on its own: resolve the model and data once
     (:func:`vaeprobe._analysis.resolve`), then :func:`shared_core`."""
-    from vaeprobe._analysis import resolve
-
     return shared_core(name, resolve(probe, data, n_images=n_images, seed=seed),
                        batch_size=batch_size, progress=progress, networks=networks, **options)
 
