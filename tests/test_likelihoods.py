@@ -184,3 +184,16 @@ def test_discretized_gaussian_log_prob_agrees_on_cpu_and_cuda():
         on_gpu = DiscretizedGaussian(loc.cuda(), torch.tensor(math.log(sigma)).cuda(), "fixed")
         torch.testing.assert_close(on_gpu.log_prob(x.cuda()).cpu(), dist.log_prob(x),
                                    rtol=1e-6, atol=1e-3)
+
+
+def test_discretized_gaussian_with_a_sigma_per_pixel_in_float32_against_float64():
+    """A per-pixel sigma (the per_pixel head) takes the same float32 path pixel by pixel:
+    narrow bins by the series, wide and edge bins by CDF differences."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (3, 3, 24, 24), dtype=torch.uint8, generator=generator)
+    loc = torch.rand(3, 3, 24, 24, generator=generator)
+    log_sigma = torch.empty(3, 3, 24, 24).uniform_(math.log(0.002), math.log(2.0),
+                                                   generator=generator)
+    dist = DiscretizedGaussian(loc, log_sigma, "per_pixel")
+    single, double = dist.log_prob(x), dist.log_prob(x, dtype=torch.float64)
+    torch.testing.assert_close(single, double, rtol=1e-6, atol=0)

@@ -96,7 +96,7 @@ def _series_shape(centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
 def series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor
                      ) -> torch.Tensor:
     """Nats per image (float64) of levels ``x`` at standardised ``centre`` (float32): the
-    series where it serves, :func:`_log_bins` on the rest; the series' level
+    series where it serves, :func:`log_bins` on the rest; the series' level
     (:func:`_series_level`) added in float64 after the sum over pixels."""
     rest = (centre.abs() * half > SERIES_REACH).logical_or_(half > SERIES_HALF)
     rest.logical_or_(x == 0).logical_or_(x == 255)  # the edge bins take the tails
