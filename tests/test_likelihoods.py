@@ -171,3 +171,16 @@ def test_log_bin_probability_equals_the_tail_stable_interval():
             fast, stable = log_bin_probability(lo, hi), log_normal_interval(lo, hi)
             assert torch.isfinite(stable).all()
             torch.testing.assert_close(fast, stable, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CPU/CUDA "
+                    "agreement of the float32 log-probabilities is checked where one is")
+def test_discretized_gaussian_log_prob_agrees_on_cpu_and_cuda():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    loc = torch.rand(4, 3, 32, 32, generator=generator)
+    for sigma in (0.003, 0.1, 1.0):
+        dist = DiscretizedGaussian(loc, torch.tensor(math.log(sigma)), "fixed")
+        on_gpu = DiscretizedGaussian(loc.cuda(), torch.tensor(math.log(sigma)).cuda(), "fixed")
+        torch.testing.assert_close(on_gpu.log_prob(x.cuda()).cpu(), dist.log_prob(x),
+                                   rtol=1e-6, atol=1e-3)

@@ -78,3 +78,11 @@ def test_sample_pixel_moments_are_the_float_mean_and_std():
     mean, std = _pixel_moments(images)
     np.testing.assert_allclose([mean, std], [float(scaled.mean()), float(scaled.std())],
                                rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CPU/CUDA "
+                    "agreement of the similarity metrics is checked where one is")
+def test_the_metrics_agree_on_cpu_and_cuda():
+    x, y = _pair((3, 3, 176, 176), spread=25, seed=5)
+    for f in (similarity.psnr, similarity.ssim, similarity.ms_ssim):
+        torch.testing.assert_close(f(x.cuda(), y.cuda()).cpu(), f(x, y), rtol=1e-6, atol=1e-6)

@@ -8,7 +8,7 @@
 attached here (not in :mod:`vaeprobe.probe`) so the contract module never imports an adapter.
 """
 
-from vaeprobe import arrays, data, plot, units
+from vaeprobe import arrays, data, plot, similarity, units
 from vaeprobe._version import __version__
 from vaeprobe.adapters import as_probe, load
 from vaeprobe.adapters.module import from_module
@@ -32,5 +32,5 @@ Probe.from_module = staticmethod(from_module)  # vp.Probe.from_module(model, ima
 __all__ = ["LatentPass", "LayerDraw", "LayerInfo", "Probe", "Run", "UndefinedAnalysisError",
            "__version__", "arrays", "as_probe", "audit", "checkpoints", "compare", "compress",
            "data", "decompress", "information", "iwae", "load", "open_results", "pca_baseline",
-           "plot", "rate", "sample_quality", "samples", "save", "spectrum", "tiling_error",
-           "units"]
+           "plot", "rate", "sample_quality", "samples", "save", "similarity", "spectrum",
+           "tiling_error", "units"]

@@ -14,21 +14,23 @@ back to the host here: the caller moves the per-image values when it needs them.
 - :func:`ms_ssim`: MS-SSIM (Wang et al. 2003) as ``pytorch_msssim.ms_ssim`` computes it with its
   defaults: an 11-px Gaussian window (sigma 1.5), five scales with the published weights, 2x2
   average pooling between them, in float32 (3e-7 from float64 on Kodak crops); the images need
-  at least :data:`MSSSIM_MIN_SIDE` px a side (:func:`msssim_skip_reason`).
+  at least ``MSSSIM_MIN_SIDE`` px a side (:func:`msssim_skip_reason`).
 
 How they are computed: each separable window is applied as a sum of shifted slices (one
 multiply-add per tap and axis) to the five maps ``x, y, x^2, y^2, xy`` stacked in one tensor.
 On CPU that is about 15x faster than the grouped convolution pytorch-msssim runs, with the same
-float32 sums. Images go in blocks of at most :data:`CPU_BLOCK`
+float32 sums. Images go in blocks of at most ``CPU_BLOCK``
 bytes of stacked maps on CPU (temporaries that stay in the caches and in the allocator's heap:
 larger ones are mapped fresh from the kernel on every operation, and that page-faulting cost
-more than the arithmetic) and :data:`CUDA_BLOCK` on CUDA; a block never changes a result.
+more than the arithmetic) and ``CUDA_BLOCK`` on CUDA; a block never changes a result.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+__all__ = ["ms_ssim", "msssim_skip_reason", "psnr", "ssim", "ssim_window"]
 
 SSIM_WINDOW = 7  # scikit-image's default side of the uniform window
 MSSSIM_WINDOW = 11  # pytorch-msssim's Gaussian window (sigma MSSSIM_SIGMA)
@@ -41,7 +43,26 @@ CUDA_BLOCK = 2 ** 31  # and on CUDA (2 GiB)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 255) -> torch.Tensor:
-    """Per-image PSNR in dB, ``(N,)`` float64 (see the module docstring)."""
+    """Per-image PSNR in dB (see the module docstring).
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Image batches ``(N, C, H, W)`` of one shape (``y`` is moved to ``x``'s device).
+    data_range : float
+        The difference between the largest and smallest value (255 for uint8 images).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` float64 on ``x``'s device.
+
+    Examples
+    --------
+    >>> x = torch.full((1, 3, 8, 8), 100, dtype=torch.uint8)
+    >>> round(float(psnr(x, x + 5)), 4)  # 10 log10(255^2 / 5^2)
+    34.1514
+    """
     _check_pair(x, y)
     y = y.to(x.device)
     if not x.is_floating_point() and not y.is_floating_point():
@@ -60,13 +81,31 @@ def ssim_window(height: int, width: int) -> int:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255) -> torch.Tensor:
-    """Per-image SSIM as scikit-image computes it, ``(N,)`` float64 (see the module
-    docstring). For integer images the window sums are taken in float32, where they are exact
-    (at most 49 x 255^2 < 2^24), and the rest in float64."""
+    """Per-image SSIM as scikit-image computes it (see the module docstring). For uint8
+    images the window sums are taken in float32, where they are exact (at most 49 x 255^2 <
+    2^24), and the rest in float64; other images in float64.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Image batches ``(N, C, H, W)`` of one shape (``y`` is moved to ``x``'s device).
+    data_range : float
+        The difference between the largest and smallest value (255 for uint8 images).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` float64 on ``x``'s device.
+
+    Examples
+    --------
+    >>> x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    >>> ssim(x, x).tolist()
+    [1.0, 1.0]
+    """
     _check_pair(x, y)
     window = ssim_window(*x.shape[-2:])
-    exact = not x.is_floating_point() and not y.is_floating_point() and (
-        window ** 2 * 255 ** 2 < 2 ** 24 and int(max(x.max(), y.max(), 0)) <= 255)
+    exact = x.dtype == y.dtype == torch.uint8 and window ** 2 * 255 ** 2 < 2 ** 24
     return _blocked(_ssim_block, x, y.to(x.device), torch.float32 if exact else torch.float64,
                     window=window, data_range=data_range)
 
@@ -94,8 +133,27 @@ def msssim_skip_reason(height: int, width: int) -> str:
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255) -> torch.Tensor:
-    """Per-image MS-SSIM as pytorch-msssim computes it, ``(N,)`` float64 (see the module
-    docstring); a ValueError for images under :data:`MSSSIM_MIN_SIDE` px a side."""
+    """Per-image MS-SSIM as pytorch-msssim computes it (see the module docstring); a
+    ValueError, saying why, for images under ``MSSSIM_MIN_SIDE`` (161) px a side.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Image batches ``(N, C, H, W)`` of one shape (``y`` is moved to ``x``'s device).
+    data_range : float
+        The difference between the largest and smallest value (255 for uint8 images).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` float64 on ``x``'s device.
+
+    Examples
+    --------
+    >>> x = torch.randint(0, 256, (1, 3, 176, 176), dtype=torch.uint8)
+    >>> round(float(ms_ssim(x, x)), 5)
+    1.0
+    """
     _check_pair(x, y)
     reason = msssim_skip_reason(*x.shape[-2:])
     if reason:

@@ -19,9 +19,10 @@ from vaeprobe.probe import Probe
 from vaeprobe.sampling import sample_batches
 
 LIKELIHOOD_PROTOCOL = ("vp.iwae: L_K = logsumexp_k log w_k - log K per image, K posterior draws "
-                       "per image (per-image generators keyed by (seed, index)), bits/dim from "
-                       "nats; bpd_by_k from nested subsets of the same draws; ESS = 1 / sum of "
-                       "squared normalised weights")
+                       "per image (counter-based streams keyed by (seed, index)), per-pixel "
+                       "log-probabilities in float32, their sums and log w in float64, bits/dim "
+                       "from nats; bpd_by_k from nested subsets of the same draws; ESS = 1 / sum "
+                       "of squared normalised weights")
 
 SAMPLES_PROTOCOL = ("vp.samples' protocol: prior latents of sample i from generator (seed, i) "
                     "at each temperature "

@@ -184,17 +184,23 @@ def run_pass(probe: Probe, dataset, indices: torch.Tensor, accumulators: dict, *
 def run_shared(name: str, probe, data, *, n_images: int | None = 256, seed: int = 0,
                batch_size: int = 64, progress: bool = True, networks: dict | None = None,
                **options):
-    """One shared section on its own: resolve the model and data, run the pass, compute."""
+    """One shared section on its own: resolve the model and data once
+    (:func:`vaeprobe._analysis.resolve`), then :func:`shared_core`."""
+    return shared_core(name, resolve(probe, data, n_images=n_images, seed=seed),
+                       batch_size=batch_size, progress=progress, networks=networks, **options)
+
+
+def shared_core(name: str, evaluation, *, batch_size: int = 64, progress: bool = True,
+                networks: dict | None = None, **options):
+    """Shared section ``name`` on images already chosen (an
+    :class:`~vaeprobe._analysis.Evaluation`): its accumulator alone through the pass."""
     from vaeprobe.audit.registry import get
 
-    section = get(name)
-    # the model and the images, once (a convolutional model takes the data's size)
-    evaluation = resolve(probe, data, n_images=n_images, seed=seed)
     probe, dataset, indices = evaluation.probe, evaluation.dataset, evaluation.indices
-    context = SectionContext(dataset, indices, seed, dict(networks or {}))
-    accumulator = section.accumulator(probe, context, **options)
+    context = SectionContext(dataset, indices, evaluation.seed, dict(networks or {}))
+    accumulator = get(name).accumulator(probe, context, **options)
     merged, errors, _ = run_pass(probe, dataset, indices, {name: accumulator},
-                                 batch_size=batch_size, seed=seed, progress=progress)
+                                 batch_size=batch_size, seed=evaluation.seed, progress=progress)
     if name in errors:
         raise errors[name]
     return merged[name].compute()
