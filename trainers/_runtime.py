@@ -84,7 +84,7 @@ def checkpoint_steps(total: int, every: int) -> list[int]:
 def setup_distributed(config: TrainConfig):
     """(rank, world, device): the process group and device of :mod:`vaeprobe.distributed`
     (torchrun sets WORLD_SIZE; gloo on CPU, NCCL on GPUs with ``cuda:LOCAL_RANK``)."""
-    device = distributed.resolve_device(config.device or None)  # a bad name: one line
+    device = distributed.resolve_device(config.device)  # a bad name: one line
     rank, world = distributed.init(device)
     if world > 1 and device.type == "cuda":
         device = distributed.default_device()  # cuda:LOCAL_RANK, whatever --device said

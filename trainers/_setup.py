@@ -53,7 +53,7 @@ def decoder_likelihood(config: TrainConfig) -> str | None:
 
 
 def build_model(config: TrainConfig, image_shape) -> torch.nn.Module:
-    overrides = {k: getattr(config, k) for k in ("merge",) if getattr(config, k)}
+    overrides = {k: getattr(config, k) for k in ("merge",) if getattr(config, k) is not None}
     if decoder_likelihood(config):
         overrides["likelihood"] = decoder_likelihood(config)
     if config.likelihood == "fixed" or (not config.likelihood and config.sigma != 1.0):

@@ -115,8 +115,8 @@ class TrainConfig:
                              f"primary run)")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
-        if self.likelihood and self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS} (or empty: the "
+        if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS} (or None: the "
                              f"preset's), got {self.likelihood!r}")
         if not 0 < self.lambda_init < 1:
             raise ValueError(f"lambda_init must be in (0, 1), got {self.lambda_init}")

@@ -54,7 +54,7 @@ class Trainer(DataMixin, CheckpointMixin):
         self.directory = prepare_run_dir(config)
         self.out = self.directory.path
         self.dataset = vdata.as_dataset(vdata.load(config.data, split="train",
-                                                   root=config.data_root or None))
+                                                   root=config.data_root))
         self.images = resident_images(self.dataset, self.device)
         image_shape = tuple(self.dataset[0].shape)
         self.dims = math.prod(image_shape)
