@@ -93,17 +93,27 @@ def _series_shape(centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
     return torch.log1p_(terms).add_(c2, alpha=-0.5)
 
 
-def series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor
-                     ) -> torch.Tensor:
+def series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor,
+                    dense: bool | None = None) -> torch.Tensor:
     """Nats per image (float64) of levels ``x`` at standardised ``centre`` (float32): the
-    series where it serves, :func:`log_bins` on the rest; the series' level
-    (:func:`_series_level`) added in float64 after the sum over pixels."""
+    series where it serves, CDF differences on the rest; the series' level
+    (:func:`_series_level`) added in float64 after the sum over pixels.
+
+    The rest (edge bins, wide bins, far-out wide bins) is gathered and evaluated by
+    :func:`log_bins` on CPU; on other devices (``dense`` by default) every pixel is also
+    evaluated by :func:`log_normal_interval` in float64 and the rest selected from it, so that
+    nothing waits for the host to learn how many pixels the rest holds."""
     rest = (centre.abs() * half > SERIES_REACH).logical_or_(half > SERIES_HALF)
     rest.logical_or_(x == 0).logical_or_(x == 255)  # the edge bins take the tails
     level = _series_level(half)
     out = _series_shape(centre, half)
-    where = rest.reshape(-1).nonzero().squeeze(1)  # edge bins, wide bins, far-out wide bins
-    if where.numel():
+    if (centre.device.type != "cpu") if dense is None else dense:
+        wide, at = centre.double(), half.double()
+        upper = (wide + at).masked_fill_(x == 255, math.inf)
+        lower = (wide - at).masked_fill_(x == 0, -math.inf)
+        exact = (log_normal_interval(lower, upper) - level).to(out.dtype)
+        out = torch.where(rest, exact, out)
+    elif (where := rest.reshape(-1).nonzero().squeeze(1)).numel():
 
         def pick(t):
             return t.expand_as(centre).reshape(-1)[where]
