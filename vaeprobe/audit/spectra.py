@@ -53,9 +53,10 @@ class SpectraAccumulator:
         self.energies.append(band_energies(mean, self.window, "per_channel", self.cutoff).cpu())
         self.residual.update(x.double() / 255.0 - mean)
         self.data_power.update(x)
-        self.distortion += float(squared_error(x, mean).sum())
+        # sums stay on the device (no host read per batch), read once in compute
+        self.distortion = self.distortion + squared_error(x, mean).sum()
         if batch.sample.from_posterior:  # a deterministic autoencoder has no rate
-            self.rate += float(batch.sample.kl_per_layer().double().sum())
+            self.rate = self.rate + batch.sample.kl_per_layer().double().sum()
         self.count += x.shape[0]
         if sum(len(p[0]) for p in self.previews) < self.n_preview:
             n = self.n_preview  # only the previews come back from the device
@@ -78,6 +79,7 @@ class SpectraAccumulator:
 
     def compute(self) -> xr.Dataset:
         probe, n = self.probe, self.count
+        self.distortion, self.rate = float(self.distortion), float(self.rate)
         frequency, power_recon, n_modes = self.recon.compute()
         energies = torch.cat(self.energies).numpy()
         row = dict(frequency=frequency, n_modes=n_modes, power_reconstruction=power_recon,
