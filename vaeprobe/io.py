@@ -90,6 +90,10 @@ _INPUT_NAMES = re.compile(r"^(ckpt_step\d+\.(pt|safetensors)|config\.json|metric
                           r"model_config\.json|.*\.(pt|pth|th|ckpt|safetensors|bin|pkl))$")
 
 
+# the PNG "Software" tag of every figure vaeprobe writes (is_result knows its own by it)
+PNG_SOFTWARE = f"vaeprobe {__version__}"
+
+
 def is_result(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file vaeprobe wrote: a netCDF result (``vaeprobe_version`` attr)
     or a figure (PNG ``Software: vaeprobe``)."""
@@ -106,7 +110,7 @@ def is_result(path: str | os.PathLike) -> bool:
             from PIL import Image
 
             with Image.open(path) as image:
-                return str(image.info.get("Software", "")).startswith("vaeprobe")
+                return str(image.info.get("Software", "")).startswith("vaeprobe")  # any version
     except (OSError, ValueError):
         return False
     return False

@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from vaeprobe.audit._common import fmt
-from vaeprobe.io import atomic_path, clean_attrs
+from vaeprobe.io import PNG_SOFTWARE, atomic_path, clean_attrs
 
 
 class AuditReport(dict):
@@ -135,10 +135,8 @@ def summary(report: AuditReport) -> str:
 
 def _png(figure) -> bytes:
     """PNG bytes of a laid-out figure (no bbox_inches="tight": it draws the figure twice)."""
-    from vaeprobe._version import __version__
-
     buffer = _io.BytesIO()  # tagged as vaeprobe's: a later audit into the folder may replace it
-    figure.savefig(buffer, dpi=100, format="png", metadata={"Software": f"vaeprobe {__version__}"})
+    figure.savefig(buffer, dpi=100, format="png", metadata={"Software": PNG_SOFTWARE})
     return buffer.getvalue()
 
 
@@ -159,16 +157,26 @@ def _audit_panels(name: str, ds: xr.Dataset) -> list:
 def _panel_png(name: str, ds: xr.Dataset, panel: int, tight: bool) -> bytes | None:
     """Panel ``panel`` of a section as PNG bytes (its status text where it has no panel);
     None where the Dataset cannot be drawn."""
-    from vaeprobe.plot import audit_section, axes
+    from vaeprobe.plot import audit_section
 
-    ax = axes(None, figsize=(6.5, 4.2))  # a new figure (Agg without a display)
     try:
-        audit_section(name, ds, ax=ax, panels=_panels(), panel=panel)
+        return _drawing_png(lambda ax: audit_section(name, ds, ax=ax, panels=_panels(),
+                                                     panel=panel), (6.5, 4.2), tight)
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def _drawing_png(draw, figsize: tuple[float, float], tight: bool = False) -> bytes:
+    """PNG bytes of a new figure of ``figsize`` inches that ``draw(ax)`` fills; the figure is
+    closed whatever happens."""
+    from vaeprobe.plot import axes
+
+    ax = axes(None, figsize=figsize)  # a new figure (Agg without a display)
+    try:
+        draw(ax)
         if tight:
             ax.figure.tight_layout()
         return _png(ax.figure)
-    except (KeyError, ValueError, IndexError):
-        return None
     finally:
         _close(ax.figure)
 
@@ -204,40 +212,29 @@ def page_png(report: AuditReport, pngs: dict[str, list[bytes]], title: str = "")
 
 
 def _title_png(title: str, width_px: int) -> bytes:
-    from vaeprobe.plot import axes
-
-    ax = axes(None, figsize=(width_px / 100, 0.45))
-    try:
+    def draw(ax):
         ax.set_axis_off()
         ax.figure.text(0.5, 0.5, title, ha="center", va="center", fontsize=11)
-        return _png(ax.figure)
-    finally:
-        _close(ax.figure)
+
+    return _drawing_png(draw, (width_px / 100, 0.45))
 
 
 def _png_info():
     from PIL.PngImagePlugin import PngInfo
 
-    from vaeprobe._version import __version__
-
     info = PngInfo()
-    info.add_text("Software", f"vaeprobe {__version__}")
+    info.add_text("Software", PNG_SOFTWARE)
     return info
 
 
 def _previews_png(name: str, ds: xr.Dataset) -> bytes | None:
     """Progressive coding's images: the decoder mean for every k, per image."""
-    from vaeprobe.plot import audit_progressive_previews, axes
+    from vaeprobe.plot import audit_progressive_previews
 
     if name != "progressive" or ds.attrs.get("status") != "ok":
         return None
-    ax = axes(None, figsize=(1.5 + 0.7 * ds.sizes["k"], 3.2))
-    try:
-        audit_progressive_previews(ds, ax=ax)
-        ax.figure.tight_layout()
-        return _png(ax.figure)
-    finally:
-        _close(ax.figure)
+    return _drawing_png(lambda ax: audit_progressive_previews(ds, ax=ax),
+                        (1.5 + 0.7 * ds.sizes["k"], 3.2), tight=True)
 
 
 def _close(figure) -> None:

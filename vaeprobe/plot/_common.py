@@ -22,14 +22,13 @@ def axes(ax=None, figsize=(5, 4)):
 
 def save_figure(ax_or_fig, path) -> None:
     """Save the figure holding ``ax_or_fig`` atomically (PNG)."""
-    from vaeprobe._version import __version__
-    from vaeprobe.io import atomic_path
+    from vaeprobe.io import PNG_SOFTWARE, atomic_path
 
     figure = getattr(ax_or_fig, "figure", ax_or_fig)
     with atomic_path(path, ".png.tmp") as tmp:  # a full disk: OutputError, nothing half-written
         # the Software tag marks the file as vaeprobe's: the CLI replaces only its own results
         figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png",
-                       metadata={"Software": f"vaeprobe {__version__}"})
+                       metadata={"Software": PNG_SOFTWARE})
 
 
 MAX_LABELS = 40  # categorical axes label at most this many categories (every k-th beyond)
