@@ -18,6 +18,7 @@ from torch import nn
 import vaeprobe as vp
 from conftest import STAND_IN_NETS
 from vaeprobe import audit as audit_module  # noqa: F401  (the function, with sections attached)
+from vaeprobe import similarity
 from vaeprobe.audit import (
     SECTIONS,
     latent_statistics,
@@ -31,7 +32,6 @@ from vaeprobe.audit import (
     spectra,
     where_bits_go,
 )
-from vaeprobe.audit.reconstruction import _psnr, _ssim
 from vaeprobe.probe import LatentPass, LayerDraw, LayerInfo, Probe, UndefinedAnalysisError
 from vaeprobe.random import image_streams
 
@@ -120,8 +120,9 @@ def test_psnr_of_a_constant_offset_is_10_log10_of_1_over_mse():
     x = torch.randint(10, 240, (3, 3, 8, 8), dtype=torch.uint8)
     for offset in (1, 5, 12):
         mse = (offset / 255) ** 2  # on the [0, 1] scale
-        np.testing.assert_allclose(_psnr(x, x + offset), 10 * np.log10(1 / mse), rtol=1e-12)
-    assert np.isinf(_psnr(x, x)).all()
+        np.testing.assert_allclose(similarity.psnr(x, x + offset).numpy(), 10 * np.log10(1 / mse),
+                                   rtol=1e-12)
+    assert np.isinf(similarity.psnr(x, x).numpy()).all()
 
 
 def test_psnr_and_ssim_match_scikit_image():
@@ -132,12 +133,12 @@ def test_psnr_and_ssim_match_scikit_image():
     y = (x.int() + torch.randint(-30, 30, x.shape, generator=generator)).clamp(0, 255).byte()
     expected = [peak_signal_noise_ratio(a.numpy(), b.numpy(), data_range=255)
                 for a, b in zip(x, y, strict=True)]
-    np.testing.assert_allclose(_psnr(x, y), expected, rtol=1e-12)
+    np.testing.assert_allclose(similarity.psnr(x, y).numpy(), expected, rtol=1e-12)
     expected = [structural_similarity(a.numpy(), b.numpy(), data_range=255, channel_axis=0)
                 for a, b in zip(x, y, strict=True)]
-    np.testing.assert_allclose(_ssim(x, y), expected, rtol=1e-12)
-    np.testing.assert_allclose(_ssim(x, x), 1.0)
-    assert (_ssim(x, y) < 1).all()
+    np.testing.assert_allclose(similarity.ssim(x, y).numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(similarity.ssim(x, x).numpy(), 1.0)
+    assert (similarity.ssim(x, y).numpy() < 1).all()
 
 
 # ---- sections ----------------------------------------------------------------------------------
@@ -551,13 +552,13 @@ def test_per_dimension_views_of_a_flat_latent_model_match_the_exact_posterior(pr
 def test_msssim_is_pytorch_msssim_and_skipped_with_the_reason_for_small_images():
     from pytorch_msssim import ms_ssim
 
-    from vaeprobe.audit.reconstruction import _msssim, msssim_skip_reason
+    from vaeprobe.similarity import msssim_skip_reason
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (2, 3, 176, 176), dtype=torch.uint8, generator=generator)
     y = (x.int() + torch.randint(-20, 20, x.shape, generator=generator)).clamp(0, 255).byte()
-    np.testing.assert_allclose(_msssim(x, x), 1.0, rtol=1e-6)
-    value = _msssim(x, y)  # in float32: 2.2e-6 from pytorch-msssim in float64 here
+    np.testing.assert_allclose(similarity.ms_ssim(x, x).numpy(), 1.0, rtol=1e-6)
+    value = similarity.ms_ssim(x, y).numpy()  # float32: 2.2e-6 from pytorch-msssim's float64
     np.testing.assert_allclose(value, ms_ssim(x.double(), y.double(), data_range=255,
                                               size_average=False).numpy(), rtol=0, atol=1e-5)
     assert ((0 < value) & (value < 1)).all()

@@ -29,16 +29,6 @@ from vaeprobe.similarity import MSSSIM_MIN_SIDE, MSSSIM_WINDOW, msssim_skip_reas
 DATA_RANGE = 255  # PSNR and SSIM compare uint8 images
 
 
-def _psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image PSNR in dB (:func:`vaeprobe.similarity.psnr`), on the host."""
-    return similarity.psnr(x, y, data_range).cpu().numpy()
-
-
-def _ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image SSIM as scikit-image computes it (:func:`vaeprobe.similarity.ssim`)."""
-    return similarity.ssim(x, y, data_range).cpu().numpy()
-
-
 def protocol_text(height: int, width: int) -> str:
     return (f"images at their native {height}x{width}, no crop or resize; the reconstruction is "
             f"the decoder mean of z = the posterior mean (posterior_mean) or of one posterior "
@@ -60,11 +50,6 @@ def protocol_text(height: int, width: int) -> str:
 
 SSIM_LIBRARY = "vaeprobe.similarity.ssim (as skimage.metrics.structural_similarity, defaults)"
 MSSSIM_LIBRARY = "vaeprobe.similarity.ms_ssim (as pytorch_msssim.ms_ssim, defaults)"
-
-
-def _msssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> np.ndarray:
-    """Per-image MS-SSIM as pytorch-msssim computes it (:func:`vaeprobe.similarity.ms_ssim`)."""
-    return similarity.ms_ssim(x, y, data_range).cpu().numpy()
 
 
 class ReconstructionAccumulator:
