@@ -108,9 +108,7 @@ def series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor,
     level = _series_level(half)
     out = _series_shape(centre, half)
     if (centre.device.type != "cpu") if dense is None else dense:
-        wide, at = centre.double(), half.double()
-        upper = (wide + at).masked_fill_(x == 255, math.inf)
-        lower = (wide - at).masked_fill_(x == 0, -math.inf)
+        lower, upper = bin_bounds(x, centre.double(), half.double())
         exact = (log_normal_interval(lower, upper) - level).to(out.dtype)
         out = torch.where(rest, exact, out)
     elif (where := rest.reshape(-1).nonzero().squeeze(1)).numel():
@@ -125,10 +123,17 @@ def series_log_prob(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor,
     return out.flatten(1).sum(1, dtype=torch.float64) + levels
 
 
+def bin_bounds(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper) standardised bounds of the bins of levels ``x``: centre -+ half, the
+    edge bins taking the tails: (-inf, upper] at level 0, [lower, inf) at level 255."""
+    return ((centre - half).masked_fill_(x == 0, -math.inf),
+            (centre + half).masked_fill_(x == 255, math.inf))
+
+
 def log_bins(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """log-probability of the bins of levels ``x`` by CDF differences; the edge bins take the
-    tails: (-inf, upper] at level 0, [lower, inf) at level 255."""
-    upper = (centre + half).masked_fill_(x == 255, math.inf)
-    lower = (centre - half).masked_fill_(x == 0, -math.inf)
+    """log-probability of the bins of levels ``x`` (:func:`bin_bounds`) by CDF
+    differences."""
+    lower, upper = bin_bounds(x, centre, half)
     central = (centre.abs() + half) < CENTRAL  # both finite ends within +-CENTRAL
     return log_bin_probability(lower, upper, central)
