@@ -44,3 +44,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class CallCounts(dict):
+    """Calls counted by name: :meth:`track` wraps a function wherever it is looked up."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.monkeypatch = monkeypatch
+
+    def track(self, key: str, *places) -> None:
+        """Count calls of the function at the first ``(module, name)`` of ``places`` under
+        ``key``; every place gets the one wrapper, so a call through any of them counts once."""
+        original = getattr(*places[0])
+        self[key] = 0
+
+        def wrapper(*args, **kwargs):
+            self[key] += 1
+            return original(*args, **kwargs)
+
+        for module, name in places:
+            self.monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.fixture
+def resolutions(monkeypatch):
+    """Counts of the calls that open a model (``as_probe``) and fit images to it
+    (``fit_probe``), wherever they are made from."""
+    import vaeprobe.adapters
+    from vaeprobe import _analysis
+    from vaeprobe.audit import run as audit_run
+
+    counts = CallCounts(monkeypatch)
+    counts.track("as_probe", (vaeprobe.adapters, "as_probe"))
+    counts.track("fit_probe", (_analysis, "fit_probe"), (audit_run, "fit_probe"))
+    return counts

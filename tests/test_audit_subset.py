@@ -44,39 +44,18 @@ def test_the_digest_follows_the_order_and_repeats_are_refused():
 
 
 @pytest.fixture
-def counted(monkeypatch):
+def counted(resolutions):
     """Calls of the audit's subset chooser (and what it chose), of data.select, of as_probe
     (the model) and of fit_probe (the images at the model's size)."""
-    import vaeprobe.adapters
-    from vaeprobe import _analysis
-
-    calls = {"choose": [], "select": 0, "as_probe": 0, "fit_probe": 0}
-
-    def counting(name, function):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return function(*args, **kwargs)
-        return wrapper
-
-    monkeypatch.setattr(vaeprobe.adapters, "as_probe",
-                        counting("as_probe", vaeprobe.adapters.as_probe))
-    fit = counting("fit_probe", _analysis.fit_probe)
-    monkeypatch.setattr(_analysis, "fit_probe", fit)
-    monkeypatch.setattr(audit_run, "fit_probe", fit)
+    resolutions["choose"] = []
 
     def choose(dataset, n_images, seed):
-        calls["choose"].append(choose_subset(dataset, n_images, seed))
-        return calls["choose"][-1]
+        resolutions["choose"].append(choose_subset(dataset, n_images, seed))
+        return resolutions["choose"][-1]
 
-    original_select = vdata.select
-
-    def select(*args, **kwargs):
-        calls["select"] += 1
-        return original_select(*args, **kwargs)
-
-    monkeypatch.setattr(audit_run, "choose_subset", choose)
-    monkeypatch.setattr(vdata, "select", select)
-    return calls
+    resolutions.monkeypatch.setattr(audit_run, "choose_subset", choose)
+    resolutions.track("select", (vdata, "select"))
+    return resolutions
 
 
 def test_one_draw_per_audit_and_every_section_reads_it(tiny_run, counted):

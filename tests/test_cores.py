@@ -101,22 +101,9 @@ def test_pca_core_gives_the_nouns_dataset():
 
 
 @pytest.fixture
-def counted(monkeypatch):
+def counted(resolutions):
     """Counts of vaeprobe.as_probe (the model) and fit_probe (the images) calls."""
-    import vaeprobe.adapters
-
-    counts = {"as_probe": 0, "fit_probe": 0}
-
-    def counting(name, function):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return function(*args, **kwargs)
-        return wrapper
-
-    monkeypatch.setattr(vaeprobe.adapters, "as_probe",
-                        counting("as_probe", vaeprobe.adapters.as_probe))
-    monkeypatch.setattr(_analysis, "fit_probe", counting("fit_probe", _analysis.fit_probe))
-    return counts
+    return resolutions
 
 
 @pytest.mark.parametrize("noun", ["rate", "iwae", "information", "samples", "spectrum",
