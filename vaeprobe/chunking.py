@@ -77,6 +77,12 @@ def rows_within(bytes_per_row: int, budget: int, preference: int | None = None) 
     return max(1, min(rows, preference)) if preference is not None else rows
 
 
+def images_per_pass(probe, batch_size: int) -> int:
+    """``batch_size`` images, at most the probe's :meth:`~vaeprobe.probe.Probe.rows_per_pass`
+    (on CPU a few MiB of image values: larger passes page-fault); at least one."""
+    return max(1, min(batch_size, probe.rows_per_pass()))
+
+
 def plan_draws(run_one, images: int, batch_size: int, k: int, device,
                preference: int | None, max_memory=None, declared: int | None = None
                ) -> tuple[int, dict]:

@@ -14,6 +14,7 @@ from vaeprobe import data as vdata
 from vaeprobe._analysis import Evaluation, evaluation_of, progress_bar
 from vaeprobe.audit._common import feature_network, fmt, restamp, section_attrs
 from vaeprobe.audit.registry import Section, register
+from vaeprobe.chunking import images_per_pass
 from vaeprobe.likelihood import compute_iwae, iwae
 from vaeprobe.probe import Probe
 from vaeprobe.sampling import sample_batches
@@ -82,7 +83,7 @@ def _draw(probe: Probe, kinds: list[str], n: int, temperature: float, seed: int,
     """uint8 prior samples (n, C, H, W) of each kind, as :func:`vaeprobe.samples` draws them
     (the kinds share their latents)."""
     parts = {kind: [] for kind in kinds}
-    batch_size = max(1, min(batch_size, probe.rows_per_pass()))  # CPU: within the caches
+    batch_size = images_per_pass(probe, batch_size)
     for _, images, _ in sample_batches(probe, kinds, n, batch_size, temperature, seed):
         for kind in kinds:
             parts[kind].append(images[kind].cpu())

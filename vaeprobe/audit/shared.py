@@ -21,6 +21,7 @@ import torch
 from vaeprobe import data as vdata
 from vaeprobe import distributed
 from vaeprobe._analysis import progress_bar, resolve
+from vaeprobe.chunking import images_per_pass
 from vaeprobe.probe import LatentPass, LayerDraw, Probe, SharedEncoderProbe, encode
 from vaeprobe.random import image_streams
 
@@ -153,7 +154,7 @@ def run_pass(probe: Probe, dataset, indices: torch.Tensor, accumulators: dict, *
     CPU: a few MiB of image values, which keeps the pass in the caches); no result depends
     on the batch.
     """
-    batch_size = max(1, min(batch_size, probe.rows_per_pass()))
+    batch_size = images_per_pass(probe, batch_size)
     positions = distributed.shard(torch.arange(len(indices)), probe.device)
     live, errors, timing = dict(accumulators), {}, PassTiming()
     bar = progress_bar(len(positions), "audit: shared pass", progress, unit="img")
